@@ -1,0 +1,33 @@
+//! Route and header names. The supervisor routes live under `/v1-rk3s/`
+//! (K3s uses `/v1-k3s/`); the admin socket routes under `/v1/`.
+
+/// Unauthenticated: the cluster CA bundle agents pin against the token hash.
+pub const CACERTS: &str = "/cacerts";
+/// Unauthenticated liveness probe, answers `pong`.
+pub const PING: &str = "/ping";
+/// Readiness of the supervisor: `ok`, or 503 with a reason.
+pub const READYZ: &str = "/v1-rk3s/readyz";
+/// Websocket tunnel; registration happens in its HTTP handshake.
+pub const CONNECT: &str = "/v1-rk3s/connect";
+
+/// Header carrying the agent's node name.
+pub const HEADER_NODE_NAME: &str = "Rk3s-Node-Name";
+/// Header carrying the agent's node password (over TLS only).
+pub const HEADER_NODE_PASSWORD: &str = "Rk3s-Node-Password";
+/// Header carrying the agent's node IPs, comma separated.
+pub const HEADER_NODE_IP: &str = "Rk3s-Node-IP";
+
+/// Admin socket routes.
+pub mod admin {
+    pub const STATUS: &str = "/v1/status";
+    pub const NODES: &str = "/v1/nodes";
+    pub const TOKEN: &str = "/v1/token";
+
+    pub fn node(name: &str) -> String {
+        format!("/v1/nodes/{name}")
+    }
+
+    pub fn rotate_password(name: &str) -> String {
+        format!("/v1/nodes/{name}/rotate-password")
+    }
+}

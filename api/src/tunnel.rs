@@ -1,0 +1,103 @@
+//! Messages on the agent tunnel (websocket text frames, one JSON object each).
+//!
+//! Tagged enums keep the protocol extensible: a new variant is a new `type`,
+//! and an old peer answers an unknown one with an error frame instead of
+//! guessing.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Largest frame either side accepts. Messages are small JSON objects; a
+/// megabyte frame is an attack or a bug.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What the agent reports about its host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NodeInfo {
+    pub hostname: String,
+    pub internal_ips: Vec<String>,
+    pub os: String,
+    pub os_image: String,
+    pub kernel_version: String,
+    pub architecture: String,
+    pub rk3s_version: String,
+    pub cpu: u32,
+    /// MemTotal in KiB.
+    pub memory_kib: u64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Set on servers' embedded agents: adds the control-plane role label.
+    pub control_plane: bool,
+}
+
+/// A new node password in transit. Debug never prints it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// Sent first after the upgrade and whenever the host facts change.
+    NodeStatus { info: NodeInfo },
+    /// Liveness and lease renewal; `seq` is echoed in `HeartbeatAck`.
+    Heartbeat { seq: u64 },
+    /// The new password is durably on disk.
+    PasswordAck { rotation_id: String },
+    /// The new password could not be stored; the old one stays valid.
+    PasswordNack { rotation_id: String, error: String },
+    /// The node is going down on purpose (graceful shutdown).
+    ShuttingDown { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// First frame from the server after the upgrade.
+    Hello {
+        node_name: String,
+        server_name: String,
+        /// Every live server address (`host:port`), for the agent's load balancer.
+        servers: Vec<String>,
+        heartbeat_interval_ms: u64,
+    },
+    HeartbeatAck {
+        seq: u64,
+    },
+    RotatePassword {
+        rotation_id: String,
+        password: SecretString,
+    },
+    /// The server refuses a frame; the tunnel stays up.
+    Error {
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_redacted_in_debug() {
+        let m = ServerMessage::RotatePassword {
+            rotation_id: "r1".into(),
+            password: SecretString("hunter2hunter2".into()),
+        };
+        let dbg = format!("{m:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        let wire = serde_json::to_string(&m).unwrap();
+        assert!(wire.contains("\"type\":\"rotate_password\""), "{wire}");
+        assert_eq!(serde_json::from_str::<ServerMessage>(&wire).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        assert!(serde_json::from_str::<AgentMessage>(r#"{"type":"launch_missiles"}"#).is_err());
+    }
+}

@@ -1,0 +1,450 @@
+//! The node agent: bootstrap (token → CA pin → node password), then a
+//! websocket tunnel to the server kept alive with heartbeats, reconnected
+//! with capped, jittered backoff. Runs standalone (`rk3sd agent`) or inside
+//! a server (its own node).
+
+use crate::config::NodeSettings;
+use crate::nodepassword;
+use crate::token::Token;
+use crate::{certs, fsutil, nodeinfo};
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use rk3s_api::routes::{CACERTS, CONNECT, HEADER_NODE_IP, HEADER_NODE_NAME, HEADER_NODE_PASSWORD};
+use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage, MAX_MESSAGE_BYTES};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub type Tunnel = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("token CA hash does not match the Cluster CA certificate hash: {expected} (token) != {actual} (server {server})")]
+    CaMismatch {
+        expected: String,
+        actual: String,
+        server: String,
+    },
+    #[error("cannot reach {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("server {server} rejected the token (401): {message}. Check --token/--token-file against <data-dir>/server/token on the server")]
+    Unauthorized { server: String, message: String },
+    #[error("Node password rejected by {server}: {message}")]
+    PasswordRejected { server: String, message: String },
+    #[error("server {server} refused the registration ({status}): {message}")]
+    Refused {
+        server: String,
+        status: u16,
+        message: String,
+    },
+    #[error("tunnel: {0}")]
+    Tunnel(String),
+    #[error(transparent)]
+    Fs(#[from] fsutil::FsError),
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+}
+
+/// What `rk3sctl status` shows about the agent.
+#[derive(Debug)]
+pub struct AgentState {
+    pub node_name: Mutex<String>,
+    pub connected_server: Mutex<Option<String>>,
+    pub registration: Mutex<String>,
+    /// Set once the first registration succeeded.
+    pub registered: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        Self {
+            node_name: Mutex::new(String::new()),
+            connected_server: Mutex::new(None),
+            registration: Mutex::new("starting".into()),
+            registered: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl AgentState {
+    fn set(&self, registration: &str, server: Option<&str>) {
+        *self.registration.lock().expect("lock") = registration.to_string();
+        *self.connected_server.lock().expect("lock") = server.map(str::to_string);
+    }
+}
+
+pub struct AgentParams {
+    pub server_url: String,
+    pub token: Token,
+    pub node: NodeSettings,
+    pub data_dir: PathBuf,
+    /// Already known (embedded agent): skip the /cacerts bootstrap.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+fn host_port(url: &str) -> &str {
+    url.strip_prefix("https://")
+        .unwrap_or(url)
+        .trim_end_matches('/')
+}
+
+/// GET /cacerts without verification, then pin it against the token hash.
+pub async fn fetch_ca(server_url: &str, token: &Token) -> Result<Vec<u8>, AgentError> {
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| AgentError::Tunnel(e.to_string()))?;
+    let url = format!("{server_url}{CACERTS}");
+    let unreachable = |e: &dyn std::fmt::Display| AgentError::Unreachable {
+        url: url.clone(),
+        message: e.to_string(),
+    };
+    let resp = client.get(&url).send().await.map_err(|e| unreachable(&e))?;
+    if !resp.status().is_success() {
+        return Err(unreachable(&format!("HTTP {}", resp.status())));
+    }
+    let body = resp.bytes().await.map_err(|e| unreachable(&e))?.to_vec();
+    let actual = crate::token::ca_hash(&body);
+    match &token.ca_hash {
+        Some(expected) if *expected != actual => Err(AgentError::CaMismatch {
+            expected: expected.clone(),
+            actual,
+            server: server_url.to_string(),
+        }),
+        Some(_) => Ok(body),
+        None => {
+            tracing::warn!(server = server_url, ca_hash = %actual, "the token has no CA hash, so the server's CA is trusted as presented; use the full K10... token from <data-dir>/server/token to pin it");
+            Ok(body)
+        }
+    }
+}
+
+/// Open a registered tunnel: the handshake carries the token and node
+/// credentials; a refusal comes back as a Kubernetes Status.
+pub async fn connect_tunnel(
+    server_url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    token_secret: &str,
+    node_name: &str,
+    password: &str,
+    node_ips: &[String],
+) -> Result<Tunnel, AgentError> {
+    let url = format!("wss://{}{CONNECT}", host_port(server_url));
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| AgentError::Tunnel(e.to_string()))?;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("node:{token_secret}"));
+    let h = req.headers_mut();
+    let hv = |s: &str| {
+        http::HeaderValue::from_str(s)
+            .map_err(|_| AgentError::Tunnel("header value is not valid".into()))
+    };
+    h.insert(http::header::AUTHORIZATION, hv(&format!("Basic {basic}"))?);
+    h.insert(HEADER_NODE_NAME, hv(node_name)?);
+    h.insert(HEADER_NODE_PASSWORD, hv(password)?);
+    if !node_ips.is_empty() {
+        h.insert(HEADER_NODE_IP, hv(&node_ips.join(","))?);
+    }
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(MAX_MESSAGE_BYTES);
+    cfg.max_frame_size = Some(MAX_MESSAGE_BYTES);
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let fut =
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, Some(connector));
+    let server = server_url.to_string();
+    match tokio::time::timeout(Duration::from_secs(10), fut).await {
+        Err(_) => Err(AgentError::Unreachable {
+            url,
+            message: "timed out after 10s".into(),
+        }),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let message = resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| resp.status().to_string());
+            Err(match status {
+                401 => AgentError::Unauthorized { server, message },
+                403 => AgentError::PasswordRejected { server, message },
+                _ => AgentError::Refused {
+                    server,
+                    status,
+                    message,
+                },
+            })
+        }
+        Ok(Err(e)) => Err(AgentError::Unreachable {
+            url,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Resolve the node name: --node-name or the hostname, plus `-<id>` with --with-node-id.
+pub fn node_name(node: &NodeSettings) -> Result<String, AgentError> {
+    let base = node.node_name.clone().unwrap_or_else(nodeinfo::hostname);
+    if node.with_node_id {
+        let id = nodepassword::load_or_create_node_id(&node.node_config_dir)?;
+        Ok(format!("{base}-{id}"))
+    } else {
+        Ok(base)
+    }
+}
+
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(250);
+
+    fn new(max: Duration) -> Self {
+        Self {
+            next: Self::MIN.min(max),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN.min(self.max);
+    }
+
+    /// Jittered to 50-100% of the step so a server restart is not met by
+    /// every agent at the same instant.
+    fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// For refusals an operator must fix: slow, but not giving up.
+    fn slow(&self) -> Duration {
+        self.max
+            .min(Duration::from_secs(10))
+            .mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+/// Run the agent until `cancel`. Returns early only for errors retrying
+/// cannot fix (CA mismatch, unusable files).
+pub async fn run(
+    params: AgentParams,
+    state: Arc<AgentState>,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut backoff = Backoff::new(params.node.reconnect_backoff_max);
+    let ca_pem = match &params.ca_pem {
+        Some(c) => c.clone(),
+        None => loop {
+            state.set(
+                &format!("fetching CA certificate from {}", params.server_url),
+                None,
+            );
+            match fetch_ca(&params.server_url, &params.token).await {
+                Ok(c) => {
+                    let dir = params.data_dir.join("agent");
+                    fsutil::ensure_dir(&dir, 0o700)?;
+                    fsutil::write_atomic(&dir.join("server-ca.crt"), &c, 0o644)?;
+                    break c;
+                }
+                Err(e @ AgentError::CaMismatch { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for the server");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff.step()) => continue,
+                    }
+                }
+            }
+        },
+    };
+    let tls = Arc::new(certs::client_config_pinned(&ca_pem)?);
+    let name = node_name(&params.node)?;
+    *state.node_name.lock().expect("lock") = name.clone();
+    let mut password = nodepassword::load_or_create(&params.node.node_config_dir)?;
+    let password_file = params.node.node_config_dir.join("password");
+    backoff.reset();
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        state.set(&format!("connecting to {}", params.server_url), None);
+        let mut ips = params.node.node_ips.clone();
+        if ips.is_empty() {
+            if let Some(ip) = nodeinfo::local_ip_towards(host_port(&params.server_url)).await {
+                ips.push(ip);
+            }
+        }
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = connect_tunnel(&params.server_url, tls.clone(), params.token.secret(), &name, &password, &ips) => r,
+        };
+        let wait = match attempt {
+            Ok(ws) => {
+                state.set("registered", Some(&params.server_url));
+                state.registered.send_replace(true);
+                tracing::info!(node = %name, server = %params.server_url, "registered; tunnel up");
+                let info = nodeinfo::collect(ips, params.node.labels.clone());
+                let started = Instant::now();
+                let end = session(ws, &params, &info, &mut password, &cancel).await;
+                state.set(&format!("disconnected: {end}"), None);
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                tracing::warn!(node = %name, server = %params.server_url, reason = %end, "tunnel lost; reconnecting");
+                // A session that lived a while earns a fast first retry.
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                backoff.step()
+            }
+            Err(e @ AgentError::PasswordRejected { .. }) => {
+                tracing::error!(node = %name, password_file = %password_file.display(), error = %e,
+                    "Node password rejected, duplicate hostname or contents of {} may not match the server's record; \
+                     try a unique node name with --with-node-id, or run `rk3sctl node forget {}` on a server if this host was rebuilt",
+                    password_file.display(), name);
+                state.set(
+                    &format!(
+                        "rejected: node password does not match ({})",
+                        password_file.display()
+                    ),
+                    None,
+                );
+                backoff.slow()
+            }
+            Err(e @ AgentError::Unauthorized { .. }) => {
+                tracing::error!(error = %e, "registration refused");
+                state.set("rejected: token not accepted (401)", None);
+                backoff.slow()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register; retrying");
+                state.set(&format!("connecting: {e}"), None);
+                backoff.step()
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Tunnel, msg: &AgentMessage) -> Result<(), String> {
+    let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One tunnel session; returns why it ended.
+async fn session(
+    mut ws: Tunnel,
+    params: &AgentParams,
+    info: &NodeInfo,
+    password: &mut String,
+    cancel: &CancellationToken,
+) -> String {
+    let hb_every = params.node.heartbeat_interval;
+    let keepalive = crate::tunnel::keepalive_for(hb_every);
+    if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: info.clone() }).await {
+        return e;
+    }
+    let mut hb = tokio::time::interval(hb_every);
+    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = tokio::time::interval(keepalive / 3);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(Duration::from_secs(60));
+    refresh.tick().await;
+    let mut info = info.clone();
+    let mut seq = 0u64;
+    let mut last_rx = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = ws.close(None).await;
+                return "agent stopping".into();
+            }
+            _ = hb.tick() => {
+                seq += 1;
+                if let Err(e) = send(&mut ws, &AgentMessage::Heartbeat { seq }).await {
+                    return e;
+                }
+            }
+            _ = ping.tick() => {
+                if last_rx.elapsed() > keepalive {
+                    return format!("server silent for {:?}", last_rx.elapsed());
+                }
+                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                    return e.to_string();
+                }
+            }
+            _ = refresh.tick() => {
+                let fresh = nodeinfo::collect(info.internal_ips.clone(), info.labels.clone());
+                if fresh != info {
+                    info = fresh;
+                    if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: info.clone() }).await {
+                        return e;
+                    }
+                }
+            }
+            frame = ws.next() => {
+                last_rx = Instant::now();
+                let text = match frame {
+                    None => return "server closed the connection".into(),
+                    Some(Err(e)) => return e.to_string(),
+                    Some(Ok(Message::Close(f))) => {
+                        return match f {
+                            Some(f) if !f.reason.is_empty() => format!("server closed the tunnel: {}", f.reason),
+                            _ => "server closed the tunnel".into(),
+                        }
+                    }
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                };
+                match serde_json::from_str::<ServerMessage>(text.as_str()) {
+                    Ok(ServerMessage::Hello { server_name, servers, .. }) => {
+                        tracing::debug!(server_name, ?servers, "server hello");
+                    }
+                    Ok(ServerMessage::HeartbeatAck { .. }) => {}
+                    Ok(ServerMessage::Error { message }) => tracing::warn!(message, "server reported an error"),
+                    Ok(ServerMessage::RotatePassword { rotation_id, password: new }) => {
+                        let reply = match nodepassword::store(&params.node.node_config_dir, &new.0) {
+                            Ok(()) => {
+                                *password = new.0;
+                                tracing::info!(file = %params.node.node_config_dir.join("password").display(), "node password rotated by the server");
+                                if std::env::var_os("RK3S_TEST_EXIT_AFTER_PASSWORD_WRITE").is_some() {
+                                    // Test hook: die between the write and the ack.
+                                    std::process::exit(3);
+                                }
+                                AgentMessage::PasswordAck { rotation_id }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot store the rotated node password; keeping the old one");
+                                AgentMessage::PasswordNack { rotation_id, error: e.to_string() }
+                            }
+                        };
+                        if let Err(e) = send(&mut ws, &reply).await {
+                            return e;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring a message this agent does not understand"),
+                }
+            }
+        }
+    }
+}

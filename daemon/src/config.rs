@@ -1,0 +1,748 @@
+//! Command line and configuration files.
+//!
+//! Layers, lowest first: built-in defaults < `config.toml` <
+//! `config.toml.d/*.toml` (lexical order) < `RK3S_*` environment < flags.
+//! File keys are the long flag names (`token`, `node-name`, `tls-san`...).
+//! An unknown key or a value of the wrong type is an error naming the file
+//! and the key. Each layer is turned into a JSON map, the maps are merged
+//! key by key, and the result is deserialized once, so every layer goes
+//! through the same parser.
+
+use crate::token::{Token, TokenError};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: unknown key '{key}'{hint}; keys are the long flag names of `rk3sd {mode}` (see `rk3sd {mode} --help`)")]
+    UnknownKey {
+        file: PathBuf,
+        key: String,
+        hint: String,
+        mode: &'static str,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("{origin}: {source}")]
+    Token {
+        origin: String,
+        #[source]
+        source: TokenError,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rk3sd",
+    version,
+    about = "rk3s daemon: a small Kubernetes-style control plane (server) and node agent"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (and, unless --disable-agent, this host's node agent).
+    Server(ServerArgs),
+    /// Run a node agent that joins a cluster through --server.
+    Agent(AgentArgs),
+}
+
+/// Flags both modes take (the server runs an embedded agent).
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CommonArgs {
+    /// Configuration file [default: /etc/rancher/rk3s/config.toml as root, ~/.rancher/rk3s/config.toml otherwise]; drop-ins are read from <file>.d/*.toml.
+    #[arg(long, short = 'c', env = "RK3S_CONFIG_FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: /var/lib/rancher/rk3s as root, ~/.rancher/rk3s otherwise].
+    #[arg(long, short = 'd', env = "RK3S_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Admin socket for rk3sctl [default: /run/rk3s/rk3s.sock as root, <data-dir>/rk3s.sock otherwise].
+    #[arg(long, env = "RK3S_ADMIN_SOCKET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_socket: Option<PathBuf>,
+    /// Cluster token (prefer --token-file or RK3S_TOKEN: a flag is briefly visible in ps).
+    #[arg(long, short = 't', env = "RK3S_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding the cluster token.
+    #[arg(long, env = "RK3S_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Node name [default: the hostname, lowercased].
+    #[arg(long, env = "RK3S_NODE_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Append a persistent unique id (<node-config-dir>/id) to the node name.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub with_node_id: bool,
+    /// IP address(es) to advertise for the node (repeatable, comma lists allowed).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_ip: Vec<String>,
+    /// Label to add to the node, key=value (repeatable).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_label: Vec<String>,
+    /// Directory of the node password and id [default: /etc/rancher/node as root, <data-dir>/agent/etc/rancher/node otherwise].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_config_dir: Option<PathBuf>,
+    /// How often the agent renews its node lease [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<String>,
+    /// Longest wait between reconnection attempts [default: 30s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_backoff_max: Option<String>,
+    /// Log at debug level.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub debug: bool,
+}
+
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AgentArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonArgs,
+    /// The fixed registration address, e.g. https://rk3s.example.com:6443.
+    #[arg(long, short = 's', env = "RK3S_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServerArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonArgs,
+    /// Address the HTTPS API listens on [default: 0.0.0.0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_address: Option<String>,
+    /// HTTPS API port [default: 6443].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_listen_port: Option<u16>,
+    /// Extra name or IP for the serving certificate (repeatable, comma lists allowed).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_san: Vec<String>,
+    /// Separate secret for agents joining (agents use it as their --token).
+    #[arg(long, env = "RK3S_AGENT_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_token: Option<String>,
+    /// File holding the agent token.
+    #[arg(long, env = "RK3S_AGENT_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_token_file: Option<PathBuf>,
+    /// Do not register this server as a node.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disable_agent: bool,
+    /// Time without a heartbeat before a node becomes Ready=Unknown [default: 40s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_monitor_grace_period: Option<String>,
+    /// How often node health is checked [default: 5s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_monitor_period: Option<String>,
+    /// How often datastore history is compacted [default: 5m].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_interval: Option<String>,
+    /// Revisions of history kept by compaction [default: 1000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_keep: Option<u64>,
+}
+
+/// Parse `500ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 5m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "'{s}' has unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Long flag names a mode accepts: exactly the keys its config files may use.
+fn allowed_keys(mode: &'static str) -> Vec<String> {
+    let cli = Cli::command();
+    let sub = cli.find_subcommand(mode).expect("subcommand exists");
+    sub.get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|k| k != "config" && k != "help" && k != "version")
+        .collect()
+}
+
+fn closest<'a>(key: &str, candidates: &'a [String]) -> Option<&'a str> {
+    fn dist(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    candidates
+        .iter()
+        .map(|c| (dist(key, c), c))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, c)| c.as_str())
+}
+
+/// The config files to read, in order: the main file, then its drop-ins.
+fn config_files(explicit: Option<&Path>) -> Result<Vec<PathBuf>, ConfigError> {
+    let main = explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(rk3s_api::paths::default_config_file);
+    let mut files = Vec::new();
+    if main.exists() {
+        files.push(main.clone());
+    } else if explicit.is_some() {
+        return Err(ConfigError::Read {
+            file: main,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        });
+    }
+    let dropin = PathBuf::from(format!("{}.d", main.display()));
+    if let Ok(rd) = std::fs::read_dir(&dropin) {
+        let mut extra: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        extra.sort();
+        files.extend(extra);
+    }
+    Ok(files)
+}
+
+/// Read one file, check its keys, convert it to a JSON map.
+fn file_layer<T: for<'de> Deserialize<'de>>(
+    file: &Path,
+    mode: &'static str,
+    allowed: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for key in table.keys() {
+        if !allowed.iter().any(|a| a == key) {
+            let hint = closest(key, allowed)
+                .map(|c| format!(" (did you mean '{c}'?)"))
+                .unwrap_or_default();
+            return Err(ConfigError::UnknownKey {
+                file: file.to_path_buf(),
+                key: key.clone(),
+                hint,
+                mode,
+            });
+        }
+    }
+    // Check the types with the real struct so the message names the key.
+    for (key, value) in &table {
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), value.clone());
+        if let Err(e) = T::deserialize(toml::Value::Table(one)) {
+            return Err(ConfigError::Parse {
+                file: file.to_path_buf(),
+                message: format!("key '{key}': {e}"),
+            });
+        }
+    }
+    match serde_json::to_value(&table) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: "cannot convert to a configuration map".into(),
+        }),
+    }
+}
+
+/// Merge files under command-line/env values and deserialize the result.
+pub fn layered<T>(
+    mode: &'static str,
+    cli: &T,
+    explicit_config: Option<&Path>,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+{
+    let allowed = allowed_keys(mode);
+    let mut merged = serde_json::Map::new();
+    for file in config_files(explicit_config)? {
+        merged.extend(file_layer::<T>(&file, mode, &allowed)?);
+    }
+    if let Ok(serde_json::Value::Object(flags)) = serde_json::to_value(cli) {
+        merged.extend(flags);
+    }
+    serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| ConfigError::Invalid {
+        origin: "configuration".into(),
+        message: e.to_string(),
+    })
+}
+
+fn duration_of(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|message| ConfigError::Invalid {
+            origin: format!("--{key}"),
+            message,
+        }),
+    }
+}
+
+/// Resolve the token from `--token`/`RK3S_TOKEN`, else `--token-file`.
+fn token_from(
+    flag: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Token>, ConfigError> {
+    if let Some(v) = value {
+        return Token::parse(v)
+            .map(Some)
+            .map_err(|source| ConfigError::Token {
+                origin: format!("--{flag}"),
+                source,
+            });
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.clone(),
+            source,
+        })?;
+        return Token::parse(&text)
+            .map(Some)
+            .map_err(|source| ConfigError::Token {
+                origin: path.display().to_string(),
+                source,
+            });
+    }
+    Ok(None)
+}
+
+/// Settings of the node agent (standalone or embedded in a server).
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub node_name: Option<String>,
+    pub with_node_id: bool,
+    pub node_config_dir: PathBuf,
+    pub node_ips: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+    pub reconnect_backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub server_url: String,
+    pub token: Token,
+    pub node: NodeSettings,
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub bind_address: IpAddr,
+    pub port: u16,
+    pub tls_sans: Vec<String>,
+    pub token: Option<Token>,
+    pub agent_token: Option<Token>,
+    pub disable_agent: bool,
+    pub node: NodeSettings,
+    pub grace_period: Duration,
+    pub monitor_period: Duration,
+    pub compaction_interval: Duration,
+    pub compaction_keep: u64,
+    pub debug: bool,
+}
+
+fn node_settings(c: &CommonArgs, data_dir: &Path) -> Result<NodeSettings, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for l in &c.node_label {
+        let (k, v) = l.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            origin: "--node-label".into(),
+            message: format!("'{l}' is not key=value"),
+        })?;
+        if k.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: "--node-label".into(),
+                message: format!("'{l}' has an empty key"),
+            });
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    for ip in &c.node_ip {
+        ip.parse::<IpAddr>().map_err(|_| ConfigError::Invalid {
+            origin: "--node-ip".into(),
+            message: format!("'{ip}' is not an IP address"),
+        })?;
+    }
+    if let Some(n) = &c.node_name {
+        crate::names::validate_node_name(&n.to_ascii_lowercase()).map_err(|e| {
+            ConfigError::Invalid {
+                origin: "--node-name".into(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    Ok(NodeSettings {
+        node_name: c.node_name.as_ref().map(|n| n.to_ascii_lowercase()),
+        with_node_id: c.with_node_id,
+        node_config_dir: c
+            .node_config_dir
+            .clone()
+            .unwrap_or_else(|| rk3s_api::paths::default_node_config_dir(data_dir)),
+        node_ips: c.node_ip.clone(),
+        labels,
+        heartbeat_interval: duration_of(
+            "heartbeat-interval",
+            &c.heartbeat_interval,
+            Duration::from_secs(10),
+        )?,
+        reconnect_backoff_max: duration_of(
+            "reconnect-backoff-max",
+            &c.reconnect_backoff_max,
+            Duration::from_secs(30),
+        )?,
+    })
+}
+
+fn dirs(c: &CommonArgs) -> (PathBuf, PathBuf) {
+    let data_dir = c
+        .data_dir
+        .clone()
+        .unwrap_or_else(rk3s_api::paths::default_data_dir);
+    let socket = c
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| rk3s_api::paths::default_admin_socket(&data_dir));
+    (data_dir, socket)
+}
+
+impl ServerConfig {
+    pub fn resolve(cli: &ServerArgs) -> Result<Self, ConfigError> {
+        let a: ServerArgs = layered("server", cli, cli.common.config.as_deref())?;
+        let (data_dir, admin_socket) = dirs(&a.common);
+        let bind = a.bind_address.as_deref().unwrap_or("0.0.0.0");
+        let bind_address = bind.parse().map_err(|_| ConfigError::Invalid {
+            origin: "--bind-address".into(),
+            message: format!("'{bind}' is not an IP address"),
+        })?;
+        let keep = a.compaction_keep.unwrap_or(1000);
+        if keep < 10 {
+            return Err(ConfigError::Invalid {
+                origin: "--compaction-keep".into(),
+                message: "must be at least 10".into(),
+            });
+        }
+        Ok(Self {
+            node: node_settings(&a.common, &data_dir)?,
+            token: token_from("token", &a.common.token, &a.common.token_file)?,
+            agent_token: token_from("agent-token", &a.agent_token, &a.agent_token_file)?,
+            bind_address,
+            port: a.https_listen_port.unwrap_or(6443),
+            tls_sans: a.tls_san.clone(),
+            disable_agent: a.disable_agent,
+            grace_period: duration_of(
+                "node-monitor-grace-period",
+                &a.node_monitor_grace_period,
+                Duration::from_secs(40),
+            )?,
+            monitor_period: duration_of(
+                "node-monitor-period",
+                &a.node_monitor_period,
+                Duration::from_secs(5),
+            )?,
+            compaction_interval: duration_of(
+                "compaction-interval",
+                &a.compaction_interval,
+                Duration::from_secs(300),
+            )?,
+            compaction_keep: keep,
+            debug: a.common.debug,
+            data_dir,
+            admin_socket,
+        })
+    }
+}
+
+impl AgentConfig {
+    pub fn resolve(cli: &AgentArgs) -> Result<Self, ConfigError> {
+        let a: AgentArgs = layered("agent", cli, cli.common.config.as_deref())?;
+        let (data_dir, admin_socket) = dirs(&a.common);
+        let server = a.server.clone().ok_or_else(|| ConfigError::Invalid {
+            origin: "--server".into(),
+            message: "an agent needs the server's registration address (--server https://host:6443, RK3S_URL, or `server` in config.toml)".into(),
+        })?;
+        let server_url = normalize_server_url(&server)?;
+        let token = token_from("token", &a.common.token, &a.common.token_file)?.ok_or_else(|| {
+            ConfigError::Invalid {
+                origin: "--token".into(),
+                message: "an agent needs the cluster token (--token-file, RK3S_TOKEN, or `token`/`token-file` in config.toml); \
+                          the server writes it to <data-dir>/server/token"
+                    .into(),
+            }
+        })?;
+        Ok(Self {
+            node: node_settings(&a.common, &data_dir)?,
+            debug: a.common.debug,
+            data_dir,
+            admin_socket,
+            server_url,
+            token,
+        })
+    }
+}
+
+/// `host`, `host:port` or `https://host:port` → `https://host:port`.
+pub fn normalize_server_url(s: &str) -> Result<String, ConfigError> {
+    let bad = |m: &str| ConfigError::Invalid {
+        origin: "--server".into(),
+        message: format!("'{s}' {m} (expected https://host:port)"),
+    };
+    let rest = if let Some(r) = s.strip_prefix("https://") {
+        r
+    } else if s.starts_with("http://") {
+        return Err(bad("uses http; the server only speaks https"));
+    } else if s.contains("://") {
+        return Err(bad("has an unsupported scheme"));
+    } else {
+        s
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(bad("is not a server address"));
+    }
+    let has_port = if rest.starts_with('[') {
+        rest.contains("]:")
+    } else {
+        rest.contains(':')
+    };
+    Ok(if has_port {
+        format!("https://{rest}")
+    } else {
+        format!("https://{rest}:6443")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_cli(args: &[&str]) -> ServerArgs {
+        let mut v = vec!["rk3sd", "server"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Server(s) => s,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn layering_files_dropins_and_flags() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("config.toml");
+        std::fs::write(
+            &main,
+            "https-listen-port = 7000\nnode-name = \"from-main\"\ntls-san = [\"a.example\"]\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("config.toml.d")).unwrap();
+        std::fs::write(
+            d.path().join("config.toml.d/20-b.toml"),
+            "node-name = \"from-b\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("config.toml.d/10-a.toml"),
+            "node-name = \"from-a\"\nbind-address = \"127.0.0.1\"\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("config.toml.d/ignored.txt"), "garbage = 1\n").unwrap();
+        let cfg_flag = main.to_str().unwrap();
+        let c = ServerConfig::resolve(&server_cli(&["--config", cfg_flag, "--data-dir", "/tmp/x"]))
+            .unwrap();
+        assert_eq!(c.port, 7000);
+        assert_eq!(
+            c.node.node_name.as_deref(),
+            Some("from-b"),
+            "later drop-in wins"
+        );
+        assert_eq!(c.bind_address.to_string(), "127.0.0.1");
+        assert_eq!(c.tls_sans, vec!["a.example"]);
+        let c = ServerConfig::resolve(&server_cli(&[
+            "--config",
+            cfg_flag,
+            "--node-name",
+            "Flag",
+            "--https-listen-port",
+            "7001",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.node.node_name.as_deref(),
+            Some("flag"),
+            "flags win, names lowercased"
+        );
+        assert_eq!(c.port, 7001);
+        assert_eq!(c.grace_period, Duration::from_secs(40), "K3s default");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("config.toml");
+        std::fs::write(&main, "tokn = \"x\"\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.toml") && e.contains("'tokn'") && e.contains("did you mean 'token'"),
+            "{e}"
+        );
+
+        std::fs::write(&main, "https-listen-port = \"many\"\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.toml") && e.contains("https-listen-port"),
+            "{e}"
+        );
+
+        std::fs::write(&main, "server = \"https://x:6443\"\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'server'"), "agent-only key in server mode: {e}");
+
+        std::fs::write(&main, "node-monitor-grace-period = \"forever\"\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--node-monitor-grace-period"), "{e}");
+
+        std::fs::write(&main, "this is not toml").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.toml"), "{e}");
+
+        let missing = d.path().join("nope.toml");
+        let e = ServerConfig::resolve(&server_cli(&["--config", missing.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.toml"), "{e}");
+    }
+
+    #[test]
+    fn token_file_errors_name_the_file_not_the_secret() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("token");
+        std::fs::write(&f, "K10abc::server:supersecret\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&[
+            "--token-file",
+            f.to_str().unwrap(),
+            "--config",
+            "/dev/null",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("token") && e.contains("CA hash length"), "{e}");
+        assert!(!e.contains("supersecret"), "{e}");
+    }
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            normalize_server_url("10.0.0.1").unwrap(),
+            "https://10.0.0.1:6443"
+        );
+        assert_eq!(
+            normalize_server_url("https://h:7443/").unwrap(),
+            "https://h:7443"
+        );
+        assert_eq!(normalize_server_url("[::1]").unwrap(), "https://[::1]:6443");
+        assert!(normalize_server_url("http://h:6443")
+            .unwrap_err()
+            .to_string()
+            .contains("https"));
+        assert!(normalize_server_url("https://h/path").is_err());
+    }
+}

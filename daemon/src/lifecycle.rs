@@ -1,0 +1,360 @@
+//! Node lifecycle: the Node and Lease objects an agent's tunnel keeps
+//! alive, and the monitor that marks a silent node `Ready=Unknown` after the
+//! grace period (40 s by default, as kube-controller-manager does).
+
+use crate::objects::{self, now_micro, now_rfc3339, parse_time, Objects, Ref};
+use rk3s_api::tunnel::NodeInfo;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease annotation naming the server that holds the node's tunnel.
+pub const ANNOTATION_CONNECTED_TO: &str = "rk3s.io/connected-to";
+pub const LABEL_CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
+/// How often a healthy node's Ready condition heartbeat is refreshed (the
+/// Lease carries the fast heartbeat, as upstream).
+const STATUS_REFRESH: chrono::Duration = chrono::Duration::seconds(60);
+
+pub fn node_ref(name: &str) -> Ref {
+    Ref::cluster("nodes", name)
+}
+
+pub fn lease_ref(name: &str) -> Ref {
+    Ref::namespaced("leases", LEASE_NAMESPACE, name)
+}
+
+fn ready_condition(status: &str, now: &str, transition: &str) -> Value {
+    let (reason, message) = match status {
+        "True" => ("KubeletReady", "rk3s agent is posting ready status"),
+        "False" => (
+            "KubeletNotReady",
+            "rk3s agent reports the node is not ready",
+        ),
+        _ => (
+            "NodeStatusUnknown",
+            "rk3s agent stopped posting node status",
+        ),
+    };
+    json!({
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": transition,
+    })
+}
+
+/// Ready condition status of a node object (`None` if it has none).
+pub fn ready_status(node: &Value) -> Option<&str> {
+    node.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .get("status")?
+        .as_str()
+}
+
+fn labels_for(name: &str, info: &NodeInfo) -> serde_json::Map<String, Value> {
+    let mut l = serde_json::Map::new();
+    l.insert("kubernetes.io/hostname".into(), json!(name));
+    l.insert("kubernetes.io/os".into(), json!(info.os));
+    l.insert("kubernetes.io/arch".into(), json!(info.architecture));
+    l.insert("beta.kubernetes.io/os".into(), json!(info.os));
+    l.insert("beta.kubernetes.io/arch".into(), json!(info.architecture));
+    if info.control_plane {
+        l.insert(LABEL_CONTROL_PLANE.into(), json!("true"));
+    }
+    for (k, v) in &info.labels {
+        l.insert(k.clone(), json!(v));
+    }
+    l
+}
+
+/// Apply what the agent reported to a node object (new or existing),
+/// keeping fields others own (spec.unschedulable, taints, extra labels).
+fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
+    let now = now_rfc3339();
+    let labels = node["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .entry("labels")
+        .or_insert_with(|| json!({}));
+    if let Some(m) = labels.as_object_mut() {
+        m.extend(labels_for(name, info));
+    }
+    let mut addresses: Vec<Value> = info
+        .internal_ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": info.hostname}));
+    let capacity = json!({
+        "cpu": info.cpu.to_string(),
+        "memory": format!("{}Ki", info.memory_kib),
+        "pods": "110",
+    });
+    let transition = match ready_status(node) {
+        Some("True") => node
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .unwrap_or(&now)
+            .to_string(),
+        _ => now.clone(),
+    };
+    let status = node
+        .as_object_mut()
+        .expect("object")
+        .entry("status")
+        .or_insert_with(|| json!({}));
+    status["addresses"] = json!(addresses);
+    status["capacity"] = capacity.clone();
+    status["allocatable"] = capacity;
+    status["nodeInfo"] = json!({
+        "architecture": info.architecture,
+        "operatingSystem": info.os,
+        "osImage": info.os_image,
+        "kernelVersion": info.kernel_version,
+        "kubeletVersion": info.rk3s_version,
+        "kubeProxyVersion": info.rk3s_version,
+        "containerRuntimeVersion": format!("rk3s://{}", rk3s_api::VERSION),
+        "machineID": "",
+        "systemUUID": "",
+        "bootID": "",
+    });
+    status["conditions"] = json!([ready_condition("True", &now, &transition)]);
+}
+
+/// Create or refresh the Node from an agent's report, and make sure its Lease exists.
+pub async fn upsert_node(
+    objects: &Objects,
+    name: &str,
+    info: &NodeInfo,
+    server: &str,
+) -> objects::Result<()> {
+    let r = node_ref(name);
+    let updated = objects
+        .modify(&r, |node| {
+            apply_info(node, name, info);
+            true
+        })
+        .await?;
+    if updated.is_none() {
+        let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {}, "spec": {}});
+        node["metadata"]["name"] = json!(name);
+        apply_info(&mut node, name, info);
+        match objects.create(&r, node).await {
+            Ok(_) => {}
+            // Lost a race with another connection of the same node: refresh.
+            Err(objects::ObjectError::Store(crate::datastore::DatastoreError::AlreadyExists(
+                _,
+            ))) => {
+                objects
+                    .modify(&r, |n| {
+                        apply_info(n, name, info);
+                        true
+                    })
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    renew_lease(objects, name, Some(server)).await
+}
+
+/// Renew the node's Lease; `connected` also records which server holds the tunnel.
+pub async fn renew_lease(
+    objects: &Objects,
+    name: &str,
+    connected: Option<&str>,
+) -> objects::Result<()> {
+    let r = lease_ref(name);
+    let now = now_micro();
+    let set = |lease: &mut Value| {
+        lease["spec"]["renewTime"] = json!(now);
+        lease["spec"]["holderIdentity"] = json!(name);
+        if let Some(s) = connected {
+            lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
+        }
+        true
+    };
+    if objects.modify(&r, set).await?.is_some() {
+        return Ok(());
+    }
+    let mut lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"annotations": {}},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now},
+    });
+    if let Some(node) = objects.get(&node_ref(name)).await? {
+        lease["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"],
+        }]);
+    }
+    if let Some(s) = connected {
+        lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
+    }
+    match objects.create(&r, lease).await {
+        Ok(_)
+        | Err(objects::ObjectError::Store(crate::datastore::DatastoreError::AlreadyExists(_))) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A heartbeat: renew the Lease; bring the node back to Ready if it was not,
+/// and refresh the Ready heartbeat time once a minute.
+pub async fn heartbeat(objects: &Objects, name: &str, server: &str) -> objects::Result<()> {
+    renew_lease(objects, name, Some(server)).await?;
+    let now = chrono::Utc::now();
+    let stamp = now_rfc3339();
+    objects
+        .modify(&node_ref(name), |node| {
+            let stale = node
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| {
+                    c["status"] != "True"
+                        || c["lastHeartbeatTime"]
+                            .as_str()
+                            .and_then(parse_time)
+                            .is_none_or(|t| now - t > STATUS_REFRESH)
+                })
+                .unwrap_or(true);
+            if !stale {
+                return false;
+            }
+            let transition = if ready_status(node) == Some("True") {
+                node.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                    .and_then(|c| c["lastTransitionTime"].as_str())
+                    .unwrap_or(&stamp)
+                    .to_string()
+            } else {
+                tracing::info!(node = name, "node is Ready again");
+                stamp.clone()
+            };
+            set_ready(node, ready_condition("True", &stamp, &transition));
+            true
+        })
+        .await?;
+    Ok(())
+}
+
+fn set_ready(node: &mut Value, cond: Value) {
+    let status = node
+        .as_object_mut()
+        .expect("object")
+        .entry("status")
+        .or_insert_with(|| json!({}));
+    let conds = status
+        .as_object_mut()
+        .expect("status object")
+        .entry("conditions")
+        .or_insert_with(|| json!([]));
+    if let Some(arr) = conds.as_array_mut() {
+        arr.retain(|c| c["type"] != "Ready");
+        arr.push(cond);
+    }
+}
+
+/// The tunnel closed: forget which server held it (if it was `server`).
+pub async fn disconnected(objects: &Objects, name: &str, server: &str) -> objects::Result<()> {
+    objects
+        .modify(&lease_ref(name), |lease| {
+            let holder = lease.pointer(&format!(
+                "/metadata/annotations/{}",
+                ANNOTATION_CONNECTED_TO.replace('/', "~1")
+            ));
+            if holder.and_then(Value::as_str) != Some(server) {
+                return false;
+            }
+            if let Some(a) = lease["metadata"]["annotations"].as_object_mut() {
+                a.remove(ANNOTATION_CONNECTED_TO);
+            }
+            true
+        })
+        .await?;
+    Ok(())
+}
+
+/// Last renewal time of a Lease object.
+pub fn lease_renewed(lease: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    lease
+        .pointer("/spec/renewTime")
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+}
+
+/// One pass of the monitor: every node whose lease is older than `grace`
+/// and is not yet Unknown becomes Unknown. Returns the nodes it changed.
+pub async fn mark_silent_nodes(objects: &Objects, grace: Duration) -> objects::Result<Vec<String>> {
+    let (_, nodes) = objects.list("nodes", None).await?;
+    let (_, leases) = objects.list("leases", Some(LEASE_NAMESPACE)).await?;
+    let now = chrono::Utc::now();
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(40));
+    let mut changed = Vec::new();
+    for node in nodes {
+        let Some(name) = node["metadata"]["name"].as_str() else {
+            continue;
+        };
+        if ready_status(&node) == Some("Unknown") {
+            continue;
+        }
+        let renewed = leases
+            .iter()
+            .find(|l| l["metadata"]["name"] == name)
+            .and_then(lease_renewed)
+            .or_else(|| {
+                node["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .and_then(parse_time)
+            });
+        if renewed.is_some_and(|t| now - t <= grace) {
+            continue;
+        }
+        let stamp = now_rfc3339();
+        let done = objects
+            .modify(&node_ref(name), |n| {
+                if ready_status(n) == Some("Unknown") {
+                    return false;
+                }
+                let last_hb = n
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                    .and_then(|c| c["lastHeartbeatTime"].as_str())
+                    .unwrap_or(&stamp)
+                    .to_string();
+                set_ready(n, ready_condition("Unknown", &last_hb, &stamp));
+                true
+            })
+            .await?;
+        if done.is_some() {
+            tracing::warn!(
+                node = name,
+                grace_seconds = grace.num_seconds(),
+                "no heartbeat within the grace period; node is now Ready=Unknown"
+            );
+            changed.push(name.to_string());
+        }
+    }
+    Ok(changed)
+}
+
+pub async fn monitor_loop(objects: Objects, grace: Duration, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = mark_silent_nodes(&objects, grace).await {
+            tracing::warn!(error = %e, "node monitor pass failed; will retry");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Node operations an operator asks for: list, show, forget, rotate the
+//! password. The admin socket calls these; the Kubernetes API's Node delete
+//! will call the same `forget`.
+
+use crate::error::ApiError;
+use crate::lifecycle::{self, lease_ref, node_ref, ready_status, ANNOTATION_CONNECTED_TO};
+use crate::nodepassword::{self, secrets};
+use crate::objects::parse_time;
+use crate::server::Supervisor;
+use rk3s_api::admin::{Address, Condition, ForgetResult, NodeDetail, NodeSummary, RotateResult};
+use rk3s_api::tunnel::{SecretString, ServerMessage};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+fn annotation<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummary {
+    let name = str_at(node, "/metadata/name").to_string();
+    let status = match ready_status(node) {
+        Some("True") => "Ready",
+        Some("False") => "NotReady",
+        _ => "Unknown",
+    };
+    let mut roles: Vec<String> = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    let renewed = lease.and_then(lifecycle::lease_renewed);
+    let fresh = renewed.is_some_and(|t| {
+        chrono::Utc::now() - t <= chrono::Duration::from_std(sv.grace_period).unwrap_or_default()
+    });
+    // A tunnel on this server is authoritative; otherwise trust the lease's
+    // record only while the lease is fresh (its server may have died).
+    let connected = if sv.tunnels.get(&name).is_some() {
+        sv.server_name.clone()
+    } else if fresh {
+        lease
+            .and_then(|l| annotation(l, ANNOTATION_CONNECTED_TO))
+            .unwrap_or("")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let internal_ip = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
+        .and_then(|x| x["address"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let created = parse_time(str_at(node, "/metadata/creationTimestamp"));
+    NodeSummary {
+        name,
+        status: status.into(),
+        roles,
+        connected,
+        internal_ip,
+        version: str_at(node, "/status/nodeInfo/kubeletVersion").to_string(),
+        last_heartbeat: renewed.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        age_seconds: created
+            .map(|c| (chrono::Utc::now() - c).num_seconds().max(0))
+            .unwrap_or(0),
+        unschedulable: node
+            .pointer("/spec/unschedulable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }
+}
+
+pub async fn list(sv: &Supervisor) -> Result<Vec<NodeSummary>, ApiError> {
+    let (_, nodes) = sv.objects.list("nodes", None).await?;
+    let (_, leases) = sv
+        .objects
+        .list("leases", Some(lifecycle::LEASE_NAMESPACE))
+        .await?;
+    let by_name: BTreeMap<&str, &Value> = leases
+        .iter()
+        .map(|l| (str_at(l, "/metadata/name"), l))
+        .collect();
+    Ok(nodes
+        .iter()
+        .map(|n| summarize(sv, n, by_name.get(str_at(n, "/metadata/name")).copied()))
+        .collect())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "node {name:?} not found; `rk3sctl node list` shows the known nodes"
+    ))
+}
+
+pub async fn show(sv: &Supervisor, name: &str) -> Result<NodeDetail, ApiError> {
+    let node = sv
+        .objects
+        .get(&node_ref(name))
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    let lease = sv.objects.get(&lease_ref(name)).await?;
+    let secret = sv.objects.get(&secrets::secret_ref(name)).await?;
+    let (password_set, pending) = secret
+        .as_ref()
+        .map(secrets::describe)
+        .unwrap_or((None, false));
+    let labels = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let conditions = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .map(|c| Condition {
+                    type_: str_at(c, "/type").into(),
+                    status: str_at(c, "/status").into(),
+                    reason: str_at(c, "/reason").into(),
+                    message: str_at(c, "/message").into(),
+                    last_heartbeat_time: c["lastHeartbeatTime"].as_str().map(str::to_string),
+                    last_transition_time: c["lastTransitionTime"].as_str().map(str::to_string),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let addresses = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| Address {
+                    type_: str_at(x, "/type").into(),
+                    address: str_at(x, "/address").into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(NodeDetail {
+        summary: summarize(sv, &node, lease.as_ref()),
+        labels,
+        conditions,
+        addresses,
+        os_image: str_at(&node, "/status/nodeInfo/osImage").into(),
+        kernel_version: str_at(&node, "/status/nodeInfo/kernelVersion").into(),
+        architecture: str_at(&node, "/status/nodeInfo/architecture").into(),
+        created: node["metadata"]["creationTimestamp"]
+            .as_str()
+            .map(str::to_string),
+        password_set,
+        password_rotation_pending: pending,
+    })
+}
+
+/// Delete the node, its Lease and its password secret, and close its
+/// tunnel. A connected node is refused unless `force`.
+pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetResult, ApiError> {
+    if !force {
+        let connected_here = sv.tunnels.get(name).is_some();
+        let lease = sv.objects.get(&lease_ref(name)).await?;
+        let elsewhere = lease.as_ref().is_some_and(|l| {
+            annotation(l, ANNOTATION_CONNECTED_TO).is_some_and(|s| !s.is_empty())
+                && lifecycle::lease_renewed(l).is_some_and(|t| {
+                    chrono::Utc::now() - t
+                        <= chrono::Duration::from_std(sv.grace_period).unwrap_or_default()
+                })
+        });
+        if connected_here || elsewhere {
+            return Err(ApiError::Conflict(format!(
+                "node {name:?} is connected; stop its agent first, or use --force (it will re-register at once if its agent keeps running)"
+            )));
+        }
+    }
+    let tunnel_closed = sv.tunnels.close(name);
+    let node_deleted = sv.objects.delete(&node_ref(name)).await?.is_some();
+    let lease_deleted = sv.objects.delete(&lease_ref(name)).await?.is_some();
+    let password_secret_deleted = sv
+        .objects
+        .delete(&secrets::secret_ref(name))
+        .await?
+        .is_some();
+    if !(node_deleted || lease_deleted || password_secret_deleted || tunnel_closed) {
+        return Err(not_found(name));
+    }
+    tracing::info!(
+        node = name,
+        node_deleted,
+        lease_deleted,
+        password_secret_deleted,
+        tunnel_closed,
+        "node forgotten"
+    );
+    Ok(ForgetResult {
+        name: name.to_string(),
+        node_deleted,
+        lease_deleted,
+        password_secret_deleted,
+        tunnel_closed,
+    })
+}
+
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Rotate a connected node's password: record the new hash as pending,
+/// send the password, and swap only once the agent confirms it is on disk.
+pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult, ApiError> {
+    if sv.objects.get(&node_ref(name)).await?.is_none() {
+        return Err(not_found(name));
+    }
+    let session = sv.tunnels.get(name).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "node {name:?} is not connected to this server ({}); its agent must be online to receive a new password",
+            sv.server_name
+        ))
+    })?;
+    let password = nodepassword::generate();
+    let pw = password.clone();
+    let new_hash = tokio::task::spawn_blocking(move || nodepassword::hash(&pw))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !secrets::set_pending(&sv.objects, name, &new_hash).await? {
+        return Err(ApiError::NotFound(format!(
+            "node {name:?} has no password secret"
+        )));
+    }
+    let rotation_id = uuid::Uuid::new_v4().to_string();
+    let reply = session.await_rotation(&rotation_id);
+    let msg = ServerMessage::RotatePassword {
+        rotation_id,
+        password: SecretString(password),
+    };
+    let unconfirmed = || {
+        ApiError::Unavailable(format!(
+            "node {name:?} did not confirm the new password; nothing is lost: the rotation completes or is rolled back when the node next connects"
+        ))
+    };
+    session.tx.send(msg).await.map_err(|_| unconfirmed())?;
+    let r = secrets::secret_ref(name);
+    match tokio::time::timeout(ROTATION_TIMEOUT, reply).await {
+        Ok(Ok(Ok(()))) => {
+            if std::env::var_os("RK3S_TEST_EXIT_BEFORE_PASSWORD_SWAP").is_some() {
+                // Test hook: die between the agent's ack and the swap.
+                std::process::exit(3);
+            }
+            secrets::settle(&sv.objects, &r, Some(&new_hash), Some(&new_hash)).await?;
+            let (set, _) = sv
+                .objects
+                .get(&r)
+                .await?
+                .as_ref()
+                .map(secrets::describe)
+                .unwrap_or((None, false));
+            tracing::info!(node = name, "node password rotated");
+            Ok(RotateResult {
+                name: name.to_string(),
+                password_set: set.unwrap_or_default(),
+            })
+        }
+        Ok(Ok(Err(agent_error))) => {
+            secrets::settle(&sv.objects, &r, Some(&new_hash), None).await?;
+            Err(ApiError::Internal(format!(
+                "node {name:?} could not store the new password ({agent_error}); it keeps its current password"
+            )))
+        }
+        _ => Err(unconfirmed()),
+    }
+}

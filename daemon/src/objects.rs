@@ -1,0 +1,201 @@
+//! Kubernetes-style objects (JSON) on top of the datastore.
+//!
+//! Keys are `/registry/<resource>/<namespace>/<name>` (cluster-scoped:
+//! `/registry/<resource>/<name>`). `metadata.resourceVersion` is never
+//! stored: it is the datastore revision, filled in on every read, so it can
+//! never disagree with the store.
+
+use crate::datastore::{Datastore, DatastoreError, Revision};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error(transparent)]
+    Store(#[from] DatastoreError),
+    #[error("stored object at {key} is not valid JSON: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+pub type Result<T, E = ObjectError> = std::result::Result<T, E>;
+
+/// Which object: resource (plural), optional namespace, name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref {
+    pub resource: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Ref {
+    pub fn cluster(resource: &'static str, name: &str) -> Self {
+        Self {
+            resource,
+            namespace: None,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn namespaced(resource: &'static str, namespace: &str, name: &str) -> Self {
+        Self {
+            resource,
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("/registry/{}/{}/{}", self.resource, ns, self.name),
+            None => format!("/registry/{}/{}", self.resource, self.name),
+        }
+    }
+}
+
+/// Prefix of every object of `resource` (in `namespace` if given).
+pub fn prefix(resource: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("/registry/{resource}/{ns}/"),
+        None => format!("/registry/{resource}/"),
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Lease times are MicroTime: RFC 3339 with microseconds.
+pub fn now_micro() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn decode(key: &str, bytes: &[u8], rev: Revision) -> Result<Value> {
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ObjectError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })?;
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), Value::String(rev.to_string()));
+    }
+    Ok(v)
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&v).expect("JSON values serialize")
+}
+
+/// The revision an object was read at (its resourceVersion).
+pub fn revision_of(v: &Value) -> Revision {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Objects {
+    pub store: Datastore,
+}
+
+impl Objects {
+    pub fn new(store: Datastore) -> Self {
+        Self { store }
+    }
+
+    pub async fn get(&self, r: &Ref) -> Result<Option<Value>> {
+        let key = r.key();
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value, kv.mod_revision)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object under `prefix`, with the revision of the snapshot.
+    pub async fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<(Revision, Vec<Value>)> {
+        let (rev, kvs) = self.store.list(&prefix(resource, namespace)).await?;
+        let items = kvs
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value, kv.mod_revision))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((rev, items))
+    }
+
+    /// Create `obj`, filling name, namespace, uid and creationTimestamp.
+    pub async fn create(&self, r: &Ref, mut obj: Value) -> Result<Value> {
+        {
+            let meta = obj
+                .as_object_mut()
+                .expect("objects are JSON objects")
+                .entry("metadata")
+                .or_insert_with(|| json!({}));
+            meta["name"] = json!(r.name);
+            if let Some(ns) = &r.namespace {
+                meta["namespace"] = json!(ns);
+            }
+            meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+            meta["creationTimestamp"] = json!(now_rfc3339());
+        }
+        let rev = self.store.create(&r.key(), encode(&obj)).await?;
+        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+        Ok(obj)
+    }
+
+    /// Replace an object read at `revision_of(obj)`; a newer write is a Conflict.
+    pub async fn update(&self, r: &Ref, mut obj: Value) -> Result<Value> {
+        let rev = self
+            .store
+            .update(&r.key(), encode(&obj), revision_of(&obj))
+            .await?;
+        obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+        Ok(obj)
+    }
+
+    /// Read-modify-write with retry on conflict. `f` returns false to leave
+    /// the object alone. `Ok(None)`: the object does not exist.
+    pub async fn modify(
+        &self,
+        r: &Ref,
+        mut f: impl FnMut(&mut Value) -> bool,
+    ) -> Result<Option<Value>> {
+        for _ in 0..16 {
+            let Some(mut obj) = self.get(r).await? else {
+                return Ok(None);
+            };
+            if !f(&mut obj) {
+                return Ok(Some(obj));
+            }
+            match self.update(r, obj).await {
+                Ok(o) => return Ok(Some(o)),
+                Err(ObjectError::Store(DatastoreError::Conflict { .. })) => continue,
+                Err(ObjectError::Store(DatastoreError::NotFound(_))) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ObjectError::Store(DatastoreError::Unavailable(format!(
+            "too many concurrent updates to {}",
+            r.key()
+        ))))
+    }
+
+    /// Delete; `Ok(None)` if it was already gone.
+    pub async fn delete(&self, r: &Ref) -> Result<Option<Value>> {
+        match self.store.delete(&r.key(), None).await {
+            Ok((rev, kv)) => Ok(Some(decode(&kv.key, &kv.value, rev)?)),
+            Err(DatastoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

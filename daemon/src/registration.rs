@@ -1,0 +1,131 @@
+//! `GET /v1-rk3s/connect`: registration happens in the websocket handshake.
+//! Order of checks: token (401), headers (400), websocket upgrade (400),
+//! node password (403); only then is the connection upgraded.
+
+use crate::error::ApiError;
+use crate::names::validate_node_name;
+use crate::nodepassword::secrets::{verify_or_create, PasswordError};
+use crate::server::Supervisor;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use rk3s_api::routes::{HEADER_NODE_IP, HEADER_NODE_NAME, HEADER_NODE_PASSWORD};
+use rk3s_api::tunnel::MAX_MESSAGE_BYTES;
+use std::sync::Arc;
+
+/// Basic auth `node:<secret>` (or `server:<secret>`) against the cluster
+/// token or the agent token, in constant time.
+pub fn check_token(sv: &Supervisor, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = || {
+        ApiError::Unauthorized(
+            "not authorized: the token is missing or does not match the server's".into(),
+        )
+    };
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
+    let encoded = value.strip_prefix("Basic ").ok_or_else(unauthorized)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| unauthorized())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
+    let (user, secret) = decoded.split_once(':').ok_or_else(unauthorized)?;
+    if user != "node" && user != "server" {
+        return Err(unauthorized());
+    }
+    // Evaluate both comparisons so timing does not reveal which token matched.
+    let server_ok = sv.token.secret_matches(secret);
+    let agent_ok = sv
+        .agent_token
+        .as_ref()
+        .is_some_and(|t| t.secret_matches(secret));
+    if server_ok | agent_ok {
+        Ok(())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+pub async fn connect(
+    State(sv): State<Arc<Supervisor>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match admit(&sv, &headers).await {
+        Err(e) => e.to_status(),
+        Ok(node) => match ws {
+            Err(rejection) => ApiError::BadRequest(format!(
+                "{} requires a websocket upgrade: {rejection}",
+                rk3s_api::routes::CONNECT
+            ))
+            .to_status(),
+            Ok(ws) => ws
+                .max_message_size(MAX_MESSAGE_BYTES)
+                .max_frame_size(MAX_MESSAGE_BYTES)
+                .on_upgrade(move |socket| crate::tunnel::serve_session(sv, socket, node))
+                .into_response(),
+        },
+    }
+}
+
+/// Everything before the upgrade; returns the admitted node name.
+async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, ApiError> {
+    check_token(sv, headers)?;
+    let name = header(headers, HEADER_NODE_NAME)
+        .ok_or_else(|| ApiError::BadRequest("node name not set (header Rk3s-Node-Name)".into()))?;
+    let password = header(headers, HEADER_NODE_PASSWORD).ok_or_else(|| {
+        ApiError::BadRequest("node password not set (header Rk3s-Node-Password)".into())
+    })?;
+    validate_node_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(ips) = header(headers, HEADER_NODE_IP) {
+        for ip in ips.split(',') {
+            if ip.trim().parse::<std::net::IpAddr>().is_err() {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid node IP {:?} in header Rk3s-Node-IP",
+                    ip.trim()
+                )));
+            }
+        }
+    }
+    if password.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "node password is longer than 256 characters".into(),
+        ));
+    }
+    if !sv.is_ready() {
+        return Err(ApiError::Unavailable(
+            "server is starting; try again".into(),
+        ));
+    }
+    match verify_or_create(&sv.objects, name, password).await {
+        Ok(()) => Ok(name.to_string()),
+        Err(PasswordError::Mismatch { node }) => {
+            tracing::warn!(node = %node, "registration refused: node password does not match the stored hash");
+            Err(ApiError::Forbidden(format!(
+                "unable to verify password for node {node}: hash does not match. \
+                 Another host may be using this node name, or the agent's password file \
+                 (/etc/rancher/node/password, or <node-config-dir>/password) was lost or replaced. \
+                 Restore the file, give the host a unique name with --with-node-id (or --node-name), \
+                 or, if the host was rebuilt, run `rk3sctl node forget {node}` on a server."
+            )))
+        }
+        Err(e) => {
+            tracing::error!(node = name, error = %e, "registration refused: cannot verify node password");
+            Err(ApiError::Unavailable(format!(
+                "cannot verify the node password right now ({e}); try again"
+            )))
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! `rk3sd server`: datastore, PKI, token, the HTTPS supervisor routes, node
+//! lifecycle, the admin socket, and the server's own node agent.
+
+use crate::agent::{self, AgentParams, AgentState};
+use crate::certs::Pki;
+use crate::config::ServerConfig;
+use crate::datastore::{sqlite::SqliteBackend, Datastore};
+use crate::objects::{Objects, Ref};
+use crate::token::{self, Token};
+use crate::tunnel::Tunnels;
+use crate::{admin, fsutil, https, lifecycle, nodeinfo, nodepassword, registration};
+use anyhow::{bail, Context};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Shared state of a running server.
+pub struct Supervisor {
+    pub objects: Objects,
+    pub pki: Pki,
+    pub token: Token,
+    pub agent_token: Option<Token>,
+    pub token_file: PathBuf,
+    pub tunnels: Tunnels,
+    /// This server's name (its node name), shown as CONNECTED.
+    pub server_name: String,
+    /// The server's own node, when it runs its embedded agent.
+    pub own_node: Option<String>,
+    /// host:port agents can reach this server at.
+    pub advertise_address: String,
+    pub heartbeat_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub grace_period: Duration,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    ready: AtomicBool,
+    pub embedded_agent: Option<Arc<AgentState>>,
+}
+
+impl Supervisor {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Namespaces that always exist, as in Kubernetes.
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn ensure_namespaces(objects: &Objects) -> anyhow::Result<()> {
+    for ns in SYSTEM_NAMESPACES {
+        let r = Ref::cluster("namespaces", ns);
+        if objects.get(&r).await?.is_none() {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+            match objects.create(&r, obj).await {
+                Ok(_)
+                | Err(crate::objects::ObjectError::Store(
+                    crate::datastore::DatastoreError::AlreadyExists(_),
+                )) => {}
+                Err(e) => return Err(e).context("creating system namespaces"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decide the cluster token: the configured one, else the stored one, else
+/// a new secret. A configured token pinned to another CA is refused.
+fn resolve_token(
+    cfg: &ServerConfig,
+    pki: &Pki,
+    token_file: &std::path::Path,
+) -> anyhow::Result<Token> {
+    let our_hash = token::ca_hash(pki.ca_bundle());
+    let secret = match &cfg.token {
+        Some(t) => {
+            if let Some(h) = &t.ca_hash {
+                if *h != our_hash {
+                    bail!(
+                        "the configured token is pinned to CA hash {h}, but this server's CA ({}) hashes to {our_hash}; \
+                         use the token from {} or only its secret part",
+                        pki_dir_hint(cfg),
+                        token_file.display()
+                    );
+                }
+            }
+            t.secret().to_string()
+        }
+        None => match fsutil::read_optional(token_file)? {
+            Some(b) => Token::parse(&String::from_utf8_lossy(&b))
+                .with_context(|| {
+                    format!(
+                        "{} is not a valid token; delete it to generate a new one",
+                        token_file.display()
+                    )
+                })?
+                .secret()
+                .to_string(),
+            None => token::random_secret(),
+        },
+    };
+    Ok(Token::secure(pki.ca_bundle(), "server", &secret))
+}
+
+fn pki_dir_hint(cfg: &ServerConfig) -> String {
+    cfg.data_dir
+        .join("server/tls/server-ca.crt")
+        .display()
+        .to_string()
+}
+
+async fn readyz(State(sv): State<Arc<Supervisor>>) -> axum::response::Response {
+    if sv.is_ready() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "runtime core not ready").into_response()
+    }
+}
+
+async fn cacerts(State(sv): State<Arc<Supervisor>>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/x-pem-file")],
+        sv.pki.server_ca_pem.clone(),
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    crate::error::ApiError::NotFound(format!(
+        "the server could not find the requested resource ({})",
+        uri.path()
+    ))
+    .to_status()
+}
+
+pub fn router(sv: Arc<Supervisor>) -> Router {
+    use rk3s_api::routes::*;
+    Router::new()
+        .route(CACERTS, get(cacerts))
+        .route(PING, get(|| async { "pong" }))
+        .route(READYZ, get(readyz))
+        .route(CONNECT, get(registration::connect))
+        .fallback(not_found)
+        .with_state(sv)
+}
+
+/// Start the server and run until `shutdown` fires.
+pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server_dir = cfg.data_dir.join("server");
+    fsutil::ensure_dir(&cfg.data_dir, 0o700)?;
+    fsutil::ensure_dir(&server_dir.join("db"), 0o700)?;
+    fsutil::ensure_dir(&server_dir.join("cred"), 0o700)?;
+
+    let db_path = server_dir.join("db").join("state.db");
+    let backend = SqliteBackend::open(&db_path)
+        .with_context(|| format!("opening datastore {}", db_path.display()))?;
+    let store = Datastore::new(Arc::new(backend));
+    let objects = Objects::new(store.clone());
+    tracing::info!(datastore = %store.describe(), "datastore open");
+
+    let node_name = agent::node_name(&cfg.node).context("resolving the node name")?;
+    let mut sans = vec![nodeinfo::hostname(), node_name.clone()];
+    sans.extend(cfg.node.node_ips.iter().cloned());
+    sans.extend(cfg.tls_sans.iter().cloned());
+    if !cfg.bind_address.is_unspecified() {
+        sans.push(cfg.bind_address.to_string());
+    }
+    let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)
+        .context("preparing TLS certificates")?;
+
+    let token_file = server_dir.join("token");
+    let token = resolve_token(&cfg, &pki, &token_file)?;
+    fsutil::write_atomic(
+        &token_file,
+        format!("{}\n", token.expose()).as_bytes(),
+        0o600,
+    )?;
+    let agent_token = cfg
+        .agent_token
+        .as_ref()
+        .map(|t| Token::secure(pki.ca_bundle(), "node", t.secret()));
+    if let Some(t) = &agent_token {
+        fsutil::write_atomic(
+            &server_dir.join("agent-token"),
+            format!("{}\n", t.expose()).as_bytes(),
+            0o600,
+        )?;
+    }
+
+    ensure_namespaces(&objects).await?;
+    nodepassword::secrets::import_legacy(&objects, &server_dir.join("cred").join("node-passwd"))
+        .await
+        .context("importing legacy node passwords")?;
+
+    let listener = tokio::net::TcpListener::bind((cfg.bind_address, cfg.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (--bind-address/--https-listen-port)",
+                cfg.bind_address, cfg.port
+            )
+        })?;
+    let port = listener.local_addr()?.port();
+    let advertise_ip = cfg
+        .node
+        .node_ips
+        .first()
+        .cloned()
+        .or_else(|| (!cfg.bind_address.is_unspecified()).then(|| cfg.bind_address.to_string()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let advertise_address = if advertise_ip.contains(':') {
+        format!("[{advertise_ip}]:{port}")
+    } else {
+        format!("{advertise_ip}:{port}")
+    };
+
+    let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
+    let sv = Arc::new(Supervisor {
+        objects: objects.clone(),
+        pki,
+        token: token.clone(),
+        agent_token,
+        token_file: token_file.clone(),
+        tunnels: Tunnels::default(),
+        server_name: node_name.clone(),
+        own_node: (!cfg.disable_agent).then(|| node_name.clone()),
+        advertise_address: advertise_address.clone(),
+        heartbeat_interval: cfg.node.heartbeat_interval,
+        keepalive_timeout: crate::tunnel::keepalive_for(cfg.node.heartbeat_interval),
+        grace_period: cfg.grace_period,
+        shutdown: shutdown.child_token(),
+        started: Instant::now(),
+        ready: AtomicBool::new(false),
+        embedded_agent: embedded.clone(),
+    });
+
+    let tls = sv.pki.server_config()?;
+    let http_cancel = shutdown.child_token();
+    let https_task = tokio::spawn(https::serve_tls(
+        listener,
+        tls,
+        router(sv.clone()),
+        http_cancel.clone(),
+    ));
+    let admin_cancel = shutdown.child_token();
+    let admin_listener = admin::bind(&cfg.admin_socket)?;
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin::Backend::Server(sv.clone()),
+        admin_cancel.clone(),
+    ));
+
+    let background = CancellationToken::new();
+    let bg = tokio_util::task::TaskTracker::new();
+    {
+        let (o, g, p, c) = (
+            objects.clone(),
+            cfg.grace_period,
+            cfg.monitor_period,
+            background.clone(),
+        );
+        bg.spawn(async move {
+            c.run_until_cancelled(lifecycle::monitor_loop(o, g, p))
+                .await
+        });
+        let (s, keep, every, c) = (
+            store.clone(),
+            cfg.compaction_keep,
+            cfg.compaction_interval,
+            background.clone(),
+        );
+        bg.spawn(async move {
+            c.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every))
+                .await
+        });
+    }
+    sv.ready.store(true, Ordering::Release);
+    tracing::info!(
+        address = %format!("{}:{port}", cfg.bind_address),
+        token_file = %token_file.display(),
+        admin_socket = %cfg.admin_socket.display(),
+        data_dir = %cfg.data_dir.display(),
+        "rk3s server is serving"
+    );
+
+    let agent_cancel = shutdown.child_token();
+    let agent_task = embedded.map(|state| {
+        let params = AgentParams {
+            server_url: format!("https://127.0.0.1:{port}"),
+            token: token.clone(),
+            node: cfg.node.clone(),
+            data_dir: cfg.data_dir.clone(),
+            ca_pem: Some(sv.pki.ca_bundle().to_vec()),
+        };
+        let c = agent_cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent::run(params, state, c).await {
+                tracing::error!(error = %e, "embedded agent stopped");
+            }
+        })
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: closing tunnels and draining connections");
+    agent_cancel.cancel();
+    if let Some(t) = agent_task {
+        let _ = t.await;
+    }
+    sv.tunnels.close_all();
+    http_cancel.cancel();
+    admin_cancel.cancel();
+    let _ = https_task.await;
+    let _ = admin_task.await;
+    background.cancel();
+    bg.close();
+    bg.wait().await;
+    let _ = std::fs::remove_file(&cfg.admin_socket);
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! Server side of the agent tunnel: one websocket session per node, the
+//! registry of open sessions, and the message loop that turns heartbeats
+//! into Lease renewals.
+
+use crate::lifecycle;
+use crate::server::Supervisor;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Answer to a password rotation request: Ok, or the agent's error.
+pub type RotationReply = Result<(), String>;
+
+pub struct Session {
+    id: u64,
+    pub tx: mpsc::Sender<ServerMessage>,
+    cancel: CancellationToken,
+    pub connected_at: Instant,
+    rotations: Mutex<HashMap<String, oneshot::Sender<RotationReply>>>,
+}
+
+impl Session {
+    /// Ask for a reply to rotation `id`; resolved by the message loop.
+    pub fn await_rotation(&self, id: &str) -> oneshot::Receiver<RotationReply> {
+        let (tx, rx) = oneshot::channel();
+        self.rotations
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), tx);
+        rx
+    }
+}
+
+#[derive(Default)]
+pub struct Tunnels {
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Tunnels {
+    pub fn get(&self, node: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().expect("lock").get(node).cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.sessions.lock().expect("lock").len()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Close a node's tunnel; true if one was open.
+    pub fn close(&self, node: &str) -> bool {
+        match self.sessions.lock().expect("lock").remove(node) {
+            Some(s) => {
+                s.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn close_all(&self) {
+        for (_, s) in self.sessions.lock().expect("lock").drain() {
+            s.cancel.cancel();
+        }
+    }
+
+    fn insert(
+        &self,
+        node: &str,
+        tx: mpsc::Sender<ServerMessage>,
+        parent: &CancellationToken,
+    ) -> Arc<Session> {
+        let s = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            cancel: parent.child_token(),
+            connected_at: Instant::now(),
+            rotations: Mutex::new(HashMap::new()),
+        });
+        // The newest connection of a node wins (its password was just verified).
+        if let Some(old) = self
+            .sessions
+            .lock()
+            .expect("lock")
+            .insert(node.to_string(), s.clone())
+        {
+            tracing::info!(node, "node reconnected; closing its previous tunnel");
+            old.cancel.cancel();
+        }
+        s
+    }
+
+    fn remove_if(&self, node: &str, id: u64) -> bool {
+        let mut m = self.sessions.lock().expect("lock");
+        if m.get(node).is_some_and(|s| s.id == id) {
+            m.remove(node);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a session ended, for the log.
+enum End {
+    Cancelled,
+    PeerClosed,
+    Silent,
+    Protocol(String),
+    Transport(String),
+}
+
+/// Run one node's session until it ends.
+pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String) {
+    let (tx, mut rx) = mpsc::channel::<ServerMessage>(16);
+    let session = sv.tunnels.insert(&node, tx, &sv.shutdown);
+    tracing::info!(node = %node, "tunnel connected");
+    let hello = ServerMessage::Hello {
+        node_name: node.clone(),
+        server_name: sv.server_name.clone(),
+        servers: vec![sv.advertise_address.clone()],
+        heartbeat_interval_ms: sv.heartbeat_interval.as_millis() as u64,
+    };
+    let keepalive = sv.keepalive_timeout;
+    let mut ping = tokio::time::interval(keepalive / 3);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rx = Instant::now();
+    let mut registered = false;
+    let end = 'outer: {
+        if let Err(e) = send(&mut ws, &hello).await {
+            break 'outer End::Transport(e);
+        }
+        loop {
+            tokio::select! {
+                _ = session.cancel.cancelled() => break 'outer End::Cancelled,
+                Some(msg) = rx.recv() => {
+                    if let Err(e) = send(&mut ws, &msg).await {
+                        break 'outer End::Transport(e);
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_rx.elapsed() > keepalive {
+                        break 'outer End::Silent;
+                    }
+                    if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                        break 'outer End::Transport(e.to_string());
+                    }
+                }
+                frame = ws.recv() => {
+                    last_rx = Instant::now();
+                    let text = match frame {
+                        None => break 'outer End::PeerClosed,
+                        Some(Err(e)) => break 'outer End::Transport(e.to_string()),
+                        Some(Ok(Message::Close(_))) => break 'outer End::PeerClosed,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Binary(_))) => break 'outer End::Protocol("binary frames are not part of the protocol".into()),
+                        Some(Ok(Message::Text(t))) => t,
+                    };
+                    let msg = match serde_json::from_str::<AgentMessage>(text.as_str()) {
+                        Ok(m) => m,
+                        Err(e) => break 'outer End::Protocol(format!("invalid message: {e}")),
+                    };
+                    if let Err(e) = handle(&sv, &session, &node, &mut registered, msg, &mut ws).await {
+                        break 'outer e;
+                    }
+                }
+            }
+        }
+    };
+    let (close_code, reason) = match &end {
+        End::Cancelled => (1001, "server closing the tunnel".to_string()),
+        End::Protocol(m) => (1008, m.clone()),
+        _ => (1000, String::new()),
+    };
+    match &end {
+        End::Cancelled => tracing::info!(node = %node, "tunnel closed by the server"),
+        End::PeerClosed => tracing::info!(node = %node, "tunnel closed by the agent"),
+        End::Silent => {
+            tracing::warn!(node = %node, timeout_ms = keepalive.as_millis() as u64, "agent went silent; closing its tunnel")
+        }
+        End::Protocol(m) => {
+            tracing::warn!(node = %node, error = %m, "protocol violation; closing the tunnel")
+        }
+        End::Transport(m) => tracing::info!(node = %node, error = %m, "tunnel transport error"),
+    }
+    let truncated: String = reason.chars().take(120).collect();
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code,
+            reason: truncated.into(),
+        })))
+        .await;
+    if sv.tunnels.remove_if(&node, session.id) {
+        if let Err(e) = lifecycle::disconnected(&sv.objects, &node, &sv.server_name).await {
+            tracing::debug!(node = %node, error = %e, "could not record the disconnect");
+        }
+    }
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerMessage) -> Result<(), String> {
+    let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn handle(
+    sv: &Arc<Supervisor>,
+    session: &Arc<Session>,
+    node: &str,
+    registered: &mut bool,
+    msg: AgentMessage,
+    ws: &mut WebSocket,
+) -> Result<(), End> {
+    match msg {
+        AgentMessage::NodeStatus { info } => {
+            let mut info = sanitize(info);
+            // Only the server decides who is control plane.
+            info.control_plane = sv.own_node.as_deref() == Some(node);
+            if let Err(e) = lifecycle::upsert_node(&sv.objects, node, &info, &sv.server_name).await
+            {
+                // Keep the tunnel; the next heartbeat retries.
+                tracing::warn!(node, error = %e, "could not store node status");
+                let _ = send(
+                    ws,
+                    &ServerMessage::Error {
+                        message: "node status not stored; retrying on next heartbeat".into(),
+                    },
+                )
+                .await;
+            } else {
+                *registered = true;
+            }
+        }
+        AgentMessage::Heartbeat { seq } => {
+            if !*registered {
+                return Err(End::Protocol("heartbeat before node_status".into()));
+            }
+            if let Err(e) = lifecycle::heartbeat(&sv.objects, node, &sv.server_name).await {
+                tracing::warn!(node, error = %e, "could not record heartbeat");
+                return Ok(());
+            }
+            send(ws, &ServerMessage::HeartbeatAck { seq })
+                .await
+                .map_err(End::Transport)?;
+        }
+        AgentMessage::PasswordAck { rotation_id } => reply_rotation(session, &rotation_id, Ok(())),
+        AgentMessage::PasswordNack { rotation_id, error } => {
+            reply_rotation(session, &rotation_id, Err(error))
+        }
+        AgentMessage::ShuttingDown { reason } => {
+            tracing::info!(node, reason = %reason, "node reports it is shutting down");
+        }
+    }
+    Ok(())
+}
+
+fn reply_rotation(session: &Session, id: &str, reply: RotationReply) {
+    if let Some(tx) = session.rotations.lock().expect("lock").remove(id) {
+        let _ = tx.send(reply);
+    }
+}
+
+/// Agents are trusted with their own facts, not with unbounded strings.
+fn sanitize(mut info: NodeInfo) -> NodeInfo {
+    let cut = |s: &mut String| s.truncate(256);
+    for s in [
+        &mut info.hostname,
+        &mut info.os,
+        &mut info.os_image,
+        &mut info.kernel_version,
+        &mut info.architecture,
+        &mut info.rk3s_version,
+    ] {
+        cut(s);
+    }
+    info.internal_ips
+        .retain(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    info.internal_ips.truncate(8);
+    let labels = std::mem::take(&mut info.labels);
+    info.labels = labels
+        .into_iter()
+        .filter(|(k, v)| k.len() <= 317 && v.len() <= 63)
+        .take(64)
+        .collect();
+    info
+}
+
+/// Default silence after which either side drops the tunnel.
+pub fn keepalive_for(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
