@@ -1,1 +1,427 @@
+//! Harness for process-level tests: real `rk3sd` and `rk3sctl` binaries on
+//! 127.0.0.1, each in its own temporary directory, with fast timings.
+//!
+//! Binaries come from the same target directory as the test executable
+//! (`cargo test --workspace` builds them). Every child is killed when its
+//! handle drops, and its log is printed if the test is failing.
 
+use serde_json::Value;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        p.display()
+    );
+    p
+}
+
+/// Poll `f` every 100 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run rk3sctl against `socket`.
+pub fn ctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("rk3sctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run rk3sctl")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fast timings so tests do not wait for production defaults.
+pub const FAST: &[&str] = &[
+    "--heartbeat-interval",
+    "500ms",
+    "--reconnect-backoff-max",
+    "1s",
+];
+
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+    label: String,
+}
+
+impl Proc {
+    fn spawn(label: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup log"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {label}: {e}"));
+        Self {
+            child: Some(child),
+            log,
+            label: label.to_string(),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// Wait for exit up to `timeout`; returns the exit code if it exited.
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let code = wait_for(timeout, || child.try_wait().ok().flatten())?;
+        self.child = None;
+        Some(code.code().unwrap_or(-1))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("----- last log lines of {} -----", self.label);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+pub struct Server {
+    proc: Proc,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Start a server in `dir` (its own data dir, socket, node config) and
+    /// wait until it serves. `extra` flags are appended.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut s = Self {
+            proc: Proc {
+                child: None,
+                log: dir.join("server.log"),
+                label: "server".into(),
+            },
+            dir: dir.to_path_buf(),
+            data_dir: dir.join("data"),
+            socket: dir.join("server.sock"),
+            port: 0,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let mut cmd = Command::new(bin("rk3sd"));
+        cmd.arg("server")
+            .args(["--config", "/dev/null", "--bind-address", "127.0.0.1"])
+            .args(["--https-listen-port", &self.port.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--admin-socket")
+            .arg(&self.socket)
+            .arg("--node-config-dir")
+            .arg(self.dir.join("node"))
+            .args([
+                "--node-name",
+                "server-0",
+                "--node-monitor-grace-period",
+                "3s",
+                "--node-monitor-period",
+                "250ms",
+            ])
+            .args(FAST)
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("RK3S_TOKEN")
+            .env_remove("RK3S_URL");
+        self.proc = Proc::spawn("server", cmd, self.dir.join("server.log"));
+        let status = wait_for(Duration::from_secs(30), || {
+            if !self.proc.running() {
+                panic!("server exited during startup:\n{}", self.log());
+            }
+            let o = ctl(&self.socket, &["status", "-o", "json"]);
+            o.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&o.stdout).unwrap())
+        })
+        .unwrap_or_else(|| panic!("server did not become ready:\n{}", self.log()));
+        let addr = status["api_address"].as_str().unwrap();
+        self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server/token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.join("server/token")
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir.join("server/tls/server-ca.crt")).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid().expect("server running")
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&self.socket, args)
+    }
+
+    /// `rk3sctl node list -o json`.
+    pub fn nodes(&self) -> Vec<Value> {
+        let o = self.ctl(&["node", "list", "-o", "json"]);
+        assert!(o.status.success(), "node list failed: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("node list JSON")
+    }
+
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.nodes().into_iter().find(|n| n["name"] == name)
+    }
+
+    /// Wait until `name` has `status` (Ready/Unknown/NotReady).
+    pub fn wait_status(&self, name: &str, status: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            (self.node(name)?["status"] == status).then_some(())
+        })
+        .is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.proc.signal(libc::SIGTERM);
+        self.proc.wait(Duration::from_secs(20))
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Wait for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.proc.wait(timeout)
+    }
+
+    /// Start again with the same directories and port.
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+}
+
+pub struct Agent {
+    proc: Proc,
+    pub name: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Agent {
+    /// Start `rk3sd agent` named `name` in `dir`, joining `server_url` with
+    /// the token in `token_file`. Does not wait for registration.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        server_url: &str,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let mut args: Vec<String> = vec![
+            "--server".into(),
+            server_url.into(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+            "--node-name".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_args(dir, name, args, &[])
+    }
+
+    pub fn start_args(dir: &Path, name: &str, args: Vec<String>, env: &[(&str, &str)]) -> Self {
+        let mut a = Self {
+            proc: Proc {
+                child: None,
+                log: dir.join("agent.log"),
+                label: format!("agent {name}"),
+            },
+            name: name.into(),
+            dir: dir.to_path_buf(),
+            socket: dir.join("agent.sock"),
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        a.launch();
+        a
+    }
+
+    fn launch(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let mut cmd = Command::new(bin("rk3sd"));
+        cmd.arg("agent");
+        if !self.args.iter().any(|a| a == "--config") {
+            cmd.args(["--config", "/dev/null"]);
+        }
+        cmd.arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--admin-socket")
+            .arg(&self.socket)
+            .arg("--node-config-dir")
+            .arg(self.node_config_dir())
+            .args(FAST)
+            .args(&self.args)
+            .env_remove("RK3S_TOKEN")
+            .env_remove("RK3S_URL")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let label = format!("agent {}", self.name);
+        self.proc = Proc::spawn(&label, cmd, self.dir.join("agent.log"));
+    }
+
+    pub fn node_config_dir(&self) -> PathBuf {
+        self.dir.join("node")
+    }
+
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.node_config_dir().join("password"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        let o = ctl(&self.socket, &["status", "-o", "json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    pub fn stop(&mut self) -> Option<i32> {
+        self.proc.signal(libc::SIGTERM);
+        self.proc.wait(Duration::from_secs(20))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.proc.wait(timeout)
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.proc.running()
+    }
+
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+}
+
+/// A fresh temporary directory for one test.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rk3s-test-")
+        .tempdir()
+        .expect("tempdir")
+}
