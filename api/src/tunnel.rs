@@ -11,6 +11,10 @@ use std::fmt;
 /// megabyte frame is an attack or a bug.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Read/write buffer of each websocket end; grows on demand up to
+/// [`MAX_MESSAGE_BYTES`] for the rare large message.
+pub const WS_BUFFER_BYTES: usize = 4 * 1024;
+
 /// What the agent reports about its host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct NodeInfo {

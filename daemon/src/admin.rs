@@ -126,12 +126,27 @@ pub async fn serve(listener: Listener, backend: Backend, cancel: CancellationTok
     tracker.wait().await;
 }
 
-type R = Result<Response, Response>;
+/// Admin handlers' error: an [`ApiError`] rendered as an admin error body.
+struct AdminError(ApiError);
 
-fn server_only(b: &Backend) -> Result<&Arc<Supervisor>, Response> {
+impl<E: Into<ApiError>> From<E> for AdminError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        self.0.to_admin()
+    }
+}
+
+type R = Result<Response, AdminError>;
+
+fn server_only(b: &Backend) -> Result<&Arc<Supervisor>, ApiError> {
     match b {
         Backend::Server(sv) => Ok(sv),
-        Backend::Agent(..) => Err(ApiError::AgentMode.to_admin()),
+        Backend::Agent(..) => Err(ApiError::AgentMode),
     }
 }
 
@@ -143,7 +158,7 @@ async fn status(State(b): State<Backend>) -> R {
                 .list("nodes", None)
                 .await
                 .map(|(_, n)| n.len())
-                .map_err(|e| ApiError::from(e).to_admin())?;
+                .map_err(ApiError::from)?;
             let (connected_server, registration) = match &sv.embedded_agent {
                 Some(a) => (
                     a.connected_server.lock().expect("lock").clone(),
@@ -186,12 +201,12 @@ async fn status(State(b): State<Backend>) -> R {
 
 async fn list_nodes(State(b): State<Backend>) -> R {
     let sv = server_only(&b)?;
-    Ok(Json(nodes::list(sv).await.map_err(|e| e.to_admin())?).into_response())
+    Ok(Json(nodes::list(sv).await?).into_response())
 }
 
 async fn show_node(State(b): State<Backend>, Path(name): Path<String>) -> R {
     let sv = server_only(&b)?;
-    Ok(Json(nodes::show(sv, &name).await.map_err(|e| e.to_admin())?).into_response())
+    Ok(Json(nodes::show(sv, &name).await?).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -206,22 +221,12 @@ async fn forget_node(
     Query(q): Query<ForgetQuery>,
 ) -> R {
     let sv = server_only(&b)?;
-    Ok(Json(
-        nodes::forget(sv, &name, q.force)
-            .await
-            .map_err(|e| e.to_admin())?,
-    )
-    .into_response())
+    Ok(Json(nodes::forget(sv, &name, q.force).await?).into_response())
 }
 
 async fn rotate(State(b): State<Backend>, Path(name): Path<String>) -> R {
     let sv = server_only(&b)?;
-    Ok(Json(
-        nodes::rotate_password(sv, &name)
-            .await
-            .map_err(|e| e.to_admin())?,
-    )
-    .into_response())
+    Ok(Json(nodes::rotate_password(sv, &name).await?).into_response())
 }
 
 async fn token(State(b): State<Backend>) -> R {

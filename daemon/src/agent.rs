@@ -11,7 +11,7 @@ use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use rk3s_api::routes::{CACERTS, CONNECT, HEADER_NODE_IP, HEADER_NODE_NAME, HEADER_NODE_PASSWORD};
-use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage, MAX_MESSAGE_BYTES};
+use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage, MAX_MESSAGE_BYTES, WS_BUFFER_BYTES};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -158,6 +158,8 @@ pub async fn connect_tunnel(
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_MESSAGE_BYTES);
     cfg.max_frame_size = Some(MAX_MESSAGE_BYTES);
+    cfg.read_buffer_size = WS_BUFFER_BYTES;
+    cfg.write_buffer_size = WS_BUFFER_BYTES;
     let connector = tokio_tungstenite::Connector::Rustls(tls);
     let fut =
         tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, Some(connector));
@@ -366,7 +368,7 @@ async fn session(
     }
     let mut hb = tokio::time::interval(hb_every);
     hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval(keepalive / 3);
+    let mut ping = tokio::time::interval(keepalive / 5);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;

@@ -18,11 +18,10 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {cause}")]
     Read {
         file: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
@@ -35,12 +34,8 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
-    #[error("{origin}: {source}")]
-    Token {
-        origin: String,
-        #[source]
-        source: TokenError,
-    },
+    #[error("{origin}: {cause}")]
+    Token { origin: String, cause: TokenError },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -49,6 +44,7 @@ fn is_false(b: &bool) -> bool {
 
 #[derive(Parser, Debug)]
 #[command(
+    args_override_self = true,
     name = "rk3sd",
     version,
     about = "rk3s daemon: a small Kubernetes-style control plane (server) and node agent"
@@ -257,7 +253,7 @@ fn config_files(explicit: Option<&Path>) -> Result<Vec<PathBuf>, ConfigError> {
     } else if explicit.is_some() {
         return Err(ConfigError::Read {
             file: main,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         });
     }
     let dropin = PathBuf::from(format!("{}.d", main.display()));
@@ -278,9 +274,9 @@ fn file_layer<T: for<'de> Deserialize<'de>>(
     mode: &'static str,
     allowed: &[String],
 ) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(file).map_err(|cause| ConfigError::Read {
         file: file.to_path_buf(),
-        source,
+        cause,
     })?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         file: file.to_path_buf(),
@@ -361,21 +357,21 @@ fn token_from(
     if let Some(v) = value {
         return Token::parse(v)
             .map(Some)
-            .map_err(|source| ConfigError::Token {
+            .map_err(|cause| ConfigError::Token {
                 origin: format!("--{flag}"),
-                source,
+                cause,
             });
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             file: path.clone(),
-            source,
+            cause,
         })?;
         return Token::parse(&text)
             .map(Some)
-            .map_err(|source| ConfigError::Token {
+            .map_err(|cause| ConfigError::Token {
                 origin: path.display().to_string(),
-                source,
+                cause,
             });
     }
     Ok(None)

@@ -82,3 +82,56 @@ pub async fn local_ip_towards(server_hostport: &str) -> Option<String> {
     sock.connect(addr).ok()?;
     Some(sock.local_addr().ok()?.ip().to_string())
 }
+
+/// Every non-loopback, non-link-local address of this host's interfaces.
+pub fn host_ips() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; every
+    // pointer is checked before it is read.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                let ip: Option<std::net::IpAddr> = match (*addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let a = &*(addr as *const libc::sockaddr_in);
+                        Some(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into())
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*(addr as *const libc::sockaddr_in6);
+                        Some(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into())
+                    }
+                    _ => None,
+                };
+                if let Some(ip) = ip {
+                    let link_local = match ip {
+                        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+                        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+                    };
+                    if !ip.is_loopback() && !link_local && !out.contains(&ip.to_string()) {
+                        out.push(ip.to_string());
+                    }
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_ips_are_parseable_and_not_loopback() {
+        for ip in super::host_ips() {
+            let parsed: std::net::IpAddr = ip.parse().unwrap();
+            assert!(!parsed.is_loopback(), "{ip}");
+        }
+    }
+}

@@ -232,9 +232,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
     })?;
     let password = nodepassword::generate();
     let pw = password.clone();
-    let new_hash = tokio::task::spawn_blocking(move || nodepassword::hash(&pw))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let new_hash = secrets::blocking(move || nodepassword::hash(&pw)).await;
     if !secrets::set_pending(&sv.objects, name, &new_hash).await? {
         return Err(ApiError::NotFound(format!(
             "node {name:?} has no password secret"

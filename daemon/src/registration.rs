@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rk3s_api::routes::{HEADER_NODE_IP, HEADER_NODE_NAME, HEADER_NODE_PASSWORD};
-use rk3s_api::tunnel::MAX_MESSAGE_BYTES;
+use rk3s_api::tunnel::{MAX_MESSAGE_BYTES, WS_BUFFER_BYTES};
 use std::sync::Arc;
 
 /// Basic auth `node:<secret>` (or `server:<secret>`) against the cluster
@@ -74,6 +74,10 @@ pub async fn connect(
             Ok(ws) => ws
                 .max_message_size(MAX_MESSAGE_BYTES)
                 .max_frame_size(MAX_MESSAGE_BYTES)
+                // Messages are tiny; tungstenite's 128 KiB default buffers
+                // would cost 128 MiB per thousand agents.
+                .read_buffer_size(WS_BUFFER_BYTES)
+                .write_buffer_size(WS_BUFFER_BYTES)
                 .on_upgrade(move |socket| crate::tunnel::serve_session(sv, socket, node))
                 .into_response(),
         },

@@ -168,6 +168,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let node_name = agent::node_name(&cfg.node).context("resolving the node name")?;
     let mut sans = vec![nodeinfo::hostname(), node_name.clone()];
     sans.extend(cfg.node.node_ips.iter().cloned());
+    sans.extend(nodeinfo::host_ips());
     sans.extend(cfg.tls_sans.iter().cloned());
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());

@@ -135,7 +135,7 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
         heartbeat_interval_ms: sv.heartbeat_interval.as_millis() as u64,
     };
     let keepalive = sv.keepalive_timeout;
-    let mut ping = tokio::time::interval(keepalive / 3);
+    let mut ping = tokio::time::interval(keepalive / 5);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
     let mut registered = false;
@@ -301,5 +301,6 @@ fn sanitize(mut info: NodeInfo) -> NodeInfo {
 
 /// Default silence after which either side drops the tunnel.
 pub fn keepalive_for(heartbeat: Duration) -> Duration {
-    (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    // Checked every fifth of this, so a dead peer is noticed within 30 s.
+    (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(25))
 }

@@ -14,9 +14,15 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary next to the running test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
+    // Tests run from target/<profile>/deps/, bench binaries from target/<profile>/.
+    let here = exe.parent().expect("exe dir");
+    let p = [
+        here.join(name),
+        here.parent().map(|d| d.join(name)).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| here.join(name));
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",

@@ -52,7 +52,19 @@ pub fn new_secret(node: &str, hash: &str) -> Value {
     })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Run a hash off the async threads, at most one per CPU at a time: each
+/// scrypt call holds its work memory, and a registration storm must not
+/// turn into hundreds of blocking threads each keeping an allocator arena.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+    });
+    let _permit = slots.acquire().await.expect("semaphore never closed");
     tokio::task::spawn_blocking(f)
         .await
         .expect("hash task panicked")
