@@ -209,13 +209,21 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             )
         })?;
     let port = listener.local_addr()?.port();
-    let advertise_ip = cfg
-        .node
-        .node_ips
-        .first()
-        .cloned()
-        .or_else(|| (!cfg.bind_address.is_unspecified()).then(|| cfg.bind_address.to_string()))
-        .unwrap_or_else(|| "127.0.0.1".into());
+    // The server's node IP: --node-ip, else a specific --bind-address, else
+    // the host's first address (loopback only as a last resort).
+    let mut node_settings = cfg.node.clone();
+    if node_settings.node_ips.is_empty() {
+        let ip = if cfg.bind_address.is_unspecified() {
+            nodeinfo::host_ips()
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "127.0.0.1".into())
+        } else {
+            cfg.bind_address.to_string()
+        };
+        node_settings.node_ips.push(ip);
+    }
+    let advertise_ip = node_settings.node_ips[0].clone();
     let advertise_address = if advertise_ip.contains(':') {
         format!("[{advertise_ip}]:{port}")
     } else {
@@ -296,7 +304,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         let params = AgentParams {
             server_url: format!("https://127.0.0.1:{port}"),
             token: token.clone(),
-            node: cfg.node.clone(),
+            node: node_settings.clone(),
             data_dir: cfg.data_dir.clone(),
             ca_pem: Some(sv.pki.ca_bundle().to_vec()),
         };
