@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod apiserver;
 pub mod certs;
 pub mod config;
 pub mod datastore;

@@ -395,6 +395,19 @@ impl Agent {
             .then(|| serde_json::from_slice(&o.stdout).unwrap())
     }
 
+    /// Wait until the agent's own socket reports a registration whose text
+    /// starts with `state` (`registered`, `rejected`...).
+    pub fn wait_registration(&self, state: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.status().filter(|s| {
+                s["registration"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with(state))
+            })
+        })
+        .is_some()
+    }
+
     pub fn kill(&mut self) {
         self.proc.kill();
     }

@@ -125,15 +125,10 @@ fn wiped_password_is_rejected_until_the_node_is_forgotten() {
         rejected.contains(&a.node_config_dir().join("password").display().to_string()),
         "{rejected}"
     );
-    let st = wait_for(JOIN, || {
-        a.status().filter(|s| {
-            s["registration"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("rejected")
-        })
-    });
-    assert!(st.is_some(), "agent status should say rejected");
+    assert!(
+        a.wait_registration("rejected", JOIN),
+        "agent status should say rejected"
+    );
 
     let o = server.ctl(&["node", "forget", "rebuilt"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -144,10 +139,7 @@ fn wiped_password_is_rejected_until_the_node_is_forgotten() {
         "{:?}",
         server.nodes()
     );
-    let st = wait_for(JOIN, || {
-        a.status().filter(|s| s["registration"] == "registered")
-    });
-    assert!(st.is_some());
+    assert!(a.wait_registration("registered", JOIN));
 }
 
 #[test]
@@ -208,14 +200,7 @@ fn rotate_password_changes_the_file_and_the_node_rejoins_after_restart() {
     );
     a.stop();
     a.restart();
-    assert!(
-        wait_for(JOIN, || a
-            .status()
-            .filter(|s| s["registration"] == "registered"))
-        .is_some(),
-        "{}",
-        a.log()
-    );
+    assert!(a.wait_registration("registered", JOIN), "{}", a.log());
     assert!(
         !server.log().contains(&after) && !a.log().contains(&after),
         "new password logged"
@@ -247,10 +232,7 @@ fn rotation_survives_a_crash_on_either_side() {
     a.stop();
     a.set_env(&[("RK3S_TEST_EXIT_AFTER_PASSWORD_WRITE", "1")]);
     a.restart();
-    assert!(wait_for(JOIN, || a
-        .status()
-        .filter(|s| s["registration"] == "registered"))
-    .is_some());
+    assert!(a.wait_registration("registered", JOIN));
     let old = a.password();
     let o = server.ctl(&["node", "rotate-password", "crashy"]);
     assert!(!o.status.success(), "the agent died before acking");
@@ -265,14 +247,7 @@ fn rotation_survives_a_crash_on_either_side() {
     );
     a.set_env(&[]);
     a.restart();
-    assert!(
-        wait_for(JOIN, || a
-            .status()
-            .filter(|s| s["registration"] == "registered"))
-        .is_some(),
-        "{}",
-        a.log()
-    );
+    assert!(a.wait_registration("registered", JOIN), "{}", a.log());
     let show = stdout(&server.ctl(&["node", "show", "crashy", "-o", "json"]));
     assert!(
         show.contains("\"password_rotation_pending\": false"),
@@ -283,10 +258,7 @@ fn rotation_survives_a_crash_on_either_side() {
     server.stop();
     server.set_env(&[("RK3S_TEST_EXIT_BEFORE_PASSWORD_SWAP", "1")]);
     server.restart();
-    assert!(wait_for(JOIN, || a
-        .status()
-        .filter(|s| s["registration"] == "registered"))
-    .is_some());
+    assert!(a.wait_registration("registered", JOIN));
     let before = a.password();
     let o = server.ctl(&["node", "rotate-password", "crashy"]);
     assert!(!o.status.success());
@@ -303,10 +275,7 @@ fn rotation_survives_a_crash_on_either_side() {
             .then_some(())
     })
     .is_some());
-    assert!(wait_for(JOIN, || a
-        .status()
-        .filter(|s| s["registration"] == "registered"))
-    .is_some());
+    assert!(a.wait_registration("registered", JOIN));
 }
 
 #[test]
@@ -358,10 +327,7 @@ fn wrong_token_is_refused_with_a_clear_error() {
         !log.contains("not-the-secret"),
         "token secret must not be logged: {log}"
     );
-    assert!(wait_for(JOIN, || a
-        .status()
-        .filter(|s| s["registration"].as_str().unwrap_or("").contains("401")))
-    .is_some());
+    assert!(a.wait_registration("rejected: token not accepted (401)", JOIN));
     assert!(server.node("intruder").is_none());
 }
 

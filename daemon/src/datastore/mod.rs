@@ -201,6 +201,39 @@ impl Datastore {
     }
 }
 
+/// Deliver `first` (or, if `None`, what the log holds after `last`) and
+/// every later page until a short page says the head is reached. `Err` ends
+/// the watch (receiver gone, or a read error that was forwarded to it).
+async fn catch_up(
+    backend: &Arc<dyn Backend>,
+    prefix: &str,
+    last: &mut Revision,
+    first: Option<Vec<Event>>,
+    tx: &mpsc::Sender<Result<Event>>,
+) -> std::result::Result<(), ()> {
+    let mut page = first;
+    loop {
+        let events = match page.take() {
+            Some(p) => p,
+            None => match backend.events_after(prefix, *last, CATCH_UP_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return Err(());
+                }
+            },
+        };
+        let short = events.len() < CATCH_UP_PAGE;
+        for ev in events {
+            *last = ev.revision;
+            tx.send(Ok(ev)).await.map_err(|_| ())?;
+        }
+        if short {
+            return Ok(());
+        }
+    }
+}
+
 /// Ends when the receiver goes away or on an error it forwards.
 async fn pump(
     backend: Arc<dyn Backend>,
@@ -210,29 +243,7 @@ async fn pump(
     mut live: broadcast::Receiver<Arc<Event>>,
     tx: mpsc::Sender<Result<Event>>,
 ) -> std::result::Result<(), ()> {
-    let send = |ev: Event| {
-        let tx = tx.clone();
-        async move { tx.send(Ok(ev)).await.map_err(|_| ()) }
-    };
-    let mut page = first;
-    // Catch up page by page until a short page says we reached the head.
-    loop {
-        let short = page.len() < CATCH_UP_PAGE;
-        for ev in page {
-            last = ev.revision;
-            send(ev).await?;
-        }
-        if short {
-            break;
-        }
-        page = match backend.events_after(&prefix, last, CATCH_UP_PAGE).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return Err(());
-            }
-        };
-    }
+    catch_up(&backend, &prefix, &mut last, Some(first), &tx).await?;
     loop {
         tokio::select! {
             _ = tx.closed() => return Ok(()),
@@ -242,27 +253,11 @@ async fn pump(
                         continue;
                     }
                     last = ev.revision;
-                    send((*ev).clone()).await?;
+                    tx.send(Ok((*ev).clone())).await.map_err(|_| ())?;
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Fell behind the broadcast: read what we missed from the log.
-                    loop {
-                        let page = match backend.events_after(&prefix, last, CATCH_UP_PAGE).await {
-                            Ok(p) => p,
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return Err(());
-                            }
-                        };
-                        let short = page.len() < CATCH_UP_PAGE;
-                        for ev in page {
-                            last = ev.revision;
-                            send(ev).await?;
-                        }
-                        if short {
-                            break;
-                        }
-                    }
+                    catch_up(&backend, &prefix, &mut last, None, &tx).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     let _ = tx.send(Err(DatastoreError::Unavailable("datastore closed".into()))).await;

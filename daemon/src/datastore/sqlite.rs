@@ -657,6 +657,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watcher_that_falls_behind_catches_up_from_the_log() {
+        let (_d, s) = store();
+        let mut w = s.watch("/registry/lag/", 0).await.unwrap();
+        // More events than the broadcast and the watch buffer hold together,
+        // written while nobody reads the watch.
+        let n = BROADCAST_CAPACITY + 2000;
+        let mut rev = s.create("/registry/lag/k", b"0".to_vec()).await.unwrap();
+        for i in 1..n {
+            rev = s
+                .update("/registry/lag/k", i.to_string().into_bytes(), rev)
+                .await
+                .unwrap();
+        }
+        let mut last = 0;
+        for i in 0..n {
+            let e = w.next().await.unwrap().unwrap();
+            assert_eq!(e.revision, last + 1, "event {i} skipped or reordered");
+            assert_eq!(e.value, i.to_string().into_bytes());
+            last = e.revision;
+        }
+    }
+
+    #[tokio::test]
     async fn compaction_refuses_old_watch_and_keeps_newest() {
         let (_d, s) = store();
         let mut rev = s.create("/registry/k/a", b"0".to_vec()).await.unwrap();
