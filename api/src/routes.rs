@@ -10,6 +10,9 @@ pub const READYZ: &str = "/v1-rk3s/readyz";
 /// Websocket tunnel; registration happens in its HTTP handshake.
 pub const CONNECT: &str = "/v1-rk3s/connect";
 
+/// POST a DER CSR, get the node's client certificate (PEM).
+pub const CLIENT_KUBELET_CERT: &str = "/v1-rk3s/client-kubelet.crt";
+
 /// Header carrying the agent's node name.
 pub const HEADER_NODE_NAME: &str = "Rk3s-Node-Name";
 /// Header carrying the agent's node password (over TLS only).

@@ -195,6 +195,102 @@ pub async fn connect_tunnel(
     }
 }
 
+/// Renew the node client certificate when less than this is left.
+const CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86400);
+
+/// Days of validity left in a PEM certificate (None if unreadable).
+fn remaining(cert_pem: &[u8]) -> Option<Duration> {
+    let der = rustls_pemfile::certs(&mut &cert_pem[..]).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let left = cert.validity().not_after.timestamp() - chrono::Utc::now().timestamp();
+    Some(Duration::from_secs(left.max(0) as u64))
+}
+
+/// Make sure `<data-dir>/agent/client-kubelet.crt` holds a node client
+/// certificate (CN=system:node:<node>) with time left, and write
+/// `<data-dir>/agent/kubelet.kubeconfig` using it.
+pub async fn ensure_node_cert(
+    server_url: &str,
+    ca_pem: &[u8],
+    token_secret: &str,
+    node_name: &str,
+    password: &str,
+    data_dir: &std::path::Path,
+) -> Result<(), AgentError> {
+    let dir = data_dir.join("agent");
+    let crt = dir.join("client-kubelet.crt");
+    let key = dir.join("client-kubelet.key");
+    let current = fsutil::read_optional(&crt)?;
+    if current
+        .as_deref()
+        .and_then(remaining)
+        .is_some_and(|left| left > CERT_RENEW_BEFORE)
+        && key.exists()
+    {
+        return Ok(());
+    }
+    let kp = rcgen::KeyPair::generate().map_err(|e| AgentError::Tunnel(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("system:node:{node_name}"),
+    );
+    let csr = params
+        .serialize_request(&kp)
+        .map_err(|e| AgentError::Tunnel(e.to_string()))?;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca_pem)
+                .map_err(|e| AgentError::Tunnel(e.to_string()))?,
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| AgentError::Tunnel(e.to_string()))?;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("node:{token_secret}"));
+    let url = format!("{server_url}{}", rk3s_api::routes::CLIENT_KUBELET_CERT);
+    let resp = client
+        .post(&url)
+        .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+        .header(HEADER_NODE_NAME, node_name)
+        .header(HEADER_NODE_PASSWORD, password)
+        .body(csr.der().to_vec())
+        .send()
+        .await
+        .map_err(|e| AgentError::Unreachable {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    if !resp.status().is_success() {
+        return Err(AgentError::Refused {
+            server: server_url.to_string(),
+            status: resp.status().as_u16(),
+            message: "node client certificate request refused".into(),
+        });
+    }
+    let pem = resp
+        .bytes()
+        .await
+        .map_err(|e| AgentError::Tunnel(e.to_string()))?;
+    fsutil::ensure_dir(&dir, 0o700)?;
+    fsutil::write_atomic(&key, kp.serialize_pem().as_bytes(), 0o600)?;
+    fsutil::write_atomic(&crt, &pem, 0o644)?;
+    let kubeconfig = crate::kubeconfig::render(
+        server_url,
+        &String::from_utf8_lossy(ca_pem),
+        &String::from_utf8_lossy(&pem),
+        &kp.serialize_pem(),
+    );
+    fsutil::write_atomic(
+        &dir.join("kubelet.kubeconfig"),
+        kubeconfig.as_bytes(),
+        0o600,
+    )?;
+    tracing::info!(file = %crt.display(), "node client certificate issued");
+    Ok(())
+}
+
 /// Resolve the node name: --node-name or the hostname, plus `-<id>` with --with-node-id.
 pub fn node_name(node: &NodeSettings) -> Result<String, AgentError> {
     let base = node.node_name.clone().unwrap_or_else(nodeinfo::hostname);
@@ -300,6 +396,18 @@ pub async fn run(
                 state.set("registered", Some(&params.server_url));
                 state.registered.send_replace(true);
                 tracing::info!(node = %name, server = %params.server_url, "registered; tunnel up");
+                if let Err(e) = ensure_node_cert(
+                    &params.server_url,
+                    &ca_pem,
+                    params.token.secret(),
+                    &name,
+                    &password,
+                    &params.data_dir,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "could not obtain the node client certificate; will retry on the next connection");
+                }
                 let info = nodeinfo::collect(ips, params.node.labels.clone());
                 let started = Instant::now();
                 let end = session(ws, &params, &info, &mut password, &cancel).await;

@@ -203,22 +203,21 @@ impl Pki {
     ) -> Result<String, CertError> {
         let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())?;
         let issuer = Issuer::from_ca_cert_pem(&self.client_ca_pem, &self.client_ca_key)?;
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        for o in orgs {
-            dn.push(DnType::OrganizationName, *o);
-        }
-        p.distinguished_name = dn;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = OffsetDateTime::now_utc();
-        p.not_before = now - Duration::hours(1);
-        p.not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
-        Ok(p.signed_by(&csr.public_key, &issuer)?.pem())
+        Ok(client_params(cn, orgs)
+            .signed_by(&csr.public_key, &issuer)?
+            .pem())
+    }
+
+    /// A client certificate and a new key for `cn`/`orgs` (admin kubeconfig).
+    pub fn issue_client_keypair(
+        &self,
+        cn: &str,
+        orgs: &[&str],
+    ) -> Result<(String, String), CertError> {
+        let kp = KeyPair::generate()?;
+        let issuer = Issuer::from_ca_cert_pem(&self.client_ca_pem, &self.client_ca_key)?;
+        let cert = client_params(cn, orgs).signed_by(&kp, &issuer)?;
+        Ok((cert.pem(), kp.serialize_pem()))
     }
 
     /// rustls config for the HTTPS listener: HTTP/1.1, client certificates
@@ -252,6 +251,25 @@ impl Pki {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
+}
+
+fn client_params(cn: &str, orgs: &[&str]) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    for o in orgs {
+        dn.push(DnType::OrganizationName, *o);
+    }
+    p.distinguished_name = dn;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
+    p
 }
 
 /// A rustls client config trusting exactly the CA bundle `ca_pem`.

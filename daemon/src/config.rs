@@ -57,9 +57,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the control plane (and, unless --disable-agent, this host's node agent).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a node agent that joins a cluster through --server.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
 }
 
 /// Flags both modes take (the server runs an embedded agent).
@@ -158,6 +158,14 @@ pub struct ServerArgs {
     #[arg(long, env = "RK3S_AGENT_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_token_file: Option<PathBuf>,
+    /// Where to write the admin kubeconfig [default: /etc/rancher/rk3s/rk3s.yaml as root, <data-dir>/rk3s.yaml otherwise].
+    #[arg(long, short = 'o')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_kubeconfig: Option<PathBuf>,
+    /// File mode of the admin kubeconfig, octal [default: 0600].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_kubeconfig_mode: Option<String>,
     /// Do not register this server as a node.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -409,6 +417,8 @@ pub struct ServerConfig {
     pub token: Option<Token>,
     pub agent_token: Option<Token>,
     pub disable_agent: bool,
+    pub kubeconfig: PathBuf,
+    pub kubeconfig_mode: u32,
     pub node: NodeSettings,
     pub grace_period: Duration,
     pub monitor_period: Duration,
@@ -504,6 +514,17 @@ impl ServerConfig {
             port: a.https_listen_port.unwrap_or(6443),
             tls_sans: a.tls_san.clone(),
             disable_agent: a.disable_agent,
+            kubeconfig: a
+                .write_kubeconfig
+                .clone()
+                .unwrap_or_else(|| crate::kubeconfig::default_path(&data_dir)),
+            kubeconfig_mode: crate::kubeconfig::parse_mode(
+                a.write_kubeconfig_mode.as_deref().unwrap_or("0600"),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                origin: "--write-kubeconfig-mode".into(),
+                message,
+            })?,
             grace_period: duration_of(
                 "node-monitor-grace-period",
                 &a.node_monitor_grace_period,
@@ -594,7 +615,7 @@ mod tests {
         let mut v = vec!["rk3sd", "server"];
         v.extend_from_slice(args);
         match Cli::try_parse_from(v).unwrap().command {
-            Command::Server(s) => s,
+            Command::Server(s) => *s,
             _ => unreachable!(),
         }
     }

@@ -10,6 +10,7 @@ pub mod datastore;
 pub mod error;
 pub mod fsutil;
 pub mod https;
+pub mod kubeconfig;
 pub mod lifecycle;
 pub mod names;
 pub mod nodeinfo;

@@ -21,23 +21,23 @@ pub type Result<T, E = ObjectError> = std::result::Result<T, E>;
 /// Which object: resource (plural), optional namespace, name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ref {
-    pub resource: &'static str,
+    pub resource: String,
     pub namespace: Option<String>,
     pub name: String,
 }
 
 impl Ref {
-    pub fn cluster(resource: &'static str, name: &str) -> Self {
+    pub fn cluster(resource: impl Into<String>, name: &str) -> Self {
         Self {
-            resource,
+            resource: resource.into(),
             namespace: None,
             name: name.to_string(),
         }
     }
 
-    pub fn namespaced(resource: &'static str, namespace: &str, name: &str) -> Self {
+    pub fn namespaced(resource: impl Into<String>, namespace: &str, name: &str) -> Self {
         Self {
-            resource,
+            resource: resource.into(),
             namespace: Some(namespace.to_string()),
             name: name.to_string(),
         }

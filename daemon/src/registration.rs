@@ -84,6 +84,33 @@ pub async fn connect(
     }
 }
 
+/// `POST /v1-rk3s/client-kubelet.crt`: the same checks as registration,
+/// then a client certificate CN=system:node:<node>, O=system:nodes for the
+/// key in the CSR body (DER).
+pub async fn client_kubelet_cert(
+    State(sv): State<Arc<Supervisor>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let node = match admit(&sv, &headers).await {
+        Ok(n) => n,
+        Err(e) => return e.to_status(),
+    };
+    match sv
+        .pki
+        .issue_client_cert(&body, &format!("system:node:{node}"), &["system:nodes"])
+    {
+        Ok(pem) => (
+            [(http::header::CONTENT_TYPE, "application/x-pem-file")],
+            pem,
+        )
+            .into_response(),
+        Err(e) => {
+            ApiError::BadRequest(format!("cannot sign the certificate request: {e}")).to_status()
+        }
+    }
+}
+
 /// Everything before the upgrade; returns the admitted node name.
 async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, ApiError> {
     check_token(sv, headers)?;

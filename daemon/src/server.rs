@@ -147,8 +147,40 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .route(PING, get(|| async { "pong" }))
         .route(READYZ, get(readyz))
         .route(CONNECT, get(registration::connect))
+        .route(
+            CLIENT_KUBELET_CERT,
+            axum::routing::post(registration::client_kubelet_cert),
+        )
+        .with_state(sv.clone())
+        .merge(crate::apiserver::router(sv))
         .fallback(not_found)
-        .with_state(sv)
+}
+
+/// `default/kubernetes` Service and Endpoints, listing this server.
+async fn publish_apiserver_endpoints(objects: &Objects, ip: &str, port: u16) -> anyhow::Result<()> {
+    let svc = Ref::namespaced("services", "default", "kubernetes");
+    if objects.get(&svc).await?.is_none() {
+        let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+            "status": {"loadBalancer": {}}});
+        let _ = objects.create(&svc, obj).await;
+    }
+    let ep = Ref::namespaced("endpoints", "default", "kubernetes");
+    let subsets = json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+    let updated = objects
+        .modify(&ep, |e| {
+            if e["subsets"] == subsets {
+                return false;
+            }
+            e["subsets"] = subsets.clone();
+            true
+        })
+        .await?;
+    if updated.is_none() {
+        let obj = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
+        let _ = objects.create(&ep, obj).await;
+    }
+    Ok(())
 }
 
 /// Start the server and run until `shutdown` fires.
@@ -229,6 +261,15 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     } else {
         format!("{advertise_ip}:{port}")
     };
+
+    crate::kubeconfig::write_admin(
+        &pki,
+        &server_dir.join("tls"),
+        &cfg.kubeconfig,
+        cfg.kubeconfig_mode,
+        port,
+    )?;
+    publish_apiserver_endpoints(&objects, &advertise_ip, port).await?;
 
     let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
     let sv = Arc::new(Supervisor {

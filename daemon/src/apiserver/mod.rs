@@ -1,4 +1,39 @@
-//! The Kubernetes API that kubectl talks to.
+//! The Kubernetes API that kubectl talks to: discovery, OpenAPI, and
+//! get/list/watch/create/update/patch/delete over the datastore.
 
+pub mod authz;
+pub mod discovery;
+pub mod handlers;
 pub mod patch;
+pub mod resources;
 pub mod selectors;
+pub mod status;
+pub mod table;
+pub mod watch;
+
+use crate::server::Supervisor;
+use axum::routing::{any, get};
+use axum::Router;
+use std::sync::Arc;
+
+/// The Kubernetes version rk3s reports; kubectl 1.27-1.33 accept it.
+pub const KUBE_MAJOR: &str = "1";
+pub const KUBE_MINOR: &str = "32";
+
+pub fn router(sv: Arc<Supervisor>) -> Router {
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(discovery::health))
+        .route("/livez", get(discovery::health))
+        .route("/readyz", get(discovery::health))
+        .route("/api", get(discovery::api))
+        .route("/apis", get(discovery::apis))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v3", get(discovery::openapi_index))
+        .route("/openapi/v3/{*path}", get(discovery::openapi_doc))
+        .route("/api/v1/{*rest}", any(handlers::core))
+        .route("/apis/{group}/{version}/{*rest}", any(handlers::grouped))
+        .with_state(sv)
+}
