@@ -335,6 +335,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     tracing::info!(
         address = %format!("{}:{port}", cfg.bind_address),
         token_file = %token_file.display(),
+        kubeconfig = %cfg.kubeconfig.display(),
         admin_socket = %cfg.admin_socket.display(),
         data_dir = %cfg.data_dir.display(),
         "rk3s server is serving"

@@ -194,6 +194,8 @@ impl Server {
             .arg(&self.socket)
             .arg("--node-config-dir")
             .arg(self.dir.join("node"))
+            .arg("--write-kubeconfig")
+            .arg(self.kubeconfig())
             .args([
                 "--node-name",
                 "server-0",
@@ -231,6 +233,11 @@ impl Server {
             .unwrap()
             .trim()
             .to_string()
+    }
+
+    /// The admin kubeconfig the server wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -443,4 +450,81 @@ pub fn tempdir() -> tempfile::TempDir {
         .prefix("rk3s-test-")
         .tempdir()
         .expect("tempdir")
+}
+
+/// A kubectl binary of the machine image: `kubectl` itself, or a versioned
+/// one (`kubectl.1.27`) from the same folder.
+pub fn kubectl(version: Option<&str>) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", "readlink -f \"$(command -v kubectl)\""])
+        .output()
+        .expect("sh");
+    let main = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        main.is_file(),
+        "kubectl is not installed (tests/run-all installs it)"
+    );
+    match version {
+        None => main,
+        Some(v) => {
+            let p = main.with_file_name(format!("kubectl.{v}"));
+            assert!(p.is_file(), "{} is missing", p.display());
+            p
+        }
+    }
+}
+
+/// Runs one kubectl binary against a kubeconfig with a private cache dir.
+pub struct Kubectl {
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Kubectl {
+    pub fn new(bin: PathBuf, kubeconfig: &Path, cache: &Path) -> Self {
+        Self {
+            bin,
+            kubeconfig: kubeconfig.to_path_buf(),
+            cache: cache.to_path_buf(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args);
+        c.env_remove("KUBECONFIG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run kubectl")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// Run and require failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "kubectl {args:?} should fail: {}",
+            stdout(&o)
+        );
+        stderr(&o)
+    }
 }

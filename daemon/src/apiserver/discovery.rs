@@ -41,10 +41,17 @@ fn authenticated(c: &Caller) -> Result<(), KubeError> {
     c.0.as_ref().map(|_| ()).ok_or(KubeError::Unauthorized)
 }
 
+/// Does the client accept aggregated discovery v2? (kubectl 1.27 asks for
+/// v2beta1, which rk3s does not serve: it gets the legacy documents.)
 fn wants_aggregated(h: &HeaderMap) -> bool {
     h.get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("g=apidiscovery.k8s.io") && a.contains("v=v2"))
+        .is_some_and(|accept| {
+            accept.split(',').any(|media| {
+                let params: Vec<&str> = media.split(';').map(str::trim).collect();
+                params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2")
+            })
+        })
 }
 
 fn typed(content_type: &'static str, body: Value) -> Response {

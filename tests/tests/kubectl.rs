@@ -1,0 +1,404 @@
+//! Unmodified kubectl (1.27, 1.32, 1.33) against a real server with agents,
+//! over real TLS with the admin kubeconfig and a node's own certificate.
+
+use rk3s_tests::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const JOIN: Duration = Duration::from_secs(20);
+
+const CM_V1: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  namespace: default\ndata:\n  a: \"1\"\n";
+const CM_V2: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  namespace: default\ndata:\n  a: \"2\"\n  b: \"3\"\n";
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+"#;
+const WIDGET: &str = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: default\nspec:\n  size: 3\n";
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// The scripted session every kubectl version must pass.
+/// `validate`: extra flag for create/apply (kubectl 1.27 validates against
+/// OpenAPI v2 protobuf, which rk3s does not serve yet).
+fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent, validate: &str) {
+    // get nodes in every output format.
+    let plain = k.ok(&["get", "nodes"]);
+    assert!(
+        plain.starts_with("NAME") && plain.contains("STATUS") && plain.contains("ROLES"),
+        "{plain}"
+    );
+    assert!(
+        plain.lines().any(|l| l.starts_with("server-0")
+            && l.contains("Ready")
+            && l.contains("control-plane")),
+        "{plain}"
+    );
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.starts_with(&agent.name) && l.contains("Ready") && l.contains("<none>")),
+        "{plain}"
+    );
+    let wide = k.ok(&["get", "nodes", "-o", "wide"]);
+    for col in [
+        "INTERNAL-IP",
+        "EXTERNAL-IP",
+        "OS-IMAGE",
+        "KERNEL-VERSION",
+        "CONTAINER-RUNTIME",
+    ] {
+        assert!(wide.contains(col), "{col} missing: {wide}");
+    }
+    assert!(wide.contains("127.0.0.1"), "{wide}");
+    let yaml = k.ok(&["get", "nodes", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Node") && yaml.contains("node-role.kubernetes.io/control-plane"),
+        "{yaml}"
+    );
+    let json: Value = serde_json::from_str(&k.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 2);
+    assert!(
+        json["items"][0]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    let names = k.ok(&["get", "nodes", "-o", "name"]);
+    assert!(names.contains("node/server-0"), "{names}");
+
+    // Node-password secrets: listed, hashes only.
+    let secrets = k.ok(&["get", "secrets", "-n", "kube-system"]);
+    let secret_name = format!("{}.node-password.rk3s", agent.name);
+    assert!(
+        secrets.contains(&secret_name) && secrets.contains("rk3s.io/node-password"),
+        "{secrets}"
+    );
+    let dump = k.ok(&["get", "secrets", "-A", "-o", "yaml"]);
+    assert!(
+        !dump.contains(&agent.password()),
+        "plaintext node password in secrets"
+    );
+    let one: Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "secret",
+        "-n",
+        "kube-system",
+        &secret_name,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(one["immutable"], true);
+    assert!(one["data"]["hash"].is_string());
+
+    // create, apply (create then patch), delete.
+    let cm1 = write(dir, "cm1.yaml", CM_V1);
+    let cm2 = write(dir, "cm2.yaml", CM_V2);
+    assert!(k
+        .ok(&["create", validate, "-f", &cm1])
+        .contains("configmap/demo created"));
+    let err = k.fails(&["create", validate, "-f", &cm1]);
+    assert!(
+        err.contains("Error from server (AlreadyExists)")
+            && err.contains("configmaps \"demo\" already exists"),
+        "{err}"
+    );
+    k.ok(&["apply", validate, "-f", &cm1]);
+    assert!(k
+        .ok(&["apply", validate, "-f", &cm2])
+        .contains("configured"));
+    assert!(k.ok(&["apply", validate, "-f", &cm2]).contains("unchanged"));
+    let cm: Value = serde_json::from_str(&k.ok(&["get", "cm", "demo", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"], serde_json::json!({"a": "2", "b": "3"}));
+    k.ok(&["label", "cm", "demo", "tier=web"]);
+    k.ok(&["annotate", "cm", "demo", "note=hello"]);
+    assert!(k.ok(&["get", "cm", "-l", "tier=web"]).contains("demo"));
+    assert!(!k.ok(&["get", "cm", "-l", "tier!=web"]).contains("demo"));
+    let cm: Value = serde_json::from_str(&k.ok(&["get", "cm", "demo", "-o", "json"])).unwrap();
+    assert_eq!(cm["metadata"]["annotations"]["note"], "hello");
+    assert!(k
+        .ok(&["delete", "-f", &cm2])
+        .contains("configmap \"demo\" deleted"));
+    let err = k.fails(&["get", "cm", "demo"]);
+    assert!(
+        err.contains("Error from server (NotFound): configmaps \"demo\" not found"),
+        "{err}"
+    );
+
+    // A CRD and a custom object.
+    let crd = write(dir, "crd.yaml", CRD);
+    let widget = write(dir, "w.yaml", WIDGET);
+    k.ok(&["create", validate, "-f", &crd]);
+    assert!(k
+        .ok(&["create", validate, "-f", &widget])
+        .contains("widget.example.com/w1 created"));
+    let table = k.ok(&["get", "widgets"]);
+    assert!(
+        table.contains("SIZE")
+            && table
+                .lines()
+                .any(|l| l.starts_with("w1") && l.contains('3')),
+        "{table}"
+    );
+    write(dir, "w.yaml", &WIDGET.replace("size: 3", "size: 4"));
+    k.ok(&["apply", validate, "-f", &widget]);
+    assert!(k
+        .ok(&["get", "wd", "w1"])
+        .lines()
+        .any(|l| l.starts_with("w1") && l.contains('4')));
+    k.ok(&["delete", "-f", &widget]);
+    k.ok(&["delete", "-f", &crd]);
+    // With kubectl's discovery cache still fresh the error comes from the
+    // server (404), otherwise from discovery; either way widgets are gone.
+    let err = k.fails(&["get", "widgets"]);
+    assert!(
+        err.contains("widgets")
+            && (err.contains("NotFound") || err.contains("doesn't have a resource type")),
+        "{err}"
+    );
+
+    // Health through kubectl.
+    assert_eq!(k.ok(&["get", "--raw", "/readyz"]).trim(), "ok");
+
+    // A node's own certificate: its node yes, secrets and other nodes no.
+    let node_kc = agent.dir.join("data/agent/kubelet.kubeconfig");
+    assert!(node_kc.exists());
+    let nk = Kubectl::new(k.bin.clone(), &node_kc, &dir.join("node-cache"));
+    nk.ok(&["get", "node", &agent.name]);
+    let err = nk.fails(&["get", "secrets", "-n", "kube-system"]);
+    assert!(
+        err.contains("Error from server (Forbidden)")
+            && err.contains(&format!("system:node:{}", agent.name)),
+        "{err}"
+    );
+    let err = nk.fails(&["get", "node", "server-0"]);
+    assert!(err.contains("Forbidden"), "{err}");
+}
+
+#[test]
+fn kubectl_sessions_across_versions() {
+    let t = tempdir();
+    let server = Server::start(&t.path().join("s"), &[]);
+    let agent = Agent::start(
+        &t.path().join("a"),
+        "worker-1",
+        &server.url(),
+        &server.token_file(),
+        &[],
+    );
+    assert!(server.wait_status("worker-1", "Ready", JOIN));
+    assert!(wait_for(JOIN, || agent
+        .dir
+        .join("data/agent/kubelet.kubeconfig")
+        .exists()
+        .then_some(()))
+    .is_some());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(server.kubeconfig())
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    for v in ["1.27", "1.32", "1.33"] {
+        let dir = t.path().join(format!("kubectl-{v}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = Kubectl::new(kubectl(Some(v)), &server.kubeconfig(), &dir.join("cache"));
+        let validate = if v == "1.27" {
+            "--validate=false"
+        } else {
+            "--validate=strict"
+        };
+        session(&k, &dir, &agent, validate);
+    }
+}
+
+/// Lines a background kubectl prints, collected until `until` matches.
+fn watch_until(
+    k: &Kubectl,
+    args: &[&str],
+    mut action: impl FnMut(),
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let mut child = k
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    // First line: the header or initial state, so the watch is established.
+    if let Ok(l) = rx.recv_timeout(Duration::from_secs(10)) {
+        lines.push(l);
+    }
+    action();
+    let start = Instant::now();
+    while !until(&lines) && start.elapsed() < Duration::from_secs(30) {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            lines.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn watches_see_changes_and_expire_after_compaction() {
+    let t = tempdir();
+    let server = Server::start(
+        &t.path().join("s"),
+        &["--compaction-interval", "500ms", "--compaction-keep", "10"],
+    );
+    let mut agent = Agent::start(
+        &t.path().join("a"),
+        "watched",
+        &server.url(),
+        &server.token_file(),
+        &[],
+    );
+    assert!(server.wait_status("watched", "Ready", JOIN));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &t.path().join("cache"));
+
+    // Lease heartbeats show up on a watch.
+    let lines = watch_until(
+        &k,
+        &["get", "leases", "-n", "kube-node-lease", "-w", "-o", "name"],
+        || {},
+        |l| l.iter().filter(|x| x.ends_with("/watched")).count() >= 3,
+    );
+    // The initial state plus at least two renewals.
+    assert!(
+        lines.iter().filter(|x| x.ends_with("/watched")).count() >= 3,
+        "{lines:?}"
+    );
+
+    // The node going Unknown and then being deleted show up on `get nodes -w`.
+    let lines = watch_until(
+        &k,
+        &["get", "nodes", "-w", "--output-watch-events"],
+        || {
+            agent.kill();
+            assert!(server.wait_status("watched", "Unknown", Duration::from_secs(15)));
+            k.ok(&["delete", "node", "watched"]);
+        },
+        |l| {
+            l.iter()
+                .any(|x| x.starts_with("DELETED") && x.contains("watched"))
+        },
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|x| x.starts_with("MODIFIED") && x.contains("watched") && x.contains("Unknown")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|x| x.starts_with("DELETED") && x.contains("watched")),
+        "{lines:?}"
+    );
+    // Deleting the node went through `forget`: its password secret and lease are gone too.
+    assert!(!k
+        .ok(&["get", "secrets", "-n", "kube-system"])
+        .contains("watched.node-password.rk3s"));
+    assert!(!k
+        .ok(&["get", "leases", "-n", "kube-node-lease"])
+        .contains("watched"));
+
+    // Enough writes for compaction to pass revision 1, then resume from it.
+    let many: String = (0..30)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\n  namespace: default\ndata:\n  k: v\n"))
+        .collect();
+    let file = t.path().join("many.yaml");
+    std::fs::write(&file, many).unwrap();
+    k.ok(&["create", "-f", file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let raw = k.run(&[
+        "get",
+        "--raw",
+        "/api/v1/configmaps?watch=true&resourceVersion=1&timeoutSeconds=5",
+    ]);
+    let text = stdout(&raw);
+    let first: Value = serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap();
+    assert_eq!(first["type"], "ERROR", "{text}");
+    assert_eq!(first["object"]["code"], 410);
+    assert_eq!(first["object"]["reason"], "Expired");
+    // A fresh list works and a watch from its revision is accepted.
+    let list: Value = serde_json::from_str(&k.ok(&["get", "--raw", "/api/v1/configmaps"])).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 30);
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap();
+    let again = k.run(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1"),
+    ]);
+    assert!(
+        again.status.success() && !stdout(&again).contains("ERROR"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn python_kubernetes_client_lists_and_watches() {
+    let t = tempdir();
+    let server = Server::start(&t.path().join("s"), &[]);
+    assert!(server.wait_status("server-0", "Ready", JOIN));
+    let script = r#"
+import sys
+from kubernetes import client, config, watch
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+nodes = v1.list_node()
+print("nodes", [n.metadata.name for n in nodes.items])
+v1.create_namespaced_config_map("default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="from-python"), data={"k": "v"}))
+seen = []
+for ev in watch.Watch().stream(v1.list_namespaced_config_map, "default", resource_version=nodes.metadata.resource_version, timeout_seconds=3):
+    seen.append((ev["type"], ev["object"].metadata.name))
+print("events", seen)
+"#;
+    let o = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(server.kubeconfig())
+        .output()
+        .expect("python3");
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "python client failed: {out}{}",
+        stderr(&o)
+    );
+    assert!(out.contains("nodes ['server-0']"), "{out}");
+    assert!(out.contains("('ADDED', 'from-python')"), "{out}");
+}
