@@ -1,0 +1,215 @@
+//! Kubernetes API benchmark against a real `rk3sd server` over TLS with the
+//! admin client certificate.
+//!
+//! cargo build --release --workspace
+//! target/release/rk3s-apibench [--objects 10000] [--watchers 100] [--rate 200] [--secs 10]
+//!
+//! 1. create throughput: 8 concurrent clients create `--objects` ConfigMaps;
+//! 2. list latency: full lists of those ConfigMaps (p50/p99);
+//! 3. watch delivery: `--watchers` watches while one client writes at
+//!    `--rate` writes/s for `--secs` s; reports create latency and the delay
+//!    from sending each write to its arrival at every watcher (end to end).
+
+use futures_util::StreamExt;
+use rk3s_tests::{tempdir, Server};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let v: Vec<String> = std::env::args().collect();
+    v.iter()
+        .position(|a| a == name)
+        .and_then(|i| v.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+fn client(server: &Server) -> reqwest::Client {
+    let tls = server.data_dir.join("server/tls");
+    let mut pem = std::fs::read(tls.join("client-admin.crt")).unwrap();
+    pem.extend(std::fs::read(tls.join("client-admin.key")).unwrap());
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+fn cm(ns: &str, name: &str, stamp: u128) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"sent": stamp.to_string()}})
+}
+
+fn now_us(epoch: Instant) -> u128 {
+    epoch.elapsed().as_micros()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    rk3sd::raise_nofile_limit();
+    let objects = arg("--objects", 10_000) as usize;
+    let watchers = arg("--watchers", 100) as usize;
+    let rate = arg("--rate", 200);
+    let secs = arg("--secs", 10);
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("server"), &["--disable-agent"]);
+    let base = server.url();
+    let http = client(&server);
+    for ns in ["bench", "watch"] {
+        let r = http
+            .post(format!("{base}/api/v1/namespaces"))
+            .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
+    // 1. Create throughput, 8 clients.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, base, next, lat) = (http.clone(), base.clone(), next.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= objects {
+                    break;
+                }
+                let t0 = Instant::now();
+                let r = http
+                    .post(format!("{base}/api/v1/namespaces/bench/configmaps"))
+                    .json(&cm("bench", &format!("cm-{i:06}"), 0))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                lat.lock().unwrap().push(t0.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = start.elapsed();
+    let mut l = lat.lock().unwrap().clone();
+    println!("create, 8 clients:        {objects} ConfigMaps in {:.2} s = {:.0} creates/s; p50 {:.2} ms, p99 {:.2} ms",
+        took.as_secs_f64(), objects as f64 / took.as_secs_f64(), pct(&mut l, 0.5), pct(&mut l, 0.99));
+
+    // 2. List latency.
+    let mut l = Vec::new();
+    for _ in 0..30 {
+        let t0 = Instant::now();
+        let body: Value = http
+            .get(format!("{base}/api/v1/namespaces/bench/configmaps"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        l.push(t0.elapsed());
+        assert_eq!(body["items"].as_array().unwrap().len(), objects);
+    }
+    println!(
+        "list of {objects} ConfigMaps:  p50 {:.1} ms, p99 {:.1} ms (30 lists)",
+        pct(&mut l, 0.5),
+        pct(&mut l, 0.99)
+    );
+
+    // 3. Watch delivery to many watchers under a steady write rate.
+    let epoch = Instant::now();
+    let delivery: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rv = {
+        let body: Value = http
+            .get(format!("{base}/api/v1/namespaces/watch/configmaps"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut watch_tasks = Vec::new();
+    for _ in 0..watchers {
+        let (http, base, delivery, received, rv) = (
+            http.clone(),
+            base.clone(),
+            delivery.clone(),
+            received.clone(),
+            rv.clone(),
+        );
+        watch_tasks.push(tokio::spawn(async move {
+            let resp = http
+                .get(format!("{base}/api/v1/namespaces/watch/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds={}", secs + 5))
+                .send()
+                .await
+                .unwrap();
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                    if let Some(sent) = ev["object"]["data"]["sent"].as_str().and_then(|s| s.parse::<u128>().ok()) {
+                        let d = now_us(epoch).saturating_sub(sent);
+                        delivery.lock().unwrap().push(Duration::from_micros(d as u64));
+                        received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = (rate * secs) as usize;
+    let mut write_lat = Vec::with_capacity(writes);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let wstart = Instant::now();
+    for i in 0..writes {
+        tick.tick().await;
+        let t0 = Instant::now();
+        let r = http
+            .post(format!("{base}/api/v1/namespaces/watch/configmaps"))
+            .json(&cm("watch", &format!("w-{i:06}"), now_us(epoch)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        write_lat.push(t0.elapsed());
+    }
+    let wtook = wstart.elapsed();
+    let expected = writes * watchers;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < expected
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut d = delivery.lock().unwrap().clone();
+    println!("writes at {rate}/s for {secs} s: {writes} creates in {:.2} s; create p50 {:.2} ms, p99 {:.2} ms",
+        wtook.as_secs_f64(), pct(&mut write_lat, 0.5), pct(&mut write_lat, 0.99));
+    println!("watch delivery to {watchers} watchers: {} of {expected} events; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        d.len(), pct(&mut d, 0.5), pct(&mut d, 0.99), d.last().map(|x| x.as_secs_f64() * 1000.0).unwrap_or(0.0));
+    for t in watch_tasks {
+        t.abort();
+    }
+}
