@@ -37,9 +37,9 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
 }
 
 /// The scripted session every kubectl version must pass.
-/// `validate`: extra flag for create/apply (kubectl 1.27 validates against
-/// OpenAPI v2 protobuf, which rk3s does not serve yet).
-fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent, validate: &str) {
+/// Default validation throughout: kubectl 1.27 checks OpenAPI v2
+/// (protobuf), later ones OpenAPI v3, before it sends a create or apply.
+fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent) {
     // get nodes in every output format.
     let plain = k.ok(&["get", "nodes"]);
     assert!(
@@ -116,19 +116,17 @@ fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent, validate: &str) {
     let cm1 = write(dir, "cm1.yaml", CM_V1);
     let cm2 = write(dir, "cm2.yaml", CM_V2);
     assert!(k
-        .ok(&["create", validate, "-f", &cm1])
+        .ok(&["create", "-f", &cm1])
         .contains("configmap/demo created"));
-    let err = k.fails(&["create", validate, "-f", &cm1]);
+    let err = k.fails(&["create", "-f", &cm1]);
     assert!(
         err.contains("Error from server (AlreadyExists)")
             && err.contains("configmaps \"demo\" already exists"),
         "{err}"
     );
-    k.ok(&["apply", validate, "-f", &cm1]);
-    assert!(k
-        .ok(&["apply", validate, "-f", &cm2])
-        .contains("configured"));
-    assert!(k.ok(&["apply", validate, "-f", &cm2]).contains("unchanged"));
+    k.ok(&["apply", "-f", &cm1]);
+    assert!(k.ok(&["apply", "-f", &cm2]).contains("configured"));
+    assert!(k.ok(&["apply", "-f", &cm2]).contains("unchanged"));
     let cm: Value = serde_json::from_str(&k.ok(&["get", "cm", "demo", "-o", "json"])).unwrap();
     assert_eq!(cm["data"], serde_json::json!({"a": "2", "b": "3"}));
     k.ok(&["label", "cm", "demo", "tier=web"]);
@@ -149,9 +147,9 @@ fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent, validate: &str) {
     // A CRD and a custom object.
     let crd = write(dir, "crd.yaml", CRD);
     let widget = write(dir, "w.yaml", WIDGET);
-    k.ok(&["create", validate, "-f", &crd]);
+    k.ok(&["create", "-f", &crd]);
     assert!(k
-        .ok(&["create", validate, "-f", &widget])
+        .ok(&["create", "-f", &widget])
         .contains("widget.example.com/w1 created"));
     let table = k.ok(&["get", "widgets"]);
     assert!(
@@ -162,7 +160,7 @@ fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent, validate: &str) {
         "{table}"
     );
     write(dir, "w.yaml", &WIDGET.replace("size: 3", "size: 4"));
-    k.ok(&["apply", validate, "-f", &widget]);
+    k.ok(&["apply", "-f", &widget]);
     assert!(k
         .ok(&["get", "wd", "w1"])
         .lines()
@@ -224,12 +222,7 @@ fn kubectl_sessions_across_versions() {
         let dir = t.path().join(format!("kubectl-{v}"));
         std::fs::create_dir_all(&dir).unwrap();
         let k = Kubectl::new(kubectl(Some(v)), &server.kubeconfig(), &dir.join("cache"));
-        let validate = if v == "1.27" {
-            "--validate=false"
-        } else {
-            "--validate=strict"
-        };
-        session(&k, &dir, &agent, validate);
+        session(&k, &dir, &agent);
     }
 }
 

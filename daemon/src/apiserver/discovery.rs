@@ -122,6 +122,23 @@ pub async fn group_resources(
         .ok_or(KubeError::NoRoute)
 }
 
+/// OpenAPI v2, protobuf only (what kubectl 1.27 asks for).
+pub async fn openapi_v2(
+    State(sv): State<Arc<Supervisor>>,
+    Extension(c): Extension<Caller>,
+) -> Result<Response, KubeError> {
+    authenticated(&c)?;
+    let doc = super::openapiv2::document(&types(&sv).await);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        )],
+        doc,
+    )
+        .into_response())
+}
+
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")

@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod discovery;
 pub mod handlers;
+pub mod openapiv2;
 pub mod patch;
 pub mod resources;
 pub mod selectors;
@@ -31,6 +32,7 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_index))
         .route("/openapi/v3/{*path}", get(discovery::openapi_doc))
         .route("/api/v1/{*rest}", any(handlers::core))
