@@ -176,6 +176,67 @@ fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent) {
         "{err}"
     );
 
+    // Generators send protobuf bodies (kubectl 1.30+); a missing namespace is a 404 for it.
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "gen",
+        "-n",
+        "team-a",
+        "--from-literal=k=v",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "gen",
+        "-n",
+        "team-a",
+        "--from-literal=password=s3cr3t",
+    ]);
+    let s: Value =
+        serde_json::from_str(&k.ok(&["get", "secret", "gen", "-n", "team-a", "-o", "json"]))
+            .unwrap();
+    assert_eq!(s["data"]["password"], "czNjcjN0");
+    let err = k.fails(&[
+        "create",
+        "configmap",
+        "lost",
+        "-n",
+        "no-such-ns",
+        "--from-literal=k=v",
+    ]);
+    assert!(err.contains("namespaces \"no-such-ns\" not found"), "{err}");
+    // JSON patch and deleting a namespace with its contents.
+    k.ok(&[
+        "patch",
+        "cm",
+        "gen",
+        "-n",
+        "team-a",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/x","value":"y"}]"#,
+    ]);
+    assert!(k
+        .ok(&[
+            "get",
+            "cm",
+            "gen",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={.data.x}"
+        ])
+        .contains('y'));
+    k.ok(&["delete", "namespace", "team-a"]);
+    assert!(k
+        .fails(&["get", "cm", "gen", "-n", "team-a"])
+        .contains("NotFound"));
+    let err = k.fails(&["delete", "namespace", "kube-system"]);
+    assert!(err.contains("may not be deleted"), "{err}");
+
     // Health through kubectl.
     assert_eq!(k.ok(&["get", "--raw", "/readyz"]).trim(), "ok");
 

@@ -165,15 +165,19 @@ async fn serve(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if matches!(verb, "create" | "update")
-        && !ctype.is_empty()
-        && !ctype.starts_with("application/json")
+    let body = if !matches!(verb, "create" | "update")
+        || ctype.is_empty()
+        || ctype.starts_with("application/json")
     {
-        // Protobuf and CBOR clients fall back to JSON on 415.
+        body
+    } else if ctype.starts_with("application/vnd.kubernetes.protobuf") {
+        let obj = super::protobuf::decode(&body).map_err(KubeError::UnsupportedMediaType)?;
+        Bytes::from(obj.to_string())
+    } else {
         return Err(KubeError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json (got {ctype})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {ctype})"
         )));
-    }
+    };
     match verb {
         "get" => get(&sv, &t, as_table).await,
         "list" => list(&sv, &t, &q, as_table).await,

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod openapiv2;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod status;
