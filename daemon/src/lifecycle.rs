@@ -11,9 +11,10 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease annotation naming the server that holds the node's tunnel.
 pub const ANNOTATION_CONNECTED_TO: &str = "rk3s.io/connected-to";
 pub const LABEL_CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
-/// How often a healthy node's Ready condition heartbeat is refreshed (the
-/// Lease carries the fast heartbeat, as upstream).
-const STATUS_REFRESH: chrono::Duration = chrono::Duration::seconds(60);
+/// A healthy node's Ready condition heartbeat is refreshed every this many
+/// heartbeats (a minute at the default 10 s); the Lease carries every
+/// heartbeat, as upstream splits lease and status updates.
+pub const STATUS_REFRESH_HEARTBEATS: u32 = 6;
 
 pub fn node_ref(name: &str) -> Ref {
     Ref::cluster("nodes", name)
@@ -208,7 +209,14 @@ pub async fn renew_lease(
 
 /// A heartbeat: renew the Lease; bring the node back to Ready if it was not,
 /// and refresh the Ready heartbeat time once a minute.
-pub async fn heartbeat(objects: &Objects, name: &str, server: &str) -> objects::Result<()> {
+pub async fn heartbeat(
+    objects: &Objects,
+    name: &str,
+    server: &str,
+    status_refresh: Duration,
+) -> objects::Result<()> {
+    let status_refresh =
+        chrono::Duration::from_std(status_refresh).unwrap_or(chrono::Duration::seconds(60));
     renew_lease(objects, name, Some(server)).await?;
     let now = chrono::Utc::now();
     let stamp = now_rfc3339();
@@ -223,7 +231,7 @@ pub async fn heartbeat(objects: &Objects, name: &str, server: &str) -> objects::
                         || c["lastHeartbeatTime"]
                             .as_str()
                             .and_then(parse_time)
-                            .is_none_or(|t| now - t > STATUS_REFRESH)
+                            .is_none_or(|t| now - t > status_refresh)
                 })
                 .unwrap_or(true);
             if !stale {

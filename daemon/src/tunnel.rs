@@ -249,7 +249,14 @@ async fn handle(
             if !*registered {
                 return Err(End::Protocol("heartbeat before node_status".into()));
             }
-            if let Err(e) = lifecycle::heartbeat(&sv.objects, node, &sv.server_name).await {
+            if let Err(e) = lifecycle::heartbeat(
+                &sv.objects,
+                node,
+                &sv.server_name,
+                sv.heartbeat_interval * lifecycle::STATUS_REFRESH_HEARTBEATS,
+            )
+            .await
+            {
                 tracing::warn!(node, error = %e, "could not record heartbeat");
                 return Ok(());
             }

@@ -303,3 +303,46 @@ fn garbage_and_oversized_websocket_frames_close_only_that_tunnel() {
     assert_eq!(server.node("good").unwrap()["connected"], "server-0");
     drop(good);
 }
+
+#[test]
+fn anonymous_callers_reach_only_health_and_version() {
+    let t = tempdir();
+    let server = Server::start(&t.path().join("s"), &[]);
+    rt().block_on(async {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
+            .build()
+            .unwrap();
+        for open in [
+            "/readyz", "/livez", "/healthz", "/version", "/cacerts", "/ping",
+        ] {
+            let r = client
+                .get(format!("{}{open}", server.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{open}");
+        }
+        for closed in [
+            "/api",
+            "/apis",
+            "/api/v1/nodes",
+            "/api/v1/namespaces/kube-system/secrets",
+            "/openapi/v3",
+        ] {
+            let r = client
+                .get(format!("{}{closed}", server.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{closed}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(
+                (body["kind"].as_str(), body["reason"].as_str()),
+                (Some("Status"), Some("Unauthorized")),
+                "{closed}"
+            );
+        }
+    });
+}

@@ -356,11 +356,13 @@ fn watches_see_changes_and_expire_after_compaction() {
         "{lines:?}"
     );
 
-    // The node going Unknown and then being deleted show up on `get nodes -w`.
+    // A heartbeat refreshing the node's Ready condition, the node going
+    // Unknown, and its deletion all show up on `get nodes -w`.
     let lines = watch_until(
         &k,
         &["get", "nodes", "-w", "--output-watch-events"],
         || {
+            std::thread::sleep(Duration::from_secs(4)); // > 6 heartbeats of 500 ms
             agent.kill();
             assert!(server.wait_status("watched", "Unknown", Duration::from_secs(15)));
             k.ok(&["delete", "node", "watched"]);
@@ -370,10 +372,14 @@ fn watches_see_changes_and_expire_after_compaction() {
                 .any(|x| x.starts_with("DELETED") && x.contains("watched"))
         },
     );
+    let ready_refresh = lines
+        .iter()
+        .position(|x| x.starts_with("MODIFIED") && x.contains("watched") && x.contains(" Ready "));
+    let unknown = lines
+        .iter()
+        .position(|x| x.starts_with("MODIFIED") && x.contains("watched") && x.contains("Unknown"));
     assert!(
-        lines
-            .iter()
-            .any(|x| x.starts_with("MODIFIED") && x.contains("watched") && x.contains("Unknown")),
+        ready_refresh.is_some() && unknown.is_some() && ready_refresh < unknown,
         "{lines:?}"
     );
     assert!(
