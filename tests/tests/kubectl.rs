@@ -124,6 +124,11 @@ fn session(k: &Kubectl, dir: &std::path::Path, agent: &Agent) {
             && err.contains("configmaps \"demo\" already exists"),
         "{err}"
     );
+    let err = k.fails(&["create", "--raw", "/api/v1/configmaps", "-f", &cm1]);
+    assert!(
+        err.contains("MethodNotAllowed"),
+        "a namespaced kind needs a namespace: {err}"
+    );
     k.ok(&["apply", "-f", &cm1]);
     assert!(k.ok(&["apply", "-f", &cm2]).contains("configured"));
     assert!(k.ok(&["apply", "-f", &cm2]).contains("unchanged"));

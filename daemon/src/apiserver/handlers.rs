@@ -146,6 +146,10 @@ async fn serve(
         (&Method::DELETE, false) => "deletecollection",
         _ => return Err(KubeError::MethodNotAllowed),
     };
+    // Namespaced kinds are created and bulk-deleted only inside a namespace.
+    if t.rt.namespaced && t.namespace.is_none() && matches!(verb, "create" | "deletecollection") {
+        return Err(KubeError::MethodNotAllowed);
+    }
     authorize(
         &caller,
         &Attributes {
