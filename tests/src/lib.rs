@@ -528,3 +528,118 @@ impl Kubectl {
         stderr(&o)
     }
 }
+
+/// A real PostgreSQL server (Debian's postgresql package) in a temporary
+/// directory, on 127.0.0.1 and a free port, trusting local connections.
+/// Runs as the `postgres` user when the tests run as root (PostgreSQL
+/// refuses to run as root). Stopped when dropped.
+pub struct Postgres {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    fn bin_dir() -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed (tests/run-all installs Debian's postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+            .expect("no PostgreSQL server binaries under /usr/lib/postgresql")
+    }
+
+    fn as_pg(&self, cmd: &Path) -> Command {
+        as_postgres(cmd)
+    }
+
+    pub fn start() -> Self {
+        let bin = Self::bin_dir();
+        let dir = tempdir();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("pgdata");
+        std::fs::create_dir(&data).unwrap();
+        if is_root() {
+            let s = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(s.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self {
+            _dir: dir,
+            data: data.clone(),
+            bin,
+            port,
+        };
+        let o = pg
+            .as_pg(&pg.bin.join("initdb"))
+            .args(["-A", "trust", "-U", "rk3s", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "initdb: {}", stderr(&o));
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            data.display()
+        );
+        let o = pg
+            .as_pg(&pg.bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-o", &opts, "-l"])
+            .arg(data.join("log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "pg_ctl start: {}{}",
+            stdout(&o),
+            std::fs::read_to_string(data.join("log")).unwrap_or_default()
+        );
+        pg
+    }
+
+    /// Connection URL for `db` (created on first use by rk3s).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://rk3s@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_pg(&self.bin.join("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `cmd`, run as the postgres user when we are root.
+fn as_postgres(cmd: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}

@@ -10,6 +10,9 @@
 //! falls behind the broadcast it catches up from the log again. So nothing is
 //! skipped or reordered, whatever the timing.
 
+#[doc(hidden)]
+pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

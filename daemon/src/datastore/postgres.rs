@@ -1,0 +1,645 @@
+//! PostgreSQL backend: the external datastore several servers share.
+//!
+//! Same two tables as SQLite (`rk3s_log`, `rk3s_current`) plus
+//! `rk3s_meta`. Every write transaction first locks the `revision` row of
+//! `rk3s_meta`, so writers from all servers are serialized and commit in
+//! revision order: a reader that sees revision N also sees every revision
+//! before it. Each transaction ends with `pg_notify`; every server LISTENs,
+//! and on each notification reads the log after the last revision it
+//! published and broadcasts those events in order. A lost notification is
+//! covered by the next one and by a slow safety tick, so nothing is skipped
+//! and nothing arrives out of order.
+
+use super::{Backend, CompactStats, DatastoreError, Event, EventKind, KeyValue, Result, Revision};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio_postgres::{Client, NoTls};
+
+const CHANNEL: &str = "rk3s_events";
+const MAX_BATCH: usize = 256;
+const READERS: usize = 3;
+const SAFETY_TICK: Duration = Duration::from_secs(2);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rk3s_log (
+    revision        BIGINT   PRIMARY KEY,
+    key             TEXT     COLLATE \"C\" NOT NULL,
+    kind            SMALLINT NOT NULL,
+    create_revision BIGINT   NOT NULL,
+    value           BYTEA    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rk3s_current (
+    key             TEXT     COLLATE \"C\" PRIMARY KEY,
+    create_revision BIGINT   NOT NULL,
+    mod_revision    BIGINT   NOT NULL,
+    value           BYTEA    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rk3s_meta (
+    name  TEXT   PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO rk3s_meta (name, value) VALUES ('revision', 0), ('compacted', 0) ON CONFLICT DO NOTHING;
+";
+
+fn unavailable(e: impl std::fmt::Display) -> DatastoreError {
+    DatastoreError::Unavailable(e.to_string())
+}
+
+/// `postgres://user:pass@host:port/db` without the password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn connect(cfg: &tokio_postgres::Config) -> Result<Client> {
+    let (client, conn) = cfg.connect(NoTls).await.map_err(unavailable)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+enum Op {
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+    Compact {
+        keep: u64,
+    },
+}
+
+enum Reply {
+    Rev(Revision),
+    Deleted(Revision, KeyValue),
+    Compacted(CompactStats),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply>>,
+}
+
+pub struct PostgresBackend {
+    description: String,
+    writer: mpsc::Sender<Request>,
+    readers: Vec<Client>,
+    next_reader: AtomicUsize,
+    events: broadcast::Sender<Arc<Event>>,
+    published: Arc<AtomicI64>,
+}
+
+impl PostgresBackend {
+    /// Connect, creating the database and schema if missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let url = url.replacen("postgresql://", "postgres://", 1);
+        let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+            DatastoreError::Unavailable(format!("invalid --datastore-endpoint: {e}"))
+        })?;
+        let db = cfg.get_dbname().unwrap_or("kubernetes").to_string();
+        let mut cfg = cfg;
+        cfg.dbname(&db);
+        // Create the database if it does not exist (needs CREATEDB; skipped if it exists).
+        let mut admin = cfg.clone();
+        admin.dbname("postgres");
+        if let Ok(c) = connect(&admin).await {
+            let exists = c
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+                .await
+                .map_err(unavailable)?
+                .is_some();
+            if !exists {
+                let quoted = db.replace('"', "\"\"");
+                if let Err(e) = c
+                    .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+                    .await
+                {
+                    tracing::debug!(error = %e, "CREATE DATABASE failed (it may have been created concurrently)");
+                }
+            }
+        }
+        let writer_client = connect(&cfg).await?;
+        writer_client
+            .batch_execute(SCHEMA)
+            .await
+            .map_err(unavailable)?;
+        let mut readers = Vec::new();
+        for _ in 0..READERS {
+            readers.push(connect(&cfg).await?);
+        }
+        let head: Revision = readers[0]
+            .query_one("SELECT value FROM rk3s_meta WHERE name = 'revision'", &[])
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let (events, _) = broadcast::channel(4096);
+        let published = Arc::new(AtomicI64::new(head));
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(writer_client, rx));
+        tokio::spawn(listener(
+            cfg.clone(),
+            connect(&cfg).await?,
+            events.clone(),
+            published.clone(),
+        ));
+        Ok(Self {
+            description: format!("postgres {}", redact(&url)),
+            writer: tx,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            events,
+            published,
+        })
+    }
+
+    fn reader(&self) -> &Client {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        &self.readers[i]
+    }
+
+    async fn write(&self, op: Op) -> Result<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| unavailable("PostgreSQL writer stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("PostgreSQL writer stopped"))?
+    }
+}
+
+fn kind_from(c: i16) -> EventKind {
+    match c {
+        0 => EventKind::Create,
+        1 => EventKind::Update,
+        _ => EventKind::Delete,
+    }
+}
+
+fn prefix_bounds(prefix: &str) -> (String, String) {
+    // The upper bound for an unbounded prefix: above every printable key.
+    (
+        prefix.to_string(),
+        super::prefix_end(prefix).unwrap_or_else(|| "\u{7f}".into()),
+    )
+}
+
+/// Group commit: one transaction per batch, revisions assigned under the
+/// `rk3s_meta` row lock.
+async fn writer(mut client: Client, mut rx: mpsc::Receiver<Request>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit(&mut client, &batch).await;
+        match outcome {
+            Ok(results) => {
+                for (req, res) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "PostgreSQL transaction failed; writes not applied");
+                for req in batch {
+                    let _ = req.reply.send(Err(unavailable(&e)));
+                }
+            }
+        }
+    }
+}
+
+async fn commit(
+    client: &mut Client,
+    batch: &[Request],
+) -> std::result::Result<Vec<Result<Reply>>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut rev: Revision = tx
+        .query_one(
+            "SELECT value FROM rk3s_meta WHERE name = 'revision' FOR UPDATE",
+            &[],
+        )
+        .await?
+        .get(0);
+    let start = rev;
+    let mut results = Vec::with_capacity(batch.len());
+    for req in batch {
+        let r = match &req.op {
+            Op::Create { key, value } => {
+                if tx
+                    .query_opt("SELECT 1 FROM rk3s_current WHERE key = $1", &[key])
+                    .await?
+                    .is_some()
+                {
+                    Err(DatastoreError::AlreadyExists(key.clone()))
+                } else {
+                    rev += 1;
+                    tx.execute(
+                        "INSERT INTO rk3s_log (revision, key, kind, create_revision, value) VALUES ($1, $2, 0, $1, $3)",
+                        &[&rev, key, value],
+                    )
+                    .await?;
+                    tx.execute(
+                        "INSERT INTO rk3s_current (key, create_revision, mod_revision, value) VALUES ($1, $2, $2, $3)",
+                        &[key, &rev, value],
+                    )
+                    .await?;
+                    Ok(Reply::Rev(rev))
+                }
+            }
+            Op::Update {
+                key,
+                value,
+                expected,
+            } => {
+                match tx
+                    .query_opt(
+                        "SELECT create_revision, mod_revision FROM rk3s_current WHERE key = $1",
+                        &[key],
+                    )
+                    .await?
+                {
+                    None => Err(DatastoreError::NotFound(key.clone())),
+                    Some(row) => {
+                        let (create, modr): (i64, i64) = (row.get(0), row.get(1));
+                        if modr != *expected {
+                            Err(DatastoreError::Conflict {
+                                key: key.clone(),
+                                expected: *expected,
+                                actual: modr,
+                            })
+                        } else {
+                            rev += 1;
+                            tx.execute(
+                                "INSERT INTO rk3s_log (revision, key, kind, create_revision, value) VALUES ($1, $2, 1, $3, $4)",
+                                &[&rev, key, &create, value],
+                            )
+                            .await?;
+                            tx.execute("UPDATE rk3s_current SET mod_revision = $2, value = $3 WHERE key = $1", &[key, &rev, value])
+                                .await?;
+                            Ok(Reply::Rev(rev))
+                        }
+                    }
+                }
+            }
+            Op::Delete { key, expected } => {
+                match tx
+                    .query_opt("SELECT create_revision, mod_revision, value FROM rk3s_current WHERE key = $1", &[key])
+                    .await?
+                {
+                    None => Err(DatastoreError::NotFound(key.clone())),
+                    Some(row) => {
+                        let (create, modr, value): (i64, i64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+                        if expected.is_some_and(|e| e != modr) {
+                            Err(DatastoreError::Conflict { key: key.clone(), expected: expected.unwrap_or(0), actual: modr })
+                        } else {
+                            rev += 1;
+                            tx.execute(
+                                "INSERT INTO rk3s_log (revision, key, kind, create_revision, value) VALUES ($1, $2, 2, $3, $4)",
+                                &[&rev, key, &create, &value],
+                            )
+                            .await?;
+                            tx.execute("DELETE FROM rk3s_current WHERE key = $1", &[key]).await?;
+                            Ok(Reply::Deleted(
+                                rev,
+                                KeyValue { key: key.clone(), value, create_revision: create, mod_revision: modr },
+                            ))
+                        }
+                    }
+                }
+            }
+            Op::Compact { keep } => {
+                let target = (rev - *keep as i64).max(0);
+                let old: i64 = tx
+                    .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
+                    .await?
+                    .get(0);
+                if target <= old {
+                    Ok(Reply::Compacted(CompactStats {
+                        compacted_to: old,
+                        events_deleted: 0,
+                    }))
+                } else {
+                    let n = tx
+                        .execute("DELETE FROM rk3s_log WHERE revision <= $1", &[&target])
+                        .await?;
+                    tx.execute(
+                        "UPDATE rk3s_meta SET value = $1 WHERE name = 'compacted'",
+                        &[&target],
+                    )
+                    .await?;
+                    Ok(Reply::Compacted(CompactStats {
+                        compacted_to: target,
+                        events_deleted: n,
+                    }))
+                }
+            }
+        };
+        results.push(r);
+    }
+    if rev != start {
+        tx.execute(
+            "UPDATE rk3s_meta SET value = $1 WHERE name = 'revision'",
+            &[&rev],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn read_events(
+    client: &Client,
+    after: Revision,
+    limit: i64,
+    bounds: Option<(&str, &str)>,
+) -> std::result::Result<Vec<Event>, tokio_postgres::Error> {
+    let rows = match bounds {
+        Some((lo, hi)) => {
+            client
+                .query(
+                    "SELECT revision, key, kind, create_revision, value FROM rk3s_log
+                     WHERE revision > $1 AND key >= $2 AND key < $3 ORDER BY revision LIMIT $4",
+                    &[&after, &lo, &hi, &limit],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query(
+                    "SELECT revision, key, kind, create_revision, value FROM rk3s_log WHERE revision > $1 ORDER BY revision LIMIT $2",
+                    &[&after, &limit],
+                )
+                .await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| Event {
+            revision: r.get(0),
+            key: r.get(1),
+            kind: kind_from(r.get(2)),
+            create_revision: r.get(3),
+            value: r.get(4),
+        })
+        .collect())
+}
+
+/// LISTEN for commits from any server and publish the log in order.
+async fn listener(
+    cfg: tokio_postgres::Config,
+    reader: Client,
+    events: broadcast::Sender<Arc<Event>>,
+    published: Arc<AtomicI64>,
+) {
+    let wake = Arc::new(Notify::new());
+    // A dedicated connection whose notifications wake the publisher.
+    {
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            loop {
+                match cfg.connect(NoTls).await {
+                    Ok((client, mut conn)) => {
+                        let wake2 = wake.clone();
+                        let driver = tokio::spawn(async move {
+                            use futures_util::StreamExt;
+                            let mut stream =
+                                futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                            while let Some(m) = stream.next().await {
+                                match m {
+                                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                        wake2.notify_one()
+                                    }
+                                    Ok(_) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        });
+                        if client
+                            .batch_execute(&format!("LISTEN {CHANNEL}"))
+                            .await
+                            .is_ok()
+                        {
+                            // Catch up on whatever committed before LISTEN took effect.
+                            wake.notify_one();
+                            let _ = driver.await;
+                        } else {
+                            driver.abort();
+                        }
+                        drop(client);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; retrying"),
+                }
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(SAFETY_TICK) => {}
+        }
+        loop {
+            let after = published.load(Ordering::Acquire);
+            match read_events(&reader, after, 1000, None).await {
+                Ok(page) => {
+                    let n = page.len();
+                    for ev in page {
+                        published.store(ev.revision, Ordering::Release);
+                        let _ = events.send(Arc::new(ev));
+                    }
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the PostgreSQL event log failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let row = self
+            .reader()
+            .query_opt(
+                "SELECT key, value, create_revision, mod_revision FROM rk3s_current WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| KeyValue {
+            key: r.get(0),
+            value: r.get(1),
+            create_revision: r.get(2),
+            mod_revision: r.get(3),
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Revision, Vec<KeyValue>)> {
+        let (lo, hi) = prefix_bounds(prefix);
+        // One statement, one snapshot: the items and the revision agree.
+        let rows = self
+            .reader()
+            .query(
+                "SELECT (SELECT value FROM rk3s_meta WHERE name = 'revision'), c.key, c.value, c.create_revision, c.mod_revision
+                 FROM (SELECT 1) AS one LEFT JOIN rk3s_current c ON c.key >= $1 AND c.key < $2 ORDER BY c.key",
+                &[&lo, &hi],
+            )
+            .await
+            .map_err(unavailable)?;
+        let rev: Revision = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        let items = rows
+            .iter()
+            .filter_map(|r| {
+                let key: Option<String> = r.get(1);
+                Some(KeyValue {
+                    key: key?,
+                    value: r.get(2),
+                    create_revision: r.get(3),
+                    mod_revision: r.get(4),
+                })
+            })
+            .collect();
+        Ok((rev, items))
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
+        match self
+            .write(Op::Create {
+                key: key.into(),
+                value,
+            })
+            .await?
+        {
+            Reply::Rev(r) => Ok(r),
+            _ => Err(unavailable("unexpected writer reply")),
+        }
+    }
+
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
+        match self
+            .write(Op::Update {
+                key: key.into(),
+                value,
+                expected,
+            })
+            .await?
+        {
+            Reply::Rev(r) => Ok(r),
+            _ => Err(unavailable("unexpected writer reply")),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
+        match self
+            .write(Op::Delete {
+                key: key.into(),
+                expected,
+            })
+            .await?
+        {
+            Reply::Deleted(r, kv) => Ok((r, kv)),
+            _ => Err(unavailable("unexpected writer reply")),
+        }
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self
+            .reader()
+            .query_one("SELECT value FROM rk3s_meta WHERE name = 'revision'", &[])
+            .await
+            .map_err(unavailable)?
+            .get(0))
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision> {
+        Ok(self
+            .reader()
+            .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
+            .await
+            .map_err(unavailable)?
+            .get(0))
+    }
+
+    async fn events_after(
+        &self,
+        prefix: &str,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let (lo, hi) = prefix_bounds(prefix);
+        let compacted = self.compacted_revision().await?;
+        if after < compacted {
+            return Err(DatastoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        // Only what the publisher has already broadcast: the catch-up read
+        // and the broadcast then meet without a gap or a reordering.
+        let head = self.published.load(Ordering::Acquire);
+        let mut events = read_events(self.reader(), after, limit as i64, Some((&lo, &hi)))
+            .await
+            .map_err(unavailable)?;
+        events.retain(|e| e.revision <= head);
+        Ok(events)
+    }
+
+    async fn compact(&self, keep: u64) -> Result<CompactStats> {
+        match self.write(Op::Compact { keep }).await? {
+            Reply::Compacted(s) => Ok(s),
+            _ => Err(unavailable("unexpected writer reply")),
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://rk3s:s3cret@db:5432/k"),
+            "postgres://rk3s:***@db:5432/k"
+        );
+        assert_eq!(super::redact("postgres://db/k"), "postgres://db/k");
+    }
+}
