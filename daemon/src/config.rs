@@ -158,6 +158,10 @@ pub struct ServerArgs {
     #[arg(long, env = "RK3S_AGENT_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_token_file: Option<PathBuf>,
+    /// External datastore, postgres://user:pass@host:port/db (default: embedded SQLite). Prefer RK3S_DATASTORE_ENDPOINT or config.toml: a flag is briefly visible in ps.
+    #[arg(long, env = "RK3S_DATASTORE_ENDPOINT", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_endpoint: Option<String>,
     /// Where to write the admin kubeconfig [default: /etc/rancher/rk3s/rk3s.yaml as root, <data-dir>/rk3s.yaml otherwise].
     #[arg(long, short = 'o')]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,6 +423,8 @@ pub struct ServerConfig {
     pub disable_agent: bool,
     pub kubeconfig: PathBuf,
     pub kubeconfig_mode: u32,
+    /// `None`: embedded SQLite under the data dir.
+    pub datastore_endpoint: Option<String>,
     pub node: NodeSettings,
     pub grace_period: Duration,
     pub monitor_period: Duration,
@@ -514,6 +520,16 @@ impl ServerConfig {
             port: a.https_listen_port.unwrap_or(6443),
             tls_sans: a.tls_san.clone(),
             disable_agent: a.disable_agent,
+            datastore_endpoint: match a.datastore_endpoint.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(e) if e.starts_with("postgres://") || e.starts_with("postgresql://") => Some(e.to_string()),
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        origin: "--datastore-endpoint".into(),
+                        message: "only PostgreSQL is supported as an external datastore: postgres://user:pass@host:port/db (leave it unset for embedded SQLite)".into(),
+                    })
+                }
+            },
             kubeconfig: a
                 .write_kubeconfig
                 .clone()

@@ -183,6 +183,41 @@ async fn publish_apiserver_endpoints(objects: &Objects, ip: &str, port: u16) -> 
     Ok(())
 }
 
+/// How long a server waits for an unreachable external datastore at
+/// startup before giving up (systemd then restarts it).
+const DATASTORE_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn open_datastore(
+    cfg: &ServerConfig,
+    server_dir: &std::path::Path,
+) -> anyhow::Result<Datastore> {
+    let Some(endpoint) = &cfg.datastore_endpoint else {
+        let db_path = server_dir.join("db").join("state.db");
+        let backend = SqliteBackend::open(&db_path)
+            .with_context(|| format!("opening datastore {}", db_path.display()))?;
+        return Ok(Datastore::new(Arc::new(backend)));
+    };
+    let shown = crate::datastore::postgres::redact(endpoint);
+    let deadline = Instant::now() + DATASTORE_STARTUP_TIMEOUT;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match crate::datastore::postgres::PostgresBackend::connect(endpoint).await {
+            Ok(b) => return Ok(Datastore::new(Arc::new(b))),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(datastore = %shown, attempt, error = %e, "external datastore not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                bail!(
+                    "external datastore {shown} unreachable for {}s, giving up: {e}",
+                    DATASTORE_STARTUP_TIMEOUT.as_secs()
+                )
+            }
+        }
+    }
+}
+
 /// Start the server and run until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let server_dir = cfg.data_dir.join("server");
@@ -190,10 +225,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     fsutil::ensure_dir(&server_dir.join("db"), 0o700)?;
     fsutil::ensure_dir(&server_dir.join("cred"), 0o700)?;
 
-    let db_path = server_dir.join("db").join("state.db");
-    let backend = SqliteBackend::open(&db_path)
-        .with_context(|| format!("opening datastore {}", db_path.display()))?;
-    let store = Datastore::new(Arc::new(backend));
+    let store = open_datastore(&cfg, &server_dir).await?;
     let objects = Objects::new(store.clone());
     tracing::info!(datastore = %store.describe(), "datastore open");
 

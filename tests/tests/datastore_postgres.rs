@@ -53,3 +53,60 @@ async fn two_servers_on_one_database_see_each_others_writes_in_order() {
         b.list("/registry/x/").await.unwrap()
     );
 }
+
+#[test]
+fn a_server_on_postgres_keeps_its_nodes_across_restarts() {
+    let pg = Postgres::start();
+    let t = rk3s_tests::tempdir();
+    let url = pg.url("cluster");
+    let mut server = rk3s_tests::Server::start_with_env(
+        &t.path().join("s"),
+        &[],
+        &[("RK3S_DATASTORE_ENDPOINT", &url)],
+    );
+    let _a = rk3s_tests::Agent::start(
+        &t.path().join("a"),
+        "pg-worker",
+        &server.url(),
+        &server.token_file(),
+        &[],
+    );
+    assert!(server.wait_status("pg-worker", "Ready", std::time::Duration::from_secs(20)));
+    let status = rk3s_tests::stdout(&server.ctl(&["status", "-o", "json"]));
+    assert!(
+        status.contains("postgres postgres://rk3s@127.0.0.1"),
+        "{status}"
+    );
+    assert!(
+        !std::fs::exists(t.path().join("s/data/server/db/state.db")).unwrap(),
+        "no SQLite file when on PostgreSQL"
+    );
+    server.stop();
+    server.restart();
+    assert!(server.wait_status("pg-worker", "Ready", std::time::Duration::from_secs(20)));
+    assert_eq!(server.nodes().len(), 2);
+}
+
+#[test]
+fn a_bad_endpoint_is_a_clear_error_without_the_password() {
+    let t = rk3s_tests::tempdir();
+    let o = std::process::Command::new(rk3s_tests::bin("rk3sd"))
+        .args([
+            "server",
+            "--config",
+            "/dev/null",
+            "--datastore-endpoint",
+            "mysql://u:hunter2@h/db",
+            "--data-dir",
+        ])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = rk3s_tests::stderr(&o);
+    assert!(
+        err.contains("--datastore-endpoint") && err.contains("postgres://"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -53,8 +53,10 @@ pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
         }
         _ => url.to_string(),
     }
@@ -641,5 +643,9 @@ mod tests {
             "postgres://rk3s:***@db:5432/k"
         );
         assert_eq!(super::redact("postgres://db/k"), "postgres://db/k");
+        assert_eq!(
+            super::redact("postgres://rk3s@db/k"),
+            "postgres://rk3s@db/k"
+        );
     }
 }
