@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod apiserver;
+pub mod bootstrap;
 pub mod certs;
 pub mod config;
 pub mod datastore;

@@ -72,28 +72,11 @@ async fn ensure_namespaces(objects: &Objects) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decide the cluster token: the configured one, else the stored one, else
-/// a new secret. A configured token pinned to another CA is refused.
-fn resolve_token(
-    cfg: &ServerConfig,
-    pki: &Pki,
-    token_file: &std::path::Path,
-) -> anyhow::Result<Token> {
-    let our_hash = token::ca_hash(pki.ca_bundle());
-    let secret = match &cfg.token {
-        Some(t) => {
-            if let Some(h) = &t.ca_hash {
-                if *h != our_hash {
-                    bail!(
-                        "the configured token is pinned to CA hash {h}, but this server's CA ({}) hashes to {our_hash}; \
-                         use the token from {} or only its secret part",
-                        pki_dir_hint(cfg),
-                        token_file.display()
-                    );
-                }
-            }
-            t.secret().to_string()
-        }
+/// The cluster token's secret: the configured one, else the stored one,
+/// else a new one.
+fn token_secret(cfg: &ServerConfig, token_file: &std::path::Path) -> anyhow::Result<String> {
+    Ok(match &cfg.token {
+        Some(t) => t.secret().to_string(),
         None => match fsutil::read_optional(token_file)? {
             Some(b) => Token::parse(&String::from_utf8_lossy(&b))
                 .with_context(|| {
@@ -106,8 +89,23 @@ fn resolve_token(
                 .to_string(),
             None => token::random_secret(),
         },
-    };
-    Ok(Token::secure(pki.ca_bundle(), "server", &secret))
+    })
+}
+
+/// A configured token pinned to another CA is refused.
+fn check_pin(cfg: &ServerConfig, pki: &Pki, token_file: &std::path::Path) -> anyhow::Result<()> {
+    let our_hash = token::ca_hash(pki.ca_bundle());
+    if let Some(h) = cfg.token.as_ref().and_then(|t| t.ca_hash.as_ref()) {
+        if *h != our_hash {
+            bail!(
+                "the configured token is pinned to CA hash {h}, but this server's CA ({}) hashes to {our_hash}; \
+                 use the token from {} or only its secret part",
+                pki_dir_hint(cfg),
+                token_file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn pki_dir_hint(cfg: &ServerConfig) -> String {
@@ -237,11 +235,22 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
     }
-    let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)
-        .context("preparing TLS certificates")?;
-
     let token_file = server_dir.join("token");
-    let token = resolve_token(&cfg, &pki, &token_file)?;
+    let secret = token_secret(&cfg, &token_file)?;
+    let tls_dir = server_dir.join("tls");
+    if cfg.datastore_endpoint.is_some() {
+        // Servers sharing a datastore share their CAs through it.
+        crate::bootstrap::reconcile(&store, &secret, &tls_dir, || {
+            Pki::load_or_create(&tls_dir, &sans)
+                .map(|_| ())
+                .map_err(Into::into)
+        })
+        .await
+        .context("reconciling bootstrap data with the external datastore")?;
+    }
+    let pki = Pki::load_or_create(&tls_dir, &sans).context("preparing TLS certificates")?;
+    check_pin(&cfg, &pki, &token_file)?;
+    let token = Token::secure(pki.ca_bundle(), "server", &secret);
     fsutil::write_atomic(
         &token_file,
         format!("{}\n", token.expose()).as_bytes(),

@@ -206,9 +206,10 @@ impl Server {
             ])
             .args(FAST)
             .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // The caller's environment must not leak in; the test's may.
             .env_remove("RK3S_TOKEN")
-            .env_remove("RK3S_URL");
+            .env_remove("RK3S_URL")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.proc = Proc::spawn("server", cmd, self.dir.join("server.log"));
         let status = wait_for(Duration::from_secs(30), || {
             if !self.proc.running() {

@@ -110,3 +110,98 @@ fn a_bad_endpoint_is_a_clear_error_without_the_password() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn servers_sharing_postgres_share_one_ca_and_refuse_another_token() {
+    let pg = Postgres::start();
+    let t = rk3s_tests::tempdir();
+    let url = pg.url("ha");
+    let env = [
+        ("RK3S_DATASTORE_ENDPOINT", url.as_str()),
+        ("RK3S_TOKEN", "ha-cluster-secret-0123"),
+    ];
+    // Two servers starting at the same moment on an empty datastore.
+    let (s1, s2) = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            rk3s_tests::Server::start_with_env(
+                &t.path().join("s1"),
+                &["--node-name", "server-1"],
+                &env,
+            )
+        });
+        let b = s.spawn(|| {
+            rk3s_tests::Server::start_with_env(
+                &t.path().join("s2"),
+                &["--node-name", "server-2"],
+                &env,
+            )
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(s1.ca_pem(), s2.ca_pem(), "exactly one CA");
+    assert_eq!(s1.token(), s2.token());
+    assert!(
+        !std::fs::read_to_string(s1.data_dir.join("server/tls/server-ca.key"))
+            .unwrap()
+            .is_empty()
+    );
+
+    // An agent joining through server 2 with server 1's token file is seen by both.
+    let _a = rk3s_tests::Agent::start(
+        &t.path().join("a"),
+        "ha-worker",
+        &s2.url(),
+        &s1.token_file(),
+        &[],
+    );
+    assert!(s1.wait_status("ha-worker", "Ready", std::time::Duration::from_secs(20)));
+    assert_eq!(s1.node("ha-worker").unwrap()["connected"], "server-2");
+    // Both servers serve certificates from the shared CA, and their admin
+    // kubeconfigs work (whichever server lost the race re-issued them).
+    for s in [&s1, &s2] {
+        let k = rk3s_tests::Kubectl::new(
+            rk3s_tests::kubectl(None),
+            &s.kubeconfig(),
+            &s.dir.join("kcache"),
+        );
+        assert!(k.ok(&["get", "nodes"]).contains("ha-worker"));
+    }
+
+    // A server with another token stops with a clear error and writes nothing.
+    let o = std::process::Command::new(rk3s_tests::bin("rk3sd"))
+        .args([
+            "server",
+            "--config",
+            "/dev/null",
+            "--https-listen-port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--disable-agent",
+            "--data-dir",
+        ])
+        .arg(t.path().join("s3"))
+        .arg("--admin-socket")
+        .arg(t.path().join("s3.sock"))
+        .arg("--write-kubeconfig")
+        .arg(t.path().join("s3.kubeconfig"))
+        .env("RK3S_DATASTORE_ENDPOINT", &url)
+        .env("RK3S_TOKEN", "some-other-secret")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = rk3s_tests::stderr(&o);
+    assert!(err.contains("encrypted with a different token"), "{err}");
+    assert!(!err.contains("some-other-secret"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let entries = rt.block_on(async {
+        store(&pg, "ha")
+            .await
+            .list("/bootstrap/")
+            .await
+            .unwrap()
+            .1
+            .len()
+    });
+    assert_eq!(entries, 1);
+}

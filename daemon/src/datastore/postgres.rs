@@ -24,6 +24,7 @@ const READERS: usize = 3;
 const SAFETY_TICK: Duration = Duration::from_secs(2);
 
 const SCHEMA: &str = "
+SET client_min_messages TO warning;
 CREATE TABLE IF NOT EXISTS rk3s_log (
     revision        BIGINT   PRIMARY KEY,
     key             TEXT     COLLATE \"C\" NOT NULL,
