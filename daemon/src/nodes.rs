@@ -28,18 +28,7 @@ fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummar
         Some("False") => "NotReady",
         _ => "Unknown",
     };
-    let mut roles: Vec<String> = node
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|l| {
-            l.keys()
-                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    roles.sort();
+    let roles = lifecycle::roles(node);
     let renewed = lease.and_then(lifecycle::lease_renewed);
     let fresh = renewed.is_some_and(|t| {
         chrono::Utc::now() - t <= chrono::Duration::from_std(sv.grace_period).unwrap_or_default()

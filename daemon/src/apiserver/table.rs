@@ -82,17 +82,7 @@ fn node_status(n: &Value) -> String {
 }
 
 fn node_roles(n: &Value) -> String {
-    let mut roles: Vec<&str> = n
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|l| {
-            l.keys()
-                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                .filter(|r| !r.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    roles.sort_unstable();
+    let roles = crate::lifecycle::roles(n);
     if roles.is_empty() {
         "<none>".into()
     } else {

@@ -13,6 +13,7 @@
 #[doc(hidden)]
 pub mod conformance;
 pub mod postgres;
+mod queue;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -10,12 +10,13 @@
 //! covered by the next one and by a slow safety tick, so nothing is skipped
 //! and nothing arrives out of order.
 
+use super::queue::{Op, Reply, Request, WriteQueue};
 use super::{Backend, CompactStats, DatastoreError, Event, EventKind, KeyValue, Result, Revision};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_postgres::{Client, NoTls};
 
 const CHANNEL: &str = "rk3s_events";
@@ -73,39 +74,9 @@ async fn connect(cfg: &tokio_postgres::Config) -> Result<Client> {
     Ok(client)
 }
 
-enum Op {
-    Create {
-        key: String,
-        value: Vec<u8>,
-    },
-    Update {
-        key: String,
-        value: Vec<u8>,
-        expected: Revision,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-    },
-    Compact {
-        keep: u64,
-    },
-}
-
-enum Reply {
-    Rev(Revision),
-    Deleted(Revision, KeyValue),
-    Compacted(CompactStats),
-}
-
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Reply>>,
-}
-
 pub struct PostgresBackend {
     description: String,
-    writer: mpsc::Sender<Request>,
+    writer: WriteQueue,
     readers: Vec<Client>,
     next_reader: AtomicUsize,
     events: broadcast::Sender<Arc<Event>>,
@@ -157,7 +128,7 @@ impl PostgresBackend {
             .get(0);
         let (events, _) = broadcast::channel(4096);
         let published = Arc::new(AtomicI64::new(head));
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = WriteQueue::new(4096);
         tokio::spawn(writer(writer_client, rx));
         tokio::spawn(listener(
             cfg.clone(),
@@ -178,16 +149,6 @@ impl PostgresBackend {
     fn reader(&self) -> &Client {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         &self.readers[i]
-    }
-
-    async fn write(&self, op: Op) -> Result<Reply> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Request { op, reply })
-            .await
-            .map_err(|_| unavailable("PostgreSQL writer stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("PostgreSQL writer stopped"))?
     }
 }
 
@@ -542,43 +503,15 @@ impl Backend for PostgresBackend {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
-        match self
-            .write(Op::Create {
-                key: key.into(),
-                value,
-            })
-            .await?
-        {
-            Reply::Rev(r) => Ok(r),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.create(key, value).await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
-        match self
-            .write(Op::Update {
-                key: key.into(),
-                value,
-                expected,
-            })
-            .await?
-        {
-            Reply::Rev(r) => Ok(r),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.update(key, value, expected).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
-        match self
-            .write(Op::Delete {
-                key: key.into(),
-                expected,
-            })
-            .await?
-        {
-            Reply::Deleted(r, kv) => Ok((r, kv)),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.delete(key, expected).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -624,10 +557,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn compact(&self, keep: u64) -> Result<CompactStats> {
-        match self.write(Op::Compact { keep }).await? {
-            Reply::Compacted(s) => Ok(s),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.compact(keep).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

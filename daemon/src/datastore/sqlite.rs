@@ -11,6 +11,7 @@
 //! and a batch of N writes costs one fsync. Readers use their own
 //! connections; WAL lets them run beside the writer.
 
+use super::queue::{Op, Reply, Request, WriteQueue};
 use super::{
     prefix_end, Backend, CompactStats, DatastoreError, Event, EventKind, KeyValue, Result, Revision,
 };
@@ -19,7 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
 const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
@@ -46,39 +47,9 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0);
 ";
 
-enum Op {
-    Create {
-        key: String,
-        value: Vec<u8>,
-    },
-    Update {
-        key: String,
-        value: Vec<u8>,
-        expected: Revision,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-    },
-    Compact {
-        keep: u64,
-    },
-}
-
-enum Reply {
-    Rev(Revision),
-    Deleted(Revision, KeyValue),
-    Compacted(CompactStats),
-}
-
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Reply>>,
-}
-
 pub struct SqliteBackend {
     path: PathBuf,
-    writer: mpsc::Sender<Request>,
+    writer: WriteQueue,
     readers: Arc<Mutex<Vec<Connection>>>,
     events: broadcast::Sender<Arc<Event>>,
     revision: Arc<AtomicI64>,
@@ -138,7 +109,7 @@ impl SqliteBackend {
             readers.push(open_conn(path, false).map_err(unavailable)?);
         }
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = WriteQueue::new(4096);
         let revision = Arc::new(AtomicI64::new(revision));
         let compacted = Arc::new(AtomicI64::new(compacted));
         let w = Writer {
@@ -160,15 +131,6 @@ impl SqliteBackend {
             revision,
             compacted,
         })
-    }
-
-    async fn write(&self, op: Op) -> Result<Reply> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Request { op, reply })
-            .await
-            .map_err(|_| unavailable("sqlite writer stopped"))?;
-        rx.await.map_err(|_| unavailable("sqlite writer stopped"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -250,43 +212,15 @@ impl Backend for SqliteBackend {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
-        match self
-            .write(Op::Create {
-                key: key.into(),
-                value,
-            })
-            .await?
-        {
-            Reply::Rev(r) => Ok(r),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.create(key, value).await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
-        match self
-            .write(Op::Update {
-                key: key.into(),
-                value,
-                expected,
-            })
-            .await?
-        {
-            Reply::Rev(r) => Ok(r),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.update(key, value, expected).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(Revision, KeyValue)> {
-        match self
-            .write(Op::Delete {
-                key: key.into(),
-                expected,
-            })
-            .await?
-        {
-            Reply::Deleted(r, kv) => Ok((r, kv)),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.delete(key, expected).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -343,10 +277,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn compact(&self, keep: u64) -> Result<CompactStats> {
-        match self.write(Op::Compact { keep }).await? {
-            Reply::Compacted(s) => Ok(s),
-            _ => Err(unavailable("unexpected writer reply")),
-        }
+        self.writer.compact(keep).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
