@@ -433,6 +433,18 @@ fn watches_see_changes_and_expire_after_compaction() {
         "{}",
         stdout(&again)
     );
+    // deletecollection with a field selector removes exactly the selected object.
+    let out = k.ok(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?fieldSelector=metadata.name%3Dc0",
+    ]);
+    let deleted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(deleted["items"].as_array().unwrap().len(), 1, "{out}");
+    let list: Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
+            .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 29);
 }
 
 #[test]

@@ -240,30 +240,44 @@ pub fn selectors(q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSel
     Ok((l, f))
 }
 
-async fn list(
+/// The objects a list or deletecollection request selects, and the revision read at.
+async fn matching(
     sv: &Supervisor,
     t: &Target,
     q: &HashMap<String, String>,
-    as_table: bool,
-) -> Result<Response, KubeError> {
+) -> Result<(i64, Vec<Value>), KubeError> {
     let (ls, fs) = selectors(q)?;
     let (rev, items) = sv
         .objects
         .list(&t.rt.storage(), t.namespace.as_deref())
         .await
         .map_err(store_err(t, ""))?;
-    let items: Vec<Value> = items
-        .into_iter()
-        .filter(|o| ls.matches(o) && fs.matches(o))
-        .collect();
+    Ok((
+        rev,
+        items
+            .into_iter()
+            .filter(|o| ls.matches(o) && fs.matches(o))
+            .collect(),
+    ))
+}
+
+/// A `<Kind>List` of `items` at `rev`.
+fn list_object(t: &Target, rev: &str, items: Vec<Value>) -> Value {
+    json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rev}, "items": items})
+}
+
+async fn list(
+    sv: &Supervisor,
+    t: &Target,
+    q: &HashMap<String, String>,
+    as_table: bool,
+) -> Result<Response, KubeError> {
+    let (rev, items) = matching(sv, t, q).await?;
     let rv = rev.to_string();
     if as_table {
         return Ok(table_response(&table::table(&t.rt, &items, &rv)));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rv}, "items": items}),
-    ))
+    Ok(json_response(StatusCode::OK, &list_object(t, &rv, items)))
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, KubeError> {
@@ -708,14 +722,9 @@ async fn delete_collection(
     q: &HashMap<String, String>,
     dry_run: bool,
 ) -> Result<Response, KubeError> {
-    let (ls, fs) = selectors(q)?;
-    let (rev, items) = sv
-        .objects
-        .list(&t.rt.storage(), t.namespace.as_deref())
-        .await
-        .map_err(store_err(t, ""))?;
+    let (rev, items) = matching(sv, t, q).await?;
     let mut deleted = Vec::new();
-    for o in items.into_iter().filter(|o| ls.matches(o) && fs.matches(o)) {
+    for o in items {
         let n = o["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -731,6 +740,6 @@ async fn delete_collection(
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted}),
+        &list_object(t, &rev.to_string(), deleted),
     ))
 }
