@@ -21,6 +21,23 @@ fn annotation<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
 
+/// The server holding `name`'s tunnel, empty if none. A tunnel on this
+/// server is authoritative; otherwise the Lease's record counts only while
+/// the Lease is fresh (the server that wrote it may have died).
+fn connected_server(sv: &Supervisor, name: &str, lease: Option<&Value>) -> String {
+    if sv.tunnels.get(name).is_some() {
+        return sv.server_name.clone();
+    }
+    let grace = chrono::Duration::from_std(sv.grace_period).unwrap_or_default();
+    let fresh = lease
+        .and_then(lifecycle::lease_renewed)
+        .is_some_and(|t| chrono::Utc::now() - t <= grace);
+    match lease.and_then(|l| annotation(l, ANNOTATION_CONNECTED_TO)) {
+        Some(s) if fresh => s.to_string(),
+        _ => String::new(),
+    }
+}
+
 fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummary {
     let name = str_at(node, "/metadata/name").to_string();
     let status = match ready_status(node) {
@@ -30,21 +47,7 @@ fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummar
     };
     let roles = lifecycle::roles(node);
     let renewed = lease.and_then(lifecycle::lease_renewed);
-    let fresh = renewed.is_some_and(|t| {
-        chrono::Utc::now() - t <= chrono::Duration::from_std(sv.grace_period).unwrap_or_default()
-    });
-    // A tunnel on this server is authoritative; otherwise trust the lease's
-    // record only while the lease is fresh (its server may have died).
-    let connected = if sv.tunnels.get(&name).is_some() {
-        sv.server_name.clone()
-    } else if fresh {
-        lease
-            .and_then(|l| annotation(l, ANNOTATION_CONNECTED_TO))
-            .unwrap_or("")
-            .to_string()
-    } else {
-        String::new()
-    };
+    let connected = connected_server(sv, &name, lease);
     let internal_ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -162,16 +165,8 @@ pub async fn show(sv: &Supervisor, name: &str) -> Result<NodeDetail, ApiError> {
 /// tunnel. A connected node is refused unless `force`.
 pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetResult, ApiError> {
     if !force {
-        let connected_here = sv.tunnels.get(name).is_some();
         let lease = sv.objects.get(&lease_ref(name)).await?;
-        let elsewhere = lease.as_ref().is_some_and(|l| {
-            annotation(l, ANNOTATION_CONNECTED_TO).is_some_and(|s| !s.is_empty())
-                && lifecycle::lease_renewed(l).is_some_and(|t| {
-                    chrono::Utc::now() - t
-                        <= chrono::Duration::from_std(sv.grace_period).unwrap_or_default()
-                })
-        });
-        if connected_here || elsewhere {
+        if !connected_server(sv, name, lease.as_ref()).is_empty() {
             return Err(ApiError::Conflict(format!(
                 "node {name:?} is connected; stop its agent first, or use --force (it will re-register at once if its agent keeps running)"
             )));

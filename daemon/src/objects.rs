@@ -43,6 +43,18 @@ impl Ref {
         }
     }
 
+    /// The reference of a stored object of `resource`, from its metadata.
+    pub fn of(resource: impl Into<String>, obj: &Value) -> Self {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+            Some(ns) => Self::namespaced(resource, ns, name),
+            None => Self::cluster(resource, name),
+        }
+    }
+
     pub fn key(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("/registry/{}/{}/{}", self.resource, ns, self.name),

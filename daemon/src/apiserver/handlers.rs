@@ -550,14 +550,7 @@ async fn update(
         .unwrap_or("")
         .to_string();
     if !sent_rv.is_empty() && sent_rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
-        return Err(KubeError::from_store(
-            crate::objects::ObjectError::Store(crate::datastore::DatastoreError::Conflict {
-                key: String::new(),
-                expected: 0,
-                actual: 0,
-            }),
-            t.subject(&name),
-        ));
+        return Err(KubeError::stale(t.subject(&name)));
     }
     let out = write_update(sv, t, &name, &old, obj, dry_run).await?;
     Ok(json_response(StatusCode::OK, &out))
@@ -616,7 +609,7 @@ async fn patch_object(
             .as_deref()
             .is_some_and(|r| !r.is_empty() && r != cur_rv)
         {
-            return Err(KubeError::Conflict(t.subject(&name), "the object has been modified; please apply your changes to the latest version and try again".into()));
+            return Err(KubeError::stale(t.subject(&name)));
         }
         if new.pointer("/metadata/name").and_then(Value::as_str) != Some(name.as_str()) {
             return Err(invalid(
@@ -701,12 +694,7 @@ async fn delete(sv: &Supervisor, t: &Target, dry_run: bool) -> Result<Response, 
                     .await
                     .map_err(store_err(t, &name))?;
                 for o in items {
-                    let n = o["metadata"]["name"].as_str().unwrap_or_default();
-                    let r = match o["metadata"]["namespace"].as_str() {
-                        Some(ns) => Ref::namespaced(kind.storage(), ns, n),
-                        None => Ref::cluster(kind.storage(), n),
-                    };
-                    let _ = sv.objects.delete(&r).await;
+                    let _ = sv.objects.delete(&Ref::of(kind.storage(), &o)).await;
                 }
             }
         }
@@ -725,16 +713,9 @@ async fn delete_collection(
     let (rev, items) = matching(sv, t, q).await?;
     let mut deleted = Vec::new();
     for o in items {
-        let n = o["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let r = match o["metadata"]["namespace"].as_str() {
-            Some(ns) => Ref::namespaced(t.rt.storage(), ns, &n),
-            None => Ref::cluster(t.rt.storage(), &n),
-        };
         if !dry_run {
-            sv.objects.delete(&r).await.map_err(store_err(t, &n))?;
+            let r = Ref::of(t.rt.storage(), &o);
+            sv.objects.delete(&r).await.map_err(store_err(t, &r.name))?;
         }
         deleted.push(o);
     }

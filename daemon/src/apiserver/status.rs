@@ -110,19 +110,31 @@ impl KubeError {
         s
     }
 
+    /// The Conflict for a write based on an outdated resourceVersion.
+    pub fn stale(subject: Subject) -> Self {
+        KubeError::Conflict(
+            subject,
+            "the object has been modified; please apply your changes to the latest version and try again".into(),
+        )
+    }
+
     /// Map a storage error onto the object it concerns.
     pub fn from_store(e: ObjectError, subject: Subject) -> Self {
         match e {
             ObjectError::Store(DatastoreError::NotFound(_)) => KubeError::NotFound(subject),
-            ObjectError::Store(DatastoreError::AlreadyExists(_)) => KubeError::AlreadyExists(subject),
-            ObjectError::Store(DatastoreError::Conflict { .. }) => KubeError::Conflict(
-                subject,
-                "the object has been modified; please apply your changes to the latest version and try again".into(),
-            ),
-            ObjectError::Store(DatastoreError::Compacted { requested, compacted }) => KubeError::Expired(format!(
+            ObjectError::Store(DatastoreError::AlreadyExists(_)) => {
+                KubeError::AlreadyExists(subject)
+            }
+            ObjectError::Store(DatastoreError::Conflict { .. }) => KubeError::stale(subject),
+            ObjectError::Store(DatastoreError::Compacted {
+                requested,
+                compacted,
+            }) => KubeError::Expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
-            ObjectError::Store(DatastoreError::InvalidKey(k)) => KubeError::BadRequest(format!("invalid object key {k}")),
+            ObjectError::Store(DatastoreError::InvalidKey(k)) => {
+                KubeError::BadRequest(format!("invalid object key {k}"))
+            }
             ObjectError::Store(DatastoreError::Unavailable(m)) => KubeError::Unavailable(m),
             ObjectError::Corrupt { .. } => KubeError::Internal(e.to_string()),
         }
