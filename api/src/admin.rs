@@ -109,6 +109,15 @@ pub struct StatusResponse {
     /// Agent: `registered`, `connecting`, `rejected: ...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<String>,
+    /// Server: why the datastore cannot be reached, while it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_error: Option<String>,
+    /// Server: the live servers. Agent: the servers its load balancer knows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// Server: the server holding the leader lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// `rk3sctl token`: where the token lives. The secret itself is returned

@@ -10,6 +10,9 @@ pub const READYZ: &str = "/v1-rk3s/readyz";
 /// Websocket tunnel; registration happens in its HTTP handshake.
 pub const CONNECT: &str = "/v1-rk3s/connect";
 
+/// Token-authenticated: JSON list of live server addresses (`host:port`).
+pub const APISERVERS: &str = "/v1-rk3s/apiservers";
+
 /// POST a DER CSR, get the node's client certificate (PEM).
 pub const CLIENT_KUBELET_CERT: &str = "/v1-rk3s/client-kubelet.crt";
 

@@ -73,6 +73,10 @@ pub enum ServerMessage {
     HeartbeatAck {
         seq: u64,
     },
+    /// The live servers changed (one joined, or one's lease expired).
+    Servers {
+        servers: Vec<String>,
+    },
     RotatePassword {
         rotation_id: String,
         password: SecretString,

@@ -195,6 +195,9 @@ pub fn status(s: &StatusResponse) -> String {
     if let Some(r) = s.datastore_revision {
         kv("Revision", r.to_string());
     }
+    if let Some(e) = &s.datastore_error {
+        kv("Datastore error", e.clone());
+    }
     if let Some(n) = s.node_count {
         kv("Nodes", n.to_string());
     }
@@ -206,6 +209,12 @@ pub fn status(s: &StatusResponse) -> String {
     }
     if let Some(r) = &s.registration {
         kv("Registration", r.clone());
+    }
+    if !s.servers.is_empty() {
+        kv("Servers", s.servers.join(", "));
+    }
+    if let Some(l) = &s.leader {
+        kv("Leader", l.clone());
     }
     kv(
         "Connected server",

@@ -153,12 +153,14 @@ fn server_only(b: &Backend) -> Result<&Arc<Supervisor>, ApiError> {
 async fn status(State(b): State<Backend>) -> R {
     let resp = match &b {
         Backend::Server(sv) => {
+            // Status must answer during a datastore outage: that is when
+            // an operator asks.
             let node_count = sv
                 .objects
                 .list("nodes", None)
                 .await
                 .map(|(_, n)| n.len())
-                .map_err(ApiError::from)?;
+                .ok();
             let (connected_server, registration) = match &sv.embedded_agent {
                 Some(a) => (
                     a.connected_server.lock().expect("lock").clone(),
@@ -174,11 +176,14 @@ async fn status(State(b): State<Backend>) -> R {
                 pid: std::process::id(),
                 datastore: Some(sv.objects.store.describe()),
                 datastore_revision: sv.objects.store.current_revision().await.ok(),
-                node_count: Some(node_count),
+                node_count,
                 connected_agents: Some(sv.tunnels.count()),
                 api_address: Some(sv.advertise_address.clone()),
                 connected_server,
                 registration,
+                datastore_error: sv.objects.store.outage(),
+                servers: sv.membership.servers(),
+                leader: Some(sv.membership.leader_name()).filter(|l| !l.is_empty()),
             }
         }
         Backend::Agent(state, info) => StatusResponse {
@@ -194,6 +199,9 @@ async fn status(State(b): State<Backend>) -> R {
             api_address: Some(info.server_url.clone()),
             connected_server: state.connected_server.lock().expect("lock").clone(),
             registration: Some(state.registration.lock().expect("lock").clone()),
+            datastore_error: None,
+            servers: state.servers.lock().expect("lock").clone(),
+            leader: None,
         },
     };
     Ok(Json(resp).into_response())

@@ -4,6 +4,7 @@
 //! a server (its own node).
 
 use crate::config::NodeSettings;
+use crate::loadbalancer::{self, LoadBalancer};
 use crate::nodepassword;
 use crate::token::Token;
 use crate::{certs, fsutil, nodeinfo};
@@ -60,6 +61,8 @@ pub struct AgentState {
     pub registration: Mutex<String>,
     /// Set once the first registration succeeded.
     pub registered: tokio::sync::watch::Sender<bool>,
+    /// The servers the load balancer knows (`host:port`).
+    pub servers: Mutex<Vec<String>>,
 }
 
 impl Default for AgentState {
@@ -69,11 +72,16 @@ impl Default for AgentState {
             connected_server: Mutex::new(None),
             registration: Mutex::new("starting".into()),
             registered: tokio::sync::watch::channel(false).0,
+            servers: Mutex::new(Vec::new()),
         }
     }
 }
 
 impl AgentState {
+    fn set_servers(&self, lb: &LoadBalancer) {
+        *self.servers.lock().expect("lock") = lb.servers();
+    }
+
     fn set(&self, registration: &str, server: Option<&str>) {
         *self.registration.lock().expect("lock") = registration.to_string();
         *self.connected_server.lock().expect("lock") = server.map(str::to_string);
@@ -87,6 +95,9 @@ pub struct AgentParams {
     pub data_dir: PathBuf,
     /// Already known (embedded agent): skip the /cacerts bootstrap.
     pub ca_pem: Option<Vec<u8>>,
+    /// Follow the cluster's server list (standalone agents). A server's
+    /// embedded agent stays on its own server.
+    pub balance: bool,
 }
 
 fn host_port(url: &str) -> &str {
@@ -345,59 +356,74 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
     let mut backoff = Backoff::new(params.node.reconnect_backoff_max);
+    let name = node_name(&params.node)?;
+    *state.node_name.lock().expect("lock") = name.clone();
+    let lb = Arc::new(if params.balance {
+        LoadBalancer::load(&params.server_url, &params.data_dir, &name)
+    } else {
+        LoadBalancer::fixed(&params.server_url)
+    });
+    state.set_servers(&lb);
     let ca_pem = match &params.ca_pem {
         Some(c) => c.clone(),
         None => loop {
-            state.set(
-                &format!("fetching CA certificate from {}", params.server_url),
-                None,
-            );
-            match fetch_ca(&params.server_url, &params.token).await {
-                Ok(c) => {
-                    let dir = params.data_dir.join("agent");
-                    fsutil::ensure_dir(&dir, 0o700)?;
-                    fsutil::write_atomic(&dir.join("server-ca.crt"), &c, 0o644)?;
-                    break c;
-                }
-                Err(e @ AgentError::CaMismatch { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "waiting for the server");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.step()) => continue,
+            // Any server hands out the cluster CA; the pin decides.
+            let mut fetched = None;
+            for url in lb.candidates() {
+                state.set(&format!("fetching CA certificate from {url}"), None);
+                match fetch_ca(&url, &params.token).await {
+                    Ok(c) => {
+                        fetched = Some(c);
+                        break;
                     }
+                    Err(e @ AgentError::CaMismatch { .. }) => return Err(e),
+                    Err(e) => tracing::warn!(error = %e, "waiting for the server"),
                 }
+            }
+            if let Some(c) = fetched {
+                let dir = params.data_dir.join("agent");
+                fsutil::ensure_dir(&dir, 0o700)?;
+                fsutil::write_atomic(&dir.join("server-ca.crt"), &c, 0o644)?;
+                break c;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff.step()) => continue,
             }
         },
     };
     let tls = Arc::new(certs::client_config_pinned(&ca_pem)?);
-    let name = node_name(&params.node)?;
-    *state.node_name.lock().expect("lock") = name.clone();
     let mut password = nodepassword::load_or_create(&params.node.node_config_dir)?;
     let password_file = params.node.node_config_dir.join("password");
+    if params.balance {
+        let every = params
+            .node
+            .heartbeat_interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(5));
+        tokio::spawn(loadbalancer::health_checks(
+            lb.clone(),
+            ca_pem.clone(),
+            every,
+            cancel.child_token(),
+        ));
+    }
     backoff.reset();
     loop {
         if cancel.is_cancelled() {
             return Ok(());
         }
-        state.set(&format!("connecting to {}", params.server_url), None);
-        let mut ips = params.node.node_ips.clone();
-        if ips.is_empty() {
-            if let Some(ip) = nodeinfo::local_ip_towards(host_port(&params.server_url)).await {
-                ips.push(ip);
-            }
-        }
-        let attempt = tokio::select! {
+        let (url, attempt) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = connect_tunnel(&params.server_url, tls.clone(), params.token.secret(), &name, &password, &ips) => r,
+            r = try_servers(&lb, &params, &state, tls.clone(), &name, &password) => r,
         };
         let wait = match attempt {
-            Ok(ws) => {
-                state.set("registered", Some(&params.server_url));
+            Ok((ws, ips)) => {
+                lb.connected(&url);
+                state.set("registered", Some(&url));
                 state.registered.send_replace(true);
-                tracing::info!(node = %name, server = %params.server_url, "registered; tunnel up");
+                tracing::info!(node = %name, server = %url, "registered; tunnel up");
                 if let Err(e) = ensure_node_cert(
-                    &params.server_url,
+                    &url,
                     &ca_pem,
                     params.token.secret(),
                     &name,
@@ -410,12 +436,15 @@ pub async fn run(
                 }
                 let info = nodeinfo::collect(ips, params.node.labels.clone());
                 let started = Instant::now();
-                let end = session(ws, &params, &info, &mut password, &cancel).await;
+                let end = session(ws, &params, &lb, &state, &info, &mut password, &cancel).await;
                 state.set(&format!("disconnected: {end}"), None);
                 if cancel.is_cancelled() {
                     return Ok(());
                 }
-                tracing::warn!(node = %name, server = %params.server_url, reason = %end, "tunnel lost; reconnecting");
+                // Whatever ended it, the next attempt goes to another server
+                // first; health checks bring this one back.
+                lb.failed(&url);
+                tracing::warn!(node = %name, server = %url, reason = %end, "tunnel lost; reconnecting");
                 // A session that lived a while earns a fast first retry.
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
@@ -442,7 +471,7 @@ pub async fn run(
                 backoff.slow()
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot register; retrying");
+                tracing::warn!(error = %e, "cannot register with any server; retrying");
                 state.set(&format!("connecting: {e}"), None);
                 backoff.step()
             }
@@ -452,6 +481,56 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// One pass over the load balancer's candidates: the first tunnel that
+/// comes up wins. An unreachable or unready server moves on to the next at
+/// once; a refused token or password stops the pass (every server would
+/// say the same).
+async fn try_servers(
+    lb: &LoadBalancer,
+    params: &AgentParams,
+    state: &AgentState,
+    tls: Arc<rustls::ClientConfig>,
+    name: &str,
+    password: &str,
+) -> (String, Result<(Tunnel, Vec<String>), AgentError>) {
+    let mut last = None;
+    for url in lb.candidates() {
+        state.set(&format!("connecting to {url}"), None);
+        let mut ips = params.node.node_ips.clone();
+        if ips.is_empty() {
+            if let Some(ip) = nodeinfo::local_ip_towards(host_port(&url)).await {
+                ips.push(ip);
+            }
+        }
+        match connect_tunnel(
+            &url,
+            tls.clone(),
+            params.token.secret(),
+            name,
+            password,
+            &ips,
+        )
+        .await
+        {
+            Ok(ws) => return (url, Ok((ws, ips))),
+            Err(e @ (AgentError::PasswordRejected { .. } | AgentError::Unauthorized { .. })) => {
+                return (url, Err(e))
+            }
+            Err(e) => {
+                tracing::info!(server = %url, error = %e, "server unavailable; trying the next one");
+                lb.failed(&url);
+                last = Some((url, Err(e)));
+            }
+        }
+    }
+    last.unwrap_or_else(|| {
+        (
+            lb.fixed_url().to_string(),
+            Err(AgentError::Tunnel("no server to connect to".into())),
+        )
+    })
 }
 
 async fn send(ws: &mut Tunnel, msg: &AgentMessage) -> Result<(), String> {
@@ -465,6 +544,8 @@ async fn send(ws: &mut Tunnel, msg: &AgentMessage) -> Result<(), String> {
 async fn session(
     mut ws: Tunnel,
     params: &AgentParams,
+    lb: &LoadBalancer,
+    state: &AgentState,
     info: &NodeInfo,
     password: &mut String,
     cancel: &CancellationToken,
@@ -529,6 +610,14 @@ async fn session(
                 match serde_json::from_str::<ServerMessage>(text.as_str()) {
                     Ok(ServerMessage::Hello { server_name, servers, .. }) => {
                         tracing::debug!(server_name, ?servers, "server hello");
+                        if lb.update(servers) {
+                            state.set_servers(lb);
+                        }
+                    }
+                    Ok(ServerMessage::Servers { servers }) => {
+                        if lb.update(servers) {
+                            state.set_servers(lb);
+                        }
                     }
                     Ok(ServerMessage::HeartbeatAck { .. }) => {}
                     Ok(ServerMessage::Error { message }) => tracing::warn!(message, "server reported an error"),

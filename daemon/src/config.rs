@@ -162,6 +162,26 @@ pub struct ServerArgs {
     #[arg(long, env = "RK3S_DATASTORE_ENDPOINT", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datastore_endpoint: Option<String>,
+    /// CA bundle that signed the PostgreSQL server certificate; turns on TLS to the datastore.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate for the datastore (with --datastore-keyfile).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Client key for the datastore (with --datastore-certfile).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datastore_keyfile: Option<PathBuf>,
+    /// A server (or the leader) not renewing its lease for this long is considered gone [default: 15s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_lease_duration: Option<String>,
+    /// How often servers renew their leases and retry the election [default: 2s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_retry_period: Option<String>,
     /// Where to write the admin kubeconfig [default: /etc/rancher/rk3s/rk3s.yaml as root, <data-dir>/rk3s.yaml otherwise].
     #[arg(long, short = 'o')]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -425,6 +445,8 @@ pub struct ServerConfig {
     pub kubeconfig_mode: u32,
     /// `None`: embedded SQLite under the data dir.
     pub datastore_endpoint: Option<String>,
+    pub datastore_tls: crate::datastore::TlsFiles,
+    pub cluster: crate::cluster::Timings,
     pub node: NodeSettings,
     pub grace_period: Duration,
     pub monitor_period: Duration,
@@ -496,6 +518,31 @@ fn dirs(c: &CommonArgs) -> (PathBuf, PathBuf) {
     (data_dir, socket)
 }
 
+fn cluster_timings(a: &ServerArgs) -> Result<crate::cluster::Timings, ConfigError> {
+    let t = crate::cluster::Timings {
+        lease_duration: duration_of(
+            "leader-elect-lease-duration",
+            &a.leader_elect_lease_duration,
+            Duration::from_secs(15),
+        )?,
+        retry_period: duration_of(
+            "leader-elect-retry-period",
+            &a.leader_elect_retry_period,
+            Duration::from_secs(2),
+        )?,
+    };
+    if t.retry_period * 2 > t.lease_duration {
+        return Err(ConfigError::Invalid {
+            origin: "--leader-elect-retry-period".into(),
+            message: format!(
+                "{:?} must be at most half of --leader-elect-lease-duration ({:?}), or leases expire between renewals",
+                t.retry_period, t.lease_duration
+            ),
+        });
+    }
+    Ok(t)
+}
+
 impl ServerConfig {
     pub fn resolve(cli: &ServerArgs) -> Result<Self, ConfigError> {
         let a: ServerArgs = layered("server", cli, cli.common.config.as_deref())?;
@@ -530,6 +577,12 @@ impl ServerConfig {
                     })
                 }
             },
+            datastore_tls: crate::datastore::TlsFiles {
+                ca: a.datastore_cafile.clone(),
+                cert: a.datastore_certfile.clone(),
+                key: a.datastore_keyfile.clone(),
+            },
+            cluster: cluster_timings(&a)?,
             kubeconfig: a
                 .write_kubeconfig
                 .clone()

@@ -1,6 +1,7 @@
 //! The admin kubeconfig (`/etc/rancher/rk3s/rk3s.yaml`, non-root: under the
 //! data dir): client certificate CN=system:admin, O=system:masters, the
-//! cluster CA, and https://127.0.0.1:<port>.
+//! cluster CA, and the server's local address (https://127.0.0.1:<port> unless
+//! --bind-address names another).
 
 use crate::certs::Pki;
 use crate::fsutil;
@@ -45,7 +46,7 @@ pub fn write_admin(
     tls_dir: &Path,
     path: &Path,
     mode: u32,
-    port: u16,
+    server_url: &str,
 ) -> anyhow::Result<()> {
     let crt = tls_dir.join("client-admin.crt");
     let key = tls_dir.join("client-admin.key");
@@ -66,12 +67,7 @@ pub fn write_admin(
             fsutil::ensure_dir(dir, 0o755)?;
         }
     }
-    let text = render(
-        &format!("https://127.0.0.1:{port}"),
-        &pki.server_ca_pem,
-        &cert_pem,
-        &key_pem,
-    );
+    let text = render(server_url, &pki.server_ca_pem, &cert_pem, &key_pem);
     fsutil::write_atomic(path, text.as_bytes(), mode)
         .with_context(|| format!("writing kubeconfig {}", path.display()))?;
     Ok(())

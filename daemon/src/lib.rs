@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod bootstrap;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod datastore;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod fsutil;
 pub mod https;
 pub mod kubeconfig;
 pub mod lifecycle;
+pub mod loadbalancer;
 pub mod names;
 pub mod nodeinfo;
 pub mod nodepassword;
@@ -164,6 +166,7 @@ async fn run_agent(cfg: config::AgentConfig, shutdown: CancellationToken) -> any
         node: cfg.node.clone(),
         data_dir: cfg.data_dir.clone(),
         ca_pem: None,
+        balance: true,
     };
     let result = agent::run(params, state, shutdown.clone()).await;
     admin_cancel.cancel();

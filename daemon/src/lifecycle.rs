@@ -373,13 +373,26 @@ pub async fn mark_silent_nodes(objects: &Objects, grace: Duration) -> objects::R
     Ok(changed)
 }
 
+/// The node monitor. It judges nodes only after it has itself been able to
+/// read the datastore for a whole grace period: a leader that just took
+/// over, or a datastore that just came back, has not seen the heartbeats
+/// the nodes sent meanwhile, and must not call them dead for it.
 pub async fn monitor_loop(objects: Objects, grace: Duration, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watching_since = std::time::Instant::now();
     loop {
         tick.tick().await;
+        if watching_since.elapsed() < grace {
+            if let Err(e) = objects.store.current_revision().await {
+                tracing::debug!(error = %e, "node monitor cannot read the datastore");
+                watching_since = std::time::Instant::now();
+            }
+            continue;
+        }
         if let Err(e) = mark_silent_nodes(&objects, grace).await {
             tracing::warn!(error = %e, "node monitor pass failed; will retry");
+            watching_since = std::time::Instant::now();
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::agent::{self, AgentParams, AgentState};
 use crate::certs::Pki;
+use crate::cluster::{self, Membership};
 use crate::config::ServerConfig;
 use crate::datastore::{sqlite::SqliteBackend, Datastore};
 use crate::objects::{Objects, Ref};
@@ -43,11 +44,13 @@ pub struct Supervisor {
     pub started: Instant,
     ready: AtomicBool,
     pub embedded_agent: Option<Arc<AgentState>>,
+    pub membership: Arc<Membership>,
 }
 
 impl Supervisor {
+    /// Serving, and the datastore answered the last time it was asked.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.objects.store.outage().is_none()
     }
 }
 
@@ -116,10 +119,28 @@ fn pki_dir_hint(cfg: &ServerConfig) -> String {
 }
 
 async fn readyz(State(sv): State<Arc<Supervisor>>) -> axum::response::Response {
-    if sv.is_ready() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "runtime core not ready").into_response()
+    if !sv.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "runtime core not ready").into_response();
+    }
+    match sv.objects.store.outage() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("datastore unavailable: {why}"),
+        )
+            .into_response(),
+    }
+}
+
+/// The live servers, for agents' load balancers (token required, as for
+/// registration).
+async fn apiservers(
+    State(sv): State<Arc<Supervisor>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    match registration::check_token(&sv, &headers) {
+        Err(e) => e.to_status(),
+        Ok(()) => axum::Json(sv.membership.servers()).into_response(),
     }
 }
 
@@ -144,6 +165,7 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .route(CACERTS, get(cacerts))
         .route(PING, get(|| async { "pong" }))
         .route(READYZ, get(readyz))
+        .route(APISERVERS, get(apiservers))
         .route(CONNECT, get(registration::connect))
         .route(
             CLIENT_KUBELET_CERT,
@@ -154,29 +176,21 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .fallback(not_found)
 }
 
-/// `default/kubernetes` Service and Endpoints, listing this server.
-async fn publish_apiserver_endpoints(objects: &Objects, ip: &str, port: u16) -> anyhow::Result<()> {
+/// The `default/kubernetes` Service; its Endpoints follow the live servers
+/// (see `cluster::endpoints_loop`).
+async fn ensure_kubernetes_service(objects: &Objects, port: u16) -> anyhow::Result<()> {
     let svc = Ref::namespaced("services", "default", "kubernetes");
     if objects.get(&svc).await?.is_none() {
         let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
             "status": {"loadBalancer": {}}});
-        let _ = objects.create(&svc, obj).await;
-    }
-    let ep = Ref::namespaced("endpoints", "default", "kubernetes");
-    let subsets = json!([{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
-    let updated = objects
-        .modify(&ep, |e| {
-            if e["subsets"] == subsets {
-                return false;
-            }
-            e["subsets"] = subsets.clone();
-            true
-        })
-        .await?;
-    if updated.is_none() {
-        let obj = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
-        let _ = objects.create(&ep, obj).await;
+        match objects.create(&svc, obj).await {
+            Ok(_)
+            | Err(crate::objects::ObjectError::Store(
+                crate::datastore::DatastoreError::AlreadyExists(_),
+            )) => {}
+            Err(e) => return Err(e).context("creating the default/kubernetes Service"),
+        }
     }
     Ok(())
 }
@@ -196,11 +210,16 @@ async fn open_datastore(
         return Ok(Datastore::new(Arc::new(backend)));
     };
     let shown = crate::datastore::postgres::redact(endpoint);
+    // Settings errors (URL, TLS files) do not get better by waiting.
+    crate::datastore::postgres::check_settings(endpoint, &cfg.datastore_tls)
+        .context("checking --datastore-endpoint and its TLS files")?;
     let deadline = Instant::now() + DATASTORE_STARTUP_TIMEOUT;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match crate::datastore::postgres::PostgresBackend::connect(endpoint).await {
+        match crate::datastore::postgres::PostgresBackend::connect(endpoint, &cfg.datastore_tls)
+            .await
+        {
             Ok(b) => return Ok(Datastore::new(Arc::new(b))),
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(datastore = %shown, attempt, error = %e, "external datastore not reachable yet; retrying");
@@ -303,14 +322,24 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         format!("{advertise_ip}:{port}")
     };
 
+    // Local clients (the embedded agent, the admin kubeconfig) use loopback
+    // unless the API listens on one address only.
+    let local_url = if cfg.bind_address.is_unspecified() {
+        format!("https://127.0.0.1:{port}")
+    } else if cfg.bind_address.is_ipv6() {
+        format!("https://[{}]:{port}", cfg.bind_address)
+    } else {
+        format!("https://{}:{port}", cfg.bind_address)
+    };
     crate::kubeconfig::write_admin(
         &pki,
         &server_dir.join("tls"),
         &cfg.kubeconfig,
         cfg.kubeconfig_mode,
-        port,
+        &local_url,
     )?;
-    publish_apiserver_endpoints(&objects, &advertise_ip, port).await?;
+    ensure_kubernetes_service(&objects, port).await?;
+    let membership = Arc::new(Membership::new(&node_name, &advertise_address, cfg.cluster));
 
     let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
     let sv = Arc::new(Supervisor {
@@ -330,6 +359,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         started: Instant::now(),
         ready: AtomicBool::new(false),
         embedded_agent: embedded.clone(),
+        membership: membership.clone(),
     });
 
     let tls = sv.pki.server_config()?;
@@ -350,27 +380,35 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let background = CancellationToken::new();
     let bg = tokio_util::task::TaskTracker::new();
+    bg.spawn(cluster::run(
+        objects.clone(),
+        membership.clone(),
+        background.clone(),
+    ));
+    // Singleton work, on the leader only.
     {
-        let (o, g, p, c) = (
-            objects.clone(),
+        let (o, s, m) = (objects.clone(), store.clone(), membership.clone());
+        let (grace, period, keep, every) = (
             cfg.grace_period,
             cfg.monitor_period,
-            background.clone(),
-        );
-        bg.spawn(async move {
-            c.run_until_cancelled(lifecycle::monitor_loop(o, g, p))
-                .await
-        });
-        let (s, keep, every, c) = (
-            store.clone(),
             cfg.compaction_keep,
             cfg.compaction_interval,
-            background.clone(),
         );
-        bg.spawn(async move {
-            c.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every))
-                .await
-        });
+        bg.spawn(cluster::while_leader(
+            membership.clone(),
+            background.clone(),
+            move |term| {
+                let (o, s, m) = (o.clone(), s.clone(), m.clone());
+                async move {
+                    tracing::info!("leading: running the node monitor, compaction and the kubernetes Endpoints");
+                    tokio::join!(
+                        term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
+                        term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
+                        term.run_until_cancelled(cluster::endpoints_loop(o, m)),
+                    );
+                }
+            },
+        ));
     }
     sv.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -385,11 +423,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let agent_cancel = shutdown.child_token();
     let agent_task = embedded.map(|state| {
         let params = AgentParams {
-            server_url: format!("https://127.0.0.1:{port}"),
+            server_url: local_url.clone(),
             token: token.clone(),
             node: node_settings.clone(),
             data_dir: cfg.data_dir.clone(),
             ca_pem: Some(sv.pki.ca_bundle().to_vec()),
+            balance: false,
         };
         let c = agent_cancel.clone();
         tokio::spawn(async move {
@@ -413,6 +452,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     background.cancel();
     bg.close();
     bg.wait().await;
+    cluster::resign(&objects, &membership).await;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     tracing::info!("server stopped");
     Ok(())

@@ -131,7 +131,7 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
     let hello = ServerMessage::Hello {
         node_name: node.clone(),
         server_name: sv.server_name.clone(),
-        servers: vec![sv.advertise_address.clone()],
+        servers: sv.membership.servers(),
         heartbeat_interval_ms: sv.heartbeat_interval.as_millis() as u64,
     };
     let keepalive = sv.keepalive_timeout;
@@ -139,6 +139,8 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
     let mut registered = false;
+    let mut servers = sv.membership.watch_servers();
+    servers.mark_unchanged();
     let end = 'outer: {
         if let Err(e) = send(&mut ws, &hello).await {
             break 'outer End::Transport(e);
@@ -148,6 +150,12 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
                 _ = session.cancel.cancelled() => break 'outer End::Cancelled,
                 Some(msg) = rx.recv() => {
                     if let Err(e) = send(&mut ws, &msg).await {
+                        break 'outer End::Transport(e);
+                    }
+                }
+                Ok(()) = servers.changed() => {
+                    let list = servers.borrow_and_update().clone();
+                    if let Err(e) = send(&mut ws, &ServerMessage::Servers { servers: list }).await {
                         break 'outer End::Transport(e);
                     }
                 }
@@ -308,6 +316,8 @@ fn sanitize(mut info: NodeInfo) -> NodeInfo {
 
 /// Default silence after which either side drops the tunnel.
 pub fn keepalive_for(heartbeat: Duration) -> Duration {
-    // Checked every fifth of this, so a dead peer is noticed within 30 s.
-    (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(25))
+    // Checked every fifth of this, so a dead peer (a cut cable: no FIN,
+    // no RST) is noticed within ~7 s and the agent can fail over well
+    // inside the 40 s grace period. Pings keep quiet tunnels talking.
+    (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(6))
 }

@@ -2,12 +2,12 @@
 //! case on a fresh database that rk3s creates itself.
 
 use rk3s_tests::Postgres;
-use rk3sd::datastore::{conformance, postgres::PostgresBackend, Datastore};
+use rk3sd::datastore::{conformance, postgres::PostgresBackend, Datastore, TlsFiles};
 use std::sync::Arc;
 
 async fn store(pg: &Postgres, db: &str) -> Datastore {
     Datastore::new(Arc::new(
-        PostgresBackend::connect(&pg.url(db))
+        PostgresBackend::connect(&pg.url(db), &TlsFiles::default())
             .await
             .expect("connect"),
     ))

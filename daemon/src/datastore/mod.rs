@@ -12,7 +12,9 @@
 
 #[doc(hidden)]
 pub mod conformance;
+mod pgtls;
 pub mod postgres;
+pub use pgtls::TlsFiles;
 mod queue;
 pub mod sqlite;
 
@@ -108,6 +110,9 @@ pub trait Backend: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Datastore {
     backend: Arc<dyn Backend>,
+    /// The last reason the backend could not be reached; cleared by the
+    /// next operation that reaches it. Feeds readiness (`/v1-rk3s/readyz`).
+    outage: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn check_key(key: &str) -> Result<()> {
@@ -136,7 +141,33 @@ const WATCH_BUFFER: usize = 256;
 
 impl Datastore {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            outage: Arc::default(),
+        }
+    }
+
+    /// Why the datastore is unreachable, if the last operation found it so.
+    pub fn outage(&self) -> Option<String> {
+        self.outage.lock().expect("lock").clone()
+    }
+
+    fn observe<T>(&self, r: Result<T>) -> Result<T> {
+        let mut outage = self.outage.lock().expect("lock");
+        match &r {
+            Err(DatastoreError::Unavailable(m)) => {
+                if outage.is_none() {
+                    tracing::warn!(error = %m, "datastore unavailable");
+                }
+                *outage = Some(m.clone());
+            }
+            _ => {
+                if outage.take().is_some() {
+                    tracing::info!("datastore reachable again");
+                }
+            }
+        }
+        r
     }
 
     pub fn describe(&self) -> String {
@@ -145,22 +176,26 @@ impl Datastore {
 
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
-        self.backend.get(key).await
+        let r = self.backend.get(key).await;
+        self.observe(r)
     }
 
     pub async fn list(&self, prefix: &str) -> Result<(Revision, Vec<KeyValue>)> {
         check_key(prefix)?;
-        self.backend.list(prefix).await
+        let r = self.backend.list(prefix).await;
+        self.observe(r)
     }
 
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
         check_key(key)?;
-        self.backend.create(key, value).await
+        let r = self.backend.create(key, value).await;
+        self.observe(r)
     }
 
     pub async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
         check_key(key)?;
-        self.backend.update(key, value, expected).await
+        let r = self.backend.update(key, value, expected).await;
+        self.observe(r)
     }
 
     pub async fn delete(
@@ -169,11 +204,13 @@ impl Datastore {
         expected: Option<Revision>,
     ) -> Result<(Revision, KeyValue)> {
         check_key(key)?;
-        self.backend.delete(key, expected).await
+        let r = self.backend.delete(key, expected).await;
+        self.observe(r)
     }
 
     pub async fn current_revision(&self) -> Result<Revision> {
-        self.backend.current_revision().await
+        let r = self.backend.current_revision().await;
+        self.observe(r)
     }
 
     pub async fn compacted_revision(&self) -> Result<Revision> {

@@ -9,20 +9,37 @@
 //! published and broadcasts those events in order. A lost notification is
 //! covered by the next one and by a slow safety tick, so nothing is skipped
 //! and nothing arrives out of order.
+//!
+//! PostgreSQL may go away while the server runs (restart, network cut).
+//! Every connection is re-made on demand, every statement has a deadline,
+//! and TCP keepalives notice a peer that vanished without a word. A write
+//! whose commit was not confirmed is reported as failed (it may or may not
+//! have landed; the caller retries at a revision), so no acknowledged write
+//! is ever lost.
 
+use super::pgtls::{self, RustlsConnect, TlsFiles};
 use super::queue::{Op, Reply, Request, WriteQueue};
 use super::{Backend, CompactStats, DatastoreError, Event, EventKind, KeyValue, Result, Revision};
 use async_trait::async_trait;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, Notify};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const CHANNEL: &str = "rk3s_events";
 const MAX_BATCH: usize = 256;
 const READERS: usize = 3;
 const SAFETY_TICK: Duration = Duration::from_secs(2);
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a statement (or a write transaction) may take before its
+/// connection is given up as broken.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A broken writer connection is re-made at most this often, so an outage
+/// fails writes quickly instead of queueing them behind connect attempts.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 const SCHEMA: &str = "
 SET client_min_messages TO warning;
@@ -64,20 +81,131 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn connect(cfg: &tokio_postgres::Config) -> Result<Client> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(unavailable)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
+fn parse_endpoint(url: &str, tls: &TlsFiles) -> Result<(tokio_postgres::Config, RustlsConnect)> {
+    let url = url.replacen("postgresql://", "postgres://", 1);
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| DatastoreError::Unavailable(format!("invalid --datastore-endpoint: {e}")))?;
+    let connector =
+        pgtls::configure(&mut cfg, tls).map_err(|e| DatastoreError::Unavailable(e.to_string()))?;
+    Ok((cfg, connector))
+}
+
+/// Check the endpoint URL and TLS files without connecting: mistakes there
+/// are reported at once instead of being retried like an outage.
+pub fn check_settings(url: &str, tls: &TlsFiles) -> Result<()> {
+    parse_endpoint(url, tls).map(|_| ())
+}
+
+/// Where and how to connect.
+struct Endpoint {
+    cfg: tokio_postgres::Config,
+    tls: RustlsConnect,
+}
+
+impl Endpoint {
+    fn for_db(&self, db: &str) -> Self {
+        let mut cfg = self.cfg.clone();
+        cfg.dbname(db);
+        Self {
+            cfg,
+            tls: self.tls.clone(),
         }
-    });
-    Ok(client)
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let (client, conn) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.cfg.connect(self.tls.clone()))
+                .await
+                .map_err(|_| {
+                    unavailable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
+                })?
+                .map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// A shared read connection, re-made when it breaks.
+struct Reader {
+    endpoint: Arc<Endpoint>,
+    slot: Mutex<Option<Arc<Client>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Reader {
+    fn new(endpoint: Arc<Endpoint>, client: Client) -> Self {
+        Self {
+            endpoint,
+            slot: Mutex::new(Some(Arc::new(client))),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Client>> {
+        self.slot
+            .lock()
+            .expect("lock")
+            .clone()
+            .filter(|c| !c.is_closed())
+    }
+
+    async fn client(&self) -> Result<Arc<Client>> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let c = Arc::new(self.endpoint.connect().await?);
+        *self.slot.lock().expect("lock") = Some(c.clone());
+        tracing::info!("PostgreSQL read connection re-established");
+        Ok(c)
+    }
+
+    fn discard(&self, c: &Arc<Client>) {
+        let mut slot = self.slot.lock().expect("lock");
+        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, c)) {
+            *slot = None;
+        }
+    }
+
+    /// Run one read with a deadline; a timed-out connection is dropped so
+    /// the next read connects afresh.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        let c = self.client().await?;
+        match tokio::time::timeout(OP_TIMEOUT, f(c.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if c.is_closed() {
+                    self.discard(&c);
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.discard(&c);
+                Err(unavailable(format!(
+                    "no answer from PostgreSQL within {}s",
+                    OP_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
 }
 
 pub struct PostgresBackend {
     description: String,
     writer: WriteQueue,
-    readers: Vec<Client>,
+    readers: Vec<Reader>,
     next_reader: AtomicUsize,
     events: broadcast::Sender<Arc<Event>>,
     published: Arc<AtomicI64>,
@@ -85,18 +213,22 @@ pub struct PostgresBackend {
 
 impl PostgresBackend {
     /// Connect, creating the database and schema if missing.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let url = url.replacen("postgresql://", "postgres://", 1);
-        let cfg: tokio_postgres::Config = url.parse().map_err(|e| {
-            DatastoreError::Unavailable(format!("invalid --datastore-endpoint: {e}"))
-        })?;
+    pub async fn connect(url: &str, tls: &TlsFiles) -> Result<Self> {
+        let (mut cfg, connector) = parse_endpoint(url, tls)?;
         let db = cfg.get_dbname().unwrap_or("kubernetes").to_string();
-        let mut cfg = cfg;
         cfg.dbname(&db);
+        // A peer that vanished (cable cut, host gone) is noticed in ~10 s.
+        cfg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .connect_timeout(CONNECT_TIMEOUT);
+        let endpoint = Arc::new(Endpoint {
+            cfg,
+            tls: connector,
+        });
         // Create the database if it does not exist (needs CREATEDB; skipped if it exists).
-        let mut admin = cfg.clone();
-        admin.dbname("postgres");
-        if let Ok(c) = connect(&admin).await {
+        if let Ok(c) = endpoint.for_db("postgres").connect().await {
             let exists = c
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
                 .await
@@ -112,32 +244,38 @@ impl PostgresBackend {
                 }
             }
         }
-        let writer_client = connect(&cfg).await?;
+        let writer_client = endpoint.connect().await?;
         writer_client
             .batch_execute(SCHEMA)
             .await
             .map_err(unavailable)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
-            readers.push(connect(&cfg).await?);
+            readers.push(Reader::new(endpoint.clone(), endpoint.connect().await?));
         }
         let head: Revision = readers[0]
-            .query_one("SELECT value FROM rk3s_meta WHERE name = 'revision'", &[])
-            .await
-            .map_err(unavailable)?
+            .run(|c| async move {
+                c.query_one("SELECT value FROM rk3s_meta WHERE name = 'revision'", &[])
+                    .await
+            })
+            .await?
             .get(0);
         let (events, _) = broadcast::channel(4096);
         let published = Arc::new(AtomicI64::new(head));
         let (tx, rx) = WriteQueue::new(4096);
-        tokio::spawn(writer(writer_client, rx));
+        tokio::spawn(writer(endpoint.clone(), Some(writer_client), rx));
+        let publisher = Reader::new(endpoint.clone(), endpoint.connect().await?);
         tokio::spawn(listener(
-            cfg.clone(),
-            connect(&cfg).await?,
+            endpoint,
+            publisher,
             events.clone(),
             published.clone(),
         ));
         Ok(Self {
-            description: format!("postgres {}", redact(&url)),
+            description: format!(
+                "postgres {}",
+                redact(&url.replacen("postgresql://", "postgres://", 1))
+            ),
             writer: tx,
             readers,
             next_reader: AtomicUsize::new(0),
@@ -146,7 +284,7 @@ impl PostgresBackend {
         })
     }
 
-    fn reader(&self) -> &Client {
+    fn reader(&self) -> &Reader {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         &self.readers[i]
     }
@@ -169,8 +307,14 @@ fn prefix_bounds(prefix: &str) -> (String, String) {
 }
 
 /// Group commit: one transaction per batch, revisions assigned under the
-/// `rk3s_meta` row lock.
-async fn writer(mut client: Client, mut rx: mpsc::Receiver<Request>) {
+/// `rk3s_meta` row lock. The connection is re-made when it breaks; while it
+/// cannot be, writes fail at once with `Unavailable`.
+async fn writer(
+    endpoint: Arc<Endpoint>,
+    mut client: Option<Client>,
+    mut rx: mpsc::Receiver<Request>,
+) {
+    let mut last_attempt: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -179,7 +323,33 @@ async fn writer(mut client: Client, mut rx: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let outcome = commit(&mut client, &batch).await;
+        if client.as_ref().is_none_or(Client::is_closed)
+            && last_attempt.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY)
+        {
+            last_attempt = Some(Instant::now());
+            match endpoint.connect().await {
+                Ok(c) => {
+                    tracing::info!("PostgreSQL write connection re-established");
+                    client = Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL unreachable; failing writes until it returns")
+                }
+            }
+        }
+        let outcome = match client.as_mut().filter(|c| !c.is_closed()) {
+            None => Err("no connection to PostgreSQL".to_string()),
+            Some(c) => match tokio::time::timeout(OP_TIMEOUT, commit(c, &batch)).await {
+                Ok(Ok(results)) => Ok(results),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => {
+                    // A half-finished transaction on a wedged connection:
+                    // drop it; PostgreSQL rolls back what did not commit.
+                    client = None;
+                    Err(format!("no answer within {}s", OP_TIMEOUT.as_secs()))
+                }
+            },
+        };
         match outcome {
             Ok(results) => {
                 for (req, res) in batch.into_iter().zip(results) {
@@ -376,8 +546,8 @@ async fn read_events(
 
 /// LISTEN for commits from any server and publish the log in order.
 async fn listener(
-    cfg: tokio_postgres::Config,
-    reader: Client,
+    endpoint: Arc<Endpoint>,
+    reader: Reader,
     events: broadcast::Sender<Arc<Event>>,
     published: Arc<AtomicI64>,
 ) {
@@ -387,8 +557,13 @@ async fn listener(
         let wake = wake.clone();
         tokio::spawn(async move {
             loop {
-                match cfg.connect(NoTls).await {
-                    Ok((client, mut conn)) => {
+                let connected = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    endpoint.cfg.connect(endpoint.tls.clone()),
+                )
+                .await;
+                match connected {
+                    Ok(Ok((client, mut conn))) => {
                         let wake2 = wake.clone();
                         let driver = tokio::spawn(async move {
                             use futures_util::StreamExt;
@@ -412,12 +587,18 @@ async fn listener(
                             // Catch up on whatever committed before LISTEN took effect.
                             wake.notify_one();
                             let _ = driver.await;
+                            tracing::warn!("PostgreSQL LISTEN connection lost; reconnecting");
                         } else {
                             driver.abort();
                         }
                         drop(client);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; retrying"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; retrying")
+                    }
+                    Err(_) => tracing::warn!(
+                        "cannot LISTEN on PostgreSQL: connection timed out; retrying"
+                    ),
                 }
                 wake.notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -431,7 +612,10 @@ async fn listener(
         }
         loop {
             let after = published.load(Ordering::Acquire);
-            match read_events(&reader, after, 1000, None).await {
+            match reader
+                .run(|c| async move { read_events(&c, after, 1000, None).await })
+                .await
+            {
                 Ok(page) => {
                     let n = page.len();
                     for ev in page {
@@ -460,12 +644,14 @@ impl Backend for PostgresBackend {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let row = self
             .reader()
-            .query_opt(
-                "SELECT key, value, create_revision, mod_revision FROM rk3s_current WHERE key = $1",
-                &[&key],
-            )
-            .await
-            .map_err(unavailable)?;
+            .run(|c| async move {
+                c.query_opt(
+                    "SELECT key, value, create_revision, mod_revision FROM rk3s_current WHERE key = $1",
+                    &[&key],
+                )
+                .await
+            })
+            .await?;
         Ok(row.map(|r| KeyValue {
             key: r.get(0),
             value: r.get(1),
@@ -479,13 +665,15 @@ impl Backend for PostgresBackend {
         // One statement, one snapshot: the items and the revision agree.
         let rows = self
             .reader()
-            .query(
-                "SELECT (SELECT value FROM rk3s_meta WHERE name = 'revision'), c.key, c.value, c.create_revision, c.mod_revision
-                 FROM (SELECT 1) AS one LEFT JOIN rk3s_current c ON c.key >= $1 AND c.key < $2 ORDER BY c.key",
-                &[&lo, &hi],
-            )
-            .await
-            .map_err(unavailable)?;
+            .run(|c| async move {
+                c.query(
+                    "SELECT (SELECT value FROM rk3s_meta WHERE name = 'revision'), c.key, c.value, c.create_revision, c.mod_revision
+                     FROM (SELECT 1) AS one LEFT JOIN rk3s_current c ON c.key >= $1 AND c.key < $2 ORDER BY c.key",
+                    &[&lo, &hi],
+                )
+                .await
+            })
+            .await?;
         let rev: Revision = rows.first().map(|r| r.get(0)).unwrap_or(0);
         let items = rows
             .iter()
@@ -515,21 +703,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn current_revision(&self) -> Result<Revision> {
-        Ok(self
-            .reader()
-            .query_one("SELECT value FROM rk3s_meta WHERE name = 'revision'", &[])
-            .await
-            .map_err(unavailable)?
-            .get(0))
+        meta(self.reader(), "revision").await
     }
 
     async fn compacted_revision(&self) -> Result<Revision> {
-        Ok(self
-            .reader()
-            .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
-            .await
-            .map_err(unavailable)?
-            .get(0))
+        meta(self.reader(), "compacted").await
     }
 
     async fn events_after(
@@ -549,9 +727,10 @@ impl Backend for PostgresBackend {
         // Only what the publisher has already broadcast: the catch-up read
         // and the broadcast then meet without a gap or a reordering.
         let head = self.published.load(Ordering::Acquire);
-        let mut events = read_events(self.reader(), after, limit as i64, Some((&lo, &hi)))
-            .await
-            .map_err(unavailable)?;
+        let mut events = self
+            .reader()
+            .run(|c| async move { read_events(&c, after, limit as i64, Some((&lo, &hi))).await })
+            .await?;
         events.retain(|e| e.revision <= head);
         Ok(events)
     }
@@ -563,6 +742,16 @@ impl Backend for PostgresBackend {
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
+}
+
+async fn meta(reader: &Reader, name: &str) -> Result<Revision> {
+    Ok(reader
+        .run(|c| async move {
+            c.query_one("SELECT value FROM rk3s_meta WHERE name = $1", &[&name])
+                .await
+        })
+        .await?
+        .get(0))
 }
 
 #[cfg(test)]
