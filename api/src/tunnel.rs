@@ -66,6 +66,10 @@ pub enum ServerMessage {
     Hello {
         node_name: String,
         server_name: String,
+        /// `host:port` of the answering server: the agent may have come
+        /// through the fixed registration address (a TCP load balancer).
+        #[serde(default)]
+        server_address: String,
         /// Every live server address (`host:port`), for the agent's load balancer.
         servers: Vec<String>,
         heartbeat_interval_ms: u64,

@@ -437,14 +437,20 @@ pub async fn run(
                 let info = nodeinfo::collect(ips, params.node.labels.clone());
                 let started = Instant::now();
                 let end = session(ws, &params, &lb, &state, &info, &mut password, &cancel).await;
+                let server = state
+                    .connected_server
+                    .lock()
+                    .expect("lock")
+                    .clone()
+                    .unwrap_or_else(|| url.clone());
                 state.set(&format!("disconnected: {end}"), None);
                 if cancel.is_cancelled() {
                     return Ok(());
                 }
                 // Whatever ended it, the next attempt goes to another server
                 // first; health checks bring this one back.
-                lb.failed(&url);
-                tracing::warn!(node = %name, server = %url, reason = %end, "tunnel lost; reconnecting");
+                lb.failed(&server);
+                tracing::warn!(node = %name, server = %server, reason = %end, "tunnel lost; reconnecting");
                 // A session that lived a while earns a fast first retry.
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
@@ -608,8 +614,15 @@ async fn session(
                     Some(Ok(_)) => continue,
                 };
                 match serde_json::from_str::<ServerMessage>(text.as_str()) {
-                    Ok(ServerMessage::Hello { server_name, servers, .. }) => {
-                        tracing::debug!(server_name, ?servers, "server hello");
+                    Ok(ServerMessage::Hello { server_name, server_address, servers, .. }) => {
+                        tracing::debug!(server_name, server_address, ?servers, "server hello");
+                        if !server_address.is_empty() {
+                            // Through the fixed address, this names the
+                            // server really reached; reconnects prefer it.
+                            let actual = format!("https://{server_address}");
+                            lb.connected(&actual);
+                            *state.connected_server.lock().expect("lock") = Some(actual);
+                        }
                         if lb.update(servers) {
                             state.set_servers(lb);
                         }

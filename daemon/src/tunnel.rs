@@ -131,6 +131,7 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
     let hello = ServerMessage::Hello {
         node_name: node.clone(),
         server_name: sv.server_name.clone(),
+        server_address: sv.advertise_address.clone(),
         servers: sv.membership.servers(),
         heartbeat_interval_ms: sv.heartbeat_interval.as_millis() as u64,
     };

@@ -5,6 +5,8 @@
 //! (`cargo test --workspace` builds them). Every child is killed when its
 //! handle drops, and its log is printed if the test is failing.
 
+pub mod netns;
+
 use serde_json::Value;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -71,14 +73,16 @@ pub const FAST: &[&str] = &[
     "1s",
 ];
 
-struct Proc {
+/// A child process whose output goes to a log file; killed on drop, its
+/// log tail printed if the test is failing.
+pub struct Proc {
     child: Option<Child>,
     log: PathBuf,
     label: String,
 }
 
 impl Proc {
-    fn spawn(label: &str, mut cmd: Command, log: PathBuf) -> Self {
+    pub fn spawn(label: &str, mut cmd: Command, log: PathBuf) -> Self {
         let f = File::options()
             .create(true)
             .append(true)
@@ -116,14 +120,14 @@ impl Proc {
         Some(code.code().unwrap_or(-1))
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn running(&mut self) -> bool {
+    pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
@@ -146,6 +150,8 @@ impl Drop for Proc {
 
 pub struct Server {
     proc: Proc,
+    /// Network namespace the server runs in (see `netns`), if any.
+    pub netns: Option<String>,
     pub dir: PathBuf,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
@@ -162,7 +168,13 @@ impl Server {
     }
 
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(None, dir, extra, env)
+    }
+
+    /// Start a server inside network namespace `netns` (when given).
+    pub fn start_in(netns: Option<&str>, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut s = Self {
+            netns: netns.map(str::to_string),
             proc: Proc {
                 child: None,
                 log: dir.join("server.log"),
@@ -184,7 +196,7 @@ impl Server {
 
     fn launch(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let mut cmd = Command::new(bin("rk3sd"));
+        let mut cmd = in_netns(self.netns.as_deref(), &bin("rk3sd"));
         cmd.arg("server")
             .args(["--config", "/dev/null", "--bind-address", "127.0.0.1"])
             .args(["--https-listen-port", &self.port.to_string()])
@@ -310,6 +322,7 @@ impl Server {
 
 pub struct Agent {
     proc: Proc,
+    pub netns: Option<String>,
     pub name: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -340,7 +353,19 @@ impl Agent {
     }
 
     pub fn start_args(dir: &Path, name: &str, args: Vec<String>, env: &[(&str, &str)]) -> Self {
+        Self::start_in(None, dir, name, args, env)
+    }
+
+    /// Start an agent inside network namespace `netns` (when given).
+    pub fn start_in(
+        netns: Option<&str>,
+        dir: &Path,
+        name: &str,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut a = Self {
+            netns: netns.map(str::to_string),
             proc: Proc {
                 child: None,
                 log: dir.join("agent.log"),
@@ -361,7 +386,7 @@ impl Agent {
 
     fn launch(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let mut cmd = Command::new(bin("rk3sd"));
+        let mut cmd = in_netns(self.netns.as_deref(), &bin("rk3sd"));
         cmd.arg("agent");
         if !self.args.iter().any(|a| a == "--config") {
             cmd.args(["--config", "/dev/null"]);
@@ -442,6 +467,19 @@ impl Agent {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+    }
+}
+
+/// `program`, run inside network namespace `netns` when given. `ip netns
+/// exec` execs the program, so the child's pid is the program's own.
+pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
@@ -539,6 +577,9 @@ pub struct Postgres {
     data: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    /// Address it listens on (127.0.0.1 unless started in a namespace).
+    pub host: String,
+    netns: Option<String>,
 }
 
 impl Postgres {
@@ -554,10 +595,27 @@ impl Postgres {
     }
 
     fn as_pg(&self, cmd: &Path) -> Command {
-        as_postgres(cmd)
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if is_root() {
+                    c.args(["runuser", "-u", "postgres", "--"]);
+                }
+                c.arg(cmd);
+                c
+            }
+            None => as_postgres(cmd),
+        }
     }
 
     pub fn start() -> Self {
+        Self::start_in(None, "127.0.0.1")
+    }
+
+    /// Start PostgreSQL in network namespace `netns`, listening on `host`
+    /// and trusting the namespace's /24.
+    pub fn start_in(netns: Option<&str>, host: &str) -> Self {
         let bin = Self::bin_dir();
         let dir = tempdir();
         use std::os::unix::fs::PermissionsExt;
@@ -582,6 +640,8 @@ impl Postgres {
             data: data.clone(),
             bin,
             port,
+            host: host.to_string(),
+            netns: netns.map(str::to_string),
         };
         let o = pg
             .as_pg(&pg.bin.join("initdb"))
@@ -590,10 +650,27 @@ impl Postgres {
             .output()
             .unwrap();
         assert!(o.status.success(), "initdb: {}", stderr(&o));
+        if host != "127.0.0.1" {
+            let net = host.rsplit_once('.').map(|(n, _)| n).unwrap_or(host);
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .unwrap();
+            use std::io::Write;
+            writeln!(hba, "host all all {net}.0/24 trust").unwrap();
+        }
+        pg.pg_ctl_start();
+        pg
+    }
+
+    fn pg_ctl_start(&self) {
+        let (port, data) = (self.port, &self.data);
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            data.display()
+            "-p {port} -k {} -c listen_addresses={} -c fsync=off",
+            data.display(),
+            self.host
         );
+        let pg = self;
         let o = pg
             .as_pg(&pg.bin.join("pg_ctl"))
             .args(["-w", "-t", "60", "-o", &opts, "-l"])
@@ -609,12 +686,33 @@ impl Postgres {
             stdout(&o),
             std::fs::read_to_string(data.join("log")).unwrap_or_default()
         );
-        pg
+    }
+
+    /// Stop the server (fast shutdown: sessions are cut, as in an outage).
+    pub fn stop(&self) {
+        let o = self
+            .as_pg(&self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "pg_ctl stop: {}", stderr(&o));
+    }
+
+    /// Start it again after `stop`.
+    pub fn start_again(&self) {
+        self.pg_ctl_start();
     }
 
     /// Connection URL for `db` (created on first use by rk3s).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://rk3s@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://rk3s@{}:{}/{db}", self.host, self.port)
+    }
+
+    /// The data directory (server.crt, postgresql.conf...).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
     }
 }
 

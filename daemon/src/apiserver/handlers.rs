@@ -322,7 +322,8 @@ fn normalize(t: &Target, obj: &mut Value, name: &str) -> Result<(), KubeError> {
     }
     if let Some(ns) = &t.namespace {
         match obj["metadata"].get("namespace").and_then(Value::as_str) {
-            Some(b) if b != ns => {
+            // An empty namespace in the body means "the request's", as in Kubernetes.
+            Some(b) if !b.is_empty() && b != ns => {
                 return Err(KubeError::BadRequest(
                     "the namespace of the provided object does not match the namespace sent on the request".into(),
                 ))

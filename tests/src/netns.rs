@@ -1,0 +1,164 @@
+//! Hosts of our own for multi-host tests: one network namespace per host,
+//! each with an `eth0` veth whose peer sits on a bridge in a private
+//! "switch" namespace. Nothing touches the machine's own namespace, and
+//! traffic goes only between the namespaces made here. Needs root and
+//! iproute2. Everything is deleted on drop.
+
+use std::path::Path;
+use std::process::Command;
+
+pub struct Net {
+    prefix: String,
+    switch: String,
+    hosts: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// True when this process may create namespaces (root with iproute2).
+pub fn available() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("network-namespace tests need root (ip netns add)".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err("network-namespace tests need iproute2 (`ip`)".into()),
+    }
+}
+
+impl Net {
+    /// A new switch; namespace names start with `rk3s<pid>` so parallel
+    /// runs and leftovers of killed runs do not collide.
+    pub fn new() -> Self {
+        if let Err(e) = available() {
+            panic!("{e}");
+        }
+        let prefix = format!("rk3s{}", std::process::id());
+        let switch = format!("{prefix}-sw");
+        let _ = Command::new("ip").args(["netns", "del", &switch]).output();
+        ip(&["netns", "add", &switch]);
+        let net = Self {
+            prefix,
+            switch,
+            hosts: Vec::new(),
+        };
+        net.exec_ok(
+            &net.switch.clone(),
+            &["ip", "link", "add", "br0", "type", "bridge"],
+        );
+        net.exec_ok(&net.switch.clone(), &["ip", "link", "set", "br0", "up"]);
+        net
+    }
+
+    /// Add host `name` with address `addr`/24 on eth0; returns its namespace.
+    pub fn host(&mut self, name: &str, addr: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        self.hosts.push(ns.clone());
+        let port = format!("v-{name}");
+        assert!(port.len() <= 15, "host name {name} too long");
+        self.exec_ok(
+            &ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.switch,
+            ],
+        );
+        self.exec_ok(&self.switch, &["ip", "link", "set", &port, "master", "br0"]);
+        self.exec_ok(&self.switch, &["ip", "link", "set", &port, "up"]);
+        self.exec_ok(
+            &ns,
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        );
+        self.exec_ok(&ns, &["ip", "link", "set", "eth0", "up"]);
+        self.exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run a command in namespace `ns` and require success; returns stdout.
+    pub fn exec_ok(&self, ns: &str, args: &[&str]) -> String {
+        let o = self.exec(ns, args).output().expect("ip netns exec");
+        assert!(
+            o.status.success(),
+            "in {ns}: {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A command to run in namespace `ns`.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+
+    /// Cut (or restore) a host's cable: its eth0 goes down, so packets are
+    /// dropped without a reset, as when a host falls off the network.
+    pub fn link(&self, ns: &str, up: bool) {
+        self.exec_ok(
+            ns,
+            &["ip", "link", "set", "eth0", if up { "up" } else { "down" }],
+        );
+    }
+
+    /// `curl` inside `ns` with headers read from `header_file` (so no
+    /// credential shows in `ps`); returns (HTTP status, body).
+    pub fn curl(&self, ns: &str, url: &str, header_file: Option<&Path>) -> (u16, String) {
+        let mut args = vec![
+            "curl".to_string(),
+            "-sk".into(),
+            "--max-time".into(),
+            "5".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some(h) = header_file {
+            args.push("-H".into());
+            args.push(format!("@{}", h.display()));
+        }
+        args.push(url.into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = self.exec(ns, &refs).output().expect("curl");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
