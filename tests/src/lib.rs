@@ -670,13 +670,12 @@ impl Postgres {
             data.display(),
             self.host
         );
-        let pg = self;
-        let o = pg
-            .as_pg(&pg.bin.join("pg_ctl"))
+        let o = self
+            .as_pg(&self.bin.join("pg_ctl"))
             .args(["-w", "-t", "60", "-o", &opts, "-l"])
             .arg(data.join("log"))
             .arg("-D")
-            .arg(&data)
+            .arg(data)
             .arg("start")
             .output()
             .unwrap();
