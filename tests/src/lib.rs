@@ -580,6 +580,56 @@ pub struct Postgres {
     /// Address it listens on (127.0.0.1 unless started in a namespace).
     pub host: String,
     netns: Option<String>,
+    /// TLS on: `hostssl` with client-certificate authentication only.
+    tls: bool,
+}
+
+/// PEM files of a test PKI for PostgreSQL over TLS: a CA, a server
+/// certificate for 127.0.0.1, and a client certificate for user `rk3s`.
+pub struct PgTlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl PgTlsFiles {
+    pub fn generate(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "rk3s-test-pg-ca");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), &ca_key).unwrap();
+        let leaf = |cn: &str, sans: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf("postgres", vec!["127.0.0.1".into()]);
+        let (client_cert, client_key) = leaf("rk3s", vec![]);
+        let files = Self {
+            ca: dir.join("pg-ca.crt"),
+            server_cert: dir.join("pg-server.crt"),
+            server_key: dir.join("pg-server.key"),
+            client_cert: dir.join("pg-client.crt"),
+            client_key: dir.join("pg-client.key"),
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        for (path, pem) in [
+            (&files.ca, ca_cert.pem()),
+            (&files.server_cert, server_cert),
+            (&files.server_key, server_key),
+            (&files.client_cert, client_cert),
+            (&files.client_key, client_key),
+        ] {
+            std::fs::write(path, pem).unwrap();
+        }
+        files
+    }
 }
 
 impl Postgres {
@@ -616,6 +666,16 @@ impl Postgres {
     /// Start PostgreSQL in network namespace `netns`, listening on `host`
     /// and trusting the namespace's /24.
     pub fn start_in(netns: Option<&str>, host: &str) -> Self {
+        Self::start_with(netns, host, None)
+    }
+
+    /// Start PostgreSQL on 127.0.0.1 that accepts only TLS connections
+    /// authenticated by a client certificate from `tls`.
+    pub fn start_tls(tls: &PgTlsFiles) -> Self {
+        Self::start_with(None, "127.0.0.1", Some(tls))
+    }
+
+    fn start_with(netns: Option<&str>, host: &str, tls: Option<&PgTlsFiles>) -> Self {
         let bin = Self::bin_dir();
         let dir = tempdir();
         use std::os::unix::fs::PermissionsExt;
@@ -642,6 +702,7 @@ impl Postgres {
             port,
             host: host.to_string(),
             netns: netns.map(str::to_string),
+            tls: tls.is_some(),
         };
         let o = pg
             .as_pg(&pg.bin.join("initdb"))
@@ -659,17 +720,40 @@ impl Postgres {
             use std::io::Write;
             writeln!(hba, "host all all {net}.0/24 trust").unwrap();
         }
+        if let Some(files) = tls {
+            for (from, to) in [
+                (&files.server_cert, "server.crt"),
+                (&files.server_key, "server.key"),
+                (&files.ca, "ca.crt"),
+            ] {
+                let dest = data.join(to);
+                std::fs::copy(from, &dest).unwrap();
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if is_root() {
+                    let s = Command::new("chown").arg("postgres:postgres").arg(&dest).status().unwrap();
+                    assert!(s.success());
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+            )
+            .unwrap();
+        }
         pg.pg_ctl_start();
         pg
     }
 
     fn pg_ctl_start(&self) {
         let (port, data) = (self.port, &self.data);
-        let opts = format!(
+        let mut opts = format!(
             "-p {port} -k {} -c listen_addresses={} -c fsync=off",
             data.display(),
             self.host
         );
+        if self.tls {
+            opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=ca.crt");
+        }
         let o = self
             .as_pg(&self.bin.join("pg_ctl"))
             .args(["-w", "-t", "60", "-o", &opts, "-l"])

@@ -205,3 +205,57 @@ fn servers_sharing_postgres_share_one_ca_and_refuse_another_token() {
     });
     assert_eq!(entries, 1);
 }
+
+#[test]
+fn a_server_reaches_postgres_over_tls_with_a_client_certificate() {
+    let t = rk3s_tests::tempdir();
+    let files = rk3s_tests::PgTlsFiles::generate(&t.path().join("pki"));
+    let pg = Postgres::start_tls(&files);
+    let url = pg.url("tls");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca, cert, key) = (path(&files.ca), path(&files.client_cert), path(&files.client_key));
+    let s = rk3s_tests::Server::start_with_env(
+        &t.path().join("s"),
+        &[
+            "--datastore-cafile",
+            &ca,
+            "--datastore-certfile",
+            &cert,
+            "--datastore-keyfile",
+            &key,
+        ],
+        &[("RK3S_DATASTORE_ENDPOINT", url.as_str())],
+    );
+    assert!(s.wait_status("server-0", "Ready", std::time::Duration::from_secs(20)));
+
+    // The server refuses anything but TLS with a client certificate, so
+    // the checks below prove what rk3s sent.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = |ca: bool, client: bool| TlsFiles {
+        ca: ca.then(|| files.ca.clone()),
+        cert: client.then(|| files.client_cert.clone()),
+        key: client.then(|| files.client_key.clone()),
+    };
+    let attempt = |f: TlsFiles| {
+        rt.block_on(PostgresBackend::connect(&url, &f))
+            .err()
+            .map(|e| e.to_string())
+    };
+    let plain = attempt(tls(false, false)).expect("plain text must be refused");
+    assert!(plain.contains("no encryption") || plain.contains("pg_hba"), "{plain}");
+    let no_cert = attempt(tls(true, false)).expect("TLS without a client certificate must be refused");
+    assert!(no_cert.contains("certificate"), "{no_cert}");
+    assert_eq!(attempt(tls(true, true)), None);
+
+    // A missing TLS file is reported at once, naming the flag.
+    let o = std::process::Command::new(rk3s_tests::bin("rk3sd"))
+        .args(["server", "--config", "/dev/null", "--disable-agent", "--data-dir"])
+        .arg(t.path().join("bad"))
+        .args(["--datastore-cafile", "/nonexistent/ca.crt"])
+        .env("RK3S_DATASTORE_ENDPOINT", &url)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = rk3s_tests::stderr(&o);
+    assert!(err.contains("--datastore-cafile /nonexistent/ca.crt"), "{err}");
+}

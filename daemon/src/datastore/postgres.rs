@@ -67,6 +67,26 @@ fn unavailable(e: impl std::fmt::Display) -> DatastoreError {
     DatastoreError::Unavailable(e.to_string())
 }
 
+/// tokio-postgres prints server errors as just "db error"; the message
+/// and the cause (refused, TLS, pg_hba) are what an operator needs.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn pg(e: tokio_postgres::Error) -> DatastoreError {
+    DatastoreError::Unavailable(describe(&e))
+}
+
 /// `postgres://user:pass@host:port/db` without the password, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -120,10 +140,10 @@ impl Endpoint {
                 .map_err(|_| {
                     unavailable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
                 })?
-                .map_err(unavailable)?;
+                .map_err(pg)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
+                tracing::warn!(error = %describe(&e), "PostgreSQL connection closed");
             }
         });
         Ok(client)
@@ -189,7 +209,7 @@ impl Reader {
                 if c.is_closed() {
                     self.discard(&c);
                 }
-                Err(unavailable(e))
+                Err(pg(e))
             }
             Err(_) => {
                 self.discard(&c);
@@ -232,7 +252,7 @@ impl PostgresBackend {
             let exists = c
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
                 .await
-                .map_err(unavailable)?
+                .map_err(pg)?
                 .is_some();
             if !exists {
                 let quoted = db.replace('"', "\"\"");
@@ -240,7 +260,7 @@ impl PostgresBackend {
                     .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
                     .await
                 {
-                    tracing::debug!(error = %e, "CREATE DATABASE failed (it may have been created concurrently)");
+                    tracing::debug!(error = %describe(&e), "CREATE DATABASE failed (it may have been created concurrently)");
                 }
             }
         }
@@ -248,7 +268,7 @@ impl PostgresBackend {
         writer_client
             .batch_execute(SCHEMA)
             .await
-            .map_err(unavailable)?;
+            .map_err(pg)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
             readers.push(Reader::new(endpoint.clone(), endpoint.connect().await?));
@@ -341,7 +361,7 @@ async fn writer(
             None => Err("no connection to PostgreSQL".to_string()),
             Some(c) => match tokio::time::timeout(OP_TIMEOUT, commit(c, &batch)).await {
                 Ok(Ok(results)) => Ok(results),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err(e)) => Err(describe(&e)),
                 Err(_) => {
                     // A half-finished transaction on a wedged connection:
                     // drop it; PostgreSQL rolls back what did not commit.
