@@ -582,6 +582,8 @@ pub struct Postgres {
     netns: Option<String>,
     /// TLS on: `hostssl` with client-certificate authentication only.
     tls: bool,
+    /// fsync on (benchmarks); tests run without it.
+    durable: bool,
 }
 
 /// PEM files of a test PKI for PostgreSQL over TLS: a CA, a server
@@ -675,6 +677,16 @@ impl Postgres {
         Self::start_with(None, "127.0.0.1", Some(tls))
     }
 
+    /// PostgreSQL on 127.0.0.1 with fsync on, as in production: for
+    /// benchmarks that compare it with SQLite.
+    pub fn start_durable() -> Self {
+        let mut pg = Self::start();
+        pg.durable = true;
+        pg.stop();
+        pg.start_again();
+        pg
+    }
+
     fn start_with(netns: Option<&str>, host: &str, tls: Option<&PgTlsFiles>) -> Self {
         let bin = Self::bin_dir();
         let dir = tempdir();
@@ -703,6 +715,7 @@ impl Postgres {
             host: host.to_string(),
             netns: netns.map(str::to_string),
             tls: tls.is_some(),
+            durable: false,
         };
         let o = pg
             .as_pg(&pg.bin.join("initdb"))
@@ -747,9 +760,10 @@ impl Postgres {
     fn pg_ctl_start(&self) {
         let (port, data) = (self.port, &self.data);
         let mut opts = format!(
-            "-p {port} -k {} -c listen_addresses={} -c fsync=off",
+            "-p {port} -k {} -c listen_addresses={} -c fsync={}",
             data.display(),
-            self.host
+            self.host,
+            if self.durable { "on" } else { "off" }
         );
         if self.tls {
             opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=ca.crt");

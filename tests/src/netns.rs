@@ -4,8 +4,67 @@
 //! traffic goes only between the namespaces made here. Needs root and
 //! iproute2. Everything is deleted on drop.
 
+use crate::{Proc, Server};
 use std::path::Path;
 use std::process::Command;
+
+/// The fixed registration address of the HA topology (haproxy's host).
+pub const LB_IP: &str = "10.77.0.3";
+
+/// Address of server `i` (1-based) in the HA topology.
+pub fn server_ip(i: usize) -> String {
+    format!("10.77.0.1{i}")
+}
+
+/// Server `i` of an HA cluster on PostgreSQL, in namespace `ns`, on
+/// `server_ip(i)`:6443 with the fixed address in its certificate.
+pub fn start_ha_server(
+    ns: &str,
+    dir: &Path,
+    i: usize,
+    pg_url: &str,
+    secret: &str,
+    extra: &[&str],
+) -> Server {
+    let ip = server_ip(i);
+    let name = format!("s{i}");
+    let mut args = vec![
+        "--bind-address",
+        &ip,
+        "--https-listen-port",
+        "6443",
+        "--node-name",
+        &name,
+        "--tls-san",
+        LB_IP,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_in(
+        Some(ns),
+        dir,
+        &args,
+        &[("RK3S_DATASTORE_ENDPOINT", pg_url), ("RK3S_TOKEN", secret)],
+    )
+}
+
+/// haproxy in namespace `ns` on `LB_IP`:6443, TCP to servers 1..=n with
+/// fast health checks: the fixed registration address.
+pub fn haproxy(net: &Net, ns: &str, dir: &Path, n: usize) -> Proc {
+    let servers: String = (1..=n)
+        .map(|i| format!("    server s{i} {}:6443 check\n", server_ip(i)))
+        .collect();
+    let cfg = format!(
+        "global\n    maxconn 4000\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    retries 2\n    option redispatch\n\
+         frontend rk3s\n    bind {LB_IP}:6443\n    default_backend servers\n\
+         backend servers\n    default-server inter 500ms fall 2 rise 1\n{servers}"
+    );
+    let file = dir.join("haproxy.cfg");
+    std::fs::write(&file, cfg).unwrap();
+    let mut cmd = net.exec(ns, &["haproxy", "-db", "-f"]);
+    cmd.arg(&file);
+    Proc::spawn("haproxy", cmd, dir.join("haproxy.log"))
+}
 
 pub struct Net {
     prefix: String,

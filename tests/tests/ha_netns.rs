@@ -10,8 +10,8 @@
 //! token is refused. A watcher on server 3 checks throughout that no agent
 //! node ever goes Unknown (grace 40 s, as in production).
 
-use rk3s_tests::netns::Net;
-use rk3s_tests::{bin, ctl, wait_for, Agent, Postgres, Proc, Server};
+use rk3s_tests::netns::{haproxy, server_ip, start_ha_server, Net, LB_IP};
+use rk3s_tests::{bin, ctl, wait_for, Agent, Postgres, Server};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -19,28 +19,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const LB: &str = "10.77.0.3";
+const LB: &str = LB_IP;
 const SECRET: &str = "ha-netns-cluster-secret-4711";
 
-fn server_ip(i: usize) -> String {
-    format!("10.77.0.1{i}")
-}
-
 fn start_server(net_ns: &str, dir: &Path, i: usize, pg_url: &str) -> Server {
-    let ip = server_ip(i);
-    let name = format!("s{i}");
-    Server::start_in(
-        Some(net_ns),
+    start_ha_server(
+        net_ns,
         dir,
+        i,
+        pg_url,
+        SECRET,
         &[
-            "--bind-address",
-            &ip,
-            "--https-listen-port",
-            "6443",
-            "--node-name",
-            &name,
-            "--tls-san",
-            LB,
             "--node-monitor-grace-period",
             "40s",
             "--node-monitor-period",
@@ -52,25 +41,7 @@ fn start_server(net_ns: &str, dir: &Path, i: usize, pg_url: &str) -> Server {
             "--heartbeat-interval",
             "2s",
         ],
-        &[("RK3S_DATASTORE_ENDPOINT", pg_url), ("RK3S_TOKEN", SECRET)],
     )
-}
-
-fn haproxy(net: &Net, ns: &str, dir: &Path) -> Proc {
-    let servers: String = (1..=3)
-        .map(|i| format!("    server s{i} {}:6443 check\n", server_ip(i)))
-        .collect();
-    let cfg = format!(
-        "global\n    maxconn 4000\n\
-         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    retries 2\n    option redispatch\n\
-         frontend rk3s\n    bind {LB}:6443\n    default_backend servers\n\
-         backend servers\n    default-server inter 500ms fall 2 rise 1\n{servers}"
-    );
-    let file = dir.join("haproxy.cfg");
-    std::fs::write(&file, cfg).unwrap();
-    let mut cmd = net.exec(ns, &["haproxy", "-db", "-f"]);
-    cmd.arg(&file);
-    Proc::spawn("haproxy", cmd, dir.join("haproxy.log"))
 }
 
 /// The server an agent's tunnel is on, if registered.
@@ -190,7 +161,7 @@ fn ha_cluster_across_network_namespaces() {
     for s in &servers[1..] {
         assert_eq!(s.ca_pem(), ca, "servers share one CA");
     }
-    let mut lb = haproxy(&net, &ns_lb, t.path());
+    let mut lb = haproxy(&net, &ns_lb, t.path(), 3);
 
     let fixed = format!("https://{LB}:6443");
     let token_file = servers[0].token_file();

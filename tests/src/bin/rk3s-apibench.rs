@@ -9,6 +9,11 @@
 //! 3. watch delivery: `--watchers` watches while one client writes at
 //!    `--rate` writes/s for `--secs` s; reports create latency and the delay
 //!    from sending each write to its arrival at every watcher (end to end).
+//!
+//! With `--postgres`, the datastore is a local PostgreSQL (Debian's, fsync
+//! on) and a second server shares it: writes go to the first server and
+//! the watchers watch the second, so step 3 measures cross-server watch
+//! delivery (LISTEN/NOTIFY plus the catch-up read).
 
 use futures_util::StreamExt;
 use rk3s_tests::{tempdir, Server};
@@ -63,9 +68,27 @@ async fn main() {
     let rate = arg("--rate", 200);
     let secs = arg("--secs", 10);
     let dir = tempdir();
-    let server = Server::start(&dir.path().join("server"), &["--disable-agent"]);
+    let postgres = std::env::args().any(|a| a == "--postgres");
+    let pg = postgres.then(rk3s_tests::Postgres::start_durable);
+    let url = pg.as_ref().map(|p| p.url("bench")).unwrap_or_default();
+    let env = [
+        ("RK3S_DATASTORE_ENDPOINT", url.as_str()),
+        ("RK3S_TOKEN", "apibench-secret-0123"),
+    ];
+    let env: &[(&str, &str)] = if postgres { &env } else { &[] };
+    let server = Server::start_with_env(&dir.path().join("server"), &["--disable-agent"], env);
+    let second = postgres.then(|| {
+        Server::start_with_env(&dir.path().join("server2"), &["--disable-agent"], env)
+    });
+    println!(
+        "datastore: {}",
+        if postgres { "PostgreSQL (fsync on), two servers" } else { "SQLite" }
+    );
     let base = server.url();
     let http = client(&server);
+    // Watchers use the second server when there is one.
+    let watch_base = second.as_ref().map_or_else(|| base.clone(), Server::url);
+    let watch_http = second.as_ref().map_or_else(|| http.clone(), client);
     for ns in ["bench", "watch"] {
         let r = http
             .post(format!("{base}/api/v1/namespaces"))
@@ -151,8 +174,8 @@ async fn main() {
     let mut watch_tasks = Vec::new();
     for _ in 0..watchers {
         let (http, base, delivery, received, rv) = (
-            http.clone(),
-            base.clone(),
+            watch_http.clone(),
+            watch_base.clone(),
             delivery.clone(),
             received.clone(),
             rv.clone(),
