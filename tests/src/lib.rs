@@ -602,14 +602,18 @@ impl PgTlsFiles {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "rk3s-test-pg-ca");
+        ca.distinguished_name
+            .push(DnType::CommonName, "rk3s-test-pg-ca");
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), &ca_key).unwrap();
         let leaf = |cn: &str, sans: Vec<String>| {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(sans).unwrap();
             p.distinguished_name.push(DnType::CommonName, cn);
-            (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+            (
+                p.signed_by(&key, &issuer).unwrap().pem(),
+                key.serialize_pem(),
+            )
         };
         let (server_cert, server_key) = leaf("postgres", vec!["127.0.0.1".into()]);
         let (client_cert, client_key) = leaf("rk3s", vec![]);
@@ -743,7 +747,11 @@ impl Postgres {
                 std::fs::copy(from, &dest).unwrap();
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
                 if is_root() {
-                    let s = Command::new("chown").arg("postgres:postgres").arg(&dest).status().unwrap();
+                    let s = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&dest)
+                        .status()
+                        .unwrap();
                     assert!(s.success());
                 }
             }

@@ -213,7 +213,11 @@ fn a_server_reaches_postgres_over_tls_with_a_client_certificate() {
     let pg = Postgres::start_tls(&files);
     let url = pg.url("tls");
     let path = |p: &std::path::Path| p.display().to_string();
-    let (ca, cert, key) = (path(&files.ca), path(&files.client_cert), path(&files.client_key));
+    let (ca, cert, key) = (
+        path(&files.ca),
+        path(&files.client_cert),
+        path(&files.client_key),
+    );
     let s = rk3s_tests::Server::start_with_env(
         &t.path().join("s"),
         &[
@@ -242,14 +246,24 @@ fn a_server_reaches_postgres_over_tls_with_a_client_certificate() {
             .map(|e| e.to_string())
     };
     let plain = attempt(tls(false, false)).expect("plain text must be refused");
-    assert!(plain.contains("no encryption") || plain.contains("pg_hba"), "{plain}");
-    let no_cert = attempt(tls(true, false)).expect("TLS without a client certificate must be refused");
+    assert!(
+        plain.contains("no encryption") || plain.contains("pg_hba"),
+        "{plain}"
+    );
+    let no_cert =
+        attempt(tls(true, false)).expect("TLS without a client certificate must be refused");
     assert!(no_cert.contains("certificate"), "{no_cert}");
     assert_eq!(attempt(tls(true, true)), None);
 
     // A missing TLS file is reported at once, naming the flag.
     let o = std::process::Command::new(rk3s_tests::bin("rk3sd"))
-        .args(["server", "--config", "/dev/null", "--disable-agent", "--data-dir"])
+        .args([
+            "server",
+            "--config",
+            "/dev/null",
+            "--disable-agent",
+            "--data-dir",
+        ])
         .arg(t.path().join("bad"))
         .args(["--datastore-cafile", "/nonexistent/ca.crt"])
         .env("RK3S_DATASTORE_ENDPOINT", &url)
@@ -257,5 +271,8 @@ fn a_server_reaches_postgres_over_tls_with_a_client_certificate() {
         .unwrap();
     assert!(!o.status.success());
     let err = rk3s_tests::stderr(&o);
-    assert!(err.contains("--datastore-cafile /nonexistent/ca.crt"), "{err}");
+    assert!(
+        err.contains("--datastore-cafile /nonexistent/ca.crt"),
+        "{err}"
+    );
 }

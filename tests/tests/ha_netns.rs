@@ -3,8 +3,8 @@
 //! address, three servers, six agents) on a private bridge.
 //!
 //! Scenarios, in one cluster: everyone joins through the fixed address;
-//! server 1 is killed (agents move, leadership and Endpoints follow, a new
-//! agent still joins); server 2's cable is cut; PostgreSQL stops and comes
+//! the leader is killed (its agents move, leadership and Endpoints follow,
+//! a new agent still joins); another server's cable is cut; PostgreSQL stops and comes
 //! back (tunnels stay, readyz says 503, no acknowledged write is lost); an
 //! agent restarts while the fixed address is down; a server with another
 //! token is refused. A watcher on server 3 checks throughout that no agent
@@ -263,11 +263,17 @@ fn ha_cluster_across_network_namespaces() {
         vec![server_ip(1), server_ip(2), server_ip(3)]
     );
 
-    // Roles: the server with the most agents is killed, the one with the
-    // fewest watches (never killed or cut), the third is cut later.
-    let mut by_load: Vec<usize> = (0..3).collect();
-    by_load.sort_by_key(|&i| std::cmp::Reverse(on(&agents, &server_ip(i + 1)).len()));
-    let (k, c, w) = (by_load[0], by_load[1], by_load[2]);
+    // Roles: the leader is killed (haproxy's round robin gave it agents),
+    // the busier of the other two is cut later, the third watches.
+    let leader = wait_for(Duration::from_secs(10), || {
+        let l = status(&servers[0])?["leader"].as_str()?.to_string();
+        l.strip_prefix('s')?.parse::<usize>().ok()
+    })
+    .expect("a leader is elected");
+    let k = leader - 1;
+    let mut others: Vec<usize> = (0..3).filter(|&i| i != k).collect();
+    others.sort_by_key(|&i| std::cmp::Reverse(on(&agents, &server_ip(i + 1)).len()));
+    let (c, w) = (others[0], others[1]);
     eprintln!("kill s{}, cut s{}, watch from s{}", k + 1, c + 1, w + 1);
 
     // Watch the observer server for agent nodes going Unknown.
@@ -297,7 +303,7 @@ fn ha_cluster_across_network_namespaces() {
     // 1. Kill server 1: its agents move within seconds; the leader and the
     //    Endpoints follow; a new agent still joins through the fixed address.
     let victims = on(&agents, &server_ip(k + 1));
-    assert!(!victims.is_empty());
+    assert!(!victims.is_empty(), "the leader s{} holds no tunnel", k + 1);
     servers[k].kill();
     let moved = wait_moved(&victims, &server_ip(k + 1), Duration::from_secs(15));
     eprintln!("failover after kill: {moved:?}");
@@ -321,7 +327,7 @@ fn ha_cluster_across_network_namespaces() {
             (!l.is_empty() && l != dead).then_some(())
         })
         .is_some(),
-        "leadership must move off the dead server"
+        "leadership must move off the dead leader"
     );
     let two_ips: Vec<String> = two
         .iter()

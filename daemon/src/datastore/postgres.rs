@@ -265,10 +265,7 @@ impl PostgresBackend {
             }
         }
         let writer_client = endpoint.connect().await?;
-        writer_client
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(pg)?;
+        writer_client.batch_execute(SCHEMA).await.map_err(pg)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
             readers.push(Reader::new(endpoint.clone(), endpoint.connect().await?));

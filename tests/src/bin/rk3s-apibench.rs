@@ -77,12 +77,15 @@ async fn main() {
     ];
     let env: &[(&str, &str)] = if postgres { &env } else { &[] };
     let server = Server::start_with_env(&dir.path().join("server"), &["--disable-agent"], env);
-    let second = postgres.then(|| {
-        Server::start_with_env(&dir.path().join("server2"), &["--disable-agent"], env)
-    });
+    let second = postgres
+        .then(|| Server::start_with_env(&dir.path().join("server2"), &["--disable-agent"], env));
     println!(
         "datastore: {}",
-        if postgres { "PostgreSQL (fsync on), two servers" } else { "SQLite" }
+        if postgres {
+            "PostgreSQL (fsync on), two servers"
+        } else {
+            "SQLite"
+        }
     );
     let base = server.url();
     let http = client(&server);

@@ -56,10 +56,15 @@ fn failover(agents: &[&Agent], since: DateTime<Utc>, ip: &str) -> Vec<f64> {
     let done = wait_for(Duration::from_secs(60), || {
         let mut out = Vec::new();
         for a in agents {
-            let t = a.log().lines().filter(|l| l.contains("registered; tunnel up")).find_map(|l| {
-                let ts = DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok()?;
-                (ts > since && !l.contains(ip)).then(|| (ts.with_timezone(&Utc) - since).as_seconds_f64())
-            })?;
+            let t = a
+                .log()
+                .lines()
+                .filter(|l| l.contains("registered; tunnel up"))
+                .find_map(|l| {
+                    let ts = DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok()?;
+                    (ts > since && !l.contains(ip))
+                        .then(|| (ts.with_timezone(&Utc) - since).as_seconds_f64())
+                })?;
             out.push(t);
         }
         Some(out)
@@ -134,24 +139,40 @@ fn main() {
         })
         .collect();
     for a in &agents {
-        assert!(a.wait_registration("registered", Duration::from_secs(60)), "{}", a.log());
+        assert!(
+            a.wait_registration("registered", Duration::from_secs(60)),
+            "{}",
+            a.log()
+        );
     }
     println!("{n} agents registered through haproxy at {LB_IP}:6443");
 
     let k = busiest(&agents);
     let ip = server_ip(k + 1);
-    let victims: Vec<&Agent> = agents.iter().filter(|a| server_of(a).is_some_and(|s| s.contains(&ip))).collect();
+    let victims: Vec<&Agent> = agents
+        .iter()
+        .filter(|a| server_of(a).is_some_and(|s| s.contains(&ip)))
+        .collect();
     let at = Utc::now();
     servers[k].kill();
-    report(&format!("failover after SIGKILL of s{}", k + 1), failover(&victims, at, &ip));
+    report(
+        &format!("failover after SIGKILL of s{}", k + 1),
+        failover(&victims, at, &ip),
+    );
     servers[k].restart();
     std::thread::sleep(Duration::from_secs(3));
 
     let c = busiest(&agents);
     let ip = server_ip(c + 1);
-    let victims: Vec<&Agent> = agents.iter().filter(|a| server_of(a).is_some_and(|s| s.contains(&ip))).collect();
+    let victims: Vec<&Agent> = agents
+        .iter()
+        .filter(|a| server_of(a).is_some_and(|s| s.contains(&ip)))
+        .collect();
     let at = Utc::now();
     net.link(&ns_s[c], false);
-    report(&format!("failover after cutting s{}'s cable", c + 1), failover(&victims, at, &ip));
+    report(
+        &format!("failover after cutting s{}'s cable", c + 1),
+        failover(&victims, at, &ip),
+    );
     net.link(&ns_s[c], true);
 }
