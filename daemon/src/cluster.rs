@@ -138,10 +138,7 @@ async fn announce(objects: &Objects, m: &Membership) -> objects::Result<()> {
         "metadata": {"labels": {LABEL_APISERVER: "true"}, "annotations": {ANNOTATION_ADDRESS: m.address}},
         "spec": {"holderIdentity": m.name, "leaseDurationSeconds": secs, "renewTime": now},
     });
-    match objects.create(&r, lease).await {
-        Ok(_) | Err(ObjectError::Store(DatastoreError::AlreadyExists(_))) => Ok(()),
-        Err(e) => Err(e),
-    }
+    objects.create_if_absent(&r, lease).await.map(|_| ())
 }
 
 /// Addresses of the servers whose Leases are fresh, sorted.
@@ -182,13 +179,8 @@ async fn elect(objects: &Objects, m: &Membership) -> objects::Result<(bool, Stri
                 "spec": {"holderIdentity": m.name, "leaseDurationSeconds": secs,
                          "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0},
             });
-            match objects.create(&r, lease).await {
-                Ok(_) => Ok((true, m.name.clone())),
-                Err(ObjectError::Store(DatastoreError::AlreadyExists(_))) => {
-                    Ok((false, String::new()))
-                }
-                Err(e) => Err(e),
-            }
+            let won = objects.create_if_absent(&r, lease).await?;
+            Ok((won, if won { m.name.clone() } else { String::new() }))
         }
         Some(mut lease) => {
             let holder = lease["spec"]["holderIdentity"]
@@ -365,10 +357,7 @@ pub async fn reconcile_endpoints(objects: &Objects, servers: &[String]) -> objec
     if updated.is_none() {
         let obj = json!({"apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
-        match objects.create(&ep, obj).await {
-            Ok(_) | Err(ObjectError::Store(DatastoreError::AlreadyExists(_))) => {}
-            Err(e) => return Err(e),
-        }
+        objects.create_if_absent(&ep, obj).await?;
     }
     Ok(())
 }

@@ -215,13 +215,7 @@ pub async fn renew_lease(
     if let Some(s) = connected {
         lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
     }
-    match objects.create(&r, lease).await {
-        Ok(_)
-        | Err(objects::ObjectError::Store(crate::datastore::DatastoreError::AlreadyExists(_))) => {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    objects.create_if_absent(&r, lease).await.map(|_| ())
 }
 
 /// A heartbeat: renew the Lease; bring the node back to Ready if it was not,

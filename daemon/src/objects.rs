@@ -165,6 +165,16 @@ impl Objects {
         Ok(obj)
     }
 
+    /// Create `obj` unless `r` already exists (whoever created it first
+    /// wins). True if this call created it.
+    pub async fn create_if_absent(&self, r: &Ref, obj: Value) -> Result<bool> {
+        match self.create(r, obj).await {
+            Ok(_) => Ok(true),
+            Err(ObjectError::Store(DatastoreError::AlreadyExists(_))) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replace an object read at `revision_of(obj)`; a newer write is a Conflict.
     pub async fn update(&self, r: &Ref, mut obj: Value) -> Result<Value> {
         let rev = self

@@ -63,13 +63,10 @@ async fn ensure_namespaces(objects: &Objects) -> anyhow::Result<()> {
         let r = Ref::cluster("namespaces", ns);
         if objects.get(&r).await?.is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            match objects.create(&r, obj).await {
-                Ok(_)
-                | Err(crate::objects::ObjectError::Store(
-                    crate::datastore::DatastoreError::AlreadyExists(_),
-                )) => {}
-                Err(e) => return Err(e).context("creating system namespaces"),
-            }
+            objects
+                .create_if_absent(&r, obj)
+                .await
+                .context("creating system namespaces")?;
         }
     }
     Ok(())
@@ -184,13 +181,10 @@ async fn ensure_kubernetes_service(objects: &Objects, port: u16) -> anyhow::Resu
         let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
             "status": {"loadBalancer": {}}});
-        match objects.create(&svc, obj).await {
-            Ok(_)
-            | Err(crate::objects::ObjectError::Store(
-                crate::datastore::DatastoreError::AlreadyExists(_),
-            )) => {}
-            Err(e) => return Err(e).context("creating the default/kubernetes Service"),
-        }
+        objects
+            .create_if_absent(&svc, obj)
+            .await
+            .context("creating the default/kubernetes Service")?;
     }
     Ok(())
 }

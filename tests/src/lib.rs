@@ -33,6 +33,16 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// `--name VALUE` from the command line (bench binaries), else `default`.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let v: Vec<String> = std::env::args().collect();
+    v.iter()
+        .position(|a| a == name)
+        .and_then(|i| v.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Poll `f` every 100 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();

@@ -208,6 +208,31 @@ impl Net {
     }
 }
 
+/// The HA topology's hosts: PostgreSQL, haproxy, three servers, agents.
+pub struct HaHosts {
+    pub pg: String,
+    pub lb: String,
+    pub servers: Vec<String>,
+    pub agents: Vec<String>,
+}
+
+impl Net {
+    /// PostgreSQL on 10.77.0.2, haproxy on `LB_IP`, servers on
+    /// `server_ip(1..=3)`, agent hosts on 10.77.0.21 onwards.
+    pub fn ha_hosts(&mut self, agent_hosts: usize) -> HaHosts {
+        HaHosts {
+            pg: self.host("pg", "10.77.0.2"),
+            lb: self.host("lb", LB_IP),
+            servers: (1..=3)
+                .map(|i| self.host(&format!("s{i}"), &server_ip(i)))
+                .collect(),
+            agents: (1..=agent_hosts)
+                .map(|i| self.host(&format!("a{i}"), &format!("10.77.0.{}", 20 + i)))
+                .collect(),
+        }
+    }
+}
+
 impl Default for Net {
     fn default() -> Self {
         Self::new()

@@ -143,16 +143,9 @@ fn wait_moved(agents: &[&Agent], not_on: &str, timeout: Duration) -> Vec<f64> {
 fn ha_cluster_across_network_namespaces() {
     let mut net = Net::new();
     let t = rk3s_tests::tempdir();
-    let ns_pg = net.host("pg", "10.77.0.2");
-    let ns_lb = net.host("lb", LB);
-    let ns_s: Vec<String> = (1..=3)
-        .map(|i| net.host(&format!("s{i}"), &server_ip(i)))
-        .collect();
-    let ns_a: Vec<String> = (1..=6)
-        .map(|i| net.host(&format!("a{i}"), &format!("10.77.0.2{i}")))
-        .collect();
-
-    let pg = Postgres::start_in(Some(&ns_pg), "10.77.0.2");
+    let hosts = net.ha_hosts(6);
+    let (ns_pg, ns_lb, ns_s, ns_a) = (&hosts.pg, &hosts.lb, &hosts.servers, &hosts.agents);
+    let pg = Postgres::start_in(Some(ns_pg), "10.77.0.2");
     let url = pg.url("kubernetes");
     let mut servers: Vec<Server> = (1..=3)
         .map(|i| start_server(&ns_s[i - 1], &t.path().join(format!("s{i}")), i, &url))
@@ -161,7 +154,7 @@ fn ha_cluster_across_network_namespaces() {
     for s in &servers[1..] {
         assert_eq!(s.ca_pem(), ca, "servers share one CA");
     }
-    let mut lb = haproxy(&net, &ns_lb, t.path(), 3);
+    let mut lb = haproxy(&net, ns_lb, t.path(), 3);
 
     let fixed = format!("https://{LB}:6443");
     let token_file = servers[0].token_file();

@@ -16,19 +16,10 @@
 //! delivery (LISTEN/NOTIFY plus the catch-up read).
 
 use futures_util::StreamExt;
-use rk3s_tests::{tempdir, Server};
+use rk3s_tests::{arg, tempdir, Server};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let v: Vec<String> = std::env::args().collect();
-    v.iter()
-        .position(|a| a == name)
-        .and_then(|i| v.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     if v.is_empty() {

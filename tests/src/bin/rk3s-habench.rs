@@ -16,19 +16,10 @@
 
 use chrono::{DateTime, Utc};
 use rk3s_tests::netns::{haproxy, server_ip, start_ha_server, Net, LB_IP};
-use rk3s_tests::{wait_for, Agent, Postgres, Server};
+use rk3s_tests::{arg, wait_for, Agent, Postgres, Server};
 use std::time::Duration;
 
 const SECRET: &str = "habench-cluster-secret-0815";
-
-fn arg(name: &str, default: usize) -> usize {
-    let v: Vec<String> = std::env::args().collect();
-    v.iter()
-        .position(|a| a == name)
-        .and_then(|i| v.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn server_of(a: &Agent) -> Option<String> {
     let s = a.status()?;
@@ -88,15 +79,9 @@ fn main() {
     let n = arg("--agents", 30);
     let mut net = Net::new();
     let t = rk3s_tests::tempdir();
-    let ns_pg = net.host("pg", "10.77.0.2");
-    let ns_lb = net.host("lb", LB_IP);
-    let ns_s: Vec<String> = (1..=3)
-        .map(|i| net.host(&format!("s{i}"), &server_ip(i)))
-        .collect();
-    let ns_a: Vec<String> = (1..=5)
-        .map(|i| net.host(&format!("a{i}"), &format!("10.77.0.2{i}")))
-        .collect();
-    let pg = Postgres::start_in(Some(&ns_pg), "10.77.0.2");
+    let hosts = net.ha_hosts(5);
+    let (ns_pg, ns_lb, ns_s, ns_a) = (&hosts.pg, &hosts.lb, &hosts.servers, &hosts.agents);
+    let pg = Postgres::start_in(Some(ns_pg), "10.77.0.2");
     let url = pg.url("kubernetes");
     // Production timings except the leader lease, which only matters for
     // how fast the Endpoints follow, not for agents.
@@ -113,7 +98,7 @@ fn main() {
             )
         })
         .collect();
-    let _lb = haproxy(&net, &ns_lb, t.path(), 3);
+    let _lb = haproxy(&net, ns_lb, t.path(), 3);
     let token_file = servers[0].token_file();
     let agents: Vec<Agent> = (0..n)
         .map(|i| {
@@ -147,32 +132,25 @@ fn main() {
     }
     println!("{n} agents registered through haproxy at {LB_IP}:6443");
 
-    let k = busiest(&agents);
-    let ip = server_ip(k + 1);
-    let victims: Vec<&Agent> = agents
-        .iter()
-        .filter(|a| server_of(a).is_some_and(|s| s.contains(&ip)))
-        .collect();
-    let at = Utc::now();
-    servers[k].kill();
-    report(
-        &format!("failover after SIGKILL of s{}", k + 1),
-        failover(&victims, at, &ip),
-    );
+    // Take the busiest server out with `event`; report how its agents move.
+    let measure = |what: &str, event: &mut dyn FnMut(usize)| -> usize {
+        let i = busiest(&agents);
+        let ip = server_ip(i + 1);
+        let victims: Vec<&Agent> = agents
+            .iter()
+            .filter(|a| server_of(a).is_some_and(|s| s.contains(&ip)))
+            .collect();
+        let at = Utc::now();
+        event(i);
+        report(
+            &format!("failover after {what} s{}", i + 1),
+            failover(&victims, at, &ip),
+        );
+        i
+    };
+    let k = measure("SIGKILL of", &mut |i| servers[i].kill());
     servers[k].restart();
     std::thread::sleep(Duration::from_secs(3));
-
-    let c = busiest(&agents);
-    let ip = server_ip(c + 1);
-    let victims: Vec<&Agent> = agents
-        .iter()
-        .filter(|a| server_of(a).is_some_and(|s| s.contains(&ip)))
-        .collect();
-    let at = Utc::now();
-    net.link(&ns_s[c], false);
-    report(
-        &format!("failover after cutting s{}'s cable", c + 1),
-        failover(&victims, at, &ip),
-    );
+    let c = measure("cutting the cable of", &mut |i| net.link(&ns_s[i], false));
     net.link(&ns_s[c], true);
 }
