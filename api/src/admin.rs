@@ -138,3 +138,18 @@ pub struct ErrorBody {
     /// A sentence a person can act on.
     pub message: String,
 }
+
+/// `rk3sctl manifest list`: one auto-deployed manifest (its Addon).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestSummary {
+    pub name: String,
+    pub file: String,
+    pub checksum: String,
+    pub objects: usize,
+    /// When it was last applied (RFC 3339), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+    /// Empty when the last apply succeeded.
+    #[serde(default)]
+    pub error: String,
+}

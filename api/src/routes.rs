@@ -28,6 +28,7 @@ pub mod admin {
     pub const STATUS: &str = "/v1/status";
     pub const NODES: &str = "/v1/nodes";
     pub const TOKEN: &str = "/v1/token";
+    pub const MANIFESTS: &str = "/v1/manifests";
 
     pub fn node(name: &str) -> String {
         format!("/v1/nodes/{name}")

@@ -1,7 +1,8 @@
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use rk3s_api::admin::{
-    ForgetResult, NodeDetail, NodeSummary, RotateResult, StatusResponse, TokenResponse,
+    ForgetResult, ManifestSummary, NodeDetail, NodeSummary, RotateResult, StatusResponse,
+    TokenResponse,
 };
 use rk3s_api::routes::admin as routes;
 use rk3sctl::output::{self, Format};
@@ -30,6 +31,11 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
+    /// Auto-deployed manifests (run on a server).
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCmd,
+    },
     /// Mode, version, uptime and health of the local daemon.
     Status {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -40,6 +46,15 @@ enum Cmd {
         /// Print the agent token instead (if the server has one).
         #[arg(long)]
         agent: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestCmd {
+    /// Each manifest file with its Addon: checksum, objects, last apply, error.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
     },
 }
 
@@ -95,6 +110,15 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
                 }
             } else {
                 t.token + "\n"
+            }
+        }
+        Cmd::Manifest {
+            command: ManifestCmd::List { output: f },
+        } => {
+            let m: Vec<ManifestSummary> = c.request(Method::GET, routes::MANIFESTS).await?;
+            match f {
+                Format::Table => output::manifests(&m),
+                f => output::structured(&m, f),
             }
         }
         Cmd::Node { command } => match command {

@@ -1,6 +1,6 @@
 //! Rendering: aligned tables like kubectl's, or JSON/YAML.
 
-use rk3s_api::admin::{NodeDetail, NodeSummary, StatusResponse};
+use rk3s_api::admin::{ManifestSummary, NodeDetail, NodeSummary, StatusResponse};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +179,30 @@ pub fn node_detail(d: &NodeDetail) -> String {
         out.push_str(&format!("  {l}\n"));
     }
     out
+}
+
+pub fn manifests(list: &[ManifestSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.file.clone(),
+                m.checksum.chars().take(12).collect(),
+                m.objects.to_string(),
+                m.applied.clone().unwrap_or_else(|| "<never>".into()),
+                if m.error.is_empty() {
+                    "<none>".into()
+                } else {
+                    m.error.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "FILE", "CHECKSUM", "OBJECTS", "APPLIED", "ERROR"],
+        &rows,
+    )
 }
 
 pub fn status(s: &StatusResponse) -> String {

@@ -212,6 +212,11 @@ async fn list_nodes(State(b): State<Backend>) -> R {
     Ok(Json(nodes::list(sv).await?).into_response())
 }
 
+async fn list_manifests(State(b): State<Backend>) -> R {
+    let sv = server_only(&b)?;
+    Ok(Json(crate::deploy::summaries(&sv.objects).await?).into_response())
+}
+
 async fn show_node(State(b): State<Backend>, Path(name): Path<String>) -> R {
     let sv = server_only(&b)?;
     Ok(Json(nodes::show(sv, &name).await?).into_response())
@@ -262,6 +267,7 @@ fn router(b: Backend) -> Router {
         .route("/v1/nodes/{name}", get(show_node).delete(forget_node))
         .route("/v1/nodes/{name}/rotate-password", post(rotate))
         .route(routes::TOKEN, get(token))
+        .route(routes::MANIFESTS, get(list_manifests))
         .fallback(fallback)
         .with_state(b)
 }

@@ -190,6 +190,10 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_kubeconfig_mode: Option<String>,
+    /// Bundled manifest not to deploy, and to remove if it was (repeatable, comma lists): rk3s-crds, cluster-info.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable: Vec<String>,
     /// Do not register this server as a node.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -446,6 +450,8 @@ pub struct ServerConfig {
     /// `None`: embedded SQLite under the data dir.
     pub datastore_endpoint: Option<String>,
     pub datastore_tls: crate::datastore::TlsFiles,
+    /// Bundled manifests turned off (`--disable`).
+    pub disable: Vec<String>,
     pub cluster: crate::cluster::Timings,
     pub node: NodeSettings,
     pub grace_period: Duration,
@@ -583,6 +589,20 @@ impl ServerConfig {
                 key: a.datastore_keyfile.clone(),
             },
             cluster: cluster_timings(&a)?,
+            disable: {
+                let unknown = crate::deploy::unknown_disables(&a.disable);
+                if !unknown.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        origin: "--disable".into(),
+                        message: format!(
+                            "no bundled manifest named {} (bundled: {})",
+                            unknown.join(", "),
+                            crate::deploy::BUNDLED.iter().map(|(n, _)| n.trim_end_matches(".yaml")).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                a.disable.clone()
+            },
             kubeconfig: a
                 .write_kubeconfig
                 .clone()

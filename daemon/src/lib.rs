@@ -9,6 +9,7 @@ pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod datastore;
+pub mod deploy;
 pub mod error;
 pub mod fsutil;
 pub mod https;

@@ -333,6 +333,17 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         &local_url,
     )?;
     ensure_kubernetes_service(&objects, port).await?;
+    let manifests_dir = server_dir.join("manifests");
+    {
+        use base64::Engine;
+        let values = crate::deploy::Placeholders {
+            cluster_domain: "cluster.local".into(),
+            server_url: format!("https://{advertise_address}"),
+            ca_cert_base64: base64::engine::general_purpose::STANDARD.encode(&pki.server_ca_pem),
+        };
+        crate::deploy::write_bundled(&manifests_dir, &values, &cfg.disable)
+            .context("writing the bundled manifests")?;
+    }
     let membership = Arc::new(Membership::new(&node_name, &advertise_address, cfg.cluster));
 
     let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
@@ -381,7 +392,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     ));
     // Singleton work, on the leader only.
     {
-        let (o, s, m) = (objects.clone(), store.clone(), membership.clone());
+        let (o, s, m, sv) = (
+            objects.clone(),
+            store.clone(),
+            membership.clone(),
+            sv.clone(),
+        );
+        let (dir, disable) = (manifests_dir.clone(), cfg.disable.clone());
         let (grace, period, keep, every) = (
             cfg.grace_period,
             cfg.monitor_period,
@@ -392,13 +409,15 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             membership.clone(),
             background.clone(),
             move |term| {
-                let (o, s, m) = (o.clone(), s.clone(), m.clone());
+                let (o, s, m, sv) = (o.clone(), s.clone(), m.clone(), sv.clone());
+                let (dir, disable) = (dir.clone(), disable.clone());
                 async move {
-                    tracing::info!("leading: running the node monitor, compaction and the kubernetes Endpoints");
+                    tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints and the manifests");
                     tokio::join!(
                         term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
                         term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
                         term.run_until_cancelled(cluster::endpoints_loop(o, m)),
+                        crate::deploy::run(sv, dir, disable, term.clone()),
                     );
                 }
             },

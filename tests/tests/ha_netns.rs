@@ -207,6 +207,16 @@ fn ha_cluster_across_network_namespaces() {
             s.nodes()
         );
     }
+    let appliers: Vec<&Option<String>> = servers
+        .iter()
+        .filter(|s| s.log().contains("applied manifest"))
+        .map(|s| &s.netns)
+        .collect();
+    assert_eq!(
+        appliers.len(),
+        1,
+        "only the leader applies manifests: {appliers:?}"
+    );
     let three: Vec<String> = (1..=3).map(|i| format!("{}:6443", server_ip(i))).collect();
     assert!(
         wait_for(Duration::from_secs(10), || (live_servers(&servers[2])

@@ -209,7 +209,10 @@ fn table_response(v: &Value) -> Response {
     ([(header::CONTENT_TYPE, TABLE_TYPE)], v.to_string()).into_response()
 }
 
-fn store_err(t: &Target, name: &str) -> impl FnOnce(crate::objects::ObjectError) -> KubeError {
+pub(crate) fn store_err(
+    t: &Target,
+    name: &str,
+) -> impl FnOnce(crate::objects::ObjectError) -> KubeError {
     let s = t.subject(name);
     move |e| KubeError::from_store(e, s)
 }
@@ -300,7 +303,7 @@ fn invalid(t: &Target, name: &str, message: impl Into<String>) -> KubeError {
 }
 
 /// Checks and defaults every kind gets on create and update.
-fn normalize(t: &Target, obj: &mut Value, name: &str) -> Result<(), KubeError> {
+pub(crate) fn normalize(t: &Target, obj: &mut Value, name: &str) -> Result<(), KubeError> {
     let api_version = t.rt.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
         Some(v) if v != api_version => {
@@ -389,7 +392,7 @@ fn validate_crd(t: &Target, crd: &mut Value, name: &str) -> Result<(), KubeError
     Ok(())
 }
 
-async fn namespace_exists(sv: &Supervisor, ns: &str) -> Result<(), KubeError> {
+pub(crate) async fn namespace_exists(sv: &Supervisor, ns: &str) -> Result<(), KubeError> {
     let r = Ref::cluster("namespaces", ns);
     let subject = Subject {
         group: String::new(),
@@ -502,7 +505,7 @@ fn merge_server_fields(t: &Target, old: &Value, new: &mut Value) {
     }
 }
 
-async fn write_update(
+pub(crate) async fn write_update(
     sv: &Supervisor,
     t: &Target,
     name: &str,

@@ -1,6 +1,7 @@
 //! The Kubernetes API that kubectl talks to: discovery, OpenAPI, and
 //! get/list/watch/create/update/patch/delete over the datastore.
 
+pub mod apply;
 pub mod authz;
 pub mod discovery;
 pub mod handlers;

@@ -51,6 +51,39 @@ fn now_us(epoch: Instant) -> u128 {
     epoch.elapsed().as_micros()
 }
 
+/// `--manifests N`: N manifest files (one ConfigMap each) in the manifests
+/// directory before the first start; time until every one is applied.
+fn manifests_at_startup(dir: &std::path::Path, n: usize) {
+    let mdir = dir.join("data/server/manifests");
+    std::fs::create_dir_all(&mdir).unwrap();
+    for i in 0..n {
+        std::fs::write(
+            mdir.join(format!("m{i:04}.yaml")),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m{i:04}\ndata:\n  i: \"{i}\"\n"),
+        )
+        .unwrap();
+    }
+    let t0 = Instant::now();
+    let server = Server::start(dir, &["--disable-agent"]);
+    let ready = t0.elapsed();
+    let done = rk3s_tests::wait_for(Duration::from_secs(300), || {
+        let o = server.ctl(&["manifest", "list", "-o", "json"]);
+        let list: Vec<Value> = serde_json::from_slice(&o.stdout).ok()?;
+        let ok = list
+            .iter()
+            .filter(|m| m["applied"].is_string() && m["error"] == "")
+            .count();
+        (ok >= n + rk3sd::deploy::BUNDLED.len()).then(|| t0.elapsed())
+    })
+    .expect("all manifests applied");
+    println!(
+        "{n} manifests at startup: server ready after {:.2} s, all applied after {:.2} s ({:.2} ms per manifest)",
+        ready.as_secs_f64(),
+        done.as_secs_f64(),
+        (done - ready).as_secs_f64() * 1000.0 / n as f64
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     rk3sd::raise_nofile_limit();
@@ -59,6 +92,10 @@ async fn main() {
     let rate = arg("--rate", 200);
     let secs = arg("--secs", 10);
     let dir = tempdir();
+    let manifests = arg("--manifests", 0usize);
+    if manifests > 0 {
+        return manifests_at_startup(&dir.path().join("server"), manifests);
+    }
     let postgres = std::env::args().any(|a| a == "--postgres");
     let pg = postgres.then(rk3s_tests::Postgres::start_durable);
     let url = pg.as_ref().map(|p| p.url("bench")).unwrap_or_default();

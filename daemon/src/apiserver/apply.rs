@@ -1,0 +1,179 @@
+//! Apply an object from inside the server (auto-deployed manifests): the
+//! same resolution, defaults and checks as a request from kubectl, without
+//! HTTP. Create if absent; otherwise merge the given fields into the live
+//! object, so fields others set and the manifest does not mention stay.
+
+use super::handlers::{namespace_exists, normalize, store_err, write_update, Target};
+use super::patch;
+use super::resources::{self, ResourceType};
+use super::status::KubeError;
+use crate::server::Supervisor;
+use serde_json::{json, Value};
+
+/// Where an applied object lives: enough to find it again and delete it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The resource type of `apiVersion` + `kind`, as currently served
+/// (built-ins and CRDs).
+async fn resolve(
+    sv: &Supervisor,
+    api_version: &str,
+    kind: &str,
+) -> Result<ResourceType, KubeError> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    resources::all(&sv.objects)
+        .await
+        .into_iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)
+        .ok_or_else(|| {
+            KubeError::BadRequest(format!(
+                "no kind \"{kind}\" is registered for version \"{api_version}\" (a CRD must define it first)"
+            ))
+        })
+}
+
+fn target(rt: ResourceType, namespace: &str, name: &str) -> Target {
+    let namespace = rt.namespaced.then(|| {
+        if namespace.is_empty() {
+            "default".to_string()
+        } else {
+            namespace.to_string()
+        }
+    });
+    Target {
+        rt,
+        namespace,
+        name: Some(name.to_string()),
+        subresource: None,
+    }
+}
+
+/// Identify a manifest object, with the namespace it will live in.
+pub async fn identify(sv: &Supervisor, obj: &Value) -> Result<ObjectRef, KubeError> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or("");
+    let kind = obj["kind"].as_str().unwrap_or("");
+    if api_version.is_empty() || kind.is_empty() {
+        return Err(KubeError::BadRequest(
+            "apiVersion and kind are required".into(),
+        ));
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.is_empty() {
+        return Err(KubeError::BadRequest(format!(
+            "{kind}: metadata.name is required"
+        )));
+    }
+    let rt = resolve(sv, api_version, kind).await?;
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let t = target(rt, ns, name);
+    Ok(ObjectRef {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        namespace: t.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+    })
+}
+
+/// Create or merge-update `obj`. Returns whether anything changed.
+pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), KubeError> {
+    let id = identify(sv, obj).await?;
+    let rt = resolve(sv, &id.api_version, &id.kind).await?;
+    let t = target(rt, &id.namespace, &id.name);
+    let mut desired = obj.clone();
+    normalize(&t, &mut desired, &id.name)?;
+    if let Some(m) = desired["metadata"].as_object_mut() {
+        for k in ["resourceVersion", "uid", "creationTimestamp"] {
+            m.remove(k);
+        }
+    }
+    if let Some(ns) = &t.namespace {
+        namespace_exists(sv, ns).await?;
+    }
+    let r = t.obj_ref(&id.name);
+    for _ in 0..8 {
+        let current = sv.objects.get(&r).await.map_err(store_err(&t, &id.name))?;
+        let Some(old) = current else {
+            match sv.objects.create(&r, desired.clone()).await {
+                Ok(_) => return Ok((id, true)),
+                Err(crate::objects::ObjectError::Store(
+                    crate::datastore::DatastoreError::AlreadyExists(_),
+                )) => continue,
+                Err(e) => return Err(store_err(&t, &id.name)(e)),
+            }
+        };
+        let mut new = old.clone();
+        patch::merge_patch(&mut new, &desired);
+        if new == old {
+            return Ok((id, false));
+        }
+        match write_update(sv, &t, &id.name, &old, new, false).await {
+            Ok(_) => return Ok((id, true)),
+            Err(KubeError::Conflict(..)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(KubeError::Unavailable(format!(
+        "{id}: too many concurrent updates"
+    )))
+}
+
+/// Delete an object an earlier apply created; gone already is fine.
+pub async fn delete(sv: &Supervisor, id: &ObjectRef) -> Result<bool, KubeError> {
+    let rt = resolve(sv, &id.api_version, &id.kind).await?;
+    let t = target(rt, &id.namespace, &id.name);
+    sv.objects
+        .delete(&t.obj_ref(&id.name))
+        .await
+        .map(|o| o.is_some())
+        .map_err(store_err(&t, &id.name))
+}
+
+/// An Event about `involved` (an Addon), for `kubectl get events`.
+pub async fn event(sv: &Supervisor, involved: &Value, type_: &str, reason: &str, message: &str) {
+    let ns = involved
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let name = involved
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let now = crate::objects::now_rfc3339();
+    let ev_name = format!("{name}.{:x}", rand::random::<u64>());
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "namespace": ns, "name": name,
+                           "uid": involved.pointer("/metadata/uid")},
+        "type": type_, "reason": reason, "message": message,
+        "source": {"component": "rk3s-deploy"}, "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+    });
+    let r = crate::objects::Ref::namespaced("events", ns, &ev_name);
+    if let Err(e) = sv.objects.create(&r, ev).await {
+        tracing::debug!(error = %e, "could not record an event");
+    }
+}
