@@ -173,6 +173,40 @@ fn files_are_applied_updated_pruned_skipped_and_reported() {
         "the renamed object was pruned"
     );
 
+    // A CRD and its first object in one file, the object written first.
+    put(
+        &dir,
+        "widgets.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n---\n\
+         apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\n\
+         spec:\n  group: example.com\n  names: {kind: Widget, plural: widgets, singular: widget}\n  scope: Namespaced\n\
+         \x20 versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n",
+    );
+    assert!(
+        applied(&s, "widgets", TWO_SECONDS),
+        "{:?}",
+        manifest(&s, "widgets")
+    );
+    assert_eq!(
+        get(&k, &["get", "widget", "w1"]).unwrap()["spec"]["size"],
+        3
+    );
+    // An object of a kind nobody defined is an error naming the object.
+    put(
+        &dir,
+        "gadgets.yaml",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\n",
+    );
+    let err = wait_for(TWO_SECONDS, || {
+        let e = manifest(&s, "gadgets")?["error"].as_str()?.to_string();
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("an unknown kind is reported");
+    assert!(
+        err.contains("Gadget/g1") && err.contains("gadgets.yaml"),
+        "{err}"
+    );
+
     // Deleting the file leaves its objects.
     std::fs::remove_file(dir.join("app.yaml")).unwrap();
     let note = wait_for(TWO_SECONDS, || {
