@@ -85,6 +85,8 @@ pub enum ServerMessage {
         rotation_id: String,
         password: SecretString,
     },
+    /// The node is cordoned after `ShuttingDown`; the agent may close.
+    ShutdownAck,
     /// The server refuses a frame; the tunnel stays up.
     Error {
         message: String,

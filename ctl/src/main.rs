@@ -1,86 +1,14 @@
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use hyper::Method;
 use rk3s_api::admin::{
     ForgetResult, ManifestSummary, NodeDetail, NodeSummary, RotateResult, StatusResponse,
     TokenResponse,
 };
 use rk3s_api::routes::admin as routes;
+use rk3sctl::cli::{Cli, Cmd, ManifestCmd, NodeCmd};
 use rk3sctl::output::{self, Format};
 use rk3sctl::{Client, ClientError};
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-#[derive(Parser)]
-#[command(
-    name = "rk3sctl",
-    version,
-    about = "Operate an rk3s server or agent through its local admin socket"
-)]
-struct Cli {
-    /// Admin socket [default: /run/rk3s/rk3s.sock as root, ~/.rancher/rk3s/rk3s.sock otherwise].
-    #[arg(long, global = true, env = rk3s_api::paths::SOCKET_ENV)]
-    socket: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Nodes of the cluster (run on a server).
-    Node {
-        #[command(subcommand)]
-        command: NodeCmd,
-    },
-    /// Auto-deployed manifests (run on a server).
-    Manifest {
-        #[command(subcommand)]
-        command: ManifestCmd,
-    },
-    /// Mode, version, uptime and health of the local daemon.
-    Status {
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
-    /// Print the cluster join token (server only).
-    Token {
-        /// Print the agent token instead (if the server has one).
-        #[arg(long)]
-        agent: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum ManifestCmd {
-    /// Each manifest file with its Addon: checksum, objects, last apply, error.
-    List {
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
-}
-
-#[derive(Subcommand)]
-enum NodeCmd {
-    /// List nodes with their status and connection.
-    List {
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
-    /// Details of one node: labels, conditions, addresses, password age.
-    Show {
-        name: String,
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: Format,
-    },
-    /// Delete a node with its lease and password secret (for a rebuilt or retired host).
-    Forget {
-        name: String,
-        /// Also forget a node that is connected right now (its tunnel is closed).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Give a connected node a new random password.
-    RotatePassword { name: String },
-}
 
 async fn run(cli: Cli) -> Result<String, ClientError> {
     let socket = cli

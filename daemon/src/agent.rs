@@ -6,6 +6,7 @@
 use crate::config::NodeSettings;
 use crate::loadbalancer::{self, LoadBalancer};
 use crate::nodepassword;
+use crate::systemd::Shutdown;
 use crate::token::Token;
 use crate::{certs, fsutil, nodeinfo};
 use base64::Engine;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -350,9 +352,13 @@ impl Backoff {
 
 /// Run the agent until `cancel`. Returns early only for errors retrying
 /// cannot fix (CA mismatch, unusable files).
+/// How a session that ended for a host shutdown reports it.
+const ENDED_FOR_SHUTDOWN: &str = "node shutting down";
+
 pub async fn run(
     params: AgentParams,
     state: Arc<AgentState>,
+    mut shutdowns: mpsc::Receiver<Shutdown>,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
     let mut backoff = Backoff::new(params.node.reconnect_backoff_max);
@@ -436,7 +442,19 @@ pub async fn run(
                 }
                 let info = nodeinfo::collect(ips, params.node.labels.clone());
                 let started = Instant::now();
-                let end = session(ws, &params, &lb, &state, &info, &mut password, &cancel).await;
+                let link = Link {
+                    params: &params,
+                    lb: &lb,
+                    state: &state,
+                };
+                let end = session(ws, link, &info, &mut password, &mut shutdowns, &cancel).await;
+                if end == ENDED_FOR_SHUTDOWN {
+                    // The host is going down: stay disconnected until
+                    // systemd stops us; the node is cordoned meanwhile.
+                    state.set("host shutting down; tunnel closed", None);
+                    cancel.cancelled().await;
+                    return Ok(());
+                }
                 let server = state
                     .connected_server
                     .lock()
@@ -485,6 +503,18 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
+            Some(sd) = shutdowns.recv() => {
+                // The host goes down while we are between tunnels: one
+                // immediate attempt to get the node cordoned, then let go.
+                match try_servers(&lb, &params, &state, tls.clone(), &name, &password).await {
+                    (_, Ok((mut ws, _))) => cordon_and_close(&mut ws, &sd.reason).await,
+                    (url, Err(e)) => tracing::warn!(server = %url, error = %e, "host shutting down but no server reachable to cordon the node"),
+                }
+                let _ = sd.done.send(());
+                state.set("host shutting down; tunnel closed", None);
+                cancel.cancelled().await;
+                return Ok(());
+            }
         }
     }
 }
@@ -546,16 +576,58 @@ async fn send(ws: &mut Tunnel, msg: &AgentMessage) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Tell the server the host is going down (it cordons the node and acks
+/// within 5 s), then close the tunnel cleanly.
+async fn cordon_and_close(ws: &mut Tunnel, reason: &str) {
+    tracing::info!(
+        reason,
+        "host shutting down: asking the server to cordon this node"
+    );
+    let _ = send(
+        ws,
+        &AgentMessage::ShuttingDown {
+            reason: reason.to_string(),
+        },
+    )
+    .await;
+    let acked = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Message::Text(t) = frame {
+                if matches!(
+                    serde_json::from_str::<ServerMessage>(t.as_str()),
+                    Ok(ServerMessage::ShutdownAck)
+                ) {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if !acked {
+        tracing::warn!("the server did not confirm the shutdown cordon within 5 s");
+    }
+    let _ = ws.close(None).await;
+}
+
 /// One tunnel session; returns why it ended.
+/// What a session works with besides the socket.
+struct Link<'a> {
+    params: &'a AgentParams,
+    lb: &'a LoadBalancer,
+    state: &'a AgentState,
+}
+
 async fn session(
     mut ws: Tunnel,
-    params: &AgentParams,
-    lb: &LoadBalancer,
-    state: &AgentState,
+    link: Link<'_>,
     info: &NodeInfo,
     password: &mut String,
+    shutdowns: &mut mpsc::Receiver<Shutdown>,
     cancel: &CancellationToken,
 ) -> String {
+    let Link { params, lb, state } = link;
     let hb_every = params.node.heartbeat_interval;
     let keepalive = crate::tunnel::keepalive_for(hb_every);
     if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: info.clone() }).await {
@@ -573,8 +645,20 @@ async fn session(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
+                // Stopped because the host goes down (a root `systemctl
+                // poweroff` bypasses logind): cordon the node first.
+                if crate::systemd::host_shutting_down().await {
+                    cordon_and_close(&mut ws, "the host is shutting down (systemd is stopping)").await;
+                    return ENDED_FOR_SHUTDOWN.into();
+                }
                 let _ = ws.close(None).await;
                 return "agent stopping".into();
+            }
+            Some(sd) = shutdowns.recv() => {
+                // logind announced the shutdown: cordon, close, let it go on.
+                cordon_and_close(&mut ws, &sd.reason).await;
+                let _ = sd.done.send(());
+                return ENDED_FOR_SHUTDOWN.into();
             }
             _ = hb.tick() => {
                 seq += 1;
@@ -632,7 +716,7 @@ async fn session(
                             state.set_servers(lb);
                         }
                     }
-                    Ok(ServerMessage::HeartbeatAck { .. }) => {}
+                    Ok(ServerMessage::HeartbeatAck { .. } | ServerMessage::ShutdownAck) => {}
                     Ok(ServerMessage::Error { message }) => tracing::warn!(message, "server reported an error"),
                     Ok(ServerMessage::RotatePassword { rotation_id, password: new }) => {
                         let reply = match nodepassword::store(&params.node.node_config_dir, &new.0) {

@@ -23,12 +23,14 @@ pub mod nodes;
 pub mod objects;
 pub mod registration;
 pub mod server;
+pub mod systemd;
 pub mod token;
 pub mod tunnel;
 
 use anyhow::Context;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Flags whose values are secrets: moved into the environment by
 /// [`hide_secret_args`] so they do not linger in `ps` output.
@@ -104,6 +106,22 @@ pub fn init_logging(debug: bool) {
         "info"
     };
     let filter = EnvFilter::try_from_env("RK3S_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Under systemd, log to the journal natively: structured fields
+    // (NODE=, SERVER=, ...) and priorities instead of parsed text.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(layer) = tracing_journald::layer() {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let layer = layer
+                .with_field_prefix(None)
+                .with_syslog_identifier("rk3sd".into());
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
+            return;
+        }
+    }
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -136,12 +154,14 @@ pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
         config::Command::Server(args) => {
             let cfg = config::ServerConfig::resolve(&args)?;
             init_logging(cfg.debug);
-            server::run(cfg, shutdown).await
+            let span = tracing::info_span!("rk3s", role = "server");
+            server::run(cfg, shutdown).instrument(span).await
         }
         config::Command::Agent(args) => {
             let cfg = config::AgentConfig::resolve(&args)?;
             init_logging(cfg.debug);
-            run_agent(cfg, shutdown).await
+            let span = tracing::info_span!("rk3s", role = "agent");
+            run_agent(cfg, shutdown).instrument(span).await
         }
     }
 }
@@ -169,11 +189,49 @@ async fn run_agent(cfg: config::AgentConfig, shutdown: CancellationToken) -> any
         ca_pem: None,
         balance: true,
     };
-    let result = agent::run(params, state, shutdown.clone()).await;
+    let (tx, shutdowns) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(systemd::shutdown_inhibitor(
+        tx,
+        std::time::Duration::from_secs(10),
+        shutdown.child_token(),
+    ));
+    tokio::spawn(systemd::watchdog(shutdown.child_token(), || async { true }));
+    tokio::spawn(report_agent_progress(state.clone(), shutdown.child_token()));
+    let result = agent::run(params, state, shutdowns, shutdown.clone()).await;
+    systemd::stopping("agent stopping");
     admin_cancel.cancel();
     let _ = admin_task.await;
     let _ = std::fs::remove_file(&cfg.admin_socket);
     result.context("agent stopped")?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// STATUS= with the agent's registration state; READY=1 once the first
+/// registration succeeded (until then systemd shows what it waits for).
+async fn report_agent_progress(state: Arc<agent::AgentState>, cancel: CancellationToken) {
+    let mut registered = state.registered.subscribe();
+    let mut last = String::new();
+    let mut ready = false;
+    loop {
+        let now = state.registration.lock().expect("lock").clone();
+        if *registered.borrow_and_update() && !ready {
+            ready = true;
+            let server = state
+                .connected_server
+                .lock()
+                .expect("lock")
+                .clone()
+                .unwrap_or_default();
+            systemd::ready(&format!("registered with {server}"));
+        } else if now != last {
+            systemd::status(&now);
+        }
+        last = now;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = registered.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }

@@ -11,6 +11,10 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease annotation naming the server that holds the node's tunnel.
 pub const ANNOTATION_CONNECTED_TO: &str = "rk3s.io/connected-to";
 pub const LABEL_CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
+/// Node annotation set by a graceful shutdown, with its reason; cleared
+/// (with the cordon it brought) when the node registers again.
+pub const ANNOTATION_SHUTDOWN: &str = "rk3s.io/shutdown-reason";
+const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 /// A healthy node's Ready condition heartbeat is refreshed every this many
 /// heartbeats (a minute at the default 10 s); the Lease carries every
 /// heartbeat, as upstream splits lease and status updates.
@@ -91,7 +95,55 @@ fn labels_for(name: &str, info: &NodeInfo) -> serde_json::Map<String, Value> {
 
 /// Apply what the agent reported to a node object (new or existing),
 /// keeping fields others own (spec.unschedulable, taints, extra labels).
+/// Undo what [`shutting_down`] did, if it did: the node is back.
+fn clear_shutdown(node: &mut Value) {
+    let marked = node
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+        .and_then(|a| a.remove(ANNOTATION_SHUTDOWN))
+        .is_some();
+    if !marked {
+        return;
+    }
+    if let Some(spec) = node.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("unschedulable");
+        if let Some(taints) = spec.get_mut("taints").and_then(Value::as_array_mut) {
+            taints.retain(|t| t["key"] != TAINT_UNSCHEDULABLE);
+        }
+    }
+}
+
+/// The node's agent says its host is going down: cordon it (unschedulable,
+/// with the taint the scheduler honours) and say why in its Ready condition.
+pub async fn shutting_down(objects: &Objects, name: &str, reason: &str) -> objects::Result<()> {
+    let now = now_rfc3339();
+    objects
+        .modify(&node_ref(name), |node| {
+            node["metadata"]["annotations"][ANNOTATION_SHUTDOWN] = json!(reason);
+            node["spec"]["unschedulable"] = json!(true);
+            let taints = node["spec"]
+                .as_object_mut()
+                .expect("spec")
+                .entry("taints")
+                .or_insert_with(|| json!([]));
+            if let Some(t) = taints.as_array_mut() {
+                if !t.iter().any(|x| x["key"] == TAINT_UNSCHEDULABLE) {
+                    t.push(json!({"key": TAINT_UNSCHEDULABLE, "effect": "NoSchedule", "timeAdded": now}));
+                }
+            }
+            set_ready(
+                node,
+                json!({"type": "Ready", "status": "False", "reason": "NodeShutdown",
+                       "message": reason, "lastHeartbeatTime": now, "lastTransitionTime": now}),
+            );
+            true
+        })
+        .await?;
+    Ok(())
+}
+
 fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
+    clear_shutdown(node);
     let now = now_rfc3339();
     let labels = node["metadata"]
         .as_object_mut()

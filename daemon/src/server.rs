@@ -217,6 +217,9 @@ async fn open_datastore(
             Ok(b) => return Ok(Datastore::new(Arc::new(b))),
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(datastore = %shown, attempt, error = %e, "external datastore not reachable yet; retrying");
+                crate::systemd::status(&format!(
+                    "waiting for the external datastore {shown} (attempt {attempt})"
+                ));
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Err(e) => {
@@ -236,6 +239,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     fsutil::ensure_dir(&server_dir.join("db"), 0o700)?;
     fsutil::ensure_dir(&server_dir.join("cred"), 0o700)?;
 
+    crate::systemd::status("opening the datastore");
     let store = open_datastore(&cfg, &server_dir).await?;
     let objects = Objects::new(store.clone());
     tracing::info!(datastore = %store.describe(), "datastore open");
@@ -424,6 +428,16 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         ));
     }
     sv.ready.store(true, Ordering::Release);
+    crate::systemd::ready(&format!("serving on {advertise_address}"));
+    {
+        // The watchdog is fed while the API's accept loop lives and the
+        // runtime turns; a wedged daemon stops feeding it.
+        let https_alive = http_cancel.clone();
+        bg.spawn(crate::systemd::watchdog(background.clone(), move || {
+            let alive = !https_alive.is_cancelled();
+            async move { alive }
+        }));
+    }
     tracing::info!(
         address = %format!("{}:{port}", cfg.bind_address),
         token_file = %token_file.display(),
@@ -434,6 +448,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     );
 
     let agent_cancel = shutdown.child_token();
+    let (shutdown_tx, shutdowns) = tokio::sync::mpsc::channel(1);
+    if embedded.is_some() {
+        tokio::spawn(crate::systemd::shutdown_inhibitor(
+            shutdown_tx,
+            Duration::from_secs(10),
+            agent_cancel.clone(),
+        ));
+    }
     let agent_task = embedded.map(|state| {
         let params = AgentParams {
             server_url: local_url.clone(),
@@ -445,13 +467,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         };
         let c = agent_cancel.clone();
         tokio::spawn(async move {
-            if let Err(e) = agent::run(params, state, c).await {
+            if let Err(e) = agent::run(params, state, shutdowns, c).await {
                 tracing::error!(error = %e, "embedded agent stopped");
             }
         })
     });
 
     shutdown.cancelled().await;
+    crate::systemd::stopping("closing tunnels and draining connections");
     tracing::info!("shutting down: closing tunnels and draining connections");
     agent_cancel.cancel();
     if let Some(t) = agent_task {

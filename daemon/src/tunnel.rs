@@ -278,7 +278,14 @@ async fn handle(
             reply_rotation(session, &rotation_id, Err(error))
         }
         AgentMessage::ShuttingDown { reason } => {
-            tracing::info!(node, reason = %reason, "node reports it is shutting down");
+            tracing::info!(node, reason = %reason, "node reports it is shutting down; cordoning it");
+            let reason: String = reason.chars().take(256).collect();
+            if let Err(e) = lifecycle::shutting_down(&sv.objects, node, &reason).await {
+                tracing::warn!(node, error = %e, "could not mark the node as shutting down");
+            }
+            send(ws, &ServerMessage::ShutdownAck)
+                .await
+                .map_err(End::Transport)?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! handle drops, and its log is printed if the test is failing.
 
 pub mod netns;
+pub mod nspawn;
 
 use serde_json::Value;
 use std::fs::File;
