@@ -683,26 +683,27 @@ impl Postgres {
     /// Start PostgreSQL in network namespace `netns`, listening on `host`
     /// and trusting the namespace's /24.
     pub fn start_in(netns: Option<&str>, host: &str) -> Self {
-        Self::start_with(netns, host, None)
+        Self::start_with(netns, host, None, false)
     }
 
     /// Start PostgreSQL on 127.0.0.1 that accepts only TLS connections
     /// authenticated by a client certificate from `tls`.
     pub fn start_tls(tls: &PgTlsFiles) -> Self {
-        Self::start_with(None, "127.0.0.1", Some(tls))
+        Self::start_with(None, "127.0.0.1", Some(tls), false)
     }
 
     /// PostgreSQL on 127.0.0.1 with fsync on, as in production: for
     /// benchmarks that compare it with SQLite.
     pub fn start_durable() -> Self {
-        let mut pg = Self::start();
-        pg.durable = true;
-        pg.stop();
-        pg.start_again();
-        pg
+        Self::start_with(None, "127.0.0.1", None, true)
     }
 
-    fn start_with(netns: Option<&str>, host: &str, tls: Option<&PgTlsFiles>) -> Self {
+    fn start_with(
+        netns: Option<&str>,
+        host: &str,
+        tls: Option<&PgTlsFiles>,
+        durable: bool,
+    ) -> Self {
         let bin = Self::bin_dir();
         let dir = tempdir();
         use std::os::unix::fs::PermissionsExt;
@@ -730,7 +731,7 @@ impl Postgres {
             host: host.to_string(),
             netns: netns.map(str::to_string),
             tls: tls.is_some(),
-            durable: false,
+            durable,
         };
         let o = pg
             .as_pg(&pg.bin.join("initdb"))

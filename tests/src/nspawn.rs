@@ -43,6 +43,8 @@ pub struct Container {
     netns: String,
     nspawn: Option<Child>,
     log: PathBuf,
+    /// The container's init, found once per boot (every command needs it).
+    init: std::cell::Cell<Option<u32>>,
 }
 
 impl Container {
@@ -67,6 +69,7 @@ impl Container {
             dir,
             netns: netns.to_string(),
             nspawn: None,
+            init: std::cell::Cell::new(None),
         }
     }
 
@@ -98,6 +101,7 @@ impl Container {
             .spawn()
             .expect("systemd-nspawn (apt install systemd-container)");
         self.nspawn = Some(child);
+        self.init.set(None);
         let up = crate::wait_for(Duration::from_secs(60), || {
             let o = self.sh("systemctl is-system-running")?;
             let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -114,6 +118,16 @@ impl Container {
     /// The host pid of the container's init (systemd), if it runs.
     pub fn leader(&self) -> Option<u32> {
         let nspawn = self.nspawn.as_ref()?.id();
+        if let Some(pid) = self.init.get() {
+            return Some(pid);
+        }
+        let pid = Self::find_init(nspawn)?;
+        self.init.set(Some(pid));
+        Some(pid)
+    }
+
+    /// Walk the descendants of the nspawn process for systemd.
+    fn find_init(nspawn: u32) -> Option<u32> {
         let mut frontier = vec![nspawn];
         for _ in 0..4 {
             let mut next = Vec::new();
@@ -187,6 +201,7 @@ impl Container {
         let done = crate::wait_for(timeout, || child.try_wait().ok().flatten()).is_some();
         if done {
             self.nspawn = None;
+            self.init.set(None);
         }
         done
     }

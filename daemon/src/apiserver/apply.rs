@@ -66,8 +66,9 @@ fn target(rt: ResourceType, namespace: &str, name: &str) -> Target {
     }
 }
 
-/// Identify a manifest object, with the namespace it will live in.
-pub async fn identify(sv: &Supervisor, obj: &Value) -> Result<ObjectRef, KubeError> {
+/// Identify a manifest object (with the namespace it will live in) and
+/// its request target, resolving its kind once.
+async fn locate(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, Target), KubeError> {
     let api_version = obj["apiVersion"].as_str().unwrap_or("");
     let kind = obj["kind"].as_str().unwrap_or("");
     if api_version.is_empty() || kind.is_empty() {
@@ -90,19 +91,18 @@ pub async fn identify(sv: &Supervisor, obj: &Value) -> Result<ObjectRef, KubeErr
         .and_then(Value::as_str)
         .unwrap_or("");
     let t = target(rt, ns, name);
-    Ok(ObjectRef {
+    let id = ObjectRef {
         api_version: api_version.to_string(),
         kind: kind.to_string(),
         namespace: t.namespace.clone().unwrap_or_default(),
         name: name.to_string(),
-    })
+    };
+    Ok((id, t))
 }
 
 /// Create or merge-update `obj`. Returns whether anything changed.
 pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), KubeError> {
-    let id = identify(sv, obj).await?;
-    let rt = resolve(sv, &id.api_version, &id.kind).await?;
-    let t = target(rt, &id.namespace, &id.name);
+    let (id, t) = locate(sv, obj).await?;
     let mut desired = obj.clone();
     normalize(&t, &mut desired, &id.name)?;
     if let Some(m) = desired["metadata"].as_object_mut() {
@@ -117,13 +117,16 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
     for _ in 0..8 {
         let current = sv.objects.get(&r).await.map_err(store_err(&t, &id.name))?;
         let Some(old) = current else {
-            match sv.objects.create(&r, desired.clone()).await {
-                Ok(_) => return Ok((id, true)),
-                Err(crate::objects::ObjectError::Store(
-                    crate::datastore::DatastoreError::AlreadyExists(_),
-                )) => continue,
-                Err(e) => return Err(store_err(&t, &id.name)(e)),
+            // Lost a race with another creator: go round and merge into theirs.
+            if sv
+                .objects
+                .create_if_absent(&r, desired.clone())
+                .await
+                .map_err(store_err(&t, &id.name))?
+            {
+                return Ok((id, true));
             }
+            continue;
         };
         let mut new = old.clone();
         patch::merge_patch(&mut new, &desired);

@@ -106,7 +106,10 @@ fn recorded(addon: &Value) -> Vec<ObjectRef> {
 /// The Addon CRD must exist before any Addon is written, whatever the
 /// bundled files say.
 async fn ensure_addon_crd(sv: &Supervisor) -> Result<(), String> {
-    let text = BUNDLED[0].1;
+    let (_, text) = BUNDLED
+        .iter()
+        .find(|(name, _)| *name == "rk3s-crds.yaml")
+        .expect("the Addon CRD is bundled");
     for obj in manifest::parse(text.as_bytes())? {
         if obj["metadata"]["name"] == ADDON_CRD {
             apply::apply(sv, &obj).await.map_err(|e| e.to_string())?;
