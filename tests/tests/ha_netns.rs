@@ -111,6 +111,16 @@ fn endpoint_ips(net: &Net, ns: &str, s: &Server) -> Vec<String> {
     ips
 }
 
+/// Whether `watcher` sees the leader lease move off server `dead` (0-based).
+fn leadership_moves_off(watcher: &Server, dead: usize) -> bool {
+    let dead = format!("s{}", dead + 1);
+    wait_for(Duration::from_secs(15), || {
+        let l = status(watcher)?["leader"].as_str()?.to_string();
+        (!l.is_empty() && l != dead).then_some(())
+    })
+    .is_some()
+}
+
 /// Agents whose tunnel is on the server at `ip`.
 fn on<'a>(agents: &'a [Agent], ip: &str) -> Vec<&'a Agent> {
     agents
@@ -266,28 +276,45 @@ fn ha_cluster_across_network_namespaces() {
         vec![server_ip(1), server_ip(2), server_ip(3)]
     );
 
-    // Roles: the leader is killed (haproxy's round robin gave it agents),
-    // the busier of the other two is cut later, the third watches.
+    // Roles: the leader is killed if it holds tunnels (haproxy's round
+    // robin usually gives it some), else the busiest server is, and the
+    // leader is killed after it; checks go through a server that is neither.
     let leader = wait_for(Duration::from_secs(10), || {
         let l = status(&servers[0])?["leader"].as_str()?.to_string();
         l.strip_prefix('s')?.parse::<usize>().ok()
     })
-    .expect("a leader is elected");
-    let k = leader - 1;
-    let mut others: Vec<usize> = (0..3).filter(|&i| i != k).collect();
-    others.sort_by_key(|&i| std::cmp::Reverse(on(&agents, &server_ip(i + 1)).len()));
-    let (c, w) = (others[0], others[1]);
-    eprintln!("kill s{}, cut s{}, watch from s{}", k + 1, c + 1, w + 1);
+    .expect("a leader is elected")
+        - 1;
+    let load = |i: usize| on(&agents, &server_ip(i + 1)).len();
+    let k = if load(leader) > 0 {
+        leader
+    } else {
+        (0..3).max_by_key(|&i| load(i)).unwrap()
+    };
+    let others: Vec<usize> = (0..3).filter(|&i| i != k).collect();
+    // It must survive both kills: the least busy non-leader.
+    let mut w = others
+        .iter()
+        .copied()
+        .filter(|&i| i != leader)
+        .min_by_key(|&i| load(i))
+        .unwrap();
+    eprintln!("kill s{}, leader s{}, ask s{}", k + 1, leader + 1, w + 1);
 
-    // Watch the observer server for agent nodes going Unknown.
+    // Watch for agent nodes going Unknown, through any server that answers.
     let stop = Arc::new(AtomicBool::new(false));
     let unknown = Arc::new(Mutex::new(BTreeSet::<String>::new()));
     let watcher = {
-        let (stop, unknown, sock) = (stop.clone(), unknown.clone(), servers[w].socket.clone());
+        // Any server that answers will do: node status is datastore state.
+        let (stop, unknown) = (stop.clone(), unknown.clone());
+        let socks: Vec<_> = servers.iter().map(|s| s.socket.clone()).collect();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let o = ctl(&sock, &["node", "list", "-o", "json"]);
-                if let Ok(nodes) = serde_json::from_slice::<Vec<Value>>(&o.stdout) {
+                let listed = socks.iter().find_map(|sock| {
+                    let o = ctl(sock, &["node", "list", "-o", "json"]);
+                    serde_json::from_slice::<Vec<Value>>(&o.stdout).ok()
+                });
+                if let Some(nodes) = listed {
                     for n in nodes {
                         let name = n["name"].as_str().unwrap_or("").to_string();
                         if name.starts_with('a') && n["status"] != "Ready" {
@@ -303,7 +330,7 @@ fn ha_cluster_across_network_namespaces() {
         })
     };
 
-    // 1. Kill server 1: its agents move within seconds; the leader and the
+    // 1. Kill a server: its agents move within seconds; the leader and the
     //    Endpoints follow; a new agent still joins through the fixed address.
     let victims = on(&agents, &server_ip(k + 1));
     assert!(!victims.is_empty(), "the leader s{} holds no tunnel", k + 1);
@@ -323,15 +350,12 @@ fn ha_cluster_across_network_namespaces() {
         "a dead server must drop out of the list: {:?}",
         live_servers(&servers[w])
     );
-    let dead = format!("s{}", k + 1);
-    assert!(
-        wait_for(Duration::from_secs(15), || {
-            let l = status(&servers[w])?["leader"].as_str()?.to_string();
-            (!l.is_empty() && l != dead).then_some(())
-        })
-        .is_some(),
-        "leadership must move off the dead leader"
-    );
+    if k == leader {
+        assert!(
+            leadership_moves_off(&servers[w], k),
+            "leadership must move off the dead leader"
+        );
+    }
     let two_ips: Vec<String> = two
         .iter()
         .map(|s| s.trim_end_matches(":6443").to_string())
@@ -362,14 +386,31 @@ fn ha_cluster_across_network_namespaces() {
         .is_some(),
         "the killed server must rejoin the list"
     );
+    if k != leader {
+        // The leader held no tunnel: kill it too, for the leadership move.
+        servers[leader].kill();
+        assert!(
+            leadership_moves_off(&servers[w], leader),
+            "leadership must move off the dead leader"
+        );
+        servers[leader].restart();
+        assert!(
+            wait_for(Duration::from_secs(15), || (live_servers(&servers[w])
+                == three)
+                .then_some(()))
+            .is_some(),
+            "the killed leader must rejoin the list"
+        );
+    }
 
-    // 2. Cut a server's cable (the busier of the two that are not the
-    //    observer): its agents give it up and move.
-    let c = if on(&agents, &server_ip(k + 1)).len() > on(&agents, &server_ip(c + 1)).len() {
-        k
-    } else {
-        c
-    };
+    // 2. Cut the busiest server's cable: its agents give it up and move.
+    let c = (0..3)
+        .max_by_key(|&i| on(&agents, &server_ip(i + 1)).len())
+        .unwrap();
+    // The checks after the cut go through a server that keeps its cable.
+    if w == c {
+        w = (0..3).find(|&i| i != c).unwrap();
+    }
     let victims = on(&agents, &server_ip(c + 1));
     assert!(!victims.is_empty());
     net.link(&ns_s[c], false);
