@@ -145,7 +145,8 @@ impl Objects {
         Ok((rev, items))
     }
 
-    /// Create `obj`, filling name, namespace, uid and creationTimestamp.
+    /// Create `obj`, filling name, namespace, and uid and creationTimestamp
+    /// unless given.
     pub async fn create(&self, r: &Ref, mut obj: Value) -> Result<Value> {
         {
             let meta = obj
@@ -157,8 +158,13 @@ impl Objects {
             if let Some(ns) = &r.namespace {
                 meta["namespace"] = json!(ns);
             }
-            meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
-            meta["creationTimestamp"] = json!(now_rfc3339());
+            // The registry assigns them before admission (a Job's selector
+            // is made from its uid); other writers get them here.
+            let meta = meta.as_object_mut().expect("metadata is an object");
+            meta.entry("uid")
+                .or_insert_with(|| json!(uuid::Uuid::new_v4().to_string()));
+            meta.entry("creationTimestamp")
+                .or_insert_with(|| json!(now_rfc3339()));
         }
         let rev = self.store.create(&r.key(), encode(&obj)).await?;
         obj["metadata"]["resourceVersion"] = json!(rev.to_string());

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// Shared state of a running server.
 pub struct Supervisor {
     pub objects: Objects,
+    /// Kinds and the write path every API write goes through.
+    pub registry: Arc<crate::registry::Registry>,
     pub pki: Pki,
     pub token: Token,
     pub agent_token: Option<Token>,
@@ -175,6 +177,23 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
 
 /// The `default/kubernetes` Service; its Endpoints follow the live servers
 /// (see `cluster::endpoints_loop`).
+/// The two PriorityClasses every cluster has, as upstream bootstraps them.
+async fn ensure_priority_classes(objects: &Objects) -> anyhow::Result<()> {
+    for (name, value, what) in [
+        ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+        ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+    ] {
+        let r = Ref::cluster("scheduling.k8s.io/priorityclasses", name);
+        let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+                         "value": value, "description": what, "preemptionPolicy": "PreemptLowerPriority"});
+        objects
+            .create_if_absent(&r, obj)
+            .await
+            .context("creating the system PriorityClasses")?;
+    }
+    Ok(())
+}
+
 async fn ensure_kubernetes_service(objects: &Objects, port: u16) -> anyhow::Result<()> {
     let svc = Ref::namespaced("services", "default", "kubernetes");
     if objects.get(&svc).await?.is_none() {
@@ -337,6 +356,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         &local_url,
     )?;
     ensure_kubernetes_service(&objects, port).await?;
+    ensure_priority_classes(&objects).await?;
     let manifests_dir = server_dir.join("manifests");
     {
         use base64::Engine;
@@ -351,8 +371,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let membership = Arc::new(Membership::new(&node_name, &advertise_address, cfg.cluster));
 
     let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
+    let registry = Arc::new(crate::registry::Registry::new(objects.clone()).await);
     let sv = Arc::new(Supervisor {
         objects: objects.clone(),
+        registry: registry.clone(),
         pki,
         token: token.clone(),
         agent_token,
@@ -394,6 +416,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         membership.clone(),
         background.clone(),
     ));
+    bg.spawn(registry.clone().follow_crds(background.clone()));
     // Singleton work, on the leader only.
     {
         let (o, s, m, sv) = (
@@ -416,8 +439,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 let (o, s, m, sv) = (o.clone(), s.clone(), m.clone(), sv.clone());
                 let (dir, disable) = (dir.clone(), disable.clone());
                 async move {
-                    tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints and the manifests");
+                    tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints, the manifests, the garbage collector and namespace termination");
                     tokio::join!(
+                        crate::controllers::run(sv.registry.clone(), term.clone()),
                         term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
                         term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
                         term.run_until_cancelled(cluster::endpoints_loop(o, m)),

@@ -3,10 +3,8 @@
 //! HTTP. Create if absent; otherwise merge the given fields into the live
 //! object, so fields others set and the manifest does not mention stay.
 
-use super::handlers::{namespace_exists, normalize, store_err, write_update, Target};
 use super::patch;
-use super::resources::{self, ResourceType};
-use super::status::KubeError;
+use crate::registry::{FieldValidation, KubeError, ResourceType, WriteOptions};
 use crate::server::Supervisor;
 use serde_json::{json, Value};
 
@@ -33,42 +31,27 @@ impl std::fmt::Display for ObjectRef {
 
 /// The resource type of `apiVersion` + `kind`, as currently served
 /// (built-ins and CRDs).
-async fn resolve(
-    sv: &Supervisor,
-    api_version: &str,
-    kind: &str,
-) -> Result<ResourceType, KubeError> {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    resources::all(&sv.objects)
-        .await
-        .into_iter()
-        .find(|r| r.group == group && r.version == version && r.kind == kind)
-        .ok_or_else(|| {
-            KubeError::BadRequest(format!(
-                "no kind \"{kind}\" is registered for version \"{api_version}\" (a CRD must define it first)"
-            ))
-        })
+fn resolve(sv: &Supervisor, api_version: &str, kind: &str) -> Result<ResourceType, KubeError> {
+    sv.registry.by_kind(api_version, kind).ok_or_else(|| {
+        KubeError::BadRequest(format!(
+            "no kind \"{kind}\" is registered for version \"{api_version}\" (a CRD must define it first)"
+        ))
+    })
 }
 
-fn target(rt: ResourceType, namespace: &str, name: &str) -> Target {
-    let namespace = rt.namespaced.then(|| {
+fn namespace_of(rt: &ResourceType, namespace: &str) -> Option<String> {
+    rt.namespaced.then(|| {
         if namespace.is_empty() {
             "default".to_string()
         } else {
             namespace.to_string()
         }
-    });
-    Target {
-        rt,
-        namespace,
-        name: Some(name.to_string()),
-        subresource: None,
-    }
+    })
 }
 
-/// Identify a manifest object (with the namespace it will live in) and
-/// its request target, resolving its kind once.
-async fn locate(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, Target), KubeError> {
+/// Identify a manifest object (with the namespace it will live in),
+/// resolving its kind once.
+fn locate(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, ResourceType), KubeError> {
     let api_version = obj["apiVersion"].as_str().unwrap_or("");
     let kind = obj["kind"].as_str().unwrap_or("");
     if api_version.is_empty() || kind.is_empty() {
@@ -85,56 +68,69 @@ async fn locate(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, Target), Kub
             "{kind}: metadata.name is required"
         )));
     }
-    let rt = resolve(sv, api_version, kind).await?;
+    let rt = resolve(sv, api_version, kind)?;
     let ns = obj
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let t = target(rt, ns, name);
     let id = ObjectRef {
         api_version: api_version.to_string(),
         kind: kind.to_string(),
-        namespace: t.namespace.clone().unwrap_or_default(),
+        namespace: namespace_of(&rt, ns).unwrap_or_default(),
         name: name.to_string(),
     };
-    Ok((id, t))
+    Ok((id, rt))
 }
 
-/// Create or merge-update `obj`. Returns whether anything changed.
+/// Create or merge-update `obj` through the registry's write path.
+/// Returns whether anything changed.
 pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), KubeError> {
-    let (id, t) = locate(sv, obj).await?;
+    let (id, rt) = locate(sv, obj)?;
+    let ns = (!id.namespace.is_empty()).then_some(id.namespace.as_str());
     let mut desired = obj.clone();
-    normalize(&t, &mut desired, &id.name)?;
     if let Some(m) = desired["metadata"].as_object_mut() {
         for k in ["resourceVersion", "uid", "creationTimestamp"] {
             m.remove(k);
         }
     }
-    if let Some(ns) = &t.namespace {
-        namespace_exists(sv, ns).await?;
-    }
-    let r = t.obj_ref(&id.name);
+    let opts = WriteOptions {
+        dry_run: false,
+        field_validation: FieldValidation::Strict,
+    };
     for _ in 0..8 {
-        let current = sv.objects.get(&r).await.map_err(store_err(&t, &id.name))?;
-        let Some(old) = current else {
-            // Lost a race with another creator: go round and merge into theirs.
-            if sv
-                .objects
-                .create_if_absent(&r, desired.clone())
-                .await
-                .map_err(store_err(&t, &id.name))?
-            {
-                return Ok((id, true));
+        let old = match sv.registry.get(&rt, ns, &id.name).await {
+            Ok(o) => o,
+            Err(KubeError::NotFound(_)) => {
+                match sv.registry.create(&rt, ns, desired.clone(), &opts).await {
+                    Ok(_) => {
+                        if rt.resource == "customresourcedefinitions" {
+                            sv.registry.refresh().await;
+                        }
+                        return Ok((id, true));
+                    }
+                    // Lost a race with another creator: go round and merge into theirs.
+                    Err(KubeError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
-            continue;
+            Err(e) => return Err(e),
         };
         let mut new = old.clone();
         patch::merge_patch(&mut new, &desired);
         if new == old {
             return Ok((id, false));
         }
-        match write_update(sv, &t, &id.name, &old, new, false).await {
-            Ok(_) => return Ok((id, true)),
+        match sv
+            .registry
+            .update(&rt, ns, &id.name, &old, new, None, &opts)
+            .await
+        {
+            Ok(w) => {
+                if rt.resource == "customresourcedefinitions" {
+                    sv.registry.refresh().await;
+                }
+                return Ok((id, w.object != old));
+            }
             Err(KubeError::Conflict(..)) => continue,
             Err(e) => return Err(e),
         }
@@ -146,13 +142,17 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
 
 /// Delete an object an earlier apply created; gone already is fine.
 pub async fn delete(sv: &Supervisor, id: &ObjectRef) -> Result<bool, KubeError> {
-    let rt = resolve(sv, &id.api_version, &id.kind).await?;
-    let t = target(rt, &id.namespace, &id.name);
-    sv.objects
-        .delete(&t.obj_ref(&id.name))
+    let rt = resolve(sv, &id.api_version, &id.kind)?;
+    let ns = namespace_of(&rt, &id.namespace);
+    match sv
+        .registry
+        .delete(&rt, ns.as_deref(), &id.name, &Default::default())
         .await
-        .map(|o| o.is_some())
-        .map_err(store_err(&t, &id.name))
+    {
+        Ok(_) => Ok(true),
+        Err(KubeError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// An Event about `involved` (an Addon), for `kubectl get events`.

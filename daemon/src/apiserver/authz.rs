@@ -7,8 +7,8 @@
 //! - anonymous: nothing under /api or /apis (the health and version
 //!   endpoints are routed before this check).
 
-use super::resources::ResourceType;
-use super::status::KubeError;
+use crate::registry::error::KubeError;
+use crate::registry::ResourceType;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
@@ -105,7 +105,7 @@ pub fn authorize(caller: &Caller, a: &Attributes<'_>) -> Result<(), KubeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::builtins;
+    use crate::registry::kinds::builtins;
 
     fn rt(name: &str) -> ResourceType {
         builtins().into_iter().find(|r| r.resource == name).unwrap()

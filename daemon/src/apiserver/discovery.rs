@@ -2,9 +2,10 @@
 //! and the OpenAPI v3 documents kubectl checks before create/apply.
 
 use super::authz::Caller;
-use super::resources::{self, ResourceType};
-use super::status::KubeError;
+use super::resources;
 use super::{KUBE_MAJOR, KUBE_MINOR};
+use crate::registry::error::KubeError;
+use crate::registry::ResourceType;
 use crate::server::Supervisor;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
@@ -59,7 +60,7 @@ fn typed(content_type: &'static str, body: Value) -> Response {
 }
 
 async fn types(sv: &Supervisor) -> Vec<ResourceType> {
-    resources::all(&sv.objects).await
+    sv.registry.kinds().as_ref().clone()
 }
 
 pub async fn api(

@@ -1,19 +1,22 @@
 //! Resource requests: `/api/v1/...` and `/apis/<group>/<version>/...`.
+//! Parsing, authorization and content negotiation live here; every write
+//! goes through the registry's write path.
 
 use super::authz::{authorize, Attributes, Caller};
 use super::patch;
-use super::resources::{self, ResourceType, CRD_GROUP};
 use super::selectors::{FieldSelector, LabelSelector};
-use super::status::{KubeError, Subject};
+use super::subresources;
 use super::table;
-use crate::objects::{now_rfc3339, Objects, Ref};
+use crate::registry::store::{obj_ref, store_err};
+use crate::registry::{
+    DeleteOptions, FieldValidation, KubeError, ResourceType, Subject, WriteOptions, Written,
+};
 use crate::server::{Supervisor, SYSTEM_NAMESPACES};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,19 +30,20 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn obj_ref(&self, name: &str) -> Ref {
-        match &self.namespace {
-            Some(ns) => Ref::namespaced(self.rt.storage(), ns, name),
-            None => Ref::cluster(self.rt.storage(), name),
-        }
-    }
-
     pub fn subject(&self, name: &str) -> Subject {
         Subject {
             group: self.rt.group.clone(),
             resource: self.rt.resource.clone(),
             name: name.to_string(),
         }
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    fn ns(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
 }
 
@@ -73,12 +77,7 @@ pub async fn grouped(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn parse(
-    objects: &Objects,
-    group: &str,
-    version: &str,
-    rest: &str,
-) -> Result<Target, KubeError> {
+fn parse(sv: &Supervisor, group: &str, version: &str, rest: &str) -> Result<Target, KubeError> {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (ns, res, name, sub) = match segs.as_slice() {
         ["namespaces", ns, res, tail @ ..]
@@ -96,8 +95,9 @@ async fn parse(
         [res, n, s] => (None, *res, Some(*n), Some(*s)),
         _ => return Err(KubeError::NoRoute),
     };
-    let rt = resources::find(objects, group, version, res)
-        .await
+    let rt = sv
+        .registry
+        .find(group, version, res)
         .ok_or(KubeError::NoRoute)?;
     if ns.is_some() && !rt.namespaced {
         return Err(KubeError::NoRoute);
@@ -106,7 +106,7 @@ async fn parse(
         return Err(KubeError::NoRoute);
     }
     if let Some(s) = sub {
-        if s != "status" || !rt.has_status {
+        if !rt.has(s) {
             return Err(KubeError::NoRoute);
         }
     }
@@ -133,13 +133,15 @@ async fn serve(
     if caller.0.is_none() {
         return Err(KubeError::Unauthorized);
     }
-    let t = parse(&sv.objects, group, version, &rest).await?;
+    let t = parse(&sv, group, version, &rest)?;
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = match (&method, t.name.is_some()) {
         (&Method::GET, true) => "get",
         (&Method::GET, false) if watch => "watch",
         (&Method::GET, false) => "list",
         (&Method::POST, false) => "create",
+        // binding and eviction are creates of a subresource.
+        (&Method::POST, true) if t.subresource.is_some() => "create",
         (&Method::PUT, true) => "update",
         (&Method::PATCH, true) => "patch",
         (&Method::DELETE, true) => "delete",
@@ -164,7 +166,10 @@ async fn serve(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
-    let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+    let opts = WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+    };
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -182,15 +187,18 @@ async fn serve(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {ctype})"
         )));
     };
-    match verb {
-        "get" => get(&sv, &t, as_table).await,
-        "list" => list(&sv, &t, &q, as_table).await,
-        "watch" => super::watch::serve(sv.clone(), t, &q, as_table).await,
-        "create" => create(&sv, &t, &body, dry_run).await,
-        "update" => update(&sv, &t, &body, dry_run).await,
-        "patch" => patch_object(&sv, &t, &headers, &body, dry_run).await,
-        "delete" => delete(&sv, &t, dry_run).await,
-        _ => delete_collection(&sv, &t, &q, dry_run).await,
+    match (verb, t.subresource.as_deref()) {
+        (_, Some("scale")) => subresources::scale(&sv, &t, verb, &headers, &body, &opts).await,
+        ("create", Some("binding")) => subresources::binding(&sv, &t, &body).await,
+        ("create", Some("eviction")) => subresources::eviction(&sv, &t, &body).await,
+        ("get", _) => get(&sv, &t, as_table).await,
+        ("list", _) => list(&sv, &t, &q, as_table).await,
+        ("watch", _) => super::watch::serve(sv.clone(), t, &q, as_table).await,
+        ("create", _) => create(&sv, &t, &body, &opts).await,
+        ("update", _) => update(&sv, &t, &body, &opts).await,
+        ("patch", _) => patch_object(&sv, &t, &headers, &body, &opts).await,
+        ("delete", _) => delete(&sv, &t, &q, &body).await,
+        _ => delete_collection(&sv, &t, &q, &body).await,
     }
 }
 
@@ -205,40 +213,40 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// A written object, with upstream's `Warning` headers for dropped fields.
+pub fn written_response(code: StatusCode, w: &Written) -> Response {
+    let mut r = json_response(code, &w.object);
+    for warning in &w.warnings {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "'"))) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
+}
+
 fn table_response(v: &Value) -> Response {
     ([(header::CONTENT_TYPE, TABLE_TYPE)], v.to_string()).into_response()
 }
 
-pub(crate) fn store_err(
-    t: &Target,
-    name: &str,
-) -> impl FnOnce(crate::objects::ObjectError) -> KubeError {
-    let s = t.subject(name);
-    move |e| KubeError::from_store(e, s)
-}
-
 async fn get(sv: &Supervisor, t: &Target, as_table: bool) -> Result<Response, KubeError> {
-    let name = t.name.as_deref().expect("named");
-    let obj = sv
-        .objects
-        .get(&t.obj_ref(name))
-        .await
-        .map_err(store_err(t, name))?
-        .ok_or_else(|| KubeError::NotFound(t.subject(name)))?;
-    if as_table {
-        let rv = obj["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        return Ok(table_response(&table::table(&t.rt, &[obj], &rv)));
+    let obj = sv.registry.get(&t.rt, t.ns(), t.name()).await?;
+    if t.subresource.as_deref() == Some("status") || !as_table {
+        return Ok(json_response(StatusCode::OK, &obj));
     }
-    Ok(json_response(StatusCode::OK, &obj))
+    let rv = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    Ok(table_response(&table::table(&t.rt, &[obj], &rv)))
 }
 
-pub fn selectors(q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), KubeError> {
+pub fn selectors(
+    rt: &ResourceType,
+    q: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), KubeError> {
     let l = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
         .map_err(KubeError::BadRequest)?;
-    let f = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))
+    let f = FieldSelector::parse(rt, q.get("fieldSelector").map(String::as_str).unwrap_or(""))
         .map_err(KubeError::BadRequest)?;
     Ok((l, f))
 }
@@ -249,12 +257,8 @@ async fn matching(
     t: &Target,
     q: &HashMap<String, String>,
 ) -> Result<(i64, Vec<Value>), KubeError> {
-    let (ls, fs) = selectors(q)?;
-    let (rev, items) = sv
-        .objects
-        .list(&t.rt.storage(), t.namespace.as_deref())
-        .await
-        .map_err(store_err(t, ""))?;
+    let (ls, fs) = selectors(&t.rt, q)?;
+    let (rev, items) = sv.registry.list(&t.rt, t.ns()).await?;
     Ok((
         rev,
         items
@@ -283,7 +287,7 @@ async fn list(
     Ok(json_response(StatusCode::OK, &list_object(t, &rv, items)))
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, KubeError> {
+pub fn parse_body(body: &Bytes) -> Result<Value, KubeError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| KubeError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
     if !v.is_object() {
@@ -294,270 +298,73 @@ fn parse_body(body: &Bytes) -> Result<Value, KubeError> {
     Ok(v)
 }
 
-fn invalid(t: &Target, name: &str, message: impl Into<String>) -> KubeError {
-    KubeError::Invalid {
-        kind: t.rt.kind.clone(),
-        name: name.to_string(),
-        message: message.into(),
-    }
-}
-
-/// Checks and defaults every kind gets on create and update.
-pub(crate) fn normalize(t: &Target, obj: &mut Value, name: &str) -> Result<(), KubeError> {
-    let api_version = t.rt.api_version();
-    match obj.get("apiVersion").and_then(Value::as_str) {
-        Some(v) if v != api_version => {
-            return Err(KubeError::BadRequest(format!("the API version in the data ({v}) does not match the expected API version ({api_version})")))
-        }
-        _ => obj["apiVersion"] = json!(api_version),
-    }
-    match obj.get("kind").and_then(Value::as_str) {
-        Some(k) if k != t.rt.kind => {
-            return Err(KubeError::BadRequest(format!(
-                "the kind in the data ({k}) does not match the expected kind ({})",
-                t.rt.kind
-            )))
-        }
-        _ => obj["kind"] = json!(t.rt.kind),
-    }
-    if !obj["metadata"].is_object() {
-        obj["metadata"] = json!({});
-    }
-    if let Some(ns) = &t.namespace {
-        match obj["metadata"].get("namespace").and_then(Value::as_str) {
-            // An empty namespace in the body means "the request's", as in Kubernetes.
-            Some(b) if !b.is_empty() && b != ns => {
-                return Err(KubeError::BadRequest(
-                    "the namespace of the provided object does not match the namespace sent on the request".into(),
-                ))
-            }
-            _ => obj["metadata"]["namespace"] = json!(ns),
-        }
-    } else if let Some(m) = obj["metadata"].as_object_mut() {
-        m.remove("namespace");
-    }
-    if crate::names::validate_node_name(name).is_err() && t.rt.resource != "events" {
-        return Err(invalid(t, name, format!("metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
-    }
-    // Secrets: stringData is write-only convenience, folded into data.
-    if t.rt.group.is_empty() && t.rt.resource == "secrets" {
-        if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
-            if let Some(sd) = sd.as_object() {
-                for (k, v) in sd {
-                    let enc = base64::engine::general_purpose::STANDARD
-                        .encode(v.as_str().unwrap_or_default());
-                    obj["data"][k] = json!(enc);
-                }
-            }
-        }
-        if obj.get("type").is_none() {
-            obj["type"] = json!("Opaque");
-        }
-    }
-    if t.rt.group == CRD_GROUP && t.rt.resource == "customresourcedefinitions" {
-        validate_crd(t, obj, name)?;
-    }
-    Ok(())
-}
-
-fn validate_crd(t: &Target, crd: &mut Value, name: &str) -> Result<(), KubeError> {
-    let spec = &crd["spec"];
-    let group = spec["group"].as_str().unwrap_or("");
-    let plural = spec["names"]["plural"].as_str().unwrap_or("");
-    if group.is_empty()
-        || plural.is_empty()
-        || spec["names"]["kind"].as_str().unwrap_or("").is_empty()
-    {
-        return Err(invalid(
-            t,
-            name,
-            "spec.group, spec.names.plural and spec.names.kind are required",
-        ));
-    }
-    if name != format!("{plural}.{group}") {
-        return Err(invalid(t, name, format!("metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group")));
-    }
-    if resources::from_crd(crd).is_empty() {
-        return Err(invalid(t, name, "spec.versions: Invalid value: must have exactly one storage version and at least one served version"));
-    }
-    let names = crd["spec"]["names"].clone();
-    crd["status"] = json!({
-        "acceptedNames": names,
-        "storedVersions": crd["spec"]["versions"].as_array().map(|v| v.iter().filter(|v| v["storage"].as_bool().unwrap_or(false)).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
-        "conditions": [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now_rfc3339()},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now_rfc3339()},
-        ],
-    });
-    Ok(())
-}
-
-pub(crate) async fn namespace_exists(sv: &Supervisor, ns: &str) -> Result<(), KubeError> {
-    let r = Ref::cluster("namespaces", ns);
-    let subject = Subject {
-        group: String::new(),
-        resource: "namespaces".into(),
-        name: ns.into(),
-    };
-    match sv.objects.get(&r).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(KubeError::NotFound(subject)),
-        Err(e) => Err(KubeError::from_store(e, subject)),
-    }
-}
-
-fn random_suffix() -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut r = rand::thread_rng();
-    (0..5)
-        .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
-        .collect()
-}
-
 async fn create(
     sv: &Supervisor,
     t: &Target,
     body: &Bytes,
-    dry_run: bool,
+    opts: &WriteOptions,
 ) -> Result<Response, KubeError> {
-    let mut obj = parse_body(body)?;
-    let name = match obj.pointer("/metadata/name").and_then(Value::as_str) {
-        Some(n) if !n.is_empty() => n.to_string(),
-        _ => match obj
-            .pointer("/metadata/generateName")
-            .and_then(Value::as_str)
-        {
-            Some(g) => format!("{g}{}", random_suffix()),
-            None => {
-                return Err(invalid(
-                    t,
-                    "",
-                    "metadata.name: Required value: name or generateName is required",
-                ))
-            }
-        },
-    };
-    normalize(t, &mut obj, &name)?;
-    if let Some(ns) = &t.namespace {
-        namespace_exists(sv, ns).await?;
-    }
-    if let Some(m) = obj["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    let r = t.obj_ref(&name);
-    if dry_run {
-        if sv
-            .objects
-            .get(&r)
-            .await
-            .map_err(store_err(t, &name))?
-            .is_some()
-        {
-            return Err(KubeError::AlreadyExists(t.subject(&name)));
-        }
-        return Ok(json_response(StatusCode::CREATED, &obj));
-    }
-    let created = sv
-        .objects
-        .create(&r, obj)
-        .await
-        .map_err(store_err(t, &name))?;
-    Ok(json_response(StatusCode::CREATED, &created))
-}
-
-/// Immutable Secrets and ConfigMaps keep their data.
-fn check_immutable(t: &Target, old: &Value, new: &Value, name: &str) -> Result<(), KubeError> {
-    if old["immutable"].as_bool() == Some(true)
-        && t.rt.group.is_empty()
-        && matches!(t.rt.resource.as_str(), "secrets" | "configmaps")
-        && (old["data"] != new["data"]
-            || old.get("binaryData") != new.get("binaryData")
-            || new["immutable"] != json!(true))
-    {
-        return Err(invalid(
-            t,
-            name,
-            "data: Forbidden: field is immutable when `immutable` is set",
-        ));
-    }
-    Ok(())
-}
-
-/// Carry over what a client may not change and split status from spec.
-fn merge_server_fields(t: &Target, old: &Value, new: &mut Value) {
-    for k in ["uid", "creationTimestamp"] {
-        new["metadata"][k] = old["metadata"][k].clone();
-    }
-    if t.rt.has_status {
-        if t.subresource.as_deref() == Some("status") {
-            // Only status changes through /status.
-            let status = new.get("status").cloned();
-            *new = old.clone();
-            if let Some(s) = status {
-                new["status"] = s;
-            }
-        } else if let Some(s) = old.get("status") {
-            if t.rt.resource != "customresourcedefinitions" {
-                new["status"] = s.clone();
-            }
-        }
-    }
-}
-
-pub(crate) async fn write_update(
-    sv: &Supervisor,
-    t: &Target,
-    name: &str,
-    old: &Value,
-    mut new: Value,
-    dry_run: bool,
-) -> Result<Value, KubeError> {
-    merge_server_fields(t, old, &mut new);
-    check_immutable(t, old, &new, name)?;
-    new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-    if new == *old || dry_run {
-        return Ok(new);
-    }
-    sv.objects
-        .update(&t.obj_ref(name), new)
-        .await
-        .map_err(store_err(t, name))
+    let obj = parse_body(body)?;
+    let w = sv.registry.create(&t.rt, t.ns(), obj, opts).await?;
+    Ok(written_response(StatusCode::CREATED, &w))
 }
 
 async fn update(
     sv: &Supervisor,
     t: &Target,
     body: &Bytes,
-    dry_run: bool,
+    opts: &WriteOptions,
 ) -> Result<Response, KubeError> {
-    let name = t.name.clone().expect("named");
     let mut obj = parse_body(body)?;
-    if let Some(n) = obj.pointer("/metadata/name").and_then(Value::as_str) {
-        if n != name {
-            return Err(KubeError::BadRequest(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
+    let old = sv.registry.get(&t.rt, t.ns(), t.name()).await?;
+    // Namespaces' finalize subresource writes spec.finalizers only.
+    let sub = match t.subresource.as_deref() {
+        Some("finalize") => {
+            let fins = obj.pointer("/spec/finalizers").cloned();
+            obj = old.clone();
+            obj["spec"]["finalizers"] = fins.unwrap_or(json!([]));
+            None
+        }
+        s => s,
+    };
+    let w = sv
+        .registry
+        .update(&t.rt, t.ns(), t.name(), &old, obj, sub, opts)
+        .await?;
+    Ok(written_response(StatusCode::OK, &w))
+}
+
+/// Apply a patch of content type `ctype` to `target`.
+pub fn apply_patch(
+    rt: &ResourceType,
+    ctype: &str,
+    target: &mut Value,
+    patch: &Value,
+    name: &str,
+) -> Result<(), KubeError> {
+    let invalid = |m: String| KubeError::Invalid {
+        kind: rt.qualified_kind(),
+        name: name.to_string(),
+        errors: vec![crate::registry::FieldError::invalid("patch", "", &m)],
+    };
+    if ctype.starts_with("application/merge-patch+json") {
+        patch::merge_patch(target, patch);
+    } else if ctype.starts_with("application/json-patch+json") {
+        patch::json_patch(target, patch).map_err(invalid)?;
+    } else if ctype.starts_with("application/strategic-merge-patch+json") {
+        if !rt.is_builtin() {
+            return Err(KubeError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json ({} is a custom resource)",
+                rt.resource
             )));
         }
+        patch::strategic_merge(target, patch).map_err(invalid)?;
+    } else {
+        return Err(KubeError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype:?})"
+        )));
     }
-    normalize(t, &mut obj, &name)?;
-    obj["metadata"]["name"] = json!(name);
-    let old = sv
-        .objects
-        .get(&t.obj_ref(&name))
-        .await
-        .map_err(store_err(t, &name))?
-        .ok_or_else(|| KubeError::NotFound(t.subject(&name)))?;
-    let sent_rv = obj
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !sent_rv.is_empty() && sent_rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
-        return Err(KubeError::stale(t.subject(&name)));
-    }
-    let out = write_update(sv, t, &name, &old, obj, dry_run).await?;
-    Ok(json_response(StatusCode::OK, &out))
+    Ok(())
 }
 
 async fn patch_object(
@@ -565,9 +372,9 @@ async fn patch_object(
     t: &Target,
     headers: &HeaderMap,
     body: &Bytes,
-    dry_run: bool,
+    opts: &WriteOptions,
 ) -> Result<Response, KubeError> {
-    let name = t.name.clone().expect("named");
+    let name = t.name();
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -577,30 +384,9 @@ async fn patch_object(
         .map_err(|e| KubeError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
     // Retry on conflict: a patch is relative to whatever is current.
     for _ in 0..8 {
-        let old = sv
-            .objects
-            .get(&t.obj_ref(&name))
-            .await
-            .map_err(store_err(t, &name))?
-            .ok_or_else(|| KubeError::NotFound(t.subject(&name)))?;
+        let old = sv.registry.get(&t.rt, t.ns(), name).await?;
         let mut new = old.clone();
-        if ctype.starts_with("application/merge-patch+json") {
-            patch::merge_patch(&mut new, &patch);
-        } else if ctype.starts_with("application/json-patch+json") {
-            patch::json_patch(&mut new, &patch).map_err(|m| invalid(t, &name, m))?;
-        } else if ctype.starts_with("application/strategic-merge-patch+json") {
-            if !t.rt.is_builtin() {
-                return Err(KubeError::UnsupportedMediaType(format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json ({} is a custom resource)",
-                    t.rt.resource
-                )));
-            }
-            patch::strategic_merge(&mut new, &patch).map_err(|m| invalid(t, &name, m))?;
-        } else {
-            return Err(KubeError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype:?})"
-            )));
-        }
+        apply_patch(&t.rt, &ctype, &mut new, &patch, name)?;
         let want_rv = new
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -609,122 +395,161 @@ async fn patch_object(
             .as_str()
             .unwrap_or("")
             .to_string();
-        if want_rv
-            .as_deref()
-            .is_some_and(|r| !r.is_empty() && r != cur_rv)
+        if new.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+            return Err(KubeError::Invalid {
+                kind: t.rt.qualified_kind(),
+                name: name.to_string(),
+                errors: vec![crate::registry::FieldError::invalid(
+                    "metadata.name",
+                    new.pointer("/metadata/name").cloned().unwrap_or_default(),
+                    "the name cannot be changed by a patch",
+                )],
+            });
+        }
+        match sv
+            .registry
+            .update(
+                &t.rt,
+                t.ns(),
+                name,
+                &old,
+                new,
+                t.subresource.as_deref(),
+                opts,
+            )
+            .await
         {
-            return Err(KubeError::stale(t.subject(&name)));
-        }
-        if new.pointer("/metadata/name").and_then(Value::as_str) != Some(name.as_str()) {
-            return Err(invalid(
-                t,
-                &name,
-                "metadata.name: the name cannot be changed by a patch",
-            ));
-        }
-        normalize(t, &mut new, &name)?;
-        match write_update(sv, t, &name, &old, new, dry_run).await {
             Err(KubeError::Conflict(..))
                 if want_rv.is_none() || want_rv.as_deref() == Some(cur_rv.as_str()) =>
             {
                 continue
             }
-            other => return other.map(|o| json_response(StatusCode::OK, &o)),
+            other => return other.map(|w| written_response(StatusCode::OK, &w)),
         }
     }
     Err(KubeError::Conflict(
-        t.subject(&name),
+        t.subject(name),
         "too many concurrent changes; try again".into(),
     ))
 }
 
-/// Delete every object of every namespaced kind in `ns`.
-async fn delete_namespace_contents(sv: &Supervisor, ns: &str) -> Result<(), KubeError> {
-    for rt in resources::all(&sv.objects)
-        .await
-        .into_iter()
-        .filter(|r| r.namespaced)
-    {
-        let (_, items) = sv
-            .objects
-            .list(&rt.storage(), Some(ns))
-            .await
-            .map_err(|e| KubeError::from_store(e, Subject::default()))?;
-        for o in items {
-            if let Some(n) = o.pointer("/metadata/name").and_then(Value::as_str) {
-                let _ = sv
-                    .objects
-                    .delete(&Ref::namespaced(rt.storage(), ns, n))
-                    .await;
-            }
-        }
+/// DeleteOptions from the body (kubectl sends them) and the query.
+fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions, KubeError> {
+    let mut o: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            KubeError::BadRequest(format!("the DeleteOptions in the body are not valid: {e}"))
+        })?
+    };
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        o.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| KubeError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
     }
-    Ok(())
+    if let Some(p) = q.get("propagationPolicy") {
+        o.propagation_policy = Some(p.clone());
+    }
+    if q.get("dryRun").is_some_and(|v| v == "All") {
+        o.dry_run = vec!["All".into()];
+    }
+    Ok(o)
 }
 
-async fn delete(sv: &Supervisor, t: &Target, dry_run: bool) -> Result<Response, KubeError> {
-    let name = t.name.clone().expect("named");
-    let r = t.obj_ref(&name);
-    let current = sv
-        .objects
-        .get(&r)
-        .await
-        .map_err(store_err(t, &name))?
-        .ok_or_else(|| KubeError::NotFound(t.subject(&name)))?;
-    if dry_run {
-        return Ok(json_response(StatusCode::OK, &current));
-    }
+/// The answer to a delete: the object while it lingers (202 when a
+/// finalizer or grace period holds it), else the deleted object.
+fn deleted_response(obj: &Value, gone: bool) -> Response {
+    let code = if gone || obj.pointer("/metadata/finalizers").is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    json_response(code, obj)
+}
+
+async fn delete(
+    sv: &Supervisor,
+    t: &Target,
+    q: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<Response, KubeError> {
+    let name = t.name();
+    let opts = delete_options(q, body)?;
     match (t.rt.group.as_str(), t.rt.resource.as_str()) {
-        ("", "nodes") => {
+        ("", "nodes") if opts.dry_run.is_empty() => {
+            let current = sv.registry.get(&t.rt, None, name).await?;
             // The same path as `rk3sctl node forget --force`.
-            crate::nodes::forget(sv, &name, true)
+            crate::nodes::forget(sv, name, true)
                 .await
                 .map_err(|e| KubeError::Internal(e.to_string()))?;
             return Ok(json_response(StatusCode::OK, &current));
         }
-        ("", "namespaces") => {
-            if SYSTEM_NAMESPACES.contains(&name.as_str()) {
-                return Err(KubeError::Forbidden(format!(
-                    "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-                )));
-            }
-            delete_namespace_contents(sv, &name).await?;
+        ("", "namespaces") if SYSTEM_NAMESPACES.contains(&name) => {
+            return Err(KubeError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
         }
-        (CRD_GROUP, "customresourcedefinitions") => {
-            for kind in resources::from_crd(&current).into_iter().take(1) {
-                let (_, items) = sv
-                    .objects
-                    .list(&kind.storage(), None)
-                    .await
-                    .map_err(store_err(t, &name))?;
+        (crate::registry::CRD_GROUP, "customresourcedefinitions") if opts.dry_run.is_empty() => {
+            let current = sv.registry.get(&t.rt, None, name).await?;
+            // Its objects go with it; the kind stops being served.
+            for kind in crate::registry::kinds::from_crd(&current)
+                .into_iter()
+                .take(1)
+            {
+                let (_, items) = sv.registry.list(&kind, None).await?;
                 for o in items {
-                    let _ = sv.objects.delete(&Ref::of(kind.storage(), &o)).await;
+                    let r = crate::objects::Ref::of(kind.storage(), &o);
+                    let _ = sv.registry.objects.delete(&r).await;
                 }
             }
         }
         _ => {}
     }
-    let deleted = sv.objects.delete(&r).await.map_err(store_err(t, &name))?;
-    Ok(json_response(StatusCode::OK, &deleted.unwrap_or(current)))
+    let (obj, gone) = sv.registry.delete(&t.rt, t.ns(), name, &opts).await?;
+    if t.rt.resource == "customresourcedefinitions" {
+        sv.registry.refresh().await;
+    }
+    Ok(deleted_response(&obj, gone))
 }
 
 async fn delete_collection(
     sv: &Supervisor,
     t: &Target,
     q: &HashMap<String, String>,
-    dry_run: bool,
+    body: &Bytes,
 ) -> Result<Response, KubeError> {
+    let opts = delete_options(q, body)?;
     let (rev, items) = matching(sv, t, q).await?;
     let mut deleted = Vec::new();
     for o in items {
-        if !dry_run {
-            let r = Ref::of(t.rt.storage(), &o);
-            sv.objects.delete(&r).await.map_err(store_err(t, &r.name))?;
+        let name = o
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let ns = o
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match sv.registry.delete(&t.rt, ns.as_deref(), &name, &opts).await {
+            Ok((obj, _)) => deleted.push(obj),
+            Err(KubeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
-        deleted.push(o);
     }
     Ok(json_response(
         StatusCode::OK,
         &list_object(t, &rev.to_string(), deleted),
     ))
+}
+
+/// For subresources that read the object first.
+pub async fn current(sv: &Supervisor, t: &Target) -> Result<Value, KubeError> {
+    sv.registry
+        .objects
+        .get(&obj_ref(&t.rt, t.ns(), t.name()))
+        .await
+        .map_err(store_err(&t.rt, t.name()))?
+        .ok_or_else(|| KubeError::NotFound(t.subject(t.name())))
 }

@@ -10,7 +10,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod resources;
 pub mod selectors;
-pub mod status;
+pub mod subresources;
 pub mod table;
 pub mod watch;
 

@@ -5,7 +5,7 @@
 //! the server. So the document carries exactly that, hand-encoded: a
 //! protobuf dependency for a dozen fields is not worth it.
 
-use super::resources::ResourceType;
+use crate::registry::ResourceType;
 
 /// Protobuf writer for the few wire shapes needed (strings, bools, messages).
 #[derive(Default)]
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn document_names_every_kind() {
-        let doc = document(&crate::apiserver::resources::builtins());
+        let doc = document(&crate::registry::kinds::builtins());
         let text = String::from_utf8_lossy(&doc);
         assert!(text.contains("/api/v1/namespaces/{namespace}/configmaps/{name}"));
         assert!(text.contains("kind: \"Node\""));

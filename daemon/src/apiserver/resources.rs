@@ -1,219 +1,9 @@
-//! The kinds the API serves: built-in ones, plus one per served version of
-//! every CustomResourceDefinition in the datastore. Also the discovery
-//! documents kubectl reads to map `kubectl get <thing>` onto a URL.
+//! Discovery documents kubectl reads to map `kubectl get <thing>` onto a
+//! URL: aggregated (apidiscovery.k8s.io/v2) and the legacy ones, built from
+//! the registry's kinds.
 
-use crate::objects::Objects;
+use crate::registry::ResourceType;
 use serde_json::{json, Value};
-
-/// An extra Table column (CRD `additionalPrinterColumns`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PrinterColumn {
-    pub name: String,
-    pub type_: String,
-    pub json_path: String,
-    pub priority: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResourceType {
-    pub group: String,
-    pub version: String,
-    /// Plural, lowercase: the URL segment.
-    pub resource: String,
-    pub singular: String,
-    pub kind: String,
-    pub namespaced: bool,
-    pub short_names: Vec<String>,
-    pub has_status: bool,
-    pub columns: Vec<PrinterColumn>,
-}
-
-impl ResourceType {
-    fn builtin(
-        group: &str,
-        resource: &str,
-        singular: &str,
-        kind: &str,
-        namespaced: bool,
-        short: &[&str],
-        status: bool,
-    ) -> Self {
-        Self {
-            group: group.into(),
-            version: "v1".into(),
-            resource: resource.into(),
-            singular: singular.into(),
-            kind: kind.into(),
-            namespaced,
-            short_names: short.iter().map(|s| s.to_string()).collect(),
-            has_status: status,
-            columns: vec![],
-        }
-    }
-
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// Datastore directory of this kind. Core kinds keep upstream's short
-    /// names (`/registry/nodes/...`); others are qualified by group.
-    pub fn storage(&self) -> String {
-        if self.group.is_empty() || self.group == "coordination.k8s.io" {
-            self.resource.clone()
-        } else {
-            format!("{}/{}", self.group, self.resource)
-        }
-    }
-
-    pub fn is_builtin(&self) -> bool {
-        builtins()
-            .iter()
-            .any(|b| b.group == self.group && b.resource == self.resource)
-    }
-}
-
-pub const CRD_GROUP: &str = "apiextensions.k8s.io";
-
-pub fn builtins() -> Vec<ResourceType> {
-    vec![
-        ResourceType::builtin(
-            "",
-            "namespaces",
-            "namespace",
-            "Namespace",
-            false,
-            &["ns"],
-            true,
-        ),
-        ResourceType::builtin("", "nodes", "node", "Node", false, &["no"], true),
-        ResourceType::builtin("", "secrets", "secret", "Secret", true, &[], false),
-        ResourceType::builtin(
-            "",
-            "configmaps",
-            "configmap",
-            "ConfigMap",
-            true,
-            &["cm"],
-            false,
-        ),
-        ResourceType::builtin("", "events", "event", "Event", true, &["ev"], false),
-        ResourceType::builtin("", "services", "service", "Service", true, &["svc"], true),
-        ResourceType::builtin(
-            "",
-            "endpoints",
-            "endpoints",
-            "Endpoints",
-            true,
-            &["ep"],
-            false,
-        ),
-        ResourceType::builtin(
-            "coordination.k8s.io",
-            "leases",
-            "lease",
-            "Lease",
-            true,
-            &[],
-            false,
-        ),
-        ResourceType::builtin(
-            CRD_GROUP,
-            "customresourcedefinitions",
-            "customresourcedefinition",
-            "CustomResourceDefinition",
-            false,
-            &["crd", "crds"],
-            true,
-        ),
-    ]
-}
-
-/// Kinds defined by one CRD object (one per served version).
-pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
-    let spec = &crd["spec"];
-    let group = spec["group"].as_str().unwrap_or_default();
-    let names = &spec["names"];
-    let (Some(plural), Some(kind)) = (names["plural"].as_str(), names["kind"].as_str()) else {
-        return vec![];
-    };
-    let singular = names["singular"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| kind.to_ascii_lowercase());
-    let short: Vec<String> = names["shortNames"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let namespaced = spec["scope"].as_str() != Some("Cluster");
-    spec["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["served"].as_bool().unwrap_or(true))
-        .filter_map(|v| {
-            let columns = v["additionalPrinterColumns"]
-                .as_array()
-                .map(|cols| {
-                    cols.iter()
-                        .filter_map(|c| {
-                            Some(PrinterColumn {
-                                name: c["name"].as_str()?.to_string(),
-                                type_: c["type"].as_str().unwrap_or("string").to_string(),
-                                json_path: c["jsonPath"].as_str()?.to_string(),
-                                priority: c["priority"].as_i64().unwrap_or(0),
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some(ResourceType {
-                group: group.to_string(),
-                version: v["name"].as_str()?.to_string(),
-                resource: plural.to_string(),
-                singular: singular.clone(),
-                kind: kind.to_string(),
-                namespaced,
-                short_names: short.clone(),
-                has_status: v.pointer("/subresources/status").is_some(),
-                columns,
-            })
-        })
-        .collect()
-}
-
-/// Everything served right now: built-ins and the kinds of every CRD.
-pub async fn all(objects: &Objects) -> Vec<ResourceType> {
-    let mut out = builtins();
-    if let Ok((_, crds)) = objects
-        .list(&format!("{CRD_GROUP}/customresourcedefinitions"), None)
-        .await
-    {
-        for crd in &crds {
-            out.extend(from_crd(crd));
-        }
-    }
-    out
-}
-
-pub async fn find(
-    objects: &Objects,
-    group: &str,
-    version: &str,
-    resource: &str,
-) -> Option<ResourceType> {
-    all(objects)
-        .await
-        .into_iter()
-        .find(|r| r.group == group && r.version == version && r.resource == resource)
-}
 
 const VERBS: [&str; 8] = [
     "create",
@@ -227,7 +17,7 @@ const VERBS: [&str; 8] = [
 ];
 
 fn verbs_for(r: &ResourceType) -> Vec<&'static str> {
-    if r.resource == "nodes" || r.resource == "namespaces" {
+    if r.resource == "namespaces" {
         // No deletecollection on cluster objects kubectl treats carefully.
         VERBS
             .iter()
@@ -236,6 +26,32 @@ fn verbs_for(r: &ResourceType) -> Vec<&'static str> {
             .collect()
     } else {
         VERBS.to_vec()
+    }
+}
+
+/// The kind a subresource answers with, and its verbs.
+fn subresource_shape(t: &ResourceType, sub: &str) -> (Value, Vec<&'static str>) {
+    match sub {
+        "scale" => (
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+            vec!["get", "patch", "update"],
+        ),
+        "binding" => (
+            json!({"group": "", "version": "v1", "kind": "Binding"}),
+            vec!["create"],
+        ),
+        "eviction" => (
+            json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
+            vec!["create"],
+        ),
+        "finalize" => (
+            json!({"group": t.group, "version": t.version, "kind": t.kind}),
+            vec!["update"],
+        ),
+        _ => (
+            json!({"group": t.group, "version": t.version, "kind": t.kind}),
+            vec!["get", "patch", "update"],
+        ),
     }
 }
 
@@ -279,12 +95,19 @@ pub fn aggregated(types: &[ResourceType], core: bool) -> Value {
                             if !t.short_names.is_empty() {
                                 r["shortNames"] = json!(t.short_names);
                             }
-                            if t.has_status {
-                                r["subresources"] = json!([{
-                                    "subresource": "status",
-                                    "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
-                                    "verbs": ["get", "patch", "update"],
-                                }]);
+                            if !t.categories.is_empty() {
+                                r["categories"] = json!(t.categories);
+                            }
+                            let subs: Vec<Value> = t
+                                .subresources
+                                .iter()
+                                .map(|s| {
+                                    let (kind, verbs) = subresource_shape(t, s);
+                                    json!({"subresource": s, "responseKind": kind, "verbs": verbs})
+                                })
+                                .collect();
+                            if !subs.is_empty() {
+                                r["subresources"] = json!(subs);
                             }
                             r
                         })
@@ -359,9 +182,18 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
         if !t.short_names.is_empty() {
             r["shortNames"] = json!(t.short_names);
         }
+        if !t.categories.is_empty() {
+            r["categories"] = json!(t.categories);
+        }
         resources.push(r);
-        if t.has_status {
-            resources.push(json!({"name": format!("{}/status", t.resource), "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
+        for s in &t.subresources {
+            let (kind, verbs) = subresource_shape(t, s);
+            let mut sr = json!({"name": format!("{}/{s}", t.resource), "singularName": "", "namespaced": t.namespaced, "kind": kind["kind"], "verbs": verbs});
+            if kind["group"] != json!(t.group) || kind["version"] != json!(t.version) {
+                sr["group"] = kind["group"].clone();
+                sr["version"] = kind["version"].clone();
+            }
+            resources.push(sr);
         }
     }
     (!resources.is_empty()).then(|| json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
@@ -370,32 +202,7 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crd_kinds_follow_served_versions_and_scope() {
-        let crd = json!({"spec": {
-        "group": "example.com", "scope": "Cluster",
-        "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"]},
-        "versions": [
-            {"name": "v1", "served": true, "subresources": {"status": {}},
-             "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]},
-            {"name": "v0", "served": false},
-        ]}});
-        let kinds = from_crd(&crd);
-        assert_eq!(kinds.len(), 1);
-        let k = &kinds[0];
-        assert_eq!(
-            (
-                k.resource.as_str(),
-                k.singular.as_str(),
-                k.namespaced,
-                k.has_status
-            ),
-            ("widgets", "widget", false, true)
-        );
-        assert_eq!(k.columns[0].json_path, ".spec.size");
-        assert_eq!(k.storage(), "example.com/widgets");
-    }
+    use crate::registry::kinds::builtins;
 
     #[test]
     fn discovery_lists_core_and_groups() {
@@ -410,12 +217,33 @@ mod tests {
             .iter()
             .map(|i| i["metadata"]["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["apiextensions.k8s.io", "coordination.k8s.io"]);
+        assert!(
+            names.contains(&"apps") && names.contains(&"batch"),
+            "{names:?}"
+        );
         let rl = resource_list(&types, "", "v1").unwrap();
-        assert!(rl["resources"]
+        let res = rl["resources"].as_array().unwrap();
+        assert!(res.iter().any(|r| r["name"] == "nodes/status"));
+        let pods = res.iter().find(|r| r["name"] == "pods").unwrap();
+        assert_eq!(pods["categories"], json!(["all"]));
+        let eviction = res.iter().find(|r| r["name"] == "pods/eviction").unwrap();
+        assert_eq!(eviction["group"], "policy");
+        let apps = resource_list(&types, "apps", "v1").unwrap();
+        let scale = apps["resources"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["name"] == "nodes/status"));
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
+        assert_eq!(scale["kind"], "Scale");
+        // autoscaling/v2 is preferred (listed first).
+        let list = legacy_group_list(&types);
+        let autoscaling = list["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "autoscaling")
+            .unwrap();
+        assert_eq!(autoscaling["preferredVersion"]["version"], "v2");
     }
 }

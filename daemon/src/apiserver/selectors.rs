@@ -1,7 +1,8 @@
-//! Label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`) and the
-//! field selectors Kubernetes supports on every kind (`metadata.name`,
-//! `metadata.namespace`).
+//! Label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`) and
+//! field selectors: `metadata.name` and `metadata.namespace` on every kind,
+//! plus the fields each kind's strategy supports (pods' `spec.nodeName`...).
 
+use crate::registry::ResourceType;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,11 +109,31 @@ impl LabelSelector {
     }
 }
 
+/// One requirement: JSON pointer, default when absent, `=` or `!=`, value.
+#[derive(Debug, Clone, PartialEq)]
+struct FieldReq {
+    label: String,
+    pointer: &'static str,
+    default: &'static str,
+    eq: bool,
+    value: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<FieldReq>);
+
+const META_FIELDS: &[crate::registry::strategy::FieldLabel] = &[
+    ("metadata.name", "/metadata/name", ""),
+    ("metadata.namespace", "/metadata/namespace", ""),
+];
 
 impl FieldSelector {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(rt: &ResourceType, s: &str) -> Result<Self, String> {
+        let kind_fields = if rt.is_builtin() {
+            rt.strategy().fields()
+        } else {
+            &[]
+        };
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
@@ -122,28 +143,38 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(format!("invalid field selector {part:?}"));
+                return Err(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                ));
             };
             let k = k.trim();
-            if k != "metadata.name" && k != "metadata.namespace" {
-                return Err(format!(
-                    "field label not supported: {k} (supported: metadata.name, metadata.namespace)"
-                ));
-            }
-            out.push((k.to_string(), eq, v.trim().to_string()));
+            let Some((_, pointer, default)) = META_FIELDS
+                .iter()
+                .chain(kind_fields.iter())
+                .find(|(label, _, _)| *label == k)
+            else {
+                return Err(format!("field label not supported: {k}"));
+            };
+            out.push(FieldReq {
+                label: k.to_string(),
+                pointer,
+                default,
+                eq,
+                value: v.trim().to_string(),
+            });
         }
         Ok(Self(out))
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(k, eq, v)| {
-            let ptr = if k == "metadata.name" {
-                "/metadata/name"
-            } else {
-                "/metadata/namespace"
+        self.0.iter().all(|r| {
+            let actual = match obj.pointer(r.pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => r.default.to_string(),
             };
-            let actual = obj.pointer(ptr).and_then(Value::as_str).unwrap_or("");
-            (actual == v) == *eq
+            (actual == r.value) == r.eq
         })
     }
 
@@ -151,8 +182,8 @@ impl FieldSelector {
     pub fn exact_name(&self) -> Option<&str> {
         self.0
             .iter()
-            .find(|(k, eq, _)| k == "metadata.name" && *eq)
-            .map(|(_, _, v)| v.as_str())
+            .find(|r| r.label == "metadata.name" && r.eq)
+            .map(|r| r.value.as_str())
     }
 }
 
@@ -192,28 +223,65 @@ mod tests {
         assert!(LabelSelector::parse("a,,b").is_err());
     }
 
+    fn kind(resource: &str) -> ResourceType {
+        crate::registry::kinds::builtins()
+            .into_iter()
+            .find(|r| r.resource == resource)
+            .unwrap()
+    }
+
     #[test]
     fn field_selectors() {
+        let cm = kind("configmaps");
         let o = obj(json!({}));
-        assert!(FieldSelector::parse("metadata.name=n1")
+        assert!(FieldSelector::parse(&cm, "metadata.name=n1")
             .unwrap()
             .matches(&o));
-        assert!(!FieldSelector::parse("metadata.name!=n1")
+        assert!(!FieldSelector::parse(&cm, "metadata.name!=n1")
             .unwrap()
             .matches(&o));
         assert!(
-            FieldSelector::parse("metadata.namespace==ns,metadata.name=n1")
+            FieldSelector::parse(&cm, "metadata.namespace==ns,metadata.name=n1")
                 .unwrap()
                 .matches(&o)
         );
         assert_eq!(
-            FieldSelector::parse("metadata.name=n1")
+            FieldSelector::parse(&cm, "metadata.name=n1")
                 .unwrap()
                 .exact_name(),
             Some("n1")
         );
-        assert!(FieldSelector::parse("spec.nodeName=x")
-            .unwrap_err()
-            .contains("not supported"));
+        assert_eq!(
+            FieldSelector::parse(&cm, "spec.nodeName=x").unwrap_err(),
+            "field label not supported: spec.nodeName"
+        );
+    }
+
+    #[test]
+    fn kind_field_selectors() {
+        let pods = kind("pods");
+        let p = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        let sel = FieldSelector::parse(
+            &pods,
+            "spec.nodeName=n1,status.phase!=Failed,status.phase!=Succeeded",
+        )
+        .unwrap();
+        assert!(sel.matches(&p));
+        assert!(!FieldSelector::parse(&pods, "spec.nodeName=n2")
+            .unwrap()
+            .matches(&p));
+        let nodes = kind("nodes");
+        let n = json!({"metadata": {"name": "n"}});
+        assert!(FieldSelector::parse(&nodes, "spec.unschedulable=false")
+            .unwrap()
+            .matches(&n));
+        let ev = kind("events");
+        let e = json!({"involvedObject": {"kind": "Node", "name": "n", "namespace": ""}});
+        assert!(FieldSelector::parse(
+            &ev,
+            "involvedObject.kind=Node,involvedObject.name=n,involvedObject.namespace="
+        )
+        .unwrap()
+        .matches(&e));
     }
 }

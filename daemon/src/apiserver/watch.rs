@@ -3,19 +3,21 @@
 //! Empty or `0` resourceVersion: current objects as ADDED, then changes.
 //! A compacted resourceVersion: one ERROR event with a 410 Expired Status,
 //! which tells clients to list again. Bookmarks on request; the stream ends
-//! after `timeoutSeconds`.
+//! after `timeoutSeconds`. With a label or field selector, an object that
+//! stops matching is sent as DELETED and one that starts matching as ADDED,
+//! as upstream's watch cache does.
 
 use super::handlers::{selectors, Target};
-use super::status::KubeError;
 use super::table;
 use crate::datastore::{DatastoreError, EventKind, Watch};
 use crate::objects::prefix;
+use crate::registry::error::KubeError;
 use crate::server::Supervisor;
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ struct State {
     fields: super::selectors::FieldSelector,
     as_table: bool,
     bookmarks: bool,
+    /// With selectors: keys of the objects the client holds as matching.
+    matching: Option<HashSet<String>>,
     last_rev: i64,
     deadline: tokio::time::Instant,
     next_bookmark: tokio::time::Instant,
@@ -73,7 +77,9 @@ pub async fn serve(
     q: &HashMap<String, String>,
     as_table: bool,
 ) -> Result<Response, KubeError> {
-    let (labels, fields) = selectors(q)?;
+    let (labels, fields) = selectors(&t.rt, q)?;
+    let filtered = q.get("labelSelector").is_some_and(|s| !s.is_empty())
+        || q.get("fieldSelector").is_some_and(|s| !s.is_empty());
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
@@ -90,25 +96,38 @@ pub async fn serve(
         fields,
         as_table,
         bookmarks: q.get("allowWatchBookmarks").is_some_and(|v| v == "true"),
+        matching: None,
         last_rev: 0,
         deadline: tokio::time::Instant::now() + timeout,
         next_bookmark: tokio::time::Instant::now() + BOOKMARK_EVERY,
         done: false,
         t,
     };
-    let start: i64 = if rv.is_empty() || rv == "0" {
+    let replay = rv.is_empty() || rv == "0";
+    let start: i64 = if replay || filtered {
         let (rev, items) = sv
-            .objects
-            .list(&storage, state.t.namespace.as_deref())
-            .await
-            .map_err(|e| KubeError::from_store(e, state.t.subject("")))?;
+            .registry
+            .list(&state.t.rt, state.t.namespace.as_deref())
+            .await?;
+        let mut held = HashSet::new();
         for o in items
             .into_iter()
             .filter(|o| state.labels.matches(o) && state.fields.matches(o))
         {
-            pending.push_back(state.event("ADDED", o));
+            held.insert(crate::objects::Ref::of(&storage, &o).key());
+            if replay {
+                pending.push_back(state.event("ADDED", o));
+            }
         }
-        rev
+        if filtered {
+            state.matching = Some(held);
+        }
+        if replay {
+            rev
+        } else {
+            rv.parse()
+                .map_err(|_| KubeError::BadRequest(format!("invalid resourceVersion {rv:?}")))?
+        }
     } else {
         rv.parse()
             .map_err(|_| KubeError::BadRequest(format!("invalid resourceVersion {rv:?}")))?
@@ -179,13 +198,28 @@ async fn next_chunk(mut s: State) -> Option<(Result<Bytes, std::convert::Infalli
                     s.last_rev = ev.revision;
                     let Ok(mut obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
                     obj["metadata"]["resourceVersion"] = json!(ev.revision.to_string());
-                    if !(s.labels.matches(&obj) && s.fields.matches(&obj)) {
-                        continue;
-                    }
-                    let kind = match ev.kind {
-                        EventKind::Create => "ADDED",
-                        EventKind::Update => "MODIFIED",
-                        EventKind::Delete => "DELETED",
+                    let obj = s.t.rt.strategy().storage_to_version(obj);
+                    let matches = s.labels.matches(&obj) && s.fields.matches(&obj);
+                    let deleted = matches!(ev.kind, EventKind::Delete);
+                    let kind = match s.matching.as_mut() {
+                        None if !matches => continue,
+                        None => match ev.kind {
+                            EventKind::Create => "ADDED",
+                            EventKind::Update => "MODIFIED",
+                            EventKind::Delete => "DELETED",
+                        },
+                        Some(held) => {
+                            let had = if deleted || !matches { held.remove(&ev.key) } else { !held.insert(ev.key.clone()) };
+                            // The held set is today's; a delete of an object that matched
+                            // when the client listed it must still reach the client.
+                            let had = had || (deleted && matches);
+                            match (had, matches && !deleted) {
+                                (true, true) => "MODIFIED",
+                                (false, true) => "ADDED",
+                                (true, false) => "DELETED",
+                                (false, false) => continue,
+                            }
+                        }
                     };
                     let b = s.event(kind, obj);
                     return Some((Ok(b), s));

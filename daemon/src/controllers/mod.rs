@@ -1,0 +1,26 @@
+//! Controllers the elected leader runs over the registry: the garbage
+//! collector (ownerReferences, foreground/orphan deletion) and namespace
+//! termination. They read the watch cache and write through the registry,
+//! like any other client.
+
+pub mod gc;
+pub mod namespace;
+
+use crate::registry::cache::Cache;
+use crate::registry::Registry;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Run every controller until `stop` (the end of a leadership term).
+pub async fn run(registry: Arc<Registry>, stop: CancellationToken) {
+    let cache = Arc::new(Cache::default());
+    let feed = {
+        let (c, o, s) = (cache.clone(), registry.objects.clone(), stop.clone());
+        async move { c.run(o, s).await }
+    };
+    tokio::join!(
+        feed,
+        gc::run(registry.clone(), cache.clone(), stop.clone()),
+        namespace::run(registry, cache, stop),
+    );
+}

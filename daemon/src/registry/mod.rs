@@ -1,0 +1,197 @@
+//! The registry: which kinds exist (built-ins with their strategies, plus
+//! CRD kinds kept in memory and refreshed by watching CRDs), and the one
+//! write path every writer of API objects uses — HTTP handlers, the
+//! manifests controller and the controllers — so nothing is written around
+//! defaults, validation, generation, finalizers or graceful deletion.
+//!
+//! Layering: `datastore` → `objects` → `registry` → `apiserver`,
+//! `controllers`. Nothing here knows about HTTP requests or the server.
+
+pub mod apps;
+pub mod batch;
+pub mod cache;
+pub mod core;
+pub mod error;
+pub mod kinds;
+pub mod other;
+pub mod printers;
+pub mod store;
+pub mod strategy;
+pub mod validation;
+
+pub use error::{FieldError, KubeError, Subject};
+pub use kinds::{ResourceType, CRD_GROUP};
+pub use store::{DeleteOptions, FieldValidation, WriteOptions, Written};
+
+use crate::objects::Objects;
+use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
+
+pub struct Registry {
+    pub objects: Objects,
+    kinds: RwLock<Arc<Vec<ResourceType>>>,
+}
+
+impl Registry {
+    /// A registry serving the built-ins and the CRDs stored now.
+    pub async fn new(objects: Objects) -> Self {
+        let r = Self {
+            objects,
+            kinds: RwLock::new(Arc::new(kinds::builtins())),
+        };
+        r.refresh().await;
+        r
+    }
+
+    /// Every kind served right now.
+    pub fn kinds(&self) -> Arc<Vec<ResourceType>> {
+        self.kinds.read().expect("kinds lock").clone()
+    }
+
+    pub fn find(&self, group: &str, version: &str, resource: &str) -> Option<ResourceType> {
+        self.kinds()
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.resource == resource)
+            .cloned()
+    }
+
+    /// The kind of `apiVersion` + `kind`.
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        self.kinds()
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.kind == kind)
+            .cloned()
+    }
+
+    /// Re-read the CRDs and rebuild the kind list.
+    pub async fn refresh(&self) {
+        let mut all = kinds::builtins();
+        match self
+            .objects
+            .list(&format!("{CRD_GROUP}/customresourcedefinitions"), None)
+            .await
+        {
+            Ok((_, crds)) => {
+                for crd in crds
+                    .iter()
+                    .filter(|c| c.pointer("/metadata/deletionTimestamp").is_none())
+                {
+                    all.extend(kinds::from_crd(crd));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read CustomResourceDefinitions; keeping the kinds served so far");
+                return;
+            }
+        }
+        *self.kinds.write().expect("kinds lock") = Arc::new(all);
+    }
+
+    /// Keep the kind list in step with CRD changes made by any server.
+    pub async fn follow_crds(self: Arc<Self>, stop: CancellationToken) {
+        let prefix =
+            crate::objects::prefix(&format!("{CRD_GROUP}/customresourcedefinitions"), None);
+        loop {
+            let from = match self.objects.store.current_revision().await {
+                Ok(r) => r,
+                Err(_) => {
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue }
+                }
+            };
+            self.refresh().await;
+            let Ok(mut w) = self.objects.store.watch(&prefix, from).await else {
+                continue;
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = w.next() => match ev {
+                        Some(Ok(_)) => self.refresh().await,
+                        // Compacted or lost: start over from the current state.
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// The kind (preferred version of its storage), namespace and name of a
+    /// datastore key.
+    pub fn locate(&self, key: &str) -> Option<(ResourceType, Option<String>, String)> {
+        let rest = key.strip_prefix("/registry/")?;
+        let kinds = self.kinds();
+        let rt = kinds
+            .iter()
+            .filter(|rt| rest.starts_with(&format!("{}/", rt.storage())))
+            .max_by_key(|rt| rt.storage().len())?;
+        let tail = &rest[rt.storage().len() + 1..];
+        let (ns, name) = match (rt.namespaced, tail.split_once('/')) {
+            (true, Some((ns, name))) => (Some(ns.to_string()), name.to_string()),
+            (false, None) => (None, tail.to_string()),
+            _ => return None,
+        };
+        // The first version served for this storage is the preferred one.
+        let preferred = kinds.iter().find(|k| k.storage() == rt.storage())?.clone();
+        Some((preferred, ns, name))
+    }
+
+    /// Read-modify-write of the object at `key` through the write path,
+    /// retried on conflict. `f` returns false to leave it alone.
+    pub async fn modify(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&mut serde_json::Value) -> bool,
+    ) -> Result<(), KubeError> {
+        let Some((rt, ns, name)) = self.locate(key) else {
+            return Ok(());
+        };
+        for _ in 0..8 {
+            let old = match self.get(&rt, ns.as_deref(), &name).await {
+                Ok(o) => o,
+                Err(KubeError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut new = old.clone();
+            if !f(&mut new) {
+                return Ok(());
+            }
+            let opts = WriteOptions {
+                dry_run: false,
+                field_validation: FieldValidation::Ignore,
+            };
+            match self
+                .update(&rt, ns.as_deref(), &name, &old, new, None, &opts)
+                .await
+            {
+                Err(KubeError::Conflict(..)) => continue,
+                Err(KubeError::NotFound(_)) => return Ok(()),
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(KubeError::Unavailable(format!(
+            "{key}: too many concurrent updates"
+        )))
+    }
+
+    /// Delete the object at `key` if it still has `uid`.
+    pub async fn delete_key(&self, key: &str, uid: &str, policy: &str) -> Result<(), KubeError> {
+        let Some((rt, ns, name)) = self.locate(key) else {
+            return Ok(());
+        };
+        let opts = DeleteOptions {
+            propagation_policy: Some(policy.to_string()),
+            preconditions: store::Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            },
+            ..Default::default()
+        };
+        match self.delete(&rt, ns.as_deref(), &name, &opts).await {
+            Ok(_) | Err(KubeError::NotFound(_)) | Err(KubeError::Conflict(..)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

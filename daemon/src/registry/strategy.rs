@@ -1,0 +1,317 @@
+//! One strategy per kind: how an object is decoded, defaulted and checked,
+//! which fields a field selector may name, and how `kubectl get` prints it.
+//!
+//! Built-in kinds implement [`Kind`] on their k8s-openapi type, so the
+//! logic reads typed fields; [`Typed`] adapts that to the object-safe
+//! [`Strategy`] the registry stores. Decoding through the typed form is
+//! also what drops unknown fields, as upstream's decoder does; whatever the
+//! round trip lost is reported so `fieldValidation` can warn or refuse.
+
+use super::error::FieldError;
+use super::printers::{age_cell, column, name_cell};
+use super::validation;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::marker::PhantomData;
+
+/// Which name format a kind requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 subdomain (most kinds).
+    Subdomain,
+    /// RFC 1123 label (Namespaces).
+    Label,
+    /// RFC 1035 label (Services).
+    Dns1035,
+    /// Anything usable as a path segment (Events).
+    PathSegment,
+}
+
+/// A field selector label a kind supports, where its value lives, and the
+/// value when absent (booleans read as "false").
+pub type FieldLabel = (&'static str, &'static str, &'static str);
+
+pub trait Strategy: Send + Sync {
+    /// Decode `obj` as the kind, apply upstream's defaults, check it (on
+    /// update also against `old`, the stored object) and write the decoded
+    /// form back. `Err` is a body that does not decode as the kind (400).
+    fn admit(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        errs: &mut Vec<FieldError>,
+        unknown: &mut Vec<String>,
+    ) -> Result<(), String>;
+
+    /// Table column definitions, Name first.
+    fn columns(&self) -> Vec<Value> {
+        vec![
+            column("Name", "string", 0, "Name must be unique within a namespace."),
+            column("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ]
+    }
+
+    /// The cells of one row, matching [`Strategy::columns`].
+    fn row(&self, obj: &Value) -> Vec<Value> {
+        vec![name_cell(obj), age_cell(obj)]
+    }
+
+    /// Field selector labels beyond `metadata.name` and `metadata.namespace`.
+    fn fields(&self) -> &'static [FieldLabel] {
+        &[]
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
+    }
+
+    /// Pods on a node end gracefully: their kubelet finishes the delete.
+    fn graceful_delete(&self, _obj: &Value) -> Option<i64> {
+        None
+    }
+
+    /// From the stored form to this version (kinds served in two versions
+    /// or groups share one stored form).
+    fn storage_to_version(&self, obj: Value) -> Value {
+        obj
+    }
+
+    /// From this version to the stored form.
+    fn to_storage(&self, obj: Value) -> Value {
+        obj
+    }
+}
+
+/// A built-in kind's behaviour, on its typed form.
+pub trait Kind: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// What only a create sets (upstream's PrepareForCreate).
+    fn prepare_for_create(&mut self) {}
+
+    fn defaults(&mut self) {}
+
+    fn validate(&self, _old: Option<&Self>, _errs: &mut Vec<FieldError>) {}
+
+    fn columns() -> Vec<Value> {
+        Generic.columns()
+    }
+
+    fn row(&self, obj: &Value) -> Vec<Value> {
+        Generic.row(obj)
+    }
+
+    const FIELDS: &'static [FieldLabel] = &[];
+    const NAME_RULE: NameRule = NameRule::Subdomain;
+
+    fn graceful_delete(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// Adapts a [`Kind`] to [`Strategy`].
+pub struct Typed<K>(PhantomData<fn() -> K>);
+
+impl<K> Typed<K> {
+    pub const fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<K> Default for Typed<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decode a stored or submitted object as `K`.
+pub fn decode<K: DeserializeOwned>(v: &Value) -> Result<K, String> {
+    K::deserialize(v).map_err(|e| e.to_string())
+}
+
+impl<K: Kind> Strategy for Typed<K> {
+    fn admit(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        errs: &mut Vec<FieldError>,
+        unknown: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let mut typed: K = decode(obj)?;
+        if old.is_none() {
+            typed.prepare_for_create();
+        }
+        typed.defaults();
+        let old: Option<K> = old.and_then(|o| decode(o).ok());
+        typed.validate(old.as_ref(), errs);
+        let out = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+        unknown_fields(obj, &out, "", unknown);
+        *obj = out;
+        Ok(())
+    }
+
+    fn columns(&self) -> Vec<Value> {
+        K::columns()
+    }
+
+    fn row(&self, obj: &Value) -> Vec<Value> {
+        match decode::<K>(obj) {
+            Ok(t) => t.row(obj),
+            // A stored object that no longer decodes still gets a row.
+            Err(_) => {
+                let n = K::columns().len();
+                let mut cells = vec![name_cell(obj)];
+                cells.resize(n, json!(""));
+                cells
+            }
+        }
+    }
+
+    fn fields(&self) -> &'static [FieldLabel] {
+        K::FIELDS
+    }
+
+    fn name_rule(&self) -> NameRule {
+        K::NAME_RULE
+    }
+
+    fn graceful_delete(&self, obj: &Value) -> Option<i64> {
+        decode::<K>(obj).ok()?.graceful_delete()
+    }
+}
+
+/// Paths present in `input` that the typed round trip dropped: unknown
+/// fields. Nulls in the input are not fields.
+pub fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    const MAX: usize = 32;
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                if out.len() >= MAX {
+                    return;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    None if !v.is_null() => out.push(p),
+                    Some(ov) => unknown_fields(v, ov, &p, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Kinds without a typed form: custom resources (no schema is enforced).
+pub struct Generic;
+
+impl Strategy for Generic {
+    fn admit(
+        &self,
+        _obj: &mut Value,
+        _old: Option<&Value>,
+        _errs: &mut Vec<FieldError>,
+        _unknown: &mut Vec<String>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// CustomResourceDefinitions: kept as JSON (schemas are passed through
+/// untouched), checked for what serving the kind needs.
+pub struct CrdStrategy;
+pub static CRD: CrdStrategy = CrdStrategy;
+
+impl Strategy for CrdStrategy {
+    fn admit(
+        &self,
+        crd: &mut Value,
+        old: Option<&Value>,
+        errs: &mut Vec<FieldError>,
+        _unknown: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let spec = &crd["spec"];
+        let group = spec["group"].as_str().unwrap_or("").to_string();
+        let plural = spec["names"]["plural"].as_str().unwrap_or("").to_string();
+        if group.is_empty() {
+            errs.push(FieldError::required("spec.group", ""));
+        }
+        if plural.is_empty() {
+            errs.push(FieldError::required("spec.names.plural", ""));
+        }
+        if spec["names"]["kind"].as_str().unwrap_or("").is_empty() {
+            errs.push(FieldError::required("spec.names.kind", ""));
+        }
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                name,
+                "must be spec.names.plural+\".\"+spec.group",
+            ));
+        }
+        if super::kinds::from_crd(crd).is_empty() && errs.is_empty() {
+            errs.push(FieldError::invalid(
+                "spec.versions",
+                "",
+                "must have exactly one storage version and at least one served version",
+            ));
+        }
+        if let Some(old) = old {
+            if old["spec"]["group"] != crd["spec"]["group"] {
+                errs.push(validation::immutable("spec.group", &crd["spec"]["group"]));
+            }
+        }
+        let names = crd["spec"]["names"].clone();
+        let now = crate::objects::now_rfc3339();
+        crd["status"] = json!({
+            "acceptedNames": names,
+            "storedVersions": crd["spec"]["versions"].as_array().map(|v| v.iter().filter(|v| v["storage"].as_bool().unwrap_or(false)).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+            ],
+        });
+        Ok(())
+    }
+
+    fn columns(&self) -> Vec<Value> {
+        vec![
+            column("Name", "string", 0, "Name must be unique within a namespace."),
+            column("Created At", "date", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+        ]
+    }
+
+    fn row(&self, obj: &Value) -> Vec<Value> {
+        vec![name_cell(obj), obj["metadata"]["creationTimestamp"].clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_named_with_paths() {
+        let input = json!({"spec": {"replicas": 1, "bogus": 2, "template": {"spec": {"containers": [{"name": "a", "imagee": "x", "image": null}]}}}, "extra": null});
+        let output =
+            json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a"}]}}}});
+        let mut out = vec![];
+        unknown_fields(&input, &output, "", &mut out);
+        assert_eq!(
+            out,
+            ["spec.bogus", "spec.template.spec.containers[0].imagee"]
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! The Kubernetes object model through unmodified kubectl 1.27 and 1.33:
+//! workload kinds with upstream's defaults, tables and validation; scale;
+//! status only through /status; field selectors; graceful deletion,
+//! finalizers, garbage collection and namespace termination.
+
+use rk3s_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn json(k: &Kubectl, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&k.ok(&a)).expect("kubectl -o json")
+}
+
+fn apply(k: &Kubectl, dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    k.ok(&["apply", "-f", p.to_str().unwrap()])
+}
+
+fn gone(k: &Kubectl, args: &[&str]) -> bool {
+    wait_for(SETTLE, || {
+        let o = k.run(args);
+        (!o.status.success() && stderr(&o).contains("NotFound")).then_some(())
+    })
+    .is_some()
+}
+
+fn deployment(ns: &str, name: &str, labels: &str, selector: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {selector}}}\n  template:\n    metadata: {{labels: {labels}}}\n    spec: {{containers: [{{name: c, image: \"busybox:1\"}}]}}\n{extra}"
+    )
+}
+
+/// `generators`: kubectl's typed `create deployment|job` (kubectl 1.32+
+/// sends those as protobuf, which rk3s decodes only for a few kinds).
+fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
+    k.ok(&["create", "namespace", ns]);
+    let n = ["-n", ns];
+    let with = |args: &[&str]| -> Vec<String> {
+        n.iter().chain(args.iter()).map(|s| s.to_string()).collect()
+    };
+    let run = |args: &[&str]| k.ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Deployments with upstream's defaults, scale through /scale.
+    if generators {
+        run(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=busybox:1",
+            "--replicas=2",
+        ]);
+    } else {
+        apply(
+            k,
+            dir,
+            "web.yaml",
+            &deployment(ns, "web", "{app: web}", "{app: web}", ""),
+        );
+    }
+    let d = json(
+        k,
+        &with(&["get", "deployment", "web"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%",
+        "{d}"
+    );
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        "25%"
+    );
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+    assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
+    assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(d["metadata"]["generation"], 1);
+    run(&["scale", "deployment", "web", "--replicas=4"]);
+    let d = json(
+        k,
+        &with(&["get", "deployment", "web"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(d["spec"]["replicas"], 4);
+    assert_eq!(
+        d["metadata"]["generation"], 2,
+        "a spec change bumps generation"
+    );
+
+    // Status: ignored on the main resource, written through /status.
+    run(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":9}}"#,
+    ]);
+    let d = json(
+        k,
+        &with(&["get", "deployment", "web"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(d["status"].get("replicas").is_none(), "{d}");
+    assert_eq!(
+        d["metadata"]["generation"], 2,
+        "a status-only change keeps generation"
+    );
+    run(&[
+        "patch",
+        "deployment",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":4,"readyReplicas":3,"updatedReplicas":4,"availableReplicas":3}}"#,
+    ]);
+    let table = run(&["get", "deployments", "-o", "wide"]);
+    assert!(
+        table.starts_with("NAME")
+            && table.contains("READY")
+            && table.contains("UP-TO-DATE")
+            && table.contains("AVAILABLE")
+            && table.contains("SELECTOR"),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("web ")
+            && l.contains("3/4")
+            && l.contains("busybox:1")
+            && l.contains("app=web")),
+        "{table}"
+    );
+
+    // Pods: defaults, admission and the columns of `kubectl get pods`.
+    run(&[
+        "run",
+        "p1",
+        "--image=busybox:1",
+        "--restart=Never",
+        "--",
+        "true",
+    ]);
+    let p = json(
+        k,
+        &with(&["get", "pod", "p1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(p["spec"]["serviceAccountName"], "default");
+    assert_eq!(p["spec"]["schedulerName"], "default-scheduler");
+    assert_eq!(p["spec"]["terminationGracePeriodSeconds"], 30);
+    assert_eq!(p["spec"]["tolerations"].as_array().unwrap().len(), 2);
+    assert_eq!(p["status"]["phase"], "Pending");
+    let pods = run(&["get", "pods"]);
+    assert!(
+        pods.starts_with("NAME") && pods.contains("READY") && pods.contains("RESTARTS"),
+        "{pods}"
+    );
+    assert!(
+        pods.lines()
+            .any(|l| l.starts_with("p1 ") && l.contains("0/1") && l.contains("Pending")),
+        "{pods}"
+    );
+    // Field selectors of pods.
+    assert!(run(&["get", "pods", "--field-selector", "status.phase=Pending"]).contains("p1"));
+    let none = k.run(
+        &with(&["get", "pods", "--field-selector", "spec.nodeName=nowhere"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        stdout(&none).is_empty() && stderr(&none).contains("No resources found"),
+        "{}",
+        stderr(&none)
+    );
+    let bad = k.fails(
+        &with(&["get", "pods", "--field-selector", "spec.bogus=1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        bad.contains("field label not supported: spec.bogus"),
+        "{bad}"
+    );
+
+    // Jobs: selector from the uid, batch defaults.
+    if generators {
+        run(&["create", "job", "j1", "--image=busybox:1", "--", "true"]);
+        let j = json(
+            k,
+            &with(&["get", "job", "j1"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            j["metadata"]["uid"]
+        );
+        assert_eq!(j["spec"]["backoffLimit"], 6);
+        let jobs = run(&["get", "jobs"]);
+        assert!(
+            jobs.contains("STATUS") && jobs.contains("COMPLETIONS") && jobs.contains("0/1"),
+            "{jobs}"
+        );
+    }
+    run(&["create", "serviceaccount", "robot"]);
+    let all = run(&["get", "all"]);
+    assert!(
+        all.contains("deployment.apps/web") && all.contains("pod/p1"),
+        "{all}"
+    );
+
+    // Validation: 422 with field paths; unknown fields refused (Strict).
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        deployment(ns, "bad", "{app: other}", "{app: web}", ""),
+    )
+    .unwrap();
+    let e = k.fails(&["create", "-f", bad.to_str().unwrap()]);
+    assert!(
+        e.contains("The Deployment \"bad\" is invalid")
+            && e.contains("spec.template.metadata.labels: Invalid value"),
+        "{e}"
+    );
+    std::fs::write(
+        &bad,
+        deployment(ns, "bad", "{app: web}", "{app: web}", "  bogus: 1\n"),
+    )
+    .unwrap();
+    let e = k.fails(&["create", "-f", bad.to_str().unwrap()]);
+    assert!(e.contains("unknown field \"spec.bogus\""), "{e}");
+    let e = k.fails(&with(&["patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"app":"x"}},"template":{"metadata":{"labels":{"app":"x"}}}}}"#]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        e.contains("spec.selector: Invalid value") && e.contains("field is immutable"),
+        "{e}"
+    );
+
+    // Graceful deletion: a pod on a node gets a deletionTimestamp and stays
+    // (its kubelet finishes it); grace 0 removes it.
+    apply(k, dir, "bound.yaml", &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: bound, namespace: {ns}}}\nspec: {{nodeName: server-0, containers: [{{name: c, image: \"busybox:1\"}}]}}\n"));
+    run(&["delete", "pod", "bound", "--wait=false"]);
+    let p = json(
+        k,
+        &with(&["get", "pod", "bound"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(p["metadata"]["deletionTimestamp"].is_string(), "{p}");
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(run(&["get", "pods"])
+        .lines()
+        .any(|l| l.starts_with("bound ") && l.contains("Terminating")));
+    run(&["delete", "pod", "bound", "--grace-period=0", "--force"]);
+    assert!(gone(
+        k,
+        &with(&["get", "pod", "bound"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    ));
+
+    // Finalizers hold a deleted object until they are removed.
+    apply(k, dir, "held.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: held, namespace: {ns}, finalizers: [example.com/hold]}}\n"));
+    run(&["delete", "configmap", "held", "--wait=false"]);
+    let c = json(
+        k,
+        &with(&["get", "configmap", "held"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(c["metadata"]["deletionTimestamp"].is_string(), "{c}");
+    run(&[
+        "patch",
+        "configmap",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert!(gone(
+        k,
+        &with(&["get", "configmap", "held"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    ));
+
+    // Garbage collection: background, orphan and foreground propagation.
+    for (owner, cascade) in [
+        ("o-bg", "background"),
+        ("o-orphan", "orphan"),
+        ("o-fg", "foreground"),
+    ] {
+        run(&["create", "configmap", owner]);
+        let uid = json(
+            k,
+            &with(&["get", "configmap", owner])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let dep = format!("{owner}-dep");
+        apply(k, dir, "dep.yaml", &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {dep}\n  namespace: {ns}\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: \"{uid}\", blockOwnerDeletion: true}}]\n"));
+        run(&[
+            "delete",
+            "configmap",
+            owner,
+            &format!("--cascade={cascade}"),
+            "--wait=false",
+        ]);
+        let dep_args = with(&["get", "configmap", &dep]);
+        let dep_args: Vec<&str> = dep_args.iter().map(String::as_str).collect();
+        assert!(
+            gone(
+                k,
+                &with(&["get", "configmap", owner])
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            ),
+            "{owner} stays"
+        );
+        if cascade == "orphan" {
+            let d = json(k, &dep_args);
+            assert!(
+                d["metadata"].get("ownerReferences").is_none(),
+                "orphaned dependent keeps its owner: {d}"
+            );
+        } else {
+            assert!(gone(k, &dep_args), "{dep} was not collected ({cascade})");
+        }
+    }
+    run(&["delete", "deployment", "web"]);
+}
+
+#[test]
+fn object_model_with_kubectl_127_and_133() {
+    let t = tempdir();
+    let server = Server::start(&t.path().join("s"), &[]);
+    for (v, generators) in [("1.27", true), ("1.33", false)] {
+        let dir = t.path().join(format!("k{v}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = Kubectl::new(kubectl(Some(v)), &server.kubeconfig(), &dir.join("cache"));
+        let ns = format!("objects-{}", v.replace('.', ""));
+        session(&k, &dir, &ns, generators);
+
+        // Discovery: short names, categories, subresources.
+        let res = k.ok(&["api-resources"]);
+        for (name, short, group) in [
+            ("deployments", "deploy", "apps/v1"),
+            ("cronjobs", "cj", "batch/v1"),
+            ("poddisruptionbudgets", "pdb", "policy/v1"),
+            ("horizontalpodautoscalers", "hpa", "autoscaling/v2"),
+            ("priorityclasses", "pc", "scheduling.k8s.io/v1"),
+        ] {
+            assert!(
+                res.lines()
+                    .any(|l| l.starts_with(name) && l.contains(short) && l.contains(group)),
+                "{name}: {res}"
+            );
+        }
+        let all = k.ok(&["get", "all", "-A"]);
+        assert!(all.contains("service/kubernetes"), "{all}");
+        let node = k.ok(&["describe", "node", "server-0"]);
+        assert!(
+            node.contains("Allocatable:") && node.contains("Non-terminated Pods:"),
+            "{node}"
+        );
+
+        // Namespace termination: Terminating, refuses new content, then gone.
+        k.ok(&["delete", "namespace", &ns, "--wait=false"]);
+        let phase = k.run(&["get", "namespace", &ns, "-o", "jsonpath={.status.phase}"]);
+        if phase.status.success() {
+            assert_eq!(stdout(&phase), "Terminating");
+            let o = k.run(&["create", "configmap", "late", "-n", &ns]);
+            if !o.status.success() {
+                assert!(
+                    stderr(&o).contains("because it is being terminated"),
+                    "{}",
+                    stderr(&o)
+                );
+            }
+        }
+        assert!(
+            gone(&k, &["get", "namespace", &ns]),
+            "namespace {ns} was not removed"
+        );
+    }
+    // The bundled PriorityClasses exist.
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &t.path().join("cache"));
+    let pcs = k.ok(&["get", "priorityclasses"]);
+    assert!(
+        pcs.contains("system-node-critical")
+            && pcs.contains("2000001000")
+            && pcs.contains("system-cluster-critical"),
+        "{pcs}"
+    );
+}
