@@ -1,7 +1,7 @@
 //! core/v1 kinds: defaults, validation, tables and field selectors.
 
 use super::error::FieldError;
-use super::printers::{self, age_cell, column, name_cell, or_none, since};
+use super::printers::{self, age_cell, age_col, column, name_cell, name_col, or_none, since};
 use super::strategy::{FieldLabel, Kind, NameRule, Typed};
 use super::validation as v;
 use k8s_openapi::api::core::v1::{
@@ -32,14 +32,6 @@ pub static LIMIT_RANGE: Typed<LimitRange> = Typed::new();
 
 fn col(name: &str, priority: i64, description: &str) -> Value {
     column(name, "string", priority, description)
-}
-
-fn name_col() -> Value {
-    col("Name", 0, "Name must be unique within a namespace.")
-}
-
-fn age_col() -> Value {
-    col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.")
 }
 
 /// Upstream's pull policy rule: `:latest` or no tag pulls Always.

@@ -2,7 +2,7 @@
 //! events, networking, policy, scheduling, storage.
 
 use super::error::FieldError;
-use super::printers::{self, age_cell, column, name_cell, or_none};
+use super::printers::{self, age_cell, age_col, column, name_cell, name_col, or_none};
 use super::strategy::{FieldLabel, Kind, NameRule, Strategy, Typed};
 use super::validation as v;
 use k8s_openapi::api::autoscaling::{v1 as hpa1, v2 as hpa2};
@@ -29,14 +29,6 @@ pub static STORAGE_CLASS: Typed<StorageClass> = Typed::new();
 
 fn col(name: &str, priority: i64, description: &str) -> Value {
     column(name, "string", priority, description)
-}
-
-fn name_col() -> Value {
-    col("Name", 0, "Name must be unique within a namespace.")
-}
-
-fn age_col() -> Value {
-    col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.")
 }
 
 impl Kind for hpa2::HorizontalPodAutoscaler {

@@ -11,6 +11,19 @@ pub fn column(name: &str, type_: &str, priority: i64, description: &str) -> Valu
     json!({"name": name, "type": type_, "format": format, "description": description, "priority": priority})
 }
 
+pub fn name_col() -> Value {
+    column(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    )
+}
+
+pub fn age_col() -> Value {
+    column("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.")
+}
+
 /// kubectl's age format (`45s`, `12m`, `5h`, `3d`), from a timestamp.
 pub fn age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(crate::objects::parse_time) else {
