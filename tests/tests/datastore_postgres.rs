@@ -155,7 +155,17 @@ fn servers_sharing_postgres_share_one_ca_and_refuse_another_token() {
         &[],
     );
     assert!(s1.wait_status("ha-worker", "Ready", std::time::Duration::from_secs(20)));
-    assert_eq!(s1.node("ha-worker").unwrap()["connected"], "server-2");
+    // The Node turns Ready a moment before its Lease records the tunnel's server.
+    let connected = rk3s_tests::wait_for(std::time::Duration::from_secs(20), || {
+        let c = s1.node("ha-worker")?["connected"].clone();
+        (c == "server-2").then_some(c)
+    });
+    assert_eq!(
+        connected.as_ref().and_then(|c| c.as_str()),
+        Some("server-2"),
+        "{:?}",
+        s1.node("ha-worker")
+    );
     // Both servers serve certificates from the shared CA, and their admin
     // kubeconfigs work (whichever server lost the race re-issued them).
     for s in [&s1, &s2] {

@@ -35,8 +35,9 @@ fn deployment(ns: &str, name: &str, labels: &str, selector: &str, extra: &str) -
     )
 }
 
-/// `generators`: kubectl's typed `create deployment|job` (kubectl 1.32+
-/// sends those as protobuf, which rk3s decodes only for a few kinds).
+/// `generators`: create through kubectl's typed generators (`kubectl create
+/// deployment|cronjob|pdb|…`, sent as protobuf by kubectl 1.32+) rather
+/// than from YAML files.
 fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
     k.ok(&["create", "namespace", ns]);
     let n = ["-n", ns];
@@ -202,7 +203,7 @@ fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
     );
 
     // Jobs: selector from the uid, batch defaults.
-    if generators {
+    {
         run(&["create", "job", "j1", "--image=busybox:1", "--", "true"]);
         let j = json(
             k,
@@ -223,6 +224,67 @@ fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
         );
     }
     run(&["create", "serviceaccount", "robot"]);
+    if generators {
+        for (args, made) in [
+            (
+                &[
+                    "create",
+                    "cronjob",
+                    "c1",
+                    "--image=busybox:1",
+                    "--schedule=*/5 * * * *",
+                ][..],
+                "cronjob.batch/c1 created",
+            ),
+            (
+                &["create", "service", "clusterip", "s1", "--tcp=80:8080"],
+                "service/s1 created",
+            ),
+            (
+                &[
+                    "create",
+                    "pdb",
+                    "p1",
+                    "--selector=app=web",
+                    "--min-available=1",
+                ],
+                "poddisruptionbudget.policy/p1 created",
+            ),
+            (
+                &["create", "ingress", "i1", "--rule=foo.com/bar=s1:80"],
+                "ingress.networking.k8s.io/i1 created",
+            ),
+            (
+                &["create", "quota", "q1", "--hard=pods=10"],
+                "resourcequota/q1 created",
+            ),
+            (
+                &["create", "secret", "generic", "sec1", "--from-literal=a=b"],
+                "secret/sec1 created",
+            ),
+        ] {
+            assert!(run(args).contains(made), "{args:?}");
+        }
+        let s = json(
+            k,
+            &with(&["get", "service", "s1"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 8080, "{s}");
+        assert_eq!(s["spec"]["sessionAffinity"], "None", "{s}");
+        let sec = json(
+            k,
+            &with(&["get", "secret", "sec1"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(sec["data"]["a"], "Yg==", "{sec}");
+        let cj = run(&["get", "cronjobs"]);
+        assert!(cj.contains("*/5 * * * *") && cj.contains("SUSPEND"), "{cj}");
+    }
     let all = run(&["get", "all"]);
     assert!(
         all.contains("deployment.apps/web") && all.contains("pod/p1"),
@@ -362,7 +424,7 @@ fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
 fn object_model_with_kubectl_127_and_133() {
     let t = tempdir();
     let server = Server::start(&t.path().join("s"), &[]);
-    for (v, generators) in [("1.27", true), ("1.33", false)] {
+    for (v, generators) in [("1.27", false), ("1.33", true)] {
         let dir = t.path().join(format!("k{v}"));
         std::fs::create_dir_all(&dir).unwrap();
         let k = Kubectl::new(kubectl(Some(v)), &server.kubeconfig(), &dir.join("cache"));

@@ -127,11 +127,12 @@ async fn attend_dependent(reg: &Registry, cache: &Cache, key: &str, d: &Value) {
         return;
     }
     let owners = owner_uids(d);
-    let missing: Vec<String> = owners
-        .iter()
-        .filter(|o| !cache.exists_uid(o))
-        .cloned()
-        .collect();
+    let mut missing = Vec::new();
+    for o in &owners {
+        if !cache.exists_uid(o) && owner_gone(reg, d, o).await {
+            missing.push(o.clone());
+        }
+    }
     let result = if !owners.is_empty() && missing.len() == owners.len() {
         tracing::debug!(%key, "garbage collecting: every owner is gone");
         reg.delete_key(key, uid(d), "Background").await
@@ -148,6 +149,46 @@ async fn attend_dependent(reg: &Registry, cache: &Cache, key: &str, d: &Value) {
     };
     if let Err(e) = result {
         tracing::warn!(%key, error = %e, "garbage collector could not update a dependent");
+    }
+}
+
+/// The cache may lag behind the datastore (an owner created a moment ago,
+/// or written by another server), so absence there is confirmed by reading
+/// the owner itself before anything is deleted, as upstream's collector does.
+/// An owner whose kind is not served is kept: nothing can prove it gone.
+async fn owner_gone(reg: &Registry, dependent: &Value, owner_uid: &str) -> bool {
+    let Some(r) = dependent
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|r| r["uid"] == json!(owner_uid)))
+    else {
+        return false;
+    };
+    let (Some(api_version), Some(kind), Some(name)) = (
+        r["apiVersion"].as_str(),
+        r["kind"].as_str(),
+        r["name"].as_str(),
+    ) else {
+        return true;
+    };
+    let Some(rt) = reg.by_kind(api_version, kind) else {
+        return false;
+    };
+    let ns = dependent
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str);
+    if rt.namespaced && ns.is_none() {
+        // A cluster-scoped object cannot be owned by a namespaced one.
+        return true;
+    }
+    let ns = if rt.namespaced { ns } else { None };
+    match reg.get(&rt, ns, name).await {
+        Ok(o) => uid(&o) != owner_uid,
+        Err(crate::registry::KubeError::NotFound(_)) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read an owner; keeping its dependent");
+            false
+        }
     }
 }
 
