@@ -446,6 +446,19 @@ fn object_model_with_kubectl_127_and_133() {
                 "{name}: {res}"
             );
         }
+        // kubectl explain reads upstream's schemas (OpenAPI v3).
+        let e = k.ok(&["explain", "deployment.spec.template"]);
+        assert!(
+            e.contains("KIND:       Deployment")
+                && e.contains("FIELD: template <PodTemplateSpec>")
+                && e.contains("spec\t<PodSpec>"),
+            "{e}"
+        );
+        let e = k.ok(&["explain", "cj.spec.schedule"]);
+        assert!(
+            e.contains("schedule <string>") && e.contains("Cron format"),
+            "{e}"
+        );
         let all = k.ok(&["get", "all", "-A"]);
         assert!(all.contains("service/kubernetes"), "{all}");
         let node = k.ok(&["describe", "node", "server-0"]);

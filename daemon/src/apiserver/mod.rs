@@ -6,6 +6,7 @@ pub mod authz;
 pub mod discovery;
 pub mod handlers;
 pub mod openapiv2;
+pub mod openapiv3;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
@@ -35,8 +36,8 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/openapi/v2", get(discovery::openapi_v2))
-        .route("/openapi/v3", get(discovery::openapi_index))
-        .route("/openapi/v3/{*path}", get(discovery::openapi_doc))
+        .route("/openapi/v3", get(openapiv3::index))
+        .route("/openapi/v3/{*path}", get(openapiv3::group_version))
         .route("/api/v1/{*rest}", any(handlers::core))
         .route("/apis/{group}/{version}/{*rest}", any(handlers::grouped))
         .with_state(sv)

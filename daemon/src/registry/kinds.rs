@@ -29,6 +29,8 @@ pub struct ResourceType {
     pub columns: Vec<PrinterColumn>,
     /// Where a CRD's `scale` subresource reads and writes, if it has one.
     pub scale_paths: Option<ScalePaths>,
+    /// A CRD version's `openAPIV3Schema` (built-ins have typed schemas).
+    pub schema: Option<std::sync::Arc<Value>>,
 }
 
 /// JSON paths of a scalable kind (fixed for built-ins, from the CRD otherwise).
@@ -578,6 +580,7 @@ pub fn builtins() -> Vec<ResourceType> {
             subresources: strings(b.subresources),
             columns: vec![],
             scale_paths: None,
+            schema: None,
         })
         .collect()
 }
@@ -656,6 +659,9 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
                 subresources,
                 columns,
                 scale_paths: scale,
+                schema: v
+                    .pointer("/schema/openAPIV3Schema")
+                    .map(|s| std::sync::Arc::new(s.clone())),
             })
         })
         .collect()

@@ -214,6 +214,10 @@ impl Strategy for HpaV1 {
         }
         obj
     }
+
+    fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(gen.subschema_for::<hpa1::HorizontalPodAutoscaler>())
+    }
 }
 
 impl Kind for Lease {
@@ -364,6 +368,10 @@ impl Strategy for EventsV1 {
 
     fn storage_to_version(&self, obj: Value) -> Value {
         rename(obj, true, "events.k8s.io/v1")
+    }
+
+    fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(gen.subschema_for::<ev1::Event>())
     }
 }
 

@@ -81,10 +81,18 @@ pub trait Strategy: Send + Sync {
     fn to_storage(&self, obj: Value) -> Value {
         obj
     }
+
+    /// The kind's OpenAPI schema, registered in `gen` (which collects the
+    /// schemas it refers to); `None` for kinds without a typed form.
+    fn schema(&self, _gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        None
+    }
 }
 
 /// A built-in kind's behaviour, on its typed form.
-pub trait Kind: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Kind:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     /// What only a create sets (upstream's PrepareForCreate).
     fn prepare_for_create(&mut self) {}
 
@@ -176,6 +184,10 @@ impl<K: Kind> Strategy for Typed<K> {
 
     fn graceful_delete(&self, obj: &Value) -> Option<i64> {
         decode::<K>(obj).ok()?.graceful_delete()
+    }
+
+    fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(gen.subschema_for::<K>())
     }
 }
 
@@ -295,6 +307,12 @@ impl Strategy for CrdStrategy {
 
     fn row(&self, obj: &Value) -> Vec<Value> {
         vec![name_cell(obj), obj["metadata"]["creationTimestamp"].clone()]
+    }
+
+    fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(gen.subschema_for::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >())
     }
 }
 
