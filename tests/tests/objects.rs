@@ -418,6 +418,92 @@ fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
         }
     }
     run(&["delete", "deployment", "web"]);
+    server_side_apply(k, dir, ns);
+}
+
+/// Server-side apply beside client-side apply: managedFields, conflicts
+/// naming the other manager, --force-conflicts, fields an apply stops
+/// declaring are removed.
+fn server_side_apply(k: &Kubectl, dir: &std::path::Path, ns: &str) {
+    let d = deployment(ns, "ssa", "{app: ssa}", "{app: ssa}", "");
+    let p = dir.join("ssa.yaml");
+    std::fs::write(&p, &d).unwrap();
+    let file = p.to_str().unwrap();
+    assert!(k.ok(&["apply", "-f", file]).contains("created"));
+    k.ok(&["scale", "-n", ns, "deployment", "ssa", "--replicas=5"]);
+    let e = k.fails(&["apply", "--server-side", "-f", file]);
+    assert!(
+        e.contains("Apply failed with 1 conflict") && e.contains(": .spec.replicas"),
+        "{e}"
+    );
+    assert!(k
+        .ok(&["apply", "--server-side", "--force-conflicts", "-f", file])
+        .contains("serverside-applied"));
+    let got = json(
+        k,
+        &[
+            "get",
+            "-n",
+            ns,
+            "deployment",
+            "ssa",
+            "--show-managed-fields",
+        ],
+    );
+    assert_eq!(got["spec"]["replicas"], 2);
+    let managers: Vec<(&str, &str)> = got["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap(),
+                m["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(managers.contains(&("kubectl", "Apply")), "{managers:?}");
+    // Client-side apply still works on the same object.
+    std::fs::write(&p, d.replace("replicas: 2", "replicas: 3")).unwrap();
+    assert!(k.ok(&["apply", "-f", file]).contains("configured"));
+
+    // An apply that stops declaring a field removes it; others' stay.
+    let cm = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ssa, namespace: {ns}}}\ndata: {{{data}}}\n")
+    };
+    std::fs::write(&p, cm("x: '1', y: '2'")).unwrap();
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=team-a",
+        "-f",
+        file,
+    ]);
+    k.ok(&[
+        "patch",
+        "-n",
+        ns,
+        "configmap",
+        "ssa",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"z":"3"}}"#,
+    ]);
+    std::fs::write(&p, cm("x: '1'")).unwrap();
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=team-a",
+        "-f",
+        file,
+    ]);
+    let got = json(k, &["get", "-n", ns, "configmap", "ssa"]);
+    assert_eq!(
+        got["data"],
+        serde_json::json!({"x": "1", "z": "3"}),
+        "{got}"
+    );
+    k.ok(&["delete", "-n", ns, "deployment/ssa", "configmap/ssa"]);
 }
 
 #[test]

@@ -8,6 +8,9 @@ use crate::registry::{FieldValidation, KubeError, ResourceType, WriteOptions};
 use crate::server::Supervisor;
 use serde_json::{json, Value};
 
+/// The manager the manifests' writes are recorded under (`managedFields`).
+pub const FIELD_MANAGER: &str = "rk3s-deploy";
+
 /// Where an applied object lives: enough to find it again and delete it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -96,6 +99,7 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
     let opts = WriteOptions {
         dry_run: false,
         field_validation: FieldValidation::Strict,
+        field_manager: Some(FIELD_MANAGER.into()),
     };
     for _ in 0..8 {
         let old = match sv.registry.get(&rt, ns, &id.name).await {

@@ -169,6 +169,7 @@ async fn serve(
     let opts = WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        field_manager: field_manager(&q, &headers)?,
     };
     let ctype = headers
         .get(header::CONTENT_TYPE)
@@ -196,6 +197,16 @@ async fn serve(
         ("watch", _) => super::watch::serve(sv.clone(), t, &q, as_table).await,
         ("create", _) => create(&sv, &t, &body, &opts).await,
         ("update", _) => update(&sv, &t, &body, &opts).await,
+        ("patch", None) if is_apply(&headers) => {
+            apply_object(
+                &sv,
+                &t,
+                &body,
+                q.get("force").is_some_and(|f| f == "true"),
+                &opts,
+            )
+            .await
+        }
         ("patch", _) => patch_object(&sv, &t, &headers, &body, &opts).await,
         ("delete", _) => delete(&sv, &t, &q, &body).await,
         _ => delete_collection(&sv, &t, &q, &body).await,
@@ -332,6 +343,129 @@ async fn update(
         .update(&t.rt, t.ns(), t.name(), &old, obj, sub, opts)
         .await?;
     Ok(written_response(StatusCode::OK, &w))
+}
+
+/// The `fieldManager` parameter, or as upstream defaults it: the
+/// User-Agent's product (`kubectl`, `OpenAPI-Generator`).
+fn field_manager(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, KubeError> {
+    if let Some(m) = q.get("fieldManager") {
+        if m.chars().count() > 128 || m.chars().any(|c| c.is_control()) {
+            return Err(KubeError::BadRequest(format!(
+                "fieldManager: Invalid value: {m:?}: must be printable and at most 128 characters"
+            )));
+        }
+        return Ok(Some(m.clone()));
+    }
+    Ok(headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.chars().take(128).collect()))
+}
+
+fn is_apply(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/apply-patch"))
+}
+
+/// Server-side apply: the body is the manager's whole intent for the
+/// object (YAML or JSON); it is created if absent.
+async fn apply_object(
+    sv: &Supervisor,
+    t: &Target,
+    body: &Bytes,
+    force: bool,
+    opts: &WriteOptions,
+) -> Result<Response, KubeError> {
+    let name = t.name();
+    let Some(manager) = opts.field_manager.clone() else {
+        return Err(KubeError::Invalid {
+            kind: "PatchOptions.meta.k8s.io".into(),
+            name: String::new(),
+            errors: vec![crate::registry::FieldError::required(
+                "fieldManager",
+                "is required for apply patch",
+            )],
+        });
+    };
+    let applied: Value = serde_yaml::from_slice(body)
+        .map_err(|e| KubeError::BadRequest(format!("error decoding YAML: {e}")))?;
+    if !applied.is_object() {
+        return Err(KubeError::BadRequest(
+            "the apply patch must be an object".into(),
+        ));
+    }
+    for (field, want) in [
+        ("apiVersion", t.rt.api_version()),
+        ("kind", t.rt.kind.clone()),
+    ] {
+        if applied.get(field).and_then(Value::as_str) != Some(want.as_str()) {
+            return Err(KubeError::BadRequest(format!(
+                "{field} must be {want:?} in an apply patch to {}",
+                t.rt.qualified_kind()
+            )));
+        }
+    }
+    if let Some(n) = applied.pointer("/metadata/name").and_then(Value::as_str) {
+        if n != name {
+            return Err(KubeError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+    }
+    // The result carries its own managedFields: the write path keeps them.
+    let inner = WriteOptions {
+        field_manager: None,
+        ..opts.clone()
+    };
+    let api_version = t.rt.api_version();
+    for _ in 0..8 {
+        let live = match sv.registry.get(&t.rt, t.ns(), name).await {
+            Ok(v) => Some(v),
+            Err(KubeError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let mut result =
+            crate::registry::managed::apply(live.as_ref(), &applied, &manager, &api_version, force)
+                .map_err(|c| crate::registry::managed::Conflict::into_error(c, t.subject(name)))?;
+        result["metadata"]["name"] = json!(name);
+        let written = match &live {
+            None => sv.registry.create(&t.rt, t.ns(), result, &inner).await,
+            Some(old) => {
+                // A resourceVersion in the configuration is a precondition.
+                if applied.pointer("/metadata/resourceVersion").is_none() {
+                    result["metadata"]["resourceVersion"] =
+                        old["metadata"]["resourceVersion"].clone();
+                }
+                sv.registry
+                    .update(&t.rt, t.ns(), name, old, result, None, &inner)
+                    .await
+            }
+        };
+        match written {
+            Err(KubeError::Conflict(..)) | Err(KubeError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e),
+            Ok(w) => {
+                let code = if live.is_none() {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(written_response(code, &w));
+            }
+        }
+    }
+    Err(KubeError::Conflict(
+        t.subject(name),
+        "too many concurrent changes; try again".into(),
+    ))
 }
 
 /// Apply a patch of content type `ctype` to `target`.

@@ -30,9 +30,12 @@ const SCHEMAS: &str = "#/components/schemas/";
 /// Documents by path (`api/v1`, `apis/apps/v1`), each with its content hash.
 type Docs = BTreeMap<String, (Arc<Value>, String)>;
 
+/// The kinds the cached documents were built for, and the documents.
+type Built = Option<(Arc<Vec<ResourceType>>, Arc<Docs>)>;
+
 /// The documents for the kinds served now, rebuilt when those change.
 fn documents(sv: &Supervisor) -> Arc<Docs> {
-    static CACHE: Mutex<Option<(Arc<Vec<ResourceType>>, Arc<Docs>)>> = Mutex::new(None);
+    static CACHE: Mutex<Built> = Mutex::new(None);
     let kinds = sv.registry.kinds();
     let mut cache = CACHE.lock().expect("openapi cache");
     if let Some((k, docs)) = cache.as_ref() {

@@ -35,6 +35,14 @@ pub enum KubeError {
     AlreadyExists(Subject),
     #[error("Operation cannot be fulfilled on {} \"{}\": {}", .0.qualified(), .0.name, .1)]
     Conflict(Subject, String),
+    /// Server-side apply found fields other managers set differently.
+    #[error("{message}")]
+    ApplyConflict {
+        subject: Subject,
+        message: String,
+        /// (message, field path) per conflicting field.
+        causes: Vec<(String, String)>,
+    },
     #[error("{kind} \"{name}\" is invalid: {}", FieldError::join(.errors))]
     Invalid {
         /// `Kind` or `Kind.group`, as upstream qualifies it.
@@ -69,7 +77,9 @@ impl KubeError {
         match self {
             KubeError::NotFound(_) | KubeError::NoRoute => (StatusCode::NOT_FOUND, "NotFound"),
             KubeError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            KubeError::Conflict(..) => (StatusCode::CONFLICT, "Conflict"),
+            KubeError::Conflict(..) | KubeError::ApplyConflict { .. } => {
+                (StatusCode::CONFLICT, "Conflict")
+            }
             KubeError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             KubeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             KubeError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -109,6 +119,18 @@ impl KubeError {
         };
         if let Some(sub) = subject {
             s["details"] = json!({"name": sub.name, "group": sub.group, "kind": sub.resource});
+        }
+        if let KubeError::ApplyConflict {
+            subject: sub,
+            causes,
+            ..
+        } = self
+        {
+            let causes: Vec<_> = causes
+                .iter()
+                .map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": m, "field": f}))
+                .collect();
+            s["details"] = json!({"name": sub.name, "group": sub.group, "kind": sub.resource, "causes": causes});
         }
         if let KubeError::TooManyRequests { cause, .. } = self {
             s["details"] = json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]});

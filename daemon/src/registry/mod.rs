@@ -13,6 +13,7 @@ pub mod cache;
 pub mod core;
 pub mod error;
 pub mod kinds;
+pub mod managed;
 pub mod other;
 pub mod printers;
 pub mod store;
@@ -161,6 +162,7 @@ impl Registry {
             let opts = WriteOptions {
                 dry_run: false,
                 field_validation: FieldValidation::Ignore,
+                field_manager: None,
             };
             match self
                 .update(&rt, ns.as_deref(), &name, &old, new, None, &opts)

@@ -43,6 +43,10 @@ impl FieldValidation {
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    /// Who writes, for `managedFields`; `None` leaves them as they are
+    /// (server-side apply computes its own; internal writers keep the
+    /// clients' records).
+    pub field_manager: Option<String>,
 }
 
 /// A written object and the warnings for the client (`Warning` headers).
@@ -371,6 +375,9 @@ impl Registry {
             obj["metadata"]["name"] = json!(name);
             let mut candidate = obj.clone();
             let warnings = self.admit(rt, &name, &mut candidate, None, opts)?;
+            if let Some(m) = &opts.field_manager {
+                super::managed::track(None, &mut candidate, m, &rt.api_version(), None);
+            }
             let r = obj_ref(rt, namespace, &name);
             if opts.dry_run {
                 if self
@@ -474,6 +481,17 @@ impl Registry {
             }
         }
         let warnings = self.admit(rt, name, &mut new, Some(old), opts)?;
+        match &opts.field_manager {
+            Some(m) => {
+                super::managed::track(Some(old), &mut new, m, &rt.api_version(), subresource)
+            }
+            None if new.pointer("/metadata/managedFields").is_none() => {
+                if let Some(mf) = old.pointer("/metadata/managedFields") {
+                    new["metadata"]["managedFields"] = mf.clone();
+                }
+            }
+            None => {}
+        }
         if has_generation(rt) && spec_part(&new) != spec_part(old) {
             let g = old
                 .pointer("/metadata/generation")
