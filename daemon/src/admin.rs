@@ -7,7 +7,7 @@
 
 use crate::agent::AgentState;
 use crate::error::ApiError;
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use crate::{fsutil, nodes};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};

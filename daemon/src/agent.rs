@@ -629,7 +629,7 @@ async fn session(
 ) -> String {
     let Link { params, lb, state } = link;
     let hb_every = params.node.heartbeat_interval;
-    let keepalive = crate::tunnel::keepalive_for(hb_every);
+    let keepalive = crate::tunnels::keepalive_for(hb_every);
     if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: info.clone() }).await {
         return e;
     }

@@ -590,14 +590,14 @@ impl ServerConfig {
             },
             cluster: cluster_timings(&a)?,
             disable: {
-                let unknown = crate::deploy::unknown_disables(&a.disable);
+                let unknown = crate::addons::unknown_disables(&a.disable);
                 if !unknown.is_empty() {
                     return Err(ConfigError::Invalid {
                         origin: "--disable".into(),
                         message: format!(
                             "no bundled manifest named {} (bundled: {})",
                             unknown.join(", "),
-                            crate::deploy::BUNDLED.iter().map(|(n, _)| n.trim_end_matches(".yaml")).collect::<Vec<_>>().join(", ")
+                            crate::addons::BUNDLED.iter().map(|(n, _)| n.trim_end_matches(".yaml")).collect::<Vec<_>>().join(", ")
                         ),
                     });
                 }

@@ -1,6 +1,7 @@
 //! rk3sd: the rk3s server (control plane) and node agent as a library; the
 //! binary in `main.rs` only parses flags and calls [`run`].
 
+pub mod addons;
 pub mod admin;
 pub mod agent;
 pub mod apiserver;
@@ -25,9 +26,11 @@ pub mod objects;
 pub mod registration;
 pub mod registry;
 pub mod server;
+pub mod supervisor;
 pub mod systemd;
 pub mod token;
 pub mod tunnel;
+pub mod tunnels;
 
 use anyhow::Context;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::lifecycle::{self, lease_ref, node_ref, ready_status, ANNOTATION_CONNECTED_TO};
 use crate::nodepassword::{self, secrets};
 use crate::objects::parse_time;
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use rk3s_api::admin::{Address, Condition, ForgetResult, NodeDetail, NodeSummary, RotateResult};
 use rk3s_api::tunnel::{SecretString, ServerMessage};
 use serde_json::Value;

@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::names::validate_node_name;
 use crate::nodepassword::secrets::{verify_or_create, PasswordError};
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;

@@ -7,8 +7,9 @@ use crate::cluster::{self, Membership};
 use crate::config::ServerConfig;
 use crate::datastore::{sqlite::SqliteBackend, Datastore};
 use crate::objects::{Objects, Ref};
+use crate::supervisor::{Supervisor, SYSTEM_NAMESPACES};
 use crate::token::{self, Token};
-use crate::tunnel::Tunnels;
+use crate::tunnels::Tunnels;
 use crate::{admin, fsutil, https, lifecycle, nodeinfo, nodepassword, registration};
 use anyhow::{bail, Context};
 use axum::extract::State;
@@ -17,48 +18,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// Shared state of a running server.
-pub struct Supervisor {
-    pub objects: Objects,
-    /// Kinds and the write path every API write goes through.
-    pub registry: Arc<crate::registry::Registry>,
-    pub pki: Pki,
-    pub token: Token,
-    pub agent_token: Option<Token>,
-    pub token_file: PathBuf,
-    pub tunnels: Tunnels,
-    /// This server's name (its node name), shown as CONNECTED.
-    pub server_name: String,
-    /// The server's own node, when it runs its embedded agent.
-    pub own_node: Option<String>,
-    /// host:port agents can reach this server at.
-    pub advertise_address: String,
-    pub heartbeat_interval: Duration,
-    pub keepalive_timeout: Duration,
-    pub grace_period: Duration,
-    pub shutdown: CancellationToken,
-    pub started: Instant,
-    ready: AtomicBool,
-    pub embedded_agent: Option<Arc<AgentState>>,
-    pub membership: Arc<Membership>,
-}
-
-impl Supervisor {
-    /// Serving, and the datastore answered the last time it was asked.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.objects.store.outage().is_none()
-    }
-}
-
-/// Namespaces that always exist, as in Kubernetes.
-pub const SYSTEM_NAMESPACES: [&str; 4] =
-    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 async fn ensure_namespaces(objects: &Objects) -> anyhow::Result<()> {
     for ns in SYSTEM_NAMESPACES {
@@ -384,7 +347,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         own_node: (!cfg.disable_agent).then(|| node_name.clone()),
         advertise_address: advertise_address.clone(),
         heartbeat_interval: cfg.node.heartbeat_interval,
-        keepalive_timeout: crate::tunnel::keepalive_for(cfg.node.heartbeat_interval),
+        keepalive_timeout: crate::tunnels::keepalive_for(cfg.node.heartbeat_interval),
         grace_period: cfg.grace_period,
         shutdown: shutdown.child_token(),
         started: Instant::now(),

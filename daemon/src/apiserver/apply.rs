@@ -5,7 +5,7 @@
 
 use super::patch;
 use crate::registry::{FieldValidation, KubeError, ResourceType, WriteOptions};
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use serde_json::{json, Value};
 
 /// The manager the manifests' writes are recorded under (`managedFields`).

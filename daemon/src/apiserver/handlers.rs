@@ -11,7 +11,7 @@ use crate::registry::store::{obj_ref, store_err};
 use crate::registry::{
     DeleteOptions, FieldValidation, KubeError, ResourceType, Subject, WriteOptions, Written,
 };
-use crate::server::{Supervisor, SYSTEM_NAMESPACES};
+use crate::supervisor::{Supervisor, SYSTEM_NAMESPACES};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};

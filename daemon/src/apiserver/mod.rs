@@ -15,7 +15,7 @@ pub mod subresources;
 pub mod table;
 pub mod watch;
 
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use axum::routing::{any, get};
 use axum::Router;
 use std::sync::Arc;

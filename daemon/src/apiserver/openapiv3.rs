@@ -14,7 +14,7 @@ use super::authz::Caller;
 use super::{KUBE_MAJOR, KUBE_MINOR};
 use crate::registry::error::KubeError;
 use crate::registry::ResourceType;
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};

@@ -7,7 +7,7 @@ use super::handlers::{apply_patch, current, json_response, parse_body, written_r
 use crate::registry::printers;
 use crate::registry::validation::selector_matches;
 use crate::registry::{FieldError, KubeError, WriteOptions};
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;

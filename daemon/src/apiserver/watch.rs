@@ -12,7 +12,7 @@ use super::table;
 use crate::datastore::{DatastoreError, EventKind, Watch};
 use crate::objects::prefix;
 use crate::registry::error::KubeError;
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};

@@ -10,10 +10,11 @@
 
 pub mod manifest;
 
+use crate::addons::{disabled, BUNDLED};
 use crate::apiserver::apply::{self, ObjectRef};
 use crate::fsutil;
 use crate::objects::{now_rfc3339, Objects, Ref};
-use crate::server::Supervisor;
+use crate::supervisor::Supervisor;
 use manifest::ManifestFile;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -21,18 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Manifests compiled into the binary: (file name, text).
-pub const BUNDLED: &[(&str, &str)] = &[
-    (
-        "rk3s-crds.yaml",
-        include_str!("../../manifests/rk3s-crds.yaml"),
-    ),
-    (
-        "cluster-info.yaml",
-        include_str!("../../manifests/cluster-info.yaml"),
-    ),
-];
 
 pub const ADDON_NAMESPACE: &str = "kube-system";
 const ADDON_CRD: &str = "addons.rk3s.io";
@@ -52,25 +41,6 @@ impl Placeholders {
             .replace("%{SERVER_URL}%", &self.server_url)
             .replace("%{CA_CERT_BASE64}%", &self.ca_cert_base64)
     }
-}
-
-/// `--disable` values name bundled files with or without the extension.
-fn disabled(name: &str, disable: &[String]) -> bool {
-    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
-    disable.iter().any(|d| d == name || d == stem)
-}
-
-/// `--disable` values that name no bundled manifest: a typo to report.
-pub fn unknown_disables(disable: &[String]) -> Vec<String> {
-    disable
-        .iter()
-        .filter(|d| {
-            !BUNDLED
-                .iter()
-                .any(|(n, _)| disabled(n, std::slice::from_ref(d)))
-        })
-        .cloned()
-        .collect()
 }
 
 /// Write the bundled manifests into `dir` (created 0700; files 0600), and

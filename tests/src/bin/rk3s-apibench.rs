@@ -73,7 +73,7 @@ fn manifests_at_startup(dir: &std::path::Path, n: usize) {
             .iter()
             .filter(|m| m["applied"].is_string() && m["error"] == "")
             .count();
-        (ok >= n + rk3sd::deploy::BUNDLED.len()).then(|| t0.elapsed())
+        (ok >= n + rk3sd::addons::BUNDLED.len()).then(|| t0.elapsed())
     })
     .expect("all manifests applied");
     println!(
