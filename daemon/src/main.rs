@@ -1,5 +1,11 @@
 use clap::Parser;
 
+// The API server's work is mostly building and dropping JSON trees; glibc's
+// malloc spent a fifth of a 10,000-object list in consolidation and free
+// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     rk3sd::hide_secret_args();
     rk3sd::raise_nofile_limit();

@@ -219,7 +219,7 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
+        serde_json::to_vec(v).unwrap_or_default(),
     )
         .into_response()
 }
@@ -281,7 +281,13 @@ async fn matching(
 
 /// A `<Kind>List` of `items` at `rev`.
 fn list_object(t: &Target, rev: &str, items: Vec<Value>) -> Value {
-    json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rev}, "items": items})
+    // Built by hand: `json!` would serialize `items` into a deep copy.
+    let mut list = serde_json::Map::new();
+    list.insert("kind".into(), json!(format!("{}List", t.rt.kind)));
+    list.insert("apiVersion".into(), json!(t.rt.api_version()));
+    list.insert("metadata".into(), json!({"resourceVersion": rev}));
+    list.insert("items".into(), Value::Array(items));
+    Value::Object(list)
 }
 
 async fn list(
@@ -290,6 +296,19 @@ async fn list(
     q: &HashMap<String, String>,
     as_table: bool,
 ) -> Result<Response, KubeError> {
+    let unfiltered = ["labelSelector", "fieldSelector"]
+        .iter()
+        .all(|k| q.get(*k).is_none_or(|v| v.is_empty()));
+    if unfiltered && !as_table {
+        if let Some(body) = sv.registry.list_encoded(&t.rt, t.ns()).await {
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body?,
+            )
+                .into_response());
+        }
+    }
     let (rev, items) = matching(sv, t, q).await?;
     let rv = rev.to_string();
     if as_table {

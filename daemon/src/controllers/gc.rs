@@ -83,7 +83,11 @@ pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken)
 }
 
 async fn full_pass(reg: &Registry, cache: &Cache) {
-    for (key, v) in cache.list("/registry/") {
+    let involved = |v: &Value| {
+        v.pointer("/metadata/ownerReferences").is_some()
+            || (deleting(v) && (has_finalizer(v, FOREGROUND) || has_finalizer(v, ORPHAN)))
+    };
+    for (key, v) in cache.list_where("/registry/", involved) {
         if deleting(&v) && (has_finalizer(&v, FOREGROUND) || has_finalizer(&v, ORPHAN)) {
             attend_owner(reg, cache, &key, &v).await;
         }

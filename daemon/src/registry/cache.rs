@@ -137,21 +137,20 @@ impl Cache {
 
     /// Keys and objects under `prefix`.
     pub fn list(&self, prefix: &str) -> Vec<(String, Value)> {
+        self.list_where(prefix, |_| true)
+    }
+
+    /// Keys and objects under `prefix` for which `keep` holds; only those
+    /// are copied out.
+    pub fn list_where(&self, prefix: &str, keep: impl Fn(&Value) -> bool) -> Vec<(String, Value)> {
         let inner = self.inner.read().expect("cache lock");
         inner
             .objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, v)| keep(v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().expect("cache lock").objects.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn load(&self, rev: Revision, items: Vec<(String, Value)>) {

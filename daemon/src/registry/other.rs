@@ -218,6 +218,10 @@ impl Strategy for HpaV1 {
     fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
         Some(gen.subschema_for::<hpa1::HorizontalPodAutoscaler>())
     }
+
+    fn converts(&self) -> bool {
+        true
+    }
 }
 
 impl Kind for Lease {
@@ -372,6 +376,10 @@ impl Strategy for EventsV1 {
 
     fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
         Some(gen.subschema_for::<ev1::Event>())
+    }
+
+    fn converts(&self) -> bool {
+        true
     }
 }
 

@@ -241,6 +241,31 @@ impl Registry {
         ))
     }
 
+    /// A whole `<Kind>List` of `rt` (in `namespace`) as JSON bytes, for
+    /// kinds stored in the version served (`None` for the others).
+    pub async fn list_encoded(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+    ) -> Option<Result<Vec<u8>, KubeError>> {
+        if rt.strategy().converts() {
+            return None;
+        }
+        let kind = serde_json::to_string(&format!("{}List", rt.kind)).ok()?;
+        let api_version = serde_json::to_string(&rt.api_version()).ok()?;
+        let head = move |rev: i64| {
+            format!(
+                r#"{{"kind":{kind},"apiVersion":{api_version},"metadata":{{"resourceVersion":"{rev}"}},"items":["#
+            )
+        };
+        Some(
+            self.objects
+                .list_encoded(&rt.storage(), namespace, head)
+                .await
+                .map_err(store_err(rt, "")),
+        )
+    }
+
     async fn namespace_accepts(&self, ns: &str) -> Result<(), KubeError> {
         let r = Ref::cluster("namespaces", ns);
         let subject = Subject {

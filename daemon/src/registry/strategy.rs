@@ -82,6 +82,12 @@ pub trait Strategy: Send + Sync {
         obj
     }
 
+    /// Whether `storage_to_version` changes anything (lists of kinds that
+    /// do not are sent as stored, without being parsed).
+    fn converts(&self) -> bool {
+        false
+    }
+
     /// The kind's OpenAPI schema, registered in `gen` (which collects the
     /// schemas it refers to); `None` for kinds without a typed form.
     fn schema(&self, _gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
