@@ -311,6 +311,39 @@ fn session(k: &Kubectl, dir: &std::path::Path, ns: &str, generators: bool) {
     .unwrap();
     let e = k.fails(&["create", "-f", bad.to_str().unwrap()]);
     assert!(e.contains("unknown field \"spec.bogus\""), "{e}");
+    // A member given twice: refused under Strict, a warning under Warn.
+    let dup = dir.join("dup.json");
+    std::fs::write(
+        &dup,
+        format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"dup","namespace":"{ns}"}},"data":{{"a":"1","a":"2"}}}}"#),
+    )
+    .unwrap();
+    let path = format!("/api/v1/namespaces/{ns}/configmaps");
+    let e = k.fails(&[
+        "create",
+        "--raw",
+        &format!("{path}?fieldValidation=Strict"),
+        "-f",
+        dup.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains(r#"strict decoding error: duplicate field \"data.a\""#)
+            || e.contains(r#"duplicate field "data.a""#),
+        "{e}"
+    );
+    let o = k.run(&[
+        "create",
+        "--raw",
+        &format!("{path}?fieldValidation=Warn"),
+        "-f",
+        dup.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && stderr(&o).contains("duplicate field"),
+        "{}",
+        stderr(&o)
+    );
+    k.ok(&["delete", "-n", ns, "configmap", "dup"]);
     let e = k.fails(&with(&["patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"app":"x"}},"template":{"metadata":{"labels":{"app":"x"}}}}}"#]).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         e.contains("spec.selector: Invalid value") && e.contains("field is immutable"),

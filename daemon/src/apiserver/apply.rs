@@ -100,6 +100,7 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
         dry_run: false,
         field_validation: FieldValidation::Strict,
         field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
     };
     for _ in 0..8 {
         let old = match sv.registry.get(&rt, ns, &id.name).await {

@@ -170,15 +170,20 @@ async fn serve(
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
         field_manager: field_manager(&q, &headers)?,
+        duplicate_fields: vec![],
     };
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let mut opts = opts;
     let body = if !matches!(verb, "create" | "update")
         || ctype.is_empty()
         || ctype.starts_with("application/json")
     {
+        if matches!(verb, "create" | "update") && opts.field_validation != FieldValidation::Ignore {
+            opts.duplicate_fields = crate::registry::strategy::duplicate_fields(&body);
+        }
         body
     } else if ctype.starts_with("application/vnd.kubernetes.protobuf") {
         let obj = super::protobuf::decode(&body).map_err(KubeError::UnsupportedMediaType)?;

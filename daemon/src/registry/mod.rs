@@ -163,6 +163,7 @@ impl Registry {
                 dry_run: false,
                 field_validation: FieldValidation::Ignore,
                 field_manager: None,
+                ..Default::default()
             };
             match self
                 .update(&rt, ns.as_deref(), &name, &old, new, None, &opts)

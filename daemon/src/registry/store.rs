@@ -47,6 +47,8 @@ pub struct WriteOptions {
     /// (server-side apply computes its own; internal writers keep the
     /// clients' records).
     pub field_manager: Option<String>,
+    /// Members the request body gave twice (reported like unknown fields).
+    pub duplicate_fields: Vec<String>,
 }
 
 /// A written object and the warnings for the client (`Warning` headers).
@@ -319,6 +321,11 @@ impl Registry {
         let unknown: Vec<String> = unknown
             .into_iter()
             .map(|f| format!("unknown field \"{f}\""))
+            .chain(
+                opts.duplicate_fields
+                    .iter()
+                    .map(|f| format!("duplicate field \"{f}\"")),
+            )
             .collect();
         match opts.field_validation {
             FieldValidation::Strict if !unknown.is_empty() => Err(KubeError::BadRequest(format!(

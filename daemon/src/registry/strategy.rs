@@ -228,6 +228,93 @@ pub fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<S
     }
 }
 
+/// Paths of members given twice in a JSON body (`spec.replicas`), which
+/// `fieldValidation` reports as upstream does; the parsed value keeps the
+/// last one. Invalid JSON yields nothing (parsing reports it).
+pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Walk<'a> {
+        path: String,
+        found: &'a RefCell<Vec<String>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                let path = if self.path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{}.{k}", self.path)
+                };
+                if !seen.insert(k) {
+                    self.found.borrow_mut().push(path.clone());
+                }
+                m.next_value_seed(Walk {
+                    path,
+                    found: self.found,
+                })?;
+            }
+            Ok(())
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<(), S::Error> {
+            let mut i = 0;
+            while s
+                .next_element_seed(Walk {
+                    path: format!("{}[{i}]", self.path),
+                    found: self.found,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    let found = RefCell::new(Vec::new());
+    let mut d = serde_json::Deserializer::from_slice(body);
+    let walk = Walk {
+        path: String::new(),
+        found: &found,
+    };
+    if walk.deserialize(&mut d).is_err() {
+        return vec![];
+    }
+    found.into_inner()
+}
+
 /// Kinds without a typed form: custom resources (no schema is enforced).
 pub struct Generic;
 
@@ -325,6 +412,15 @@ impl Strategy for CrdStrategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_fields_are_named_with_paths() {
+        let body =
+            br#"{"spec": {"replicas": 1, "replicas": 2, "x": [{"a": 1, "a": 1}]}, "kind": "K"}"#;
+        assert_eq!(duplicate_fields(body), vec!["spec.replicas", "spec.x[0].a"]);
+        assert!(duplicate_fields(br#"{"a": 1, "b": {"a": 2}}"#).is_empty());
+        assert!(duplicate_fields(b"{nope").is_empty());
+    }
 
     #[test]
     fn unknown_fields_are_named_with_paths() {
