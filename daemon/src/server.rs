@@ -380,6 +380,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         background.clone(),
     ));
     bg.spawn(registry.clone().follow_crds(background.clone()));
+    bg.spawn(registry.clone().follow_namespaces(background.clone()));
     // Singleton work, on the leader only.
     {
         let (o, s, m, sv) = (

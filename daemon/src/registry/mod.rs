@@ -31,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Registry {
     pub objects: Objects,
     kinds: RwLock<Arc<Vec<ResourceType>>>,
+    /// Namespaces known to exist and not to be terminating, followed by a
+    /// watch: a create in one of them skips reading the namespace. A miss
+    /// (a namespace made a moment ago on another server) reads it.
+    active_namespaces: RwLock<std::collections::HashSet<String>>,
 }
 
 impl Registry {
@@ -39,6 +43,7 @@ impl Registry {
         let r = Self {
             objects,
             kinds: RwLock::new(Arc::new(kinds::builtins())),
+            active_namespaces: RwLock::default(),
         };
         r.refresh().await;
         r
@@ -119,6 +124,67 @@ impl Registry {
 }
 
 impl Registry {
+    /// Whether `ns` is known to exist and not to be terminating.
+    pub fn namespace_active(&self, ns: &str) -> bool {
+        self.active_namespaces
+            .read()
+            .expect("namespaces lock")
+            .contains(ns)
+    }
+
+    /// Keep `active_namespaces` in step with the datastore.
+    pub async fn follow_namespaces(self: Arc<Self>, stop: CancellationToken) {
+        let prefix = crate::objects::prefix("namespaces", None);
+        let active = |v: &serde_json::Value| {
+            v.pointer("/metadata/deletionTimestamp")
+                .is_none_or(|t| t.is_null())
+        };
+        loop {
+            let listed = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.objects.store.list(&prefix) => r,
+            };
+            let Ok((rev, kvs)) = listed else {
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue }
+            };
+            let names = kvs
+                .iter()
+                .filter_map(|kv| {
+                    let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
+                    active(&v).then(|| kv.key.strip_prefix(&prefix).map(str::to_string))?
+                })
+                .collect();
+            *self.active_namespaces.write().expect("namespaces lock") = names;
+            let Ok(mut w) = self.objects.store.watch(&prefix, rev).await else {
+                continue;
+            };
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = w.next() => ev,
+                };
+                let Some(Ok(ev)) = ev else { break };
+                let Some(name) = ev.key.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let keep = !matches!(ev.kind, crate::datastore::EventKind::Delete)
+                    && serde_json::from_slice::<serde_json::Value>(&ev.value)
+                        .is_ok_and(|v| active(&v));
+                let mut set = self.active_namespaces.write().expect("namespaces lock");
+                if keep {
+                    set.insert(name.to_string());
+                } else {
+                    set.remove(name);
+                }
+            }
+            // Compacted or lost: start over.
+            self.active_namespaces
+                .write()
+                .expect("namespaces lock")
+                .clear();
+        }
+    }
+
     /// The kind (preferred version of its storage), namespace and name of a
     /// datastore key.
     pub fn locate(&self, key: &str) -> Option<(ResourceType, Option<String>, String)> {

@@ -269,6 +269,9 @@ impl Registry {
     }
 
     async fn namespace_accepts(&self, ns: &str) -> Result<(), KubeError> {
+        if self.namespace_active(ns) {
+            return Ok(());
+        }
         let r = Ref::cluster("namespaces", ns);
         let subject = Subject {
             group: String::new(),
