@@ -580,6 +580,57 @@ fn object_model_with_kubectl_127_and_133() {
         );
         let all = k.ok(&["get", "all", "-A"]);
         assert!(all.contains("service/kubernetes"), "{all}");
+        // kubectl describe answers for every namespaced kind (its typed
+        // describers fetch related objects: events, pods, replica sets...).
+        for kind in [
+            "pods",
+            "services",
+            "serviceaccounts",
+            "replicationcontrollers",
+            "persistentvolumeclaims",
+            "podtemplates",
+            "resourcequotas",
+            "limitranges",
+            "configmaps",
+            "secrets",
+            "events",
+            "deployments",
+            "replicasets",
+            "statefulsets",
+            "daemonsets",
+            "controllerrevisions",
+            "jobs",
+            "cronjobs",
+            "endpointslices",
+            "ingresses",
+            "networkpolicies",
+            "poddisruptionbudgets",
+            "horizontalpodautoscalers",
+            "leases",
+        ] {
+            let o = k.run(&["describe", kind, "-n", &ns]);
+            assert!(o.status.success(), "describe {kind}: {}", stderr(&o));
+        }
+        for cluster_kind in [
+            "priorityclasses",
+            "storageclasses",
+            "ingressclasses",
+            "persistentvolumes",
+            "namespaces",
+            "customresourcedefinitions",
+        ] {
+            let o = k.run(&["describe", cluster_kind]);
+            assert!(
+                o.status.success(),
+                "describe {cluster_kind}: {}",
+                stderr(&o)
+            );
+        }
+        let d = k.ok(&["describe", "-n", &ns, "job", "j1"]);
+        assert!(
+            d.contains("Name:") && d.contains("j1") && d.contains("Pod Template:"),
+            "{d}"
+        );
         let node = k.ok(&["describe", "node", "server-0"]);
         assert!(
             node.contains("Allocatable:") && node.contains("Non-terminated Pods:"),

@@ -340,6 +340,18 @@ impl Writer {
         })();
         match outcome {
             Ok(()) => {
+                if checkpoint {
+                    // Truncate the WAL so the file stays bounded; readers
+                    // holding old snapshots make it a no-op, which is fine.
+                    // Before the replies, so a finished compaction has also
+                    // given its space back.
+                    if let Err(e) =
+                        self.conn
+                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
                 self.revision.store(rev, Ordering::Release);
                 for (req, res) in batch.into_iter().zip(results) {
                     if let Ok(Reply::Compacted(s)) = &res {
@@ -349,16 +361,6 @@ impl Writer {
                 }
                 for ev in events {
                     let _ = self.events.send(Arc::new(ev));
-                }
-                if checkpoint {
-                    // Truncate the WAL so the file stays bounded; readers
-                    // holding old snapshots make it a no-op, which is fine.
-                    if let Err(e) =
-                        self.conn
-                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
-                    }
                 }
             }
             Err(e) => {
