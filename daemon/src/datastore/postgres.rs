@@ -324,8 +324,9 @@ fn prefix_bounds(prefix: &str) -> (String, String) {
 }
 
 /// Group commit: one transaction per batch, revisions assigned under the
-/// `rk3s_meta` row lock. The connection is re-made when it breaks; while it
-/// cannot be, writes fail at once with `Unavailable`.
+/// `rk3s_meta` row lock. The connection is re-made when it breaks (one
+/// attempt per `RECONNECT_EVERY`); while it cannot be, writes fail with
+/// `Unavailable` after that attempt.
 async fn writer(
     endpoint: Arc<Endpoint>,
     mut client: Option<Client>,
@@ -333,16 +334,13 @@ async fn writer(
 ) {
     let mut last_attempt: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        if client.as_ref().is_none_or(Client::is_closed) {
+            // At most one attempt per RECONNECT_EVERY; a write arriving
+            // sooner waits for the next one rather than failing unasked
+            // (PostgreSQL may be back: the reads may already have seen it).
+            if let Some(t) = last_attempt {
+                tokio::time::sleep(RECONNECT_EVERY.saturating_sub(t.elapsed())).await;
             }
-        }
-        if client.as_ref().is_none_or(Client::is_closed)
-            && last_attempt.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY)
-        {
             last_attempt = Some(Instant::now());
             match endpoint.connect().await {
                 Ok(c) => {
@@ -352,6 +350,13 @@ async fn writer(
                 Err(e) => {
                     tracing::warn!(error = %e, "PostgreSQL unreachable; failing writes until it returns")
                 }
+            }
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
         let outcome = match client.as_mut().filter(|c| !c.is_closed()) {
