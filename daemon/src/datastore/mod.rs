@@ -321,6 +321,52 @@ impl Watch {
     }
 }
 
+/// Keep an in-memory view of `prefix` in step with the datastore until
+/// `stop`: `on_list` gets a whole snapshot (at the start, and again after a
+/// compaction or a lost watch), `on_event` every change after it, in order.
+/// Failed reads are retried once a second.
+pub async fn follow(
+    store: &Datastore,
+    prefix: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut on_list: impl FnMut(Revision, Vec<KeyValue>),
+    mut on_event: impl FnMut(Event),
+) {
+    let pause = || tokio::time::sleep(std::time::Duration::from_secs(1));
+    loop {
+        let listed = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = store.list(prefix) => r,
+        };
+        let (rev, kvs) = match listed {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(prefix, error = %e, "follow: list failed; retrying");
+                tokio::select! { _ = stop.cancelled() => return, _ = pause() => continue }
+            }
+        };
+        on_list(rev, kvs);
+        let mut w = match store.watch(prefix, rev).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(prefix, error = %e, "follow: watch failed; listing again");
+                tokio::select! { _ = stop.cancelled() => return, _ = pause() => continue }
+            }
+        };
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = w.next() => ev,
+            };
+            match ev {
+                Some(Ok(ev)) => on_event(ev),
+                // Compacted past this watcher, or the datastore went away.
+                _ => break,
+            }
+        }
+    }
+}
+
 /// Runs compaction forever (the caller spawns it and cancels the task).
 pub async fn compaction_loop(store: Datastore, keep: u64, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);

@@ -165,41 +165,27 @@ impl Cache {
     /// Fill and follow the datastore until `stop`; re-lists after a
     /// compaction or a lost watch.
     pub async fn run(&self, objects: Objects, stop: CancellationToken) {
-        loop {
-            let listed = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = objects.store.list("/registry/") => r,
-            };
-            let (rev, kvs) = match listed {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "watch cache: list failed; retrying");
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue }
-                }
-            };
-            let items = kvs
-                .into_iter()
-                .filter_map(|kv| {
-                    let mut v: Value = serde_json::from_slice(&kv.value).ok()?;
-                    v["metadata"]["resourceVersion"] = Value::String(kv.mod_revision.to_string());
-                    Some((kv.key, v))
-                })
-                .collect();
-            self.load(rev, items);
-            self.synced.send_replace(true);
-            let Ok(mut w) = objects.store.watch("/registry/", rev).await else {
-                continue;
-            };
-            loop {
-                let ev = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ev = w.next() => ev,
+        let with_rv = |bytes: &[u8], rev: Revision| {
+            let mut v: Value = serde_json::from_slice(bytes).ok()?;
+            v["metadata"]["resourceVersion"] = Value::String(rev.to_string());
+            Some(v)
+        };
+        crate::datastore::follow(
+            &objects.store,
+            "/registry/",
+            &stop,
+            |rev, kvs| {
+                let items = kvs
+                    .into_iter()
+                    .filter_map(|kv| Some((kv.key, with_rv(&kv.value, kv.mod_revision)?)))
+                    .collect();
+                self.load(rev, items);
+                self.synced.send_replace(true);
+            },
+            |ev| {
+                let Some(v) = with_rv(&ev.value, ev.revision) else {
+                    return;
                 };
-                let Some(Ok(ev)) = ev else { break };
-                let Ok(mut v) = serde_json::from_slice::<Value>(&ev.value) else {
-                    continue;
-                };
-                v["metadata"]["resourceVersion"] = Value::String(ev.revision.to_string());
                 {
                     let mut inner = self.inner.write().expect("cache lock");
                     match ev.kind {
@@ -213,7 +199,8 @@ impl Cache {
                     key: ev.key,
                     object: v,
                 });
-            }
-        }
+            },
+        )
+        .await
     }
 }

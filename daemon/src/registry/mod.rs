@@ -24,7 +24,9 @@ pub use error::{FieldError, KubeError, Subject};
 pub use kinds::{ResourceType, CRD_GROUP};
 pub use store::{DeleteOptions, FieldValidation, WriteOptions, Written};
 
+use crate::datastore::EventKind;
 use crate::objects::Objects;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
@@ -72,24 +74,23 @@ impl Registry {
 
     /// Re-read the CRDs and rebuild the kind list.
     pub async fn refresh(&self) {
-        let mut all = kinds::builtins();
         match self
             .objects
             .list(&format!("{CRD_GROUP}/customresourcedefinitions"), None)
             .await
         {
-            Ok((_, crds)) => {
-                for crd in crds
-                    .iter()
-                    .filter(|c| c.pointer("/metadata/deletionTimestamp").is_none())
-                {
-                    all.extend(kinds::from_crd(crd));
-                }
-            }
+            Ok((_, crds)) => self.serve(crds.iter()),
             Err(e) => {
-                tracing::warn!(error = %e, "could not read CustomResourceDefinitions; keeping the kinds served so far");
-                return;
+                tracing::warn!(error = %e, "could not read CustomResourceDefinitions; keeping the kinds served so far")
             }
+        }
+    }
+
+    /// Serve the built-ins plus the kinds of `crds` (those not being deleted).
+    fn serve<'a>(&self, crds: impl Iterator<Item = &'a serde_json::Value>) {
+        let mut all = kinds::builtins();
+        for crd in crds.filter(|c| c.pointer("/metadata/deletionTimestamp").is_none()) {
+            all.extend(kinds::from_crd(crd));
         }
         *self.kinds.write().expect("kinds lock") = Arc::new(all);
     }
@@ -98,29 +99,34 @@ impl Registry {
     pub async fn follow_crds(self: Arc<Self>, stop: CancellationToken) {
         let prefix =
             crate::objects::prefix(&format!("{CRD_GROUP}/customresourcedefinitions"), None);
-        loop {
-            let from = match self.objects.store.current_revision().await {
-                Ok(r) => r,
-                Err(_) => {
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue }
-                }
-            };
-            self.refresh().await;
-            let Ok(mut w) = self.objects.store.watch(&prefix, from).await else {
-                continue;
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ev = w.next() => match ev {
-                        Some(Ok(_)) => self.refresh().await,
-                        // Compacted or lost: start over from the current state.
-                        _ => break,
-                    }
-                }
-            }
-        }
+        let crds = std::sync::Mutex::new(BTreeMap::new());
+        crate::datastore::follow(
+            &self.objects.store,
+            &prefix,
+            &stop,
+            |_, kvs| {
+                let mut c = crds.lock().expect("crds lock");
+                *c = kvs
+                    .into_iter()
+                    .filter_map(|kv| Some((kv.key, json_of(&kv.value)?)))
+                    .collect();
+                self.serve(c.values());
+            },
+            |ev| {
+                let mut c = crds.lock().expect("crds lock");
+                match (ev.kind, json_of(&ev.value)) {
+                    (EventKind::Delete, _) | (_, None) => c.remove(&ev.key),
+                    (_, Some(v)) => c.insert(ev.key, v),
+                };
+                self.serve(c.values());
+            },
+        )
+        .await
     }
+}
+
+fn json_of(bytes: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice(bytes).ok()
 }
 
 impl Registry {
@@ -135,54 +141,36 @@ impl Registry {
     /// Keep `active_namespaces` in step with the datastore.
     pub async fn follow_namespaces(self: Arc<Self>, stop: CancellationToken) {
         let prefix = crate::objects::prefix("namespaces", None);
-        let active = |v: &serde_json::Value| {
-            v.pointer("/metadata/deletionTimestamp")
-                .is_none_or(|t| t.is_null())
+        let active = |bytes: &[u8]| {
+            json_of(bytes).is_some_and(|v| {
+                v.pointer("/metadata/deletionTimestamp")
+                    .is_none_or(|t| t.is_null())
+            })
         };
-        loop {
-            let listed = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.objects.store.list(&prefix) => r,
-            };
-            let Ok((rev, kvs)) = listed else {
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue }
-            };
-            let names = kvs
-                .iter()
-                .filter_map(|kv| {
-                    let v: serde_json::Value = serde_json::from_slice(&kv.value).ok()?;
-                    active(&v).then(|| kv.key.strip_prefix(&prefix).map(str::to_string))?
-                })
-                .collect();
-            *self.active_namespaces.write().expect("namespaces lock") = names;
-            let Ok(mut w) = self.objects.store.watch(&prefix, rev).await else {
-                continue;
-            };
-            loop {
-                let ev = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ev = w.next() => ev,
-                };
-                let Some(Ok(ev)) = ev else { break };
+        let set = || self.active_namespaces.write().expect("namespaces lock");
+        crate::datastore::follow(
+            &self.objects.store,
+            &prefix,
+            &stop,
+            |_, kvs| {
+                *set() = kvs
+                    .iter()
+                    .filter(|kv| active(&kv.value))
+                    .filter_map(|kv| Some(kv.key.strip_prefix(&prefix)?.to_string()))
+                    .collect();
+            },
+            |ev| {
                 let Some(name) = ev.key.strip_prefix(&prefix) else {
-                    continue;
+                    return;
                 };
-                let keep = !matches!(ev.kind, crate::datastore::EventKind::Delete)
-                    && serde_json::from_slice::<serde_json::Value>(&ev.value)
-                        .is_ok_and(|v| active(&v));
-                let mut set = self.active_namespaces.write().expect("namespaces lock");
-                if keep {
-                    set.insert(name.to_string());
+                if !matches!(ev.kind, EventKind::Delete) && active(&ev.value) {
+                    set().insert(name.to_string());
                 } else {
-                    set.remove(name);
+                    set().remove(name);
                 }
-            }
-            // Compacted or lost: start over.
-            self.active_namespaces
-                .write()
-                .expect("namespaces lock")
-                .clear();
-        }
+            },
+        )
+        .await
     }
 
     /// The kind (preferred version of its storage), namespace and name of a
