@@ -50,23 +50,6 @@ fn ready_condition(status: &str, now: &str, transition: &str) -> Value {
     })
 }
 
-/// Roles from `node-role.kubernetes.io/<role>` labels, sorted.
-pub fn roles(node: &Value) -> Vec<String> {
-    let mut roles: Vec<String> = node
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|l| {
-            l.keys()
-                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    roles.sort();
-    roles
-}
-
 /// Ready condition status of a node object (`None` if it has none).
 pub fn ready_status(node: &Value) -> Option<&str> {
     node.pointer("/status/conditions")?

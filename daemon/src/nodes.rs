@@ -45,7 +45,7 @@ fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummar
         Some("False") => "NotReady",
         _ => "Unknown",
     };
-    let roles = lifecycle::roles(node);
+    let roles = crate::registry::core::node_roles(node);
     let renewed = lease.and_then(lifecycle::lease_renewed);
     let connected = connected_server(sv, &name, lease);
     let internal_ip = node

@@ -2,28 +2,20 @@
 //! `openapi.v2.Document`). kubectl only looks for each kind's PATCH
 //! operation, its `x-kubernetes-group-version-kind` extension and a
 //! `fieldValidation` query parameter; finding them, it leaves validation to
-//! the server. So the document carries exactly that, hand-encoded: a
-//! protobuf dependency for a dozen fields is not worth it.
+//! the server. So the document carries exactly that, written field by field
+//! with prost's wire encoders (gnostic's schema is not in the descriptor
+//! set `protobuf` uses, and a dozen fields do not need generated types).
 
 use crate::registry::ResourceType;
+use prost::encoding::{bool as pb_bool, bytes as pb_bytes};
 
 /// Protobuf writer for the few wire shapes needed (strings, bools, messages).
 #[derive(Default)]
 struct Msg(Vec<u8>);
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 impl Msg {
     fn bytes(mut self, field: u32, data: &[u8]) -> Self {
-        varint(&mut self.0, (u64::from(field) << 3) | 2);
-        varint(&mut self.0, data.len() as u64);
-        self.0.extend_from_slice(data);
+        pb_bytes::encode(field, &data.to_vec(), &mut self.0);
         self
     }
 
@@ -36,8 +28,7 @@ impl Msg {
     }
 
     fn boolean(mut self, field: u32, b: bool) -> Self {
-        varint(&mut self.0, u64::from(field) << 3);
-        varint(&mut self.0, u64::from(b));
+        pb_bool::encode(field, &b, &mut self.0);
         self
     }
 }
@@ -141,7 +132,7 @@ mod tests {
     #[test]
     fn varints_and_fields() {
         let mut v = Vec::new();
-        varint(&mut v, 300);
+        prost::encoding::encode_varint(300, &mut v);
         assert_eq!(v, [0xac, 0x02]);
         assert_eq!(
             Msg::default().string(1, "2.0").0,

@@ -1,9 +1,9 @@
 //! apps/v1 kinds: Deployment, ReplicaSet, StatefulSet, DaemonSet,
 //! ControllerRevision.
 
-use super::core::{pod_spec_defaults, replica_columns};
+use super::core::{pod_spec_defaults, replica_columns, replica_row};
 use super::error::{FieldError, Raw};
-use super::printers::{self, age_cell, column, name_cell};
+use super::printers::{self, age_cell, age_col, col, column, name_cell, name_col};
 use super::strategy::{FieldLabel, Kind, Typed};
 use super::validation as v;
 use k8s_openapi::api::apps::v1::{
@@ -21,10 +21,6 @@ pub static REPLICA_SET: Typed<ReplicaSet> = Typed::new();
 pub static STATEFUL_SET: Typed<StatefulSet> = Typed::new();
 pub static DAEMON_SET: Typed<DaemonSet> = Typed::new();
 pub static CONTROLLER_REVISION: Typed<ControllerRevision> = Typed::new();
-
-fn col(name: &str, priority: i64, description: &str) -> Value {
-    column(name, "string", priority, description)
-}
 
 fn template_defaults(t: Option<&mut PodTemplateSpec>) {
     if let Some(s) = t.and_then(|t| t.spec.as_mut()) {
@@ -130,11 +126,11 @@ impl Kind for Deployment {
 
     fn columns() -> Vec<Value> {
         vec![
-            col("Name", 0, "Name must be unique within a namespace."),
+            name_col(),
             col("Ready", 0, "Number of the pod with ready state"),
             column("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
             column("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
-            col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            age_col(),
             col("Containers", 1, "Names of each container in the template."),
             col("Images", 1, "Images referenced by each container in the template."),
             col("Selector", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
@@ -193,18 +189,12 @@ impl Kind for ReplicaSet {
     fn row(&self, obj: &Value) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
         let st = self.status.clone().unwrap_or_default();
-        let (c, i) =
-            printers::containers_images(spec.template.as_ref().and_then(|t| t.spec.as_ref()));
-        vec![
-            name_cell(obj),
-            json!(spec.replicas.unwrap_or(1)),
-            json!(st.replicas),
-            json!(st.ready_replicas.unwrap_or(0)),
-            age_cell(obj),
-            json!(c),
-            json!(i),
-            json!(printers::selector(Some(&spec.selector))),
-        ]
+        replica_row(
+            obj,
+            (spec.replicas, st.replicas, st.ready_replicas),
+            spec.template.as_ref(),
+            printers::selector(Some(&spec.selector)),
+        )
     }
 
     const FIELDS: &'static [FieldLabel] = &[("status.replicas", "/status/replicas", "0")];
@@ -279,11 +269,15 @@ impl Kind for StatefulSet {
 
     fn columns() -> Vec<Value> {
         vec![
-            col("Name", 0, "Name must be unique within a namespace."),
+            name_col(),
             col("Ready", 0, "Number of the pod with ready state"),
-            col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            age_col(),
             col("Containers", 1, "Names of each container in the template."),
-            col("Images", 1, "Images referenced by each container in the template."),
+            col(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+            ),
         ]
     }
 
@@ -340,14 +334,14 @@ impl Kind for DaemonSet {
 
     fn columns() -> Vec<Value> {
         vec![
-            col("Name", 0, "Name must be unique within a namespace."),
+            name_col(),
             column("Desired", "integer", 0, "The total number of nodes that should be running the daemon pod."),
             column("Current", "integer", 0, "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
             column("Ready", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
             column("Up-to-date", "integer", 0, "The total number of nodes that are running updated daemon pod"),
             column("Available", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
             col("Node Selector", 0, "NodeSelector is a selector which must be true for the pod to fit on a node."),
-            col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            age_col(),
             col("Containers", 1, "Names of each container in the template."),
             col("Images", 1, "Images referenced by each container in the template."),
             col("Selector", 1, "A label query over pods that are managed by the daemon set."),
@@ -394,10 +388,15 @@ impl Kind for ControllerRevision {
 
     fn columns() -> Vec<Value> {
         vec![
-            col("Name", 0, "Name must be unique within a namespace."),
+            name_col(),
             col("Controller", 0, "Controller of the object"),
-            column("Revision", "integer", 0, "Revision indicates the revision of the state represented by Data."),
-            col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            column(
+                "Revision",
+                "integer",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ),
+            age_col(),
         ]
     }
 

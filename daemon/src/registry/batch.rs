@@ -2,7 +2,7 @@
 
 use super::core::pod_spec_defaults;
 use super::error::{FieldError, Raw};
-use super::printers::{self, age_cell, column, name_cell, since};
+use super::printers::{self, age_cell, age_col, col, column, name_cell, name_col, since};
 use super::strategy::{FieldLabel, Kind, Typed};
 use super::validation as v;
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 
 pub static JOB: Typed<Job> = Typed::new();
 pub static CRON_JOB: Typed<CronJob> = Typed::new();
-
-fn col(name: &str, priority: i64, description: &str) -> Value {
-    column(name, "string", priority, description)
-}
 
 const RESTART: &[&str] = &["OnFailure", "Never"];
 
@@ -132,14 +128,22 @@ impl Kind for Job {
 
     fn columns() -> Vec<Value> {
         vec![
-            col("Name", 0, "Name must be unique within a namespace."),
+            name_col(),
             col("Status", 0, "Status of the job."),
             col("Completions", 0, "The completion status of the job."),
             col("Duration", 0, "Time required to complete the job."),
-            col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            age_col(),
             col("Containers", 1, "Names of each container in the template."),
-            col("Images", 1, "Images referenced by each container in the template."),
-            col("Selector", 1, "A label query over pods that should match the pod count."),
+            col(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col(
+                "Selector",
+                1,
+                "A label query over pods that should match the pod count.",
+            ),
         ]
     }
 
@@ -286,13 +290,13 @@ impl Kind for CronJob {
 
     fn columns() -> Vec<Value> {
         vec![
-            col("Name", 0, "Name must be unique within a namespace."),
+            name_col(),
             col("Schedule", 0, "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
             col("Timezone", 0, "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones."),
             column("Suspend", "boolean", 0, "This flag tells the controller to suspend subsequent executions."),
             column("Active", "integer", 0, "A list of pointers to currently running jobs."),
             col("Last Schedule", 0, "Information when was the last time the job was successfully scheduled."),
-            col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
+            age_col(),
             col("Containers", 1, "Names of each container in the template."),
             col("Images", 1, "Images referenced by each container in the template."),
             col("Selector", 1, "A label query over pods that should match the pod count."),

@@ -1,7 +1,7 @@
 //! core/v1 kinds: defaults, validation, tables and field selectors.
 
 use super::error::FieldError;
-use super::printers::{self, age_cell, age_col, column, name_cell, name_col, or_none, since};
+use super::printers::{self, age_cell, age_col, col, column, name_cell, name_col, or_none, since};
 use super::strategy::{FieldLabel, Kind, NameRule, Typed};
 use super::validation as v;
 use k8s_openapi::api::core::v1::{
@@ -29,10 +29,6 @@ pub static PERSISTENT_VOLUME: Typed<PersistentVolume> = Typed::new();
 pub static PERSISTENT_VOLUME_CLAIM: Typed<PersistentVolumeClaim> = Typed::new();
 pub static RESOURCE_QUOTA: Typed<ResourceQuota> = Typed::new();
 pub static LIMIT_RANGE: Typed<LimitRange> = Typed::new();
-
-fn col(name: &str, priority: i64, description: &str) -> Value {
-    column(name, "string", priority, description)
-}
 
 /// Upstream's pull policy rule: `:latest` or no tag pulls Always.
 pub fn default_pull_policy(image: &str) -> &'static str {
@@ -591,18 +587,12 @@ impl Kind for ReplicationController {
     fn row(&self, obj: &Value) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
         let st = self.status.clone().unwrap_or_default();
-        let (c, i) =
-            printers::containers_images(spec.template.as_ref().and_then(|t| t.spec.as_ref()));
-        vec![
-            name_cell(obj),
-            json!(spec.replicas.unwrap_or(1)),
-            json!(st.replicas),
-            json!(st.ready_replicas.unwrap_or(0)),
-            age_cell(obj),
-            json!(c),
-            json!(i),
-            json!(printers::map_selector(spec.selector.as_ref())),
-        ]
+        replica_row(
+            obj,
+            (spec.replicas, st.replicas, st.ready_replicas),
+            spec.template.as_ref(),
+            printers::map_selector(spec.selector.as_ref()),
+        )
     }
 
     const FIELDS: &'static [FieldLabel] = &[("status.replicas", "/status/replicas", "0")];
@@ -610,6 +600,27 @@ impl Kind for ReplicationController {
 
 /// DESIRED CURRENT READY AGE (+ CONTAINERS IMAGES SELECTOR): ReplicaSets and
 /// ReplicationControllers.
+/// A row for [`replica_columns`]: (desired, current, ready) counts, the pod
+/// template and the selector as printed.
+pub fn replica_row(
+    obj: &Value,
+    (desired, current, ready): (Option<i32>, i32, Option<i32>),
+    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+    selector: String,
+) -> Vec<Value> {
+    let (c, i) = printers::containers_images(template.and_then(|t| t.spec.as_ref()));
+    vec![
+        name_cell(obj),
+        json!(desired.unwrap_or(1)),
+        json!(current),
+        json!(ready.unwrap_or(0)),
+        age_cell(obj),
+        json!(c),
+        json!(i),
+        json!(selector),
+    ]
+}
+
 pub fn replica_columns() -> Vec<Value> {
     vec![
         name_col(),

@@ -2,7 +2,7 @@
 //! events, networking, policy, scheduling, storage.
 
 use super::error::FieldError;
-use super::printers::{self, age_cell, age_col, column, name_cell, name_col, or_none};
+use super::printers::{self, age_cell, age_col, col, column, name_cell, name_col, or_none};
 use super::strategy::{FieldLabel, Kind, NameRule, Strategy, Typed};
 use super::validation as v;
 use k8s_openapi::api::autoscaling::{v1 as hpa1, v2 as hpa2};
@@ -26,10 +26,6 @@ pub static NETWORK_POLICY: Typed<NetworkPolicy> = Typed::new();
 pub static PDB: Typed<PodDisruptionBudget> = Typed::new();
 pub static PRIORITY_CLASS: Typed<PriorityClass> = Typed::new();
 pub static STORAGE_CLASS: Typed<StorageClass> = Typed::new();
-
-fn col(name: &str, priority: i64, description: &str) -> Value {
-    column(name, "string", priority, description)
-}
 
 impl Kind for hpa2::HorizontalPodAutoscaler {
     fn defaults(&mut self) {

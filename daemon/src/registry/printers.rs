@@ -11,6 +11,11 @@ pub fn column(name: &str, type_: &str, priority: i64, description: &str) -> Valu
     json!({"name": name, "type": type_, "format": format, "description": description, "priority": priority})
 }
 
+/// A string column.
+pub fn col(name: &str, priority: i64, description: &str) -> Value {
+    column(name, "string", priority, description)
+}
+
 pub fn name_col() -> Value {
     column(
         "Name",

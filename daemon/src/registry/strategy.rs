@@ -8,7 +8,7 @@
 //! round trip lost is reported so `fieldValidation` can warn or refuse.
 
 use super::error::FieldError;
-use super::printers::{age_cell, column, name_cell};
+use super::printers::{age_cell, age_col, column, name_cell, name_col};
 use super::validation;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,10 +46,7 @@ pub trait Strategy: Send + Sync {
 
     /// Table column definitions, Name first.
     fn columns(&self) -> Vec<Value> {
-        vec![
-            column("Name", "string", 0, "Name must be unique within a namespace."),
-            column("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
-        ]
+        vec![name_col(), age_col()]
     }
 
     /// The cells of one row, matching [`Strategy::columns`].
@@ -72,7 +69,8 @@ pub trait Strategy: Send + Sync {
     }
 
     /// From the stored form to this version (kinds served in two versions
-    /// or groups share one stored form).
+    /// or groups share one stored form). A kind that overrides this also
+    /// answers `converts` with true, or its lists go out unconverted.
     fn storage_to_version(&self, obj: Value) -> Value {
         obj
     }
@@ -235,10 +233,28 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
     use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
     use std::cell::RefCell;
 
-    struct Walk<'a> {
-        path: String,
-        found: &'a RefCell<Vec<String>>,
+    /// Where the walk is (segments: `name` or `[i]`), and what it found.
+    /// The path is joined only for a duplicate.
+    #[derive(Default)]
+    struct State {
+        path: Vec<String>,
+        found: Vec<String>,
     }
+
+    impl State {
+        fn joined(&self) -> String {
+            let mut out = String::new();
+            for seg in &self.path {
+                if !out.is_empty() && !seg.starts_with('[') {
+                    out.push('.');
+                }
+                out.push_str(seg);
+            }
+            out
+        }
+    }
+
+    struct Walk<'a>(&'a RefCell<State>);
 
     impl<'de> DeserializeSeed<'de> for Walk<'_> {
         type Value = ();
@@ -255,33 +271,31 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
         fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
             let mut seen = std::collections::HashSet::new();
             while let Some(k) = m.next_key::<String>()? {
-                let path = if self.path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{}.{k}", self.path)
-                };
-                if !seen.insert(k) {
-                    self.found.borrow_mut().push(path.clone());
+                let dup = !seen.insert(k.clone());
+                {
+                    let mut st = self.0.borrow_mut();
+                    st.path.push(k);
+                    if dup {
+                        let p = st.joined();
+                        st.found.push(p);
+                    }
                 }
-                m.next_value_seed(Walk {
-                    path,
-                    found: self.found,
-                })?;
+                m.next_value_seed(Walk(self.0))?;
+                self.0.borrow_mut().path.pop();
             }
             Ok(())
         }
         fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<(), S::Error> {
             let mut i = 0;
-            while s
-                .next_element_seed(Walk {
-                    path: format!("{}[{i}]", self.path),
-                    found: self.found,
-                })?
-                .is_some()
-            {
+            loop {
+                self.0.borrow_mut().path.push(format!("[{i}]"));
+                let more = s.next_element_seed(Walk(self.0))?.is_some();
+                self.0.borrow_mut().path.pop();
+                if !more {
+                    return Ok(());
+                }
                 i += 1;
             }
-            Ok(())
         }
         fn visit_bool<E>(self, _: bool) -> Result<(), E> {
             Ok(())
@@ -303,16 +317,12 @@ pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
         }
     }
 
-    let found = RefCell::new(Vec::new());
+    let state = RefCell::new(State::default());
     let mut d = serde_json::Deserializer::from_slice(body);
-    let walk = Walk {
-        path: String::new(),
-        found: &found,
-    };
-    if walk.deserialize(&mut d).is_err() {
+    if Walk(&state).deserialize(&mut d).is_err() {
         return vec![];
     }
-    found.into_inner()
+    state.into_inner().found
 }
 
 /// Kinds without a typed form: custom resources (no schema is enforced).
@@ -393,7 +403,7 @@ impl Strategy for CrdStrategy {
 
     fn columns(&self) -> Vec<Value> {
         vec![
-            column("Name", "string", 0, "Name must be unique within a namespace."),
+            name_col(),
             column("Created At", "date", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
         ]
     }
