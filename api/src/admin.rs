@@ -130,6 +130,15 @@ pub struct TokenResponse {
     pub agent_token: Option<String>,
 }
 
+/// The answer to a service-account signing key rotation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRotateResult {
+    /// `kid` of the key that signs from now on.
+    pub key_id: String,
+    /// Until when tokens signed by the previous keys still verify (RFC 3339).
+    pub previous_keys_valid_until: String,
+}
+
 /// Every admin error is this JSON body with a matching HTTP status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

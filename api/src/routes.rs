@@ -29,6 +29,8 @@ pub mod admin {
     pub const NODES: &str = "/v1/nodes";
     pub const TOKEN: &str = "/v1/token";
     pub const MANIFESTS: &str = "/v1/manifests";
+    /// POST `?grace=<duration>`: sign service-account tokens with a new key.
+    pub const ROTATE_SA_KEY: &str = "/v1/service-account-key/rotate";
 
     pub fn node(name: &str) -> String {
         format!("/v1/nodes/{name}")

@@ -35,11 +35,26 @@ pub enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The key that signs service-account tokens (server only).
+    ServiceAccountKey {
+        #[command(subcommand)]
+        command: KeyCmd,
+    },
     /// Print the cluster join token (server only).
     Token {
         /// Print the agent token instead (if the server has one).
         #[arg(long)]
         agent: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Sign with a new key on every server; tokens of the old key keep working for the grace period.
+    Rotate {
+        /// How long tokens signed by the old key stay valid (e.g. 1h, 30m) [default: 24h].
+        #[arg(long)]
+        grace: Option<String>,
     },
 }
 

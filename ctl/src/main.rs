@@ -1,11 +1,11 @@
 use clap::Parser;
 use hyper::Method;
 use rk3s_api::admin::{
-    ForgetResult, ManifestSummary, NodeDetail, NodeSummary, RotateResult, StatusResponse,
-    TokenResponse,
+    ForgetResult, KeyRotateResult, ManifestSummary, NodeDetail, NodeSummary, RotateResult,
+    StatusResponse, TokenResponse,
 };
 use rk3s_api::routes::admin as routes;
-use rk3sctl::cli::{Cli, Cmd, ManifestCmd, NodeCmd};
+use rk3sctl::cli::{Cli, Cmd, KeyCmd, ManifestCmd, NodeCmd};
 use rk3sctl::output::{self, Format};
 use rk3sctl::{Client, ClientError};
 use std::process::ExitCode;
@@ -39,6 +39,20 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             } else {
                 t.token + "\n"
             }
+        }
+        Cmd::ServiceAccountKey {
+            command: KeyCmd::Rotate { grace },
+        } => {
+            let mut path = routes::ROTATE_SA_KEY.to_string();
+            if let Some(g) = grace {
+                let g: String = g.bytes().map(|b| format!("%{b:02X}")).collect();
+                path.push_str(&format!("?grace={g}"));
+            }
+            let r: KeyRotateResult = c.request(Method::POST, &path).await?;
+            format!(
+                "service-account tokens are now signed by key {}; tokens of the previous keys verify until {}\n",
+                r.key_id, r.previous_keys_valid_until
+            )
         }
         Cmd::Manifest {
             command: ManifestCmd::List { output: f },

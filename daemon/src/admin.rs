@@ -252,6 +252,37 @@ async fn token(State(b): State<Backend>) -> R {
     .into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct RotateKeyQuery {
+    grace: Option<String>,
+}
+
+/// Tokens outlive a rotation by this much unless told otherwise: upstream's
+/// default token lifetime is an hour, kubelets refresh at 80 %.
+const DEFAULT_KEY_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+async fn rotate_sa_key(State(b): State<Backend>, Query(q): Query<RotateKeyQuery>) -> R {
+    let sv = server_only(&b)?;
+    let grace = match q.grace.as_deref() {
+        None | Some("") => DEFAULT_KEY_GRACE,
+        Some(g) => crate::config::parse_duration(g)
+            .map_err(|e| ApiError::BadRequest(format!("--grace {g:?}: {e}")))?,
+    };
+    let key_id = sv
+        .auth
+        .tokens
+        .rotate(&sv.objects.store, grace)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let until = chrono::Utc::now() + chrono::Duration::seconds(grace.as_secs() as i64);
+    tracing::info!(key_id, "service-account signing key rotated");
+    Ok(Json(rk3s_api::admin::KeyRotateResult {
+        key_id,
+        previous_keys_valid_until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+    .into_response())
+}
+
 async fn fallback(uri: axum::http::Uri) -> Response {
     ApiError::NotFound(format!(
         "no admin route {} (is rk3sctl newer than rk3sd?)",
@@ -268,6 +299,7 @@ fn router(b: Backend) -> Router {
         .route("/v1/nodes/{name}/rotate-password", post(rotate))
         .route(routes::TOKEN, get(token))
         .route(routes::MANIFESTS, get(list_manifests))
+        .route(routes::ROTATE_SA_KEY, post(rotate_sa_key))
         .fallback(fallback)
         .with_state(b)
 }

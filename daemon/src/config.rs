@@ -214,6 +214,10 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_keep: Option<u64>,
+    /// The longest lifetime a requested service-account token may have [default: no limit].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_max_token_expiration: Option<String>,
 }
 
 /// Parse `500ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
@@ -458,6 +462,8 @@ pub struct ServerConfig {
     pub monitor_period: Duration,
     pub compaction_interval: Duration,
     pub compaction_keep: u64,
+    /// `--service-account-max-token-expiration`.
+    pub max_token_expiration: Option<Duration>,
     pub debug: bool,
 }
 
@@ -630,6 +636,14 @@ impl ServerConfig {
                 Duration::from_secs(300),
             )?,
             compaction_keep: keep,
+            max_token_expiration: match &a.service_account_max_token_expiration {
+                None => None,
+                Some(_) => Some(duration_of(
+                    "service-account-max-token-expiration",
+                    &a.service_account_max_token_expiration,
+                    Duration::ZERO,
+                )?),
+            },
             debug: a.common.debug,
             data_dir,
             admin_socket,

@@ -2,7 +2,7 @@
 //! admin socket), with limits that keep one bad client from hurting others:
 //! TLS handshake and header timeouts and a bounded header buffer.
 
-use crate::apiserver::authz::{Caller, Identity};
+use crate::apiserver::authn::Caller;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -74,13 +74,14 @@ pub async fn serve_tls(
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     // The client certificate (if any) is the caller's identity.
-                    let identity = stream
+                    let caller = stream
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| Identity::from_cert(c.as_ref()));
-                    let app = app.layer(axum::Extension(Caller(identity)));
+                        .map(|c| Caller::from_cert(c.as_ref()))
+                        .unwrap_or_default();
+                    let app = app.layer(axum::Extension(caller));
                     serve_connection(stream, app, cancel).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

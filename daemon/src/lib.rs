@@ -5,6 +5,7 @@ pub mod addons;
 pub mod admin;
 pub mod agent;
 pub mod apiserver;
+pub mod auth;
 pub mod bootstrap;
 pub mod certs;
 pub mod cluster;

@@ -335,6 +335,28 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
     let registry = Arc::new(crate::registry::Registry::new(objects.clone()).await);
+    let issuer = crate::auth::tokens::Issuer::load(&store, &secret, cfg.max_token_expiration)
+        .await
+        .context("loading the service-account signing key")?;
+    let auth = Arc::new(crate::auth::Auth::new(Arc::new(issuer), objects.clone()));
+    registry.set_admission(Arc::new(crate::auth::admission::Admit {
+        auth: auth.clone(),
+        objects: objects.clone(),
+    }));
+    crate::auth::policy::reconcile(&registry)
+        .await
+        .context("reconciling the default RBAC policy")?;
+    let background = CancellationToken::new();
+    let bg = tokio_util::task::TaskTracker::new();
+    bg.spawn(auth.clone().follow(store.clone(), background.clone()));
+    // Serve only once the bindings are known, so nobody is denied by a
+    // policy not yet read.
+    if tokio::time::timeout(Duration::from_secs(30), auth.rbac.synced())
+        .await
+        .is_err()
+    {
+        anyhow::bail!("could not read the RBAC policy from the datastore within 30 s");
+    }
     let sv = Arc::new(Supervisor {
         objects: objects.clone(),
         registry: registry.clone(),
@@ -354,6 +376,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         ready: AtomicBool::new(false),
         embedded_agent: embedded.clone(),
         membership: membership.clone(),
+        auth,
     });
 
     let tls = sv.pki.server_config()?;
@@ -372,8 +395,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         admin_cancel.clone(),
     ));
 
-    let background = CancellationToken::new();
-    let bg = tokio_util::task::TaskTracker::new();
     bg.spawn(cluster::run(
         objects.clone(),
         membership.clone(),
@@ -405,7 +426,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 async move {
                     tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints, the manifests, the garbage collector and namespace termination");
                     tokio::join!(
-                        crate::controllers::run(sv.registry.clone(), term.clone()),
+                        crate::controllers::run(sv.registry.clone(), sv.auth.clone(), sv.pki.server_ca_pem.clone(), term.clone()),
                         term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
                         term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
                         term.run_until_cancelled(cluster::endpoints_loop(o, m)),

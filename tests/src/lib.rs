@@ -579,6 +579,19 @@ impl Kubectl {
     }
 }
 
+/// A kubeconfig at `path` for `url` (verified with `ca_pem`) that
+/// authenticates with a bearer `token`.
+pub fn token_kubeconfig(path: &Path, url: &str, ca_pem: &[u8], token: &str) -> PathBuf {
+    let ca = path.with_extension("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+        ca.display()
+    );
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
 /// A real PostgreSQL server (Debian's postgresql package) in a temporary
 /// directory, on 127.0.0.1 and a free port, trusting local connections.
 /// Runs as the `postgres` user when the tests run as root (PostgreSQL

@@ -176,6 +176,46 @@ fn servers_sharing_postgres_share_one_ca_and_refuse_another_token() {
         );
         assert!(k.ok(&["get", "nodes"]).contains("ha-worker"));
     }
+    // Service-account tokens one server issues verify on the other, also
+    // after a key rotation on the first (the second follows the key set).
+    let kubectl_on = |s: &rk3s_tests::Server, name: &str| {
+        rk3s_tests::Kubectl::new(
+            rk3s_tests::kubectl(None),
+            &s.kubeconfig(),
+            &t.path().join(name),
+        )
+    };
+    let k1 = kubectl_on(&s1, "k1");
+    k1.ok(&["create", "serviceaccount", "ha-bot"]);
+    let verify_on_s2 = |token: &str, name: &str| {
+        let kc = rk3s_tests::token_kubeconfig(&t.path().join(name), &s2.url(), &s2.ca_pem(), token);
+        let k = rk3s_tests::Kubectl::new(
+            rk3s_tests::kubectl(None),
+            &kc,
+            &t.path().join(format!("{name}-c")),
+        );
+        k.run(&["auth", "whoami"])
+    };
+    let first = k1.ok(&["create", "token", "ha-bot"]);
+    let o = verify_on_s2(first.trim(), "first");
+    assert!(
+        rk3s_tests::stdout(&o).contains("system:serviceaccount:default:ha-bot"),
+        "{}",
+        rk3s_tests::stderr(&o)
+    );
+    assert!(s1
+        .ctl(&["service-account-key", "rotate", "--grace", "1h"])
+        .status
+        .success());
+    let second = k1.ok(&["create", "token", "ha-bot"]);
+    let followed = rk3s_tests::wait_for(std::time::Duration::from_secs(10), || {
+        verify_on_s2(second.trim(), "second")
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(followed.is_some(), "server 2 did not learn the rotated key");
+    assert!(verify_on_s2(first.trim(), "first-again").status.success());
 
     // A server with another token stops with a clear error and writes nothing.
     let o = std::process::Command::new(rk3s_tests::bin("rk3sd"))

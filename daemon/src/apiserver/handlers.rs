@@ -2,7 +2,7 @@
 //! Parsing, authorization and content negotiation live here; every write
 //! goes through the registry's write path.
 
-use super::authz::{authorize, Attributes, Caller};
+use super::authn::Requester;
 use super::patch;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::subresources;
@@ -51,30 +51,32 @@ type Q = Query<HashMap<String, String>>;
 
 pub async fn core(
     State(sv): State<Arc<Supervisor>>,
-    Extension(caller): Extension<Caller>,
+    Extension(requester): Extension<Requester>,
     method: Method,
     headers: HeaderMap,
     Path(rest): Path<String>,
     Query(q): Q,
     body: Bytes,
 ) -> Response {
-    serve(sv, caller, method, headers, "", "v1", rest, q, body)
+    serve(sv, requester, method, headers, "", "v1", rest, q, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn grouped(
     State(sv): State<Arc<Supervisor>>,
-    Extension(caller): Extension<Caller>,
+    Extension(requester): Extension<Requester>,
     method: Method,
     headers: HeaderMap,
     Path((group, version, rest)): Path<(String, String, String)>,
     Query(q): Q,
     body: Bytes,
 ) -> Response {
-    serve(sv, caller, method, headers, &group, &version, rest, q, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    serve(
+        sv, requester, method, headers, &group, &version, rest, q, body,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn parse(sv: &Supervisor, group: &str, version: &str, rest: &str) -> Result<Target, KubeError> {
@@ -121,7 +123,7 @@ fn parse(sv: &Supervisor, group: &str, version: &str, rest: &str) -> Result<Targ
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     sv: Arc<Supervisor>,
-    caller: Caller,
+    Requester(user): Requester,
     method: Method,
     headers: HeaderMap,
     group: &str,
@@ -130,9 +132,6 @@ async fn serve(
     q: HashMap<String, String>,
     body: Bytes,
 ) -> Result<Response, KubeError> {
-    if caller.0.is_none() {
-        return Err(KubeError::Unauthorized);
-    }
     let t = parse(&sv, group, version, &rest)?;
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = match (&method, t.name.is_some()) {
@@ -148,19 +147,25 @@ async fn serve(
         (&Method::DELETE, false) => "deletecollection",
         _ => return Err(KubeError::MethodNotAllowed),
     };
+    if t.rt.create_only && verb != "create" {
+        return Err(KubeError::MethodNotAllowed);
+    }
     // Namespaced kinds are created and bulk-deleted only inside a namespace.
     if t.rt.namespaced && t.namespace.is_none() && matches!(verb, "create" | "deletecollection") {
         return Err(KubeError::MethodNotAllowed);
     }
-    authorize(
-        &caller,
-        &Attributes {
+    let fields = q.get("fieldSelector").map(String::as_str).unwrap_or("");
+    sv.auth.authorize(
+        &user,
+        &crate::auth::Request::resource(
             verb,
-            resource: &t.rt,
-            subresource: t.subresource.as_deref(),
-            namespace: t.namespace.as_deref(),
-            name: t.name.as_deref(),
-        },
+            &t.rt.group,
+            &t.rt.resource,
+            t.subresource.as_deref().unwrap_or(""),
+            t.ns().unwrap_or(""),
+            t.name(),
+        )
+        .with_fields(fields),
     )?;
     let as_table = headers
         .get(header::ACCEPT)
@@ -171,6 +176,7 @@ async fn serve(
         field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
         field_manager: field_manager(&q, &headers)?,
         duplicate_fields: vec![],
+        user: Some(user.clone()),
     };
     let ctype = headers
         .get(header::CONTENT_TYPE)
@@ -193,10 +199,16 @@ async fn serve(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {ctype})"
         )));
     };
+    if t.rt.create_only {
+        return super::reviews::create(&sv, &user, &t, &body).await;
+    }
     match (verb, t.subresource.as_deref()) {
         (_, Some("scale")) => subresources::scale(&sv, &t, verb, &headers, &body, &opts).await,
         ("create", Some("binding")) => subresources::binding(&sv, &t, &body).await,
         ("create", Some("eviction")) => subresources::eviction(&sv, &t, &body).await,
+        ("create", Some("token")) => {
+            super::serviceaccounts::token_request(&sv, &user, &t, &body).await
+        }
         ("get", _) => get(&sv, &t, as_table).await,
         ("list", _) => list(&sv, &t, &q, as_table).await,
         ("watch", _) => super::watch::serve(sv.clone(), t, &q, as_table).await,

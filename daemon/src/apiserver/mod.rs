@@ -2,7 +2,7 @@
 //! get/list/watch/create/update/patch/delete over the datastore.
 
 pub mod apply;
-pub mod authz;
+pub mod authn;
 pub mod discovery;
 pub mod handlers;
 pub mod openapiv2;
@@ -10,7 +10,9 @@ pub mod openapiv3;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
+pub mod reviews;
 pub mod selectors;
+pub mod serviceaccounts;
 pub mod subresources;
 pub mod table;
 pub mod watch;
@@ -40,5 +42,14 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .route("/openapi/v3/{*path}", get(openapiv3::group_version))
         .route("/api/v1/{*rest}", any(handlers::core))
         .route("/apis/{group}/{version}/{*rest}", any(handlers::grouped))
+        .route(
+            "/.well-known/openid-configuration",
+            get(serviceaccounts::openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(serviceaccounts::jwks))
+        .route_layer(axum::middleware::from_fn_with_state(
+            sv.clone(),
+            authn::middleware,
+        ))
         .with_state(sv)
 }

@@ -48,6 +48,19 @@ fn string_option(f: &FieldDescriptor, number: u32) -> Option<String> {
     String::from_utf8(buf.get(pos + 2..pos + 2 + len)?.to_vec()).ok()
 }
 
+/// Value fields whose Go name is their type's name but which JSON names
+/// (`RoleRef RoleRef `json:"roleRef"``): the descriptors cannot tell them
+/// from embedded structs.
+const NAMED: [&str; 7] = [
+    "k8s.io.api.rbac.v1.RoleBinding.roleRef",
+    "k8s.io.api.rbac.v1.ClusterRoleBinding.roleRef",
+    "k8s.io.api.authentication.v1.SelfSubjectReviewStatus.userInfo",
+    "k8s.io.api.core.v1.WeightedPodAffinityTerm.podAffinityTerm",
+    "k8s.io.api.core.v1.PreferAvoidPodsEntry.podSignature",
+    "k8s.io.api.storage.v1.VolumeError.time",
+    "k8s.io.api.flowcontrol.v1.LimitedPriorityLevelConfiguration.limitResponse",
+];
+
 /// A Go embedded struct: a value field named after its type. ObjectMeta and
 /// ListMeta are embedded too, but under the `metadata` key.
 fn embedded(f: &FieldDescriptor) -> bool {
@@ -55,6 +68,7 @@ fn embedded(f: &FieldDescriptor) -> bool {
         return false;
     };
     !matches!(m.name(), "ObjectMeta" | "ListMeta")
+        && !NAMED.contains(&f.full_name())
         && string_option(f, GOGO_CUSTOMNAME).as_deref() == Some(m.name())
 }
 
@@ -478,5 +492,15 @@ mod tests {
             err.contains("no protobuf schema for example.com/v1 Widget"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn named_value_fields_are_not_inlined() {
+        let inline = &super::schema().inline;
+        for f in super::NAMED {
+            assert!(!inline.contains(f), "{f}");
+        }
+        assert!(inline.contains("k8s.io.api.core.v1.Volume.volumeSource"));
+        assert!(inline.contains("k8s.io.api.core.v1.SecretKeySelector.localObjectReference"));
     }
 }

@@ -5,19 +5,12 @@
 use crate::registry::ResourceType;
 use serde_json::{json, Value};
 
-const VERBS: [&str; 8] = [
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+use crate::registry::kinds::VERBS;
 
 fn verbs_for(r: &ResourceType) -> Vec<&'static str> {
-    if r.resource == "namespaces" {
+    if r.create_only {
+        vec!["create"]
+    } else if r.resource == "namespaces" {
         // No deletecollection on cluster objects kubectl treats carefully.
         VERBS
             .iter()
@@ -42,6 +35,10 @@ fn subresource_shape(t: &ResourceType, sub: &str) -> (Value, Vec<&'static str>) 
         ),
         "eviction" => (
             json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
+            vec!["create"],
+        ),
+        "token" => (
+            json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}),
             vec!["create"],
         ),
         "finalize" => (

@@ -1,10 +1,12 @@
 //! Controllers the elected leader runs over the registry: the garbage
-//! collector (ownerReferences, foreground/orphan deletion) and namespace
-//! termination. They read the watch cache and write through the registry,
+//! collector (ownerReferences, foreground/orphan deletion), namespace
+//! termination, ClusterRole aggregation and the service-account plumbing. They read the watch cache and write through the registry,
 //! like any other client.
 
+pub mod clusterroles;
 pub mod gc;
 pub mod namespace;
+pub mod serviceaccounts;
 
 use crate::registry::cache::Cache;
 use crate::registry::Registry;
@@ -12,7 +14,12 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Run every controller until `stop` (the end of a leadership term).
-pub async fn run(registry: Arc<Registry>, stop: CancellationToken) {
+pub async fn run(
+    registry: Arc<Registry>,
+    auth: Arc<crate::auth::Auth>,
+    ca_pem: String,
+    stop: CancellationToken,
+) {
     let cache = Arc::new(Cache::default());
     let feed = {
         let (c, o, s) = (cache.clone(), registry.objects.clone(), stop.clone());
@@ -21,6 +28,8 @@ pub async fn run(registry: Arc<Registry>, stop: CancellationToken) {
     tokio::join!(
         feed,
         gc::run(registry.clone(), cache.clone(), stop.clone()),
-        namespace::run(registry, cache, stop),
+        namespace::run(registry.clone(), cache.clone(), stop.clone()),
+        clusterroles::run(registry.clone(), cache.clone(), stop.clone()),
+        serviceaccounts::run(registry, cache, auth, ca_pem, stop),
     );
 }

@@ -31,6 +31,9 @@ pub struct ResourceType {
     pub scale_paths: Option<ScalePaths>,
     /// A CRD version's `openAPIV3Schema` (built-ins have typed schemas).
     pub schema: Option<std::sync::Arc<Value>>,
+    /// A review kind (access, rules, token, self-subject): only `create`,
+    /// answered by the API server and never stored.
+    pub create_only: bool,
 }
 
 /// JSON paths of a scalable kind (fixed for built-ins, from the CRD otherwise).
@@ -42,6 +45,18 @@ pub struct ScalePaths {
 }
 
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
+
+/// The verbs of a stored kind, as discovery lists them.
+pub const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 impl ResourceType {
     pub fn api_version(&self) -> String {
@@ -146,7 +161,7 @@ macro_rules! builtin {
     };
 }
 
-use super::{apps, batch, core, other};
+use super::{apps, batch, core, other, rbac};
 
 /// Upstream's built-in kinds rk3s serves, in discovery order within each
 /// group (the first version of a group is the preferred one).
@@ -244,7 +259,7 @@ static BUILTINS: &[Builtin] = &[
         true,
         &["sa"],
         &[],
-        &[],
+        &["token"],
         &core::SERVICE_ACCOUNT
     ),
     builtin!(
@@ -524,6 +539,139 @@ static BUILTINS: &[Builtin] = &[
         &other::PDB
     ),
     builtin!(
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::SELF_SUBJECT_REVIEW
+    ),
+    builtin!(
+        "authentication.k8s.io",
+        "v1",
+        "tokenreviews",
+        "tokenreview",
+        "TokenReview",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::TOKEN_REVIEW
+    ),
+    // kubectl 1.27 asks `auth whoami` of v1beta1 (same shape as v1).
+    builtin!(
+        "authentication.k8s.io",
+        "v1beta1",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::SELF_SUBJECT_REVIEW
+    ),
+    builtin!(
+        "authorization.k8s.io",
+        "v1",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        "LocalSubjectAccessReview",
+        true,
+        &[],
+        &[],
+        &[],
+        &rbac::LSAR
+    ),
+    builtin!(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::SSAR
+    ),
+    builtin!(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::SSRR
+    ),
+    builtin!(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::SAR
+    ),
+    builtin!(
+        rbac::GROUP,
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::CLUSTER_ROLE_BINDING
+    ),
+    builtin!(
+        rbac::GROUP,
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+        &[],
+        &[],
+        &rbac::CLUSTER_ROLE
+    ),
+    builtin!(
+        rbac::GROUP,
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        &[],
+        &[],
+        &rbac::ROLE_BINDING
+    ),
+    builtin!(
+        rbac::GROUP,
+        "v1",
+        "roles",
+        "role",
+        "Role",
+        true,
+        &[],
+        &[],
+        &[],
+        &rbac::ROLE
+    ),
+    builtin!(
         "scheduling.k8s.io",
         "v1",
         "priorityclasses",
@@ -561,6 +709,9 @@ static BUILTINS: &[Builtin] = &[
     ),
 ];
 
+/// Groups whose kinds are all reviews (create-only, never stored).
+const REVIEW_GROUPS: [&str; 2] = ["authentication.k8s.io", "authorization.k8s.io"];
+
 fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|x| x.to_string()).collect()
 }
@@ -581,11 +732,13 @@ pub fn builtins() -> Vec<ResourceType> {
             columns: vec![],
             scale_paths: None,
             schema: None,
+            create_only: REVIEW_GROUPS.contains(&b.group),
         })
         .collect()
 }
 
-fn str_list(v: &Value) -> Vec<String> {
+/// The strings of a JSON array (others, and non-arrays, give nothing).
+pub fn str_list(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -662,6 +815,7 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
                 schema: v
                     .pointer("/schema/openAPIV3Schema")
                     .map(|s| std::sync::Arc::new(s.clone())),
+                create_only: false,
             })
         })
         .collect()

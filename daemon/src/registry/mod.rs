@@ -7,6 +7,7 @@
 //! Layering: `datastore` → `objects` → `registry` → `apiserver`,
 //! `controllers`. Nothing here knows about HTTP requests or the server.
 
+pub mod admission;
 pub mod apps;
 pub mod batch;
 pub mod cache;
@@ -16,10 +17,12 @@ pub mod kinds;
 pub mod managed;
 pub mod other;
 pub mod printers;
+pub mod rbac;
 pub mod store;
 pub mod strategy;
 pub mod validation;
 
+pub use admission::UserInfo;
 pub use error::{FieldError, KubeError, Subject};
 pub use kinds::{ResourceType, CRD_GROUP};
 pub use store::{DeleteOptions, FieldValidation, WriteOptions, Written};
@@ -37,6 +40,9 @@ pub struct Registry {
     /// watch: a create in one of them skips reading the namespace. A miss
     /// (a namespace made a moment ago on another server) reads it.
     active_namespaces: RwLock<std::collections::HashSet<String>>,
+    /// Admission needing other objects or the requester (set once by the
+    /// server; none in tests of the registry alone).
+    admission: std::sync::OnceLock<Arc<dyn admission::Admission>>,
 }
 
 impl Registry {
@@ -46,9 +52,19 @@ impl Registry {
             objects,
             kinds: RwLock::new(Arc::new(kinds::builtins())),
             active_namespaces: RwLock::default(),
+            admission: std::sync::OnceLock::new(),
         };
         r.refresh().await;
         r
+    }
+
+    /// Install the admission hooks (once; later calls are ignored).
+    pub fn set_admission(&self, a: Arc<dyn admission::Admission>) {
+        let _ = self.admission.set(a);
+    }
+
+    pub(crate) fn admission(&self) -> Option<&Arc<dyn admission::Admission>> {
+        self.admission.get()
     }
 
     /// Every kind served right now.

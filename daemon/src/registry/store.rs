@@ -8,6 +8,7 @@
 //! else, finalizers hold a deleted object until they are gone, and a
 //! graceful kind (a Pod on a node) only gets a deletionTimestamp.
 
+use super::admission::Write;
 use super::error::{FieldError, KubeError, Subject};
 use super::kinds::ResourceType;
 use super::validation;
@@ -49,6 +50,8 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// Members the request body gave twice (reported like unknown fields).
     pub duplicate_fields: Vec<String>,
+    /// The requester; `None` for the server's own writers.
+    pub user: Option<std::sync::Arc<super::UserInfo>>,
 }
 
 /// A written object and the warnings for the client (`Warning` headers).
@@ -100,7 +103,7 @@ pub fn obj_ref(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Ref {
     }
 }
 
-fn random_suffix() -> String {
+pub fn random_suffix() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut r = rand::thread_rng();
@@ -377,6 +380,16 @@ impl Registry {
         if let Some(ns) = namespace.filter(|_| rt.namespaced) {
             self.namespace_accepts(ns).await?;
         }
+        let write = Write {
+            rt,
+            namespace,
+            subresource: None,
+            old: None,
+            user: opts.user.as_deref(),
+        };
+        if let Some(a) = self.admission() {
+            a.mutate(&write, &mut obj).await?;
+        }
         {
             let m = obj["metadata"].as_object_mut().expect("normalized");
             for k in [
@@ -410,6 +423,9 @@ impl Registry {
             obj["metadata"]["name"] = json!(name);
             let mut candidate = obj.clone();
             let warnings = self.admit(rt, &name, &mut candidate, None, opts)?;
+            if let Some(a) = self.admission() {
+                a.validate(&write, &candidate).await?;
+            }
             if let Some(m) = &opts.field_manager {
                 super::managed::track(None, &mut candidate, m, &rt.api_version(), None);
             }
@@ -516,6 +532,16 @@ impl Registry {
             }
         }
         let warnings = self.admit(rt, name, &mut new, Some(old), opts)?;
+        if let Some(a) = self.admission() {
+            let write = Write {
+                rt,
+                namespace,
+                subresource,
+                old: Some(old),
+                user: opts.user.as_deref(),
+            };
+            a.validate(&write, &new).await?;
+        }
         match &opts.field_manager {
             Some(m) => {
                 super::managed::track(Some(old), &mut new, m, &rt.api_version(), subresource)

@@ -10,6 +10,11 @@
 //!    `--rate` writes/s for `--secs` s; reports create latency and the delay
 //!    from sending each write to its arrival at every watcher (end to end).
 //!
+//! 4. authorization cost: GETs by a service-account token (authorized by
+//!    RBAC through a RoleBinding), p50/p99 with no other bindings, then
+//!    with `--rbac-bindings` (1000) more RoleBindings in that namespace
+//!    (`--authz-only` runs just this step).
+//!
 //! With `--postgres`, the datastore is a local PostgreSQL (Debian's, fsync
 //! on) and a second server shares it: writes go to the first server and
 //! the watchers watch the second, so step 3 measures cross-server watch
@@ -165,6 +170,9 @@ async fn main() {
     );
     let base = server.url();
     let http = client(&server);
+    if std::env::args().any(|a| a == "--authz-only") {
+        return authz(&base, &http, &server.ca_pem(), arg("--rbac-bindings", 1000)).await;
+    }
     // Watchers use the second server when there is one.
     let watch_base = second.as_ref().map_or_else(|| base.clone(), Server::url);
     let watch_http = second.as_ref().map_or_else(|| http.clone(), client);
@@ -259,9 +267,10 @@ async fn main() {
         let t1 = Instant::now();
         let body: Value = serde_json::from_slice(&body).unwrap();
         parse.push(t1.elapsed());
+        // Plus the namespace's kube-root-ca.crt.
         assert_eq!(
             body["items"].as_array().unwrap().len(),
-            objects.min(LIST_SIZE)
+            objects.min(LIST_SIZE) + 1
         );
     }
     println!(
@@ -357,4 +366,138 @@ async fn main() {
     for t in watch_tasks {
         t.abort();
     }
+    authz(&base, &http, &server.ca_pem(), arg("--rbac-bindings", 1000)).await;
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = http.post(url).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+/// p50 and p99 (ms) of `n` GETs of `url` with `token`, 4 at a time.
+async fn timed_gets(http: &reqwest::Client, url: &str, token: &str, n: usize) -> (f64, f64) {
+    let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = vec![];
+    for _ in 0..4 {
+        let (http, url, token, lat, next) = (
+            http.clone(),
+            url.to_string(),
+            token.to_string(),
+            lat.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let t0 = Instant::now();
+                let mut req = http.get(&url);
+                if !token.is_empty() {
+                    req = req.bearer_auth(&token);
+                }
+                let r = req.send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+                lat.lock().unwrap().push(t0.elapsed());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut l = lat.lock().unwrap().clone();
+    (pct(&mut l, 0.5), pct(&mut l, 0.99))
+}
+
+/// Step 4, what RBAC costs a request: the same GETs by a service account with
+/// its one binding, then with `bindings` more in the namespace.
+async fn authz(base: &str, admin: &reqwest::Client, ca_pem: &[u8], bindings: usize) {
+    const GETS: usize = 4000;
+    let ns = "authz";
+    post(
+        admin,
+        format!("{base}/api/v1/namespaces"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )
+    .await;
+    post(
+        admin,
+        format!("{base}/api/v1/namespaces/{ns}/serviceaccounts"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}),
+    )
+    .await;
+    post(
+        admin,
+        format!("{base}/api/v1/namespaces/{ns}/configmaps"),
+        cm(ns, "target", 0),
+    )
+    .await;
+    let rbac = format!("{base}/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}");
+    post(admin, format!("{rbac}/roles"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]})).await;
+    let binding = |name: String, subject: Value| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        "subjects": [subject]})
+    };
+    post(
+        admin,
+        format!("{rbac}/rolebindings"),
+        binding(
+            "reader".into(),
+            json!({"kind": "ServiceAccount", "name": "reader", "namespace": ns}),
+        ),
+    )
+    .await;
+    let tr = post(
+        admin,
+        format!("{base}/api/v1/namespaces/{ns}/serviceaccounts/reader/token"),
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await;
+    let token = tr["status"]["token"].as_str().unwrap().to_string();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+        .pool_max_idle_per_host(16)
+        .build()
+        .unwrap();
+    let url = format!("{base}/api/v1/namespaces/{ns}/configmaps/target");
+    // The binding reaches the authorizer through its watch of RBAC objects.
+    let t0 = Instant::now();
+    loop {
+        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the binding never took effect: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "a new RoleBinding took effect after {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    // Warm up connections and the token cache, then measure.
+    timed_gets(&http, &url, &token, 200).await;
+    let (p50_0, p99_0) = timed_gets(&http, &url, &token, GETS).await;
+    for i in 0..bindings {
+        post(admin, format!("{rbac}/rolebindings"), binding(format!("other-{i:05}"), json!({"kind": "User", "name": format!("user-{i}"), "apiGroup": "rbac.authorization.k8s.io"}))).await;
+    }
+    timed_gets(&http, &url, &token, 200).await;
+    let (p50_n, p99_n) = timed_gets(&http, &url, &token, GETS).await;
+    // Reference: the admin certificate (system:masters) skips RBAC.
+    let (p50_a, p99_a) = timed_gets(admin, &url, "", GETS).await;
+    println!("authorized GET by a service-account token, {GETS} requests, 4 clients:");
+    println!("  admin certificate:    p50 {p50_a:.2} ms, p99 {p99_a:.2} ms (system:masters, no RBAC lookup)");
+    println!("  1 RoleBinding:        p50 {p50_0:.2} ms, p99 {p99_0:.2} ms");
+    println!(
+        "  {} RoleBindings:   p50 {p50_n:.2} ms, p99 {p99_n:.2} ms (p99 ratio {:.2}x)",
+        bindings + 1,
+        p99_n / p99_0
+    );
 }
