@@ -31,6 +31,21 @@ pub struct NodeInfo {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Set on servers' embedded agents: adds the control-plane role label.
     pub control_plane: bool,
+    /// The container runtime, when the agent runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+}
+
+/// The container runtime as the agent's kubelet sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RuntimeInfo {
+    /// `containerd://1.6.20`, as Kubernetes reports containerRuntimeVersion.
+    pub version: String,
+    /// CRI answers and reports RuntimeReady.
+    pub ready: bool,
+    /// Why not, for the node's Ready condition (empty when ready).
+    #[serde(default)]
+    pub message: String,
 }
 
 /// A new node password in transit. Debug never prints it.
@@ -48,7 +63,7 @@ impl fmt::Debug for SecretString {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// Sent first after the upgrade and whenever the host facts change.
-    NodeStatus { info: NodeInfo },
+    NodeStatus { info: Box<NodeInfo> },
     /// Liveness and lease renewal; `seq` is echoed in `HeartbeatAck`.
     Heartbeat { seq: u64 },
     /// The new password is durably on disk.

@@ -364,6 +364,25 @@ pub async fn run(
     let mut backoff = Backoff::new(params.node.reconnect_backoff_max);
     let name = node_name(&params.node)?;
     *state.node_name.lock().expect("lock") = name.clone();
+    // The runtime starts at once; its state rides on the node status.
+    let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(None);
+    if let Some(rt) = &params.node.runtime {
+        let data_dir = params.data_dir.clone();
+        let settings = match rt {
+            crate::config::Runtime::Containerd => {
+                crate::runtime::RuntimeSettings::Containerd { data_dir }
+            }
+            crate::config::Runtime::Endpoint(socket) => crate::runtime::RuntimeSettings::Endpoint {
+                socket: socket.clone(),
+                data_dir,
+            },
+        };
+        tokio::spawn(crate::runtime::run(
+            settings,
+            runtime_tx,
+            cancel.child_token(),
+        ));
+    }
     let lb = Arc::new(if params.balance {
         LoadBalancer::load(&params.server_url, &params.data_dir, &name)
     } else {
@@ -446,6 +465,7 @@ pub async fn run(
                     params: &params,
                     lb: &lb,
                     state: &state,
+                    runtime: runtime_rx.clone(),
                 };
                 let end = session(ws, link, &info, &mut password, &mut shutdowns, &cancel).await;
                 if end == ENDED_FOR_SHUTDOWN {
@@ -617,6 +637,8 @@ struct Link<'a> {
     params: &'a AgentParams,
     lb: &'a LoadBalancer,
     state: &'a AgentState,
+    /// The container runtime's state (`None`: no runtime, or not known yet).
+    runtime: tokio::sync::watch::Receiver<Option<rk3s_api::tunnel::RuntimeInfo>>,
 }
 
 async fn session(
@@ -627,10 +649,24 @@ async fn session(
     shutdowns: &mut mpsc::Receiver<Shutdown>,
     cancel: &CancellationToken,
 ) -> String {
-    let Link { params, lb, state } = link;
+    let Link {
+        params,
+        lb,
+        state,
+        mut runtime,
+    } = link;
     let hb_every = params.node.heartbeat_interval;
     let keepalive = crate::tunnels::keepalive_for(hb_every);
-    if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: info.clone() }).await {
+    let mut info = info.clone();
+    info.runtime = runtime.borrow_and_update().clone();
+    if let Err(e) = send(
+        &mut ws,
+        &AgentMessage::NodeStatus {
+            info: Box::new(info.clone()),
+        },
+    )
+    .await
+    {
         return e;
     }
     let mut hb = tokio::time::interval(hb_every);
@@ -639,7 +675,6 @@ async fn session(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
-    let mut info = info.clone();
     let mut seq = 0u64;
     let mut last_rx = Instant::now();
     loop {
@@ -674,11 +709,18 @@ async fn session(
                     return e.to_string();
                 }
             }
+            Ok(()) = runtime.changed() => {
+                info.runtime = runtime.borrow_and_update().clone();
+                if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: Box::new(info.clone()) }).await {
+                    return e;
+                }
+            }
             _ = refresh.tick() => {
-                let fresh = nodeinfo::collect(info.internal_ips.clone(), info.labels.clone());
+                let mut fresh = nodeinfo::collect(info.internal_ips.clone(), info.labels.clone());
+                fresh.runtime = info.runtime.clone();
                 if fresh != info {
                     info = fresh;
-                    if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: info.clone() }).await {
+                    if let Err(e) = send(&mut ws, &AgentMessage::NodeStatus { info: Box::new(info.clone()) }).await {
                         return e;
                     }
                 }

@@ -114,6 +114,14 @@ pub struct CommonArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_backoff_max: Option<String>,
+    /// Use this CRI runtime socket (unix:///path or a path) instead of starting containerd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Run no container runtime: the node registers but cannot run pods (tests, benchmarks).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disable_runtime: bool,
     /// Log at debug level.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -427,6 +435,17 @@ pub struct NodeSettings {
     pub labels: BTreeMap<String, String>,
     pub heartbeat_interval: Duration,
     pub reconnect_backoff_max: Duration,
+    /// `None`: no runtime (`--disable-runtime`).
+    pub runtime: Option<Runtime>,
+}
+
+/// Which container runtime the node uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Runtime {
+    /// containerd started by the agent (K3s's default).
+    Containerd,
+    /// An existing CRI socket (`--container-runtime-endpoint`).
+    Endpoint(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -515,6 +534,26 @@ fn node_settings(c: &CommonArgs, data_dir: &Path) -> Result<NodeSettings, Config
             &c.reconnect_backoff_max,
             Duration::from_secs(30),
         )?,
+        runtime: match (&c.container_runtime_endpoint, c.disable_runtime) {
+            (Some(_), true) => {
+                return Err(ConfigError::Invalid {
+                    origin: "--container-runtime-endpoint".into(),
+                    message: "cannot be combined with --disable-runtime".into(),
+                })
+            }
+            (_, true) => None,
+            (Some(e), false) => {
+                let path = e.strip_prefix("unix://").unwrap_or(e);
+                if !path.starts_with('/') {
+                    return Err(ConfigError::Invalid {
+                        origin: "--container-runtime-endpoint".into(),
+                        message: format!("{e:?} is not a Unix socket path (unix:///run/containerd/containerd.sock)"),
+                    });
+                }
+                Some(Runtime::Endpoint(PathBuf::from(path)))
+            }
+            (None, false) => Some(Runtime::Containerd),
+        },
     })
 }
 

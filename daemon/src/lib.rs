@@ -26,6 +26,7 @@ pub mod nodes;
 pub mod objects;
 pub mod registration;
 pub mod registry;
+pub mod runtime;
 pub mod server;
 pub mod supervisor;
 pub mod systemd;

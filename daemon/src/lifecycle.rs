@@ -147,16 +147,29 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
         "memory": format!("{}Ki", info.memory_kib),
         "pods": "110",
     });
-    let transition = match ready_status(node) {
-        Some("True") => node
-            .pointer("/status/conditions")
+    // The runtime decides Ready (upstream: "container runtime is down").
+    let not_ready = info
+        .runtime
+        .as_ref()
+        .filter(|r| !r.ready)
+        .map(|r| r.message.clone());
+    let want = if not_ready.is_some() { "False" } else { "True" };
+    let transition = if ready_status(node) == Some(want) {
+        node.pointer("/status/conditions")
             .and_then(Value::as_array)
             .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
             .and_then(|c| c["lastTransitionTime"].as_str())
             .unwrap_or(&now)
-            .to_string(),
-        _ => now.clone(),
+            .to_string()
+    } else {
+        now.clone()
     };
+    let runtime_version = info
+        .runtime
+        .as_ref()
+        .map(|r| r.version.clone())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("rk3s://{}", rk3s_api::VERSION));
     let status = node
         .as_object_mut()
         .expect("object")
@@ -172,12 +185,16 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
         "kernelVersion": info.kernel_version,
         "kubeletVersion": info.rk3s_version,
         "kubeProxyVersion": info.rk3s_version,
-        "containerRuntimeVersion": format!("rk3s://{}", rk3s_api::VERSION),
+        "containerRuntimeVersion": runtime_version,
         "machineID": "",
         "systemUUID": "",
         "bootID": "",
     });
-    status["conditions"] = json!([ready_condition("True", &now, &transition)]);
+    let mut ready = ready_condition(want, &now, &transition);
+    if let Some(m) = not_ready {
+        ready["message"] = json!(m);
+    }
+    status["conditions"] = json!([ready]);
 }
 
 /// Create or refresh the Node from an agent's report, and make sure its Lease exists.
@@ -273,11 +290,14 @@ pub async fn heartbeat(
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
                 .map(|c| {
-                    c["status"] != "True"
-                        || c["lastHeartbeatTime"]
-                            .as_str()
-                            .and_then(parse_time)
-                            .is_none_or(|t| now - t > status_refresh)
+                    // False is the agent's own report (runtime down,
+                    // shutdown): only its next node status changes it.
+                    c["status"] == "Unknown"
+                        || c["status"] == "True"
+                            && c["lastHeartbeatTime"]
+                                .as_str()
+                                .and_then(parse_time)
+                                .is_none_or(|t| now - t > status_refresh)
                 })
                 .unwrap_or(true);
             if !stale {

@@ -64,6 +64,7 @@ pub fn collect(internal_ips: Vec<String>, labels: BTreeMap<String, String>) -> N
         memory_kib: memory_kib(),
         labels,
         control_plane: false,
+        runtime: None,
     }
 }
 

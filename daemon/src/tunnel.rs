@@ -133,7 +133,7 @@ async fn handle(
 ) -> Result<(), End> {
     match msg {
         AgentMessage::NodeStatus { info } => {
-            let mut info = sanitize(info);
+            let mut info = sanitize(*info);
             // Only the server decides who is control plane.
             info.control_plane = sv.own_node.as_deref() == Some(node);
             if let Err(e) = lifecycle::upsert_node(&sv.objects, node, &info, &sv.server_name).await
@@ -196,7 +196,17 @@ fn reply_rotation(session: &Session, id: &str, reply: RotationReply) {
 
 /// Agents are trusted with their own facts, not with unbounded strings.
 fn sanitize(mut info: NodeInfo) -> NodeInfo {
-    let cut = |s: &mut String| s.truncate(256);
+    // At a character boundary: `String::truncate` panics inside a
+    // multi-byte character.
+    let cut = |s: &mut String| {
+        if s.len() > 256 {
+            let end = (0..=256)
+                .rev()
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(0);
+            s.truncate(end);
+        }
+    };
     for s in [
         &mut info.hostname,
         &mut info.os,
@@ -206,6 +216,10 @@ fn sanitize(mut info: NodeInfo) -> NodeInfo {
         &mut info.rk3s_version,
     ] {
         cut(s);
+    }
+    if let Some(r) = &mut info.runtime {
+        cut(&mut r.version);
+        cut(&mut r.message);
     }
     info.internal_ips
         .retain(|ip| ip.parse::<std::net::IpAddr>().is_ok());
@@ -217,4 +231,24 @@ fn sanitize(mut info: NodeInfo) -> NodeInfo {
         .take(64)
         .collect();
     info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_multibyte_strings_are_cut_at_a_character() {
+        let mut info = crate::nodeinfo::collect(vec![], Default::default());
+        info.hostname = "é".repeat(200);
+        info.runtime = Some(rk3s_api::tunnel::RuntimeInfo {
+            version: "ü".repeat(300),
+            ready: false,
+            message: "x".repeat(1000),
+        });
+        let s = sanitize(info);
+        assert!(s.hostname.len() <= 256 && s.hostname.chars().all(|c| c == 'é'));
+        let r = s.runtime.unwrap();
+        assert!(r.version.len() <= 256 && r.message.len() == 256);
+    }
 }

@@ -84,6 +84,21 @@ pub const FAST: &[&str] = &[
     "1s",
 ];
 
+/// Pass in `extra` to have a server's or agent's node run its container
+/// runtime; without it the harness adds `--disable-runtime`, so tests that
+/// do not run pods start no containerd.
+pub const RUNTIME: &str = "+runtime";
+
+/// `extra` without the harness's markers, plus `--disable-runtime` unless
+/// [`RUNTIME`] was asked for.
+fn daemon_args(extra: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = extra.iter().filter(|a| *a != RUNTIME).cloned().collect();
+    if !extra.iter().any(|a| a == RUNTIME) {
+        out.push("--disable-runtime".into());
+    }
+    out
+}
+
 /// A child process whose output goes to a log file; killed on drop, its
 /// log tail printed if the test is failing.
 pub struct Proc {
@@ -228,7 +243,7 @@ impl Server {
                 "250ms",
             ])
             .args(FAST)
-            .args(&self.extra)
+            .args(daemon_args(&self.extra))
             // The caller's environment must not leak in; the test's may.
             .env_remove("RK3S_TOKEN")
             .env_remove("RK3S_URL")
@@ -409,7 +424,7 @@ impl Agent {
             .arg("--node-config-dir")
             .arg(self.node_config_dir())
             .args(FAST)
-            .args(&self.args)
+            .args(daemon_args(&self.args))
             .env_remove("RK3S_TOKEN")
             .env_remove("RK3S_URL")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));

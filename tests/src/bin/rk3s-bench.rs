@@ -126,7 +126,7 @@ fn main() {
                     return;
                 };
                 let info = rk3sd::nodeinfo::collect(vec!["127.0.0.1".into()], Default::default());
-                let status = serde_json::to_string(&AgentMessage::NodeStatus { info }).unwrap();
+                let status = serde_json::to_string(&AgentMessage::NodeStatus { info: Box::new(info) }).unwrap();
                 if ws.send(Message::text(status)).await.is_err() {
                     let _ = reg_tx.send(Err("send failed".into()));
                     return;

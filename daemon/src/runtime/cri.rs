@@ -1,0 +1,113 @@
+//! The CRI v1 client (k8s-cri's generated tonic client) over the runtime's
+//! Unix socket.
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{ListImagesRequest, StatusRequest, VersionRequest};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+#[derive(Clone)]
+pub struct Cri {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+/// What a CRI call can fail with, worded for a node condition.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Call(String),
+}
+
+impl From<tonic::Status> for CriError {
+    fn from(s: tonic::Status) -> Self {
+        CriError::Call(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+impl Cri {
+    /// Connect to the CRI socket at `socket`.
+    pub async fn connect(socket: &Path) -> Result<Self, CriError> {
+        let path: PathBuf = socket.to_path_buf();
+        // The URI is required by tonic and ignored by the connector.
+        let channel = Endpoint::from_static("http://[::1]:1")
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(2))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await
+            .map_err(|e| {
+                CriError::Connect(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                ))
+            })?;
+        Ok(Self {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        })
+    }
+
+    /// `containerd://1.6.20`, as a node's containerRuntimeVersion.
+    pub async fn version(&self) -> Result<String, CriError> {
+        let v = self
+            .runtime
+            .clone()
+            .version(VersionRequest {
+                version: "v1".into(),
+            })
+            .await?
+            .into_inner();
+        Ok(format!("{}://{}", v.runtime_name, v.runtime_version))
+    }
+
+    /// What keeps the runtime from running pods: an empty list when
+    /// RuntimeReady holds. NetworkReady is logged, not counted, until the
+    /// agent writes a CNI configuration (pod networking).
+    pub async fn status(&self) -> Result<Vec<String>, CriError> {
+        let s = self
+            .runtime
+            .clone()
+            .status(StatusRequest { verbose: false })
+            .await?
+            .into_inner();
+        let mut problems = vec![];
+        for c in s.status.map(|s| s.conditions).unwrap_or_default() {
+            if c.status {
+                continue;
+            }
+            let text = format!(
+                "{}=false reason:{} message:{}",
+                c.r#type, c.reason, c.message
+            );
+            if c.r#type == "RuntimeReady" {
+                problems.push(text);
+            } else {
+                tracing::debug!(condition = %text, "container runtime condition");
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Names (repo tags) of the images the runtime has.
+    pub async fn image_names(&self) -> Result<Vec<String>, CriError> {
+        let l = self
+            .images
+            .clone()
+            .list_images(ListImagesRequest { filter: None })
+            .await?
+            .into_inner();
+        Ok(l.images.into_iter().flat_map(|i| i.repo_tags).collect())
+    }
+}
