@@ -366,6 +366,7 @@ pub async fn run(
     *state.node_name.lock().expect("lock") = name.clone();
     // The runtime starts at once; its state rides on the node status.
     let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(None);
+    let mut kubelet_socket = None;
     if let Some(rt) = &params.node.runtime {
         let data_dir = params.data_dir.clone();
         let settings = match rt {
@@ -377,6 +378,7 @@ pub async fn run(
                 data_dir,
             },
         };
+        kubelet_socket = Some(settings.socket());
         tokio::spawn(crate::runtime::run(
             settings,
             runtime_tx,
@@ -418,6 +420,29 @@ pub async fn run(
         },
     };
     let tls = Arc::new(certs::client_config_pinned(&ca_pem)?);
+    // The kubelet reaches the API through the same servers, in the load
+    // balancer's order, with the node certificate registration obtains.
+    if let Some(cri_socket) = kubelet_socket {
+        let servers_lb = lb.clone();
+        let log_root = if unsafe { libc::geteuid() } == 0 {
+            PathBuf::from("/var/log/pods")
+        } else {
+            params.data_dir.join("agent/pod-logs")
+        };
+        let kp = crate::kubelet::KubeletParams {
+            node: name.clone(),
+            agent_dir: params.data_dir.join("agent"),
+            ca_pem: ca_pem.clone(),
+            servers: Arc::new(move || servers_lb.candidates()),
+            cri_socket,
+            log_root,
+        };
+        tokio::spawn(crate::kubelet::run(
+            kp,
+            runtime_rx.clone(),
+            cancel.child_token(),
+        ));
+    }
     let mut password = nodepassword::load_or_create(&params.node.node_config_dir)?;
     let password_file = params.node.node_config_dir.join("password");
     if params.balance {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fsutil;
 pub mod https;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod lifecycle;
 pub mod loadbalancer;
 pub mod names;

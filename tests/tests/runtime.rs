@@ -11,6 +11,55 @@ use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(60);
 
+/// Kills what a test's containerd still runs when the test ends (the
+/// shims outlive the agent, as they should): declared after the server, so
+/// it runs while containerd is still up.
+struct Containers(std::path::PathBuf);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&self.0)
+                .args(["--namespace", "k8s.io"])
+                .args(args)
+                .output()
+        };
+        let Ok(o) = run(&["tasks", "ls", "-q"]) else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = run(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = run(&["tasks", "delete", "--force", id]);
+            let _ = run(&["containers", "delete", id]);
+        }
+        // Leftover mounts would keep the temporary directory.
+        if let Ok(m) = std::fs::read_to_string("/proc/mounts") {
+            let root = self
+                .0
+                .ancestors()
+                .nth(4)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let mut points: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|p| !root.is_empty() && p.starts_with(&root))
+                .collect();
+            points.sort_by(|a, b| b.cmp(a));
+            for p in points {
+                let _ = std::process::Command::new("umount")
+                    .args(["-l", p])
+                    .status();
+            }
+        }
+    }
+}
+
 /// A busybox image from Debian's busybox-static, as a `docker save` archive.
 fn busybox_archive(name: &str) -> Vec<u8> {
     let bin = std::fs::read("/bin/busybox").expect("busybox-static is installed");
@@ -33,6 +82,15 @@ fn busybox_archive(name: &str) -> Vec<u8> {
         &["sh"],
     )
     .unwrap()
+}
+
+/// The agent's images directory under `dir`, with the test busybox in it.
+fn with_busybox(dir: &Path) -> std::path::PathBuf {
+    let images = dir.join("data/agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    let archive = busybox_archive("docker.io/library/busybox:test");
+    std::fs::write(images.join("busybox.tar"), archive).unwrap();
+    images
 }
 
 fn node(server: &Server, name: &str) -> Option<Value> {
@@ -75,15 +133,10 @@ fn ctr(socket: &Path, args: &[&str]) -> String {
 fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
     let t = tempdir();
     let dir = t.path().join("s");
-    let images = dir.join("data/agent/images");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::write(
-        images.join("busybox.tar"),
-        busybox_archive("docker.io/library/busybox:test"),
-    )
-    .unwrap();
+    let images = with_busybox(&dir);
     std::fs::write(images.join("broken.tar"), b"this is not a tarball").unwrap();
     let server = Server::start(&dir, &[RUNTIME]);
+    let _containers = Containers(dir.join("data/agent/run/containerd/containerd.sock"));
     let n = wait_for(READY, || {
         let n = node(&server, "server-0")?;
         n["status"]["nodeInfo"]["containerRuntimeVersion"]
@@ -221,4 +274,162 @@ fn a_runtime_that_is_missing_or_unreachable_makes_the_node_not_ready() {
         "{}",
         stderr(&o)
     );
+}
+
+fn pod_json(name: &str, command: &str, policy: &str, image: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": "server-0", "hostNetwork": true, "restartPolicy": policy,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", command],
+                "env": [{"name": "GREETING", "value": "hello"},
+                        {"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}
+    })
+    .to_string()
+}
+
+#[test]
+fn pods_bound_to_the_node_run_report_status_and_terminate() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    with_busybox(&dir);
+    let mut server = Server::start(&dir, &[RUNTIME]);
+    let _containers = Containers(dir.join("data/agent/run/containerd/containerd.sock"));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
+    assert!(
+        wait_for(READY, || (node(&server, "server-0")?["status"]["nodeInfo"]
+            ["containerRuntimeVersion"]
+            .as_str()?
+            .starts_with("containerd://"))
+        .then_some(()))
+        .is_some()
+    );
+    let apply = |name: &str, text: String| {
+        let f = t.path().join(format!("{name}.json"));
+        std::fs::write(&f, text).unwrap();
+        k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    };
+    let image = "docker.io/library/busybox:test";
+    apply(
+        "web",
+        pod_json(
+            "web",
+            "echo $GREETING from $MY_POD; exec sleep 3600",
+            "Always",
+            image,
+        ),
+    );
+    let o = k.run(&["wait", "--for=condition=Ready", "pod/web", "--timeout=90s"]);
+    assert!(
+        o.status.success(),
+        "{}{}\n{}",
+        stdout(&o),
+        stderr(&o),
+        server.log()
+    );
+    let p: Value = serde_json::from_str(&k.ok(&["get", "pod", "web", "-o", "json"])).unwrap();
+    let st = &p["status"];
+    assert_eq!(st["phase"], "Running", "{st}");
+    let cs = &st["containerStatuses"][0];
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{cs}");
+    assert!(
+        cs["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://"),
+        "{cs}"
+    );
+    assert_eq!(cs["ready"], true);
+    assert!(
+        st["hostIP"].is_string() && st["podIP"].is_string() && st["startTime"].is_string(),
+        "{st}"
+    );
+    let table = k.ok(&["get", "pod", "web"]);
+    assert!(
+        table.contains("1/1") && table.contains("Running"),
+        "{table}"
+    );
+    // The container's output is in the CRI log under /var/log/pods.
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let log = std::path::PathBuf::from(format!("/var/log/pods/default_web_{uid}/c/0.log"));
+    let text = wait_for(Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&log).ok()?;
+        t.contains("hello from web").then_some(t)
+    });
+    assert!(text.is_some(), "no log at {}", log.display());
+    let id = cs["containerID"].as_str().unwrap().to_string();
+
+    // Exit codes, restart policies, a missing image.
+    apply("fails", pod_json("fails", "exit 3", "Never", image));
+    apply("done", pod_json("done", "exit 0", "OnFailure", image));
+    apply(
+        "missing",
+        pod_json(
+            "missing",
+            "true",
+            "Always",
+            "docker.io/library/nothing:here",
+        ),
+    );
+    let phase = |n: &str| {
+        let p: Value = serde_json::from_str(&k.ok(&["get", "pod", n, "-o", "json"])).unwrap();
+        p["status"].clone()
+    };
+    let failed = wait_for(READY, || {
+        let s = phase("fails");
+        (s["phase"] == "Failed").then_some(s)
+    })
+    .expect("a pod whose container exits 3 with restartPolicy Never fails");
+    assert_eq!(
+        failed["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{failed}"
+    );
+    assert_eq!(
+        failed["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "Error"
+    );
+    assert!(wait_for(READY, || (phase("done")["phase"] == "Succeeded")
+        .then_some(()))
+    .is_some());
+    let missing = wait_for(READY, || {
+        let s = phase("missing");
+        (s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull")
+            .then_some(s)
+    });
+    assert!(missing.is_some(), "{}", phase("missing"));
+
+    // A restarted agent adopts the running container instead of restarting it.
+    assert_eq!(server.stop(), Some(0));
+    server.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let p: Value = serde_json::from_str(&k.ok(&["get", "pod", "web", "-o", "json"])).unwrap();
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["containerID"],
+        id.as_str()
+    );
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // Deleting stops it within its grace period and the kubelet finishes the delete.
+    k.ok(&["delete", "pod", "web", "--wait=false"]);
+    let gone = wait_for(Duration::from_secs(30), || {
+        (!k.run(&["get", "pod", "web"]).status.success()).then_some(())
+    });
+    assert!(gone.is_some(), "the pod was not deleted:\n{}", server.log());
+    let socket = dir.join("data/agent/run/containerd/containerd.sock");
+    let left = ctr(&socket, &["containers", "ls"]);
+    assert!(
+        !left.contains(id.trim_start_matches("containerd://")),
+        "{left}"
+    );
+    assert!(!log.exists(), "the pod's logs outlived it");
+    // The rest go the same way (and take their logs with them).
+    k.ok(&["delete", "pod", "fails", "done", "missing", "--wait=false"]);
+    let all_gone = wait_for(Duration::from_secs(30), || {
+        k.ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    assert!(all_gone.is_some(), "{}", k.ok(&["get", "pods"]));
 }

@@ -60,6 +60,23 @@ fn systemd_cgroups() -> bool {
         && Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// Whether this process lacks CAP_SYS_RESOURCE (a container, a restricted
+/// sandbox): runc then cannot lower a sandbox's oom_score_adj, so the CRI
+/// plugin must not ask it to (`restrict_oom_score_adj`, as K3s sets when
+/// it runs without that capability).
+fn restrict_oom_score_adj() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    eff & (1 << CAP_SYS_RESOURCE) == 0
+}
+
 /// The config K3s's template would produce for this agent.
 pub fn config(paths: &Paths, sandbox_image: &str) -> String {
     format!(
@@ -79,6 +96,7 @@ state = "{state}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "{port}"
   enable_selinux = false
+  restrict_oom_score_adj = {restrict_oom}
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
@@ -101,6 +119,7 @@ state = "{state}"
         cni_bin = CNI_BIN_DIR,
         cni_conf = paths.cni_conf_dir.display(),
         systemd = systemd_cgroups(),
+        restrict_oom = restrict_oom_score_adj(),
     )
 }
 

@@ -25,6 +25,14 @@ pub enum RuntimeSettings {
 }
 
 impl RuntimeSettings {
+    /// The CRI socket the node's kubelet talks to.
+    pub fn socket(&self) -> PathBuf {
+        match self {
+            Self::Containerd { data_dir } => containerd::Paths::new(data_dir).socket,
+            Self::Endpoint { socket, .. } => socket.clone(),
+        }
+    }
+
     fn data_dir(&self) -> &std::path::Path {
         match self {
             Self::Containerd { data_dir } | Self::Endpoint { data_dir, .. } => data_dir,

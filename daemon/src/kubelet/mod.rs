@@ -1,0 +1,305 @@
+//! The kubelet: runs the pods bound to this node on the container runtime.
+//!
+//! A real API client with the node's certificate (`api`), so the Node
+//! authorizer limits it to this node's pods and their objects. It lists
+//! and watches `pods?fieldSelector=spec.nodeName=<node>`, and every second
+//! (and on each change) syncs every pod against the runtime (`pods`):
+//! sandbox, containers, restarts, status. A pod being deleted is stopped
+//! (its grace period), torn down, and then deleted for good by the kubelet,
+//! as upstream's does; sandboxes of pods that no longer exist are removed.
+
+pub mod api;
+pub mod pods;
+
+use crate::runtime::cri::Cri;
+use api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use rk3s_api::tunnel::RuntimeInfo;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub struct KubeletParams {
+    pub node: String,
+    /// Where the node's client certificate lands (`<data-dir>/agent`).
+    pub agent_dir: PathBuf,
+    pub ca_pem: Vec<u8>,
+    pub servers: api::Servers,
+    pub cri_socket: PathBuf,
+    /// `/var/log/pods` (as root) or under the data dir.
+    pub log_root: PathBuf,
+}
+
+/// The pods bound to this node, by uid, as the watch last saw them.
+#[derive(Default)]
+struct Desired {
+    pods: Mutex<HashMap<String, Pod>>,
+    /// Set once a list succeeded: before that, no sandbox is an orphan.
+    listed: std::sync::atomic::AtomicBool,
+    changed: Notify,
+}
+
+fn uid_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// List and watch this node's pods into `desired` until `cancel`.
+async fn follow(api: Api, node: String, desired: Arc<Desired>, cancel: CancellationToken) {
+    loop {
+        let listed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = api.list_pods(&node) => r,
+        };
+        let rv = match listed {
+            Ok((items, rv)) => {
+                let map = items
+                    .into_iter()
+                    .filter_map(|v| Some((uid_of(&v)?, serde_json::from_value::<Pod>(v).ok()?)))
+                    .collect();
+                *desired.pods.lock().expect("pods") = map;
+                desired
+                    .listed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                desired.changed.notify_one();
+                rv
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "kubelet: listing pods failed; retrying");
+                tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                continue;
+            }
+        };
+        let d = desired.clone();
+        let watched = api.watch_pods(&node, &rv, |kind, obj| {
+            let Some(uid) = uid_of(&obj) else { return };
+            let mut pods = d.pods.lock().expect("pods");
+            match kind {
+                "DELETED" => {
+                    pods.remove(&uid);
+                }
+                "ADDED" | "MODIFIED" => {
+                    if let Ok(p) = serde_json::from_value::<Pod>(obj) {
+                        pods.insert(uid, p);
+                    }
+                }
+                _ => return,
+            }
+            d.changed.notify_one();
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = watched => if let Err(e) = r {
+                tracing::debug!(error = %e, "kubelet: pod watch ended; listing again");
+            }
+        }
+    }
+}
+
+/// The node's InternalIP from its Node object (the pods' hostIP).
+async fn node_ip(api: &Api, node: &str, cancel: &CancellationToken) -> Option<String> {
+    loop {
+        if let Ok(v) = api.get(&format!("/api/v1/nodes/{node}")).await {
+            let ip = v["status"]["addresses"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|x| x["type"] == "InternalIP")
+                    .and_then(|x| x["address"].as_str().map(str::to_string))
+            });
+            if ip.is_some() {
+                return ip;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Run the kubelet until `cancel`. Waits for the node certificate and a
+/// ready runtime first.
+pub async fn run(
+    p: KubeletParams,
+    mut runtime: watch::Receiver<Option<RuntimeInfo>>,
+    cancel: CancellationToken,
+) {
+    let cert = p.agent_dir.join("client-kubelet.crt");
+    let api = loop {
+        if cert.exists() {
+            match Api::new(&p.agent_dir, &p.ca_pem, p.servers.clone()) {
+                Ok(a) => break a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kubelet: the node certificate is not usable yet")
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = runtime.wait_for(|r| r.as_ref().is_some_and(|r| r.ready)) => {}
+    }
+    let cri_ = loop {
+        match Cri::connect(&p.cri_socket).await {
+            Ok(c) => break c,
+            Err(e) => tracing::warn!(error = %e, "kubelet: CRI not reachable; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let Some(ip) = node_ip(&api, &p.node, &cancel).await else {
+        return;
+    };
+    let node = pods::NodeCtx {
+        name: p.node.clone(),
+        ip,
+        log_root: p.log_root.clone(),
+    };
+    tracing::info!(node = %p.node, "kubelet running pods on the container runtime");
+    let desired = Arc::new(Desired::default());
+    tokio::spawn(follow(
+        api.clone(),
+        p.node.clone(),
+        desired.clone(),
+        cancel.child_token(),
+    ));
+    let mut tracked: HashMap<String, pods::Tracked> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = desired.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let snapshot: Vec<(String, Pod)> = desired
+            .pods
+            .lock()
+            .expect("pods")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (uid, pod) in &snapshot {
+            sync_one(
+                &api,
+                &cri_,
+                &node,
+                uid,
+                pod,
+                tracked.entry(uid.clone()).or_default(),
+            )
+            .await;
+        }
+        if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
+            let live: std::collections::HashSet<&String> =
+                snapshot.iter().map(|(u, _)| u).collect();
+            tracked.retain(|u, _| live.contains(u));
+            remove_orphans(&cri_, &node, &live).await;
+        }
+    }
+}
+
+async fn sync_one(
+    api: &Api,
+    cri_: &Cri,
+    node: &pods::NodeCtx,
+    uid: &str,
+    pod: &Pod,
+    st: &mut pods::Tracked,
+) {
+    let (ns, name) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    if pod.metadata.deletion_timestamp.is_some() {
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30);
+        match pods::teardown(cri_, uid, grace).await {
+            Ok(()) => {
+                if let Err(e) = api.delete_pod(&ns, &name, uid).await {
+                    tracing::warn!(pod = %name, error = %e, "kubelet: final delete failed; retrying");
+                } else {
+                    tracing::info!(namespace = %ns, pod = %name, "pod terminated and deleted");
+                    let _ =
+                        std::fs::remove_dir_all(node.log_root.join(format!("{ns}_{name}_{uid}")));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e.message(), "kubelet: stopping the pod failed; retrying")
+            }
+        }
+        return;
+    }
+    if st.start_time.is_none() {
+        st.start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    }
+    match pods::sync(cri_, node, pod, st).await {
+        Ok(status) => {
+            if st.sent.as_ref() != Some(&status) {
+                match api.patch_pod_status(&ns, &name, &status).await {
+                    Ok(()) => st.sent = Some(status),
+                    Err(e) => {
+                        tracing::debug!(pod = %name, error = %e, "kubelet: status not written; retrying")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(pod = %name, error = %e, "kubelet: pod sync failed; retrying"),
+    }
+}
+
+/// Tear down sandboxes whose pod is gone (deleted while the agent was
+/// down, or force-deleted).
+async fn remove_orphans(
+    cri_: &Cri,
+    node: &pods::NodeCtx,
+    live: &std::collections::HashSet<&String>,
+) {
+    let Ok(list) = cri_
+        .runtime
+        .clone()
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await
+    else {
+        return;
+    };
+    for s in list.into_inner().items {
+        let Some(uid) = s.labels.get(pods::LABEL_UID) else {
+            continue;
+        };
+        if live.contains(uid) {
+            continue;
+        }
+        tracing::info!(
+            uid,
+            "removing the containers of a pod that no longer exists"
+        );
+        if let Err(e) = pods::teardown(cri_, uid, 0).await {
+            tracing::warn!(uid, error = %e.message(), "could not remove an orphaned pod sandbox");
+        }
+        if let Some(m) = &s.metadata {
+            let _ = std::fs::remove_dir_all(
+                node.log_root
+                    .join(format!("{}_{}_{uid}", m.namespace, m.name)),
+            );
+        }
+    }
+}

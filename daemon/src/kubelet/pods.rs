@@ -1,0 +1,740 @@
+//! One pod on the runtime: sandbox, init containers in order, containers,
+//! restarts by restartPolicy with upstream's back-off, termination, and the
+//! status kubectl reads. Everything is found again from CRI labels on
+//! every sync, so a restarted agent adopts the containers it left running.
+
+use crate::runtime::cri::Cri;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const LABEL_UID: &str = "io.kubernetes.pod.uid";
+const LABEL_NAME: &str = "io.kubernetes.pod.name";
+const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+
+/// Upstream's crash-loop back-off: 10 s doubling to 5 min, forgotten after
+/// 10 min of clean running.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// What the kubelet remembers of a pod between syncs.
+#[derive(Default)]
+pub struct Tracked {
+    pub start_time: Option<String>,
+    /// container name → (not before, current back-off).
+    backoff: HashMap<String, (Instant, Duration)>,
+    /// The last status sent, to send only changes.
+    pub sent: Option<Value>,
+}
+
+/// The node facts a pod needs.
+pub struct NodeCtx {
+    pub name: String,
+    pub ip: String,
+    pub log_root: PathBuf,
+}
+
+fn rfc3339_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(ns / 1_000_000_000, (ns % 1_000_000_000) as u32)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+/// The sandbox config of `pod`.
+fn sandbox_config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxConfig {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let (ns, name, uid) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+        uid(pod),
+    );
+    let host_net = spec.host_network.unwrap_or(false);
+    let mode = |host: Option<bool>, default: cri::NamespaceMode| {
+        if host.unwrap_or(false) {
+            cri::NamespaceMode::Node as i32
+        } else {
+            default as i32
+        }
+    };
+    let pid_default = if spec.share_process_namespace.unwrap_or(false) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: ns.clone(),
+            attempt,
+        }),
+        // Host-network pods share the host's UTS namespace: runc refuses
+        // to set a hostname there (it is the node's already).
+        hostname: if host_net {
+            String::new()
+        } else {
+            spec.hostname.clone().unwrap_or_else(|| name.clone())
+        },
+        log_directory: node
+            .log_root
+            .join(format!("{ns}_{name}_{uid}"))
+            .display()
+            .to_string(),
+        labels: labels(&[
+            (LABEL_UID, &uid),
+            (LABEL_NAME, &name),
+            (LABEL_NAMESPACE, &ns),
+        ]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: mode(spec.host_network, cri::NamespaceMode::Pod),
+                    pid: mode(spec.host_pid, pid_default),
+                    ipc: mode(spec.host_ipc, cri::NamespaceMode::Pod),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Environment variables: plain values and the pod's own fields.
+fn envs(pod: &Pod, c: &Container, node: &NodeCtx, pod_ip: &str) -> Vec<cri::KeyValue> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("metadata.name") => pod.metadata.name.clone().unwrap_or_default(),
+                        Some("metadata.namespace") => {
+                            pod.metadata.namespace.clone().unwrap_or_default()
+                        }
+                        Some("metadata.uid") => uid(pod),
+                        Some("spec.nodeName") => node.name.clone(),
+                        Some("spec.serviceAccountName") => pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.service_account_name.clone())
+                            .unwrap_or_default(),
+                        Some("status.hostIP") => node.ip.clone(),
+                        Some("status.podIP") => pod_ip.to_string(),
+                        _ => return None,
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            Some(cri::KeyValue {
+                key: e.name.clone(),
+                value,
+            })
+        })
+        .collect()
+}
+
+/// One container as the runtime has it (its latest attempt).
+struct Seen {
+    status: cri::ContainerStatus,
+}
+
+impl Seen {
+    fn state(&self) -> i32 {
+        self.status.state
+    }
+    fn exited(&self) -> bool {
+        self.state() == cri::ContainerState::ContainerExited as i32
+    }
+    fn running(&self) -> bool {
+        self.state() == cri::ContainerState::ContainerRunning as i32
+    }
+    fn attempt(&self) -> u32 {
+        self.status
+            .metadata
+            .as_ref()
+            .map(|m| m.attempt)
+            .unwrap_or(0)
+    }
+}
+
+type Runtime = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// The containers of the pod with `uid`, every attempt.
+async fn containers_of(rt: &mut Runtime, uid: &str) -> Result<Vec<cri::Container>, tonic::Status> {
+    let filter = cri::ContainerFilter {
+        label_selector: labels(&[(LABEL_UID, uid)]),
+        ..Default::default()
+    };
+    let req = cri::ListContainersRequest {
+        filter: Some(filter),
+    };
+    Ok(rt.list_containers(req).await?.into_inner().containers)
+}
+
+/// The sandboxes of the pod with `uid`.
+async fn sandboxes_of(rt: &mut Runtime, uid: &str) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
+    let filter = cri::PodSandboxFilter {
+        label_selector: labels(&[(LABEL_UID, uid)]),
+        ..Default::default()
+    };
+    let req = cri::ListPodSandboxRequest {
+        filter: Some(filter),
+    };
+    Ok(rt.list_pod_sandbox(req).await?.into_inner().items)
+}
+
+/// The pod's sandboxes (newest first) and latest container per name.
+async fn observe(
+    cri_: &Cri,
+    uid: &str,
+) -> Result<(Vec<cri::PodSandbox>, BTreeMap<String, Seen>), tonic::Status> {
+    let mut rt = cri_.runtime.clone();
+    let mut sandboxes = sandboxes_of(&mut rt, uid).await?;
+    sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    let containers = containers_of(&mut rt, uid).await?;
+    let mut latest: BTreeMap<String, cri::Container> = BTreeMap::new();
+    for c in containers {
+        let Some(n) = c.labels.get(LABEL_CONTAINER).cloned() else {
+            continue;
+        };
+        if latest.get(&n).is_none_or(|l| l.created_at < c.created_at) {
+            latest.insert(n, c);
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (n, c) in latest {
+        let s = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: c.id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        seen.insert(n, Seen { status: s });
+    }
+    Ok((sandboxes, seen))
+}
+
+/// Stop and remove everything of the pod with `uid` (grace in seconds).
+pub async fn teardown(cri_: &Cri, uid: &str, grace: i64) -> Result<(), tonic::Status> {
+    let mut rt = cri_.runtime.clone();
+    let containers = containers_of(&mut rt, uid).await?;
+    let stops = containers
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+        .map(|c| {
+            let mut rt = rt.clone();
+            let id = c.id.clone();
+            async move {
+                rt.stop_container(cri::StopContainerRequest {
+                    container_id: id,
+                    timeout: grace,
+                })
+                .await
+            }
+        });
+    for r in futures_util::future::join_all(stops).await {
+        r?;
+    }
+    for c in &containers {
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: c.id.clone(),
+        })
+        .await?;
+    }
+    let sandboxes = sandboxes_of(&mut rt, uid).await?;
+    for s in sandboxes {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: s.id.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: s.id,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Why a container cannot be created yet: `(reason, message)`.
+async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
+    let image = c.image.clone().unwrap_or_default();
+    let spec = cri::ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    };
+    let present = cri_
+        .images
+        .clone()
+        .image_status(cri::ImageStatusRequest {
+            image: Some(spec.clone()),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().image)
+        .is_some();
+    if present {
+        return None;
+    }
+    let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+    if policy == "Never" {
+        return Some((
+            "ErrImageNeverPull".into(),
+            format!("Container image \"{image}\" is not present with pull policy of Never"),
+        ));
+    }
+    let pulled = tokio::time::timeout(
+        Duration::from_secs(30),
+        cri_.images.clone().pull_image(cri::PullImageRequest {
+            image: Some(spec),
+            ..Default::default()
+        }),
+    )
+    .await;
+    match pulled {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some((
+            "ErrImagePull".into(),
+            format!("failed to pull image \"{image}\": {}", e.message()),
+        )),
+        Err(_) => Some((
+            "ErrImagePull".into(),
+            format!("pulling image \"{image}\" timed out"),
+        )),
+    }
+}
+
+/// Sync one pod; returns the status to publish.
+pub async fn sync(
+    cri_: &Cri,
+    node: &NodeCtx,
+    pod: &Pod,
+    st: &mut Tracked,
+) -> Result<Value, String> {
+    let uid = uid(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
+    let e = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let (sandboxes, mut seen) = observe(cri_, &uid).await.map_err(e)?;
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    st.start_time
+        .get_or_insert_with(crate::objects::now_rfc3339);
+    let mut waiting: HashMap<String, (String, String)> = HashMap::new();
+    let ready_sandbox = sandboxes
+        .iter()
+        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+        .cloned();
+    let sandbox = match (ready_sandbox, terminal) {
+        (Some(s), _) => Some(s.id),
+        (None, true) => None,
+        (None, false) => {
+            let attempt = sandboxes.len() as u32;
+            let config = sandbox_config(pod, node, attempt);
+            let _ = std::fs::create_dir_all(&config.log_directory);
+            match cri_
+                .runtime
+                .clone()
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+            {
+                Ok(r) => Some(r.into_inner().pod_sandbox_id),
+                Err(s) => {
+                    for c in &spec.containers {
+                        waiting.insert(
+                            c.name.clone(),
+                            ("ContainerCreating".into(), s.message().to_string()),
+                        );
+                    }
+                    tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %s.message(), "pod sandbox not created");
+                    None
+                }
+            }
+        }
+    };
+    let pod_ip = match &sandbox {
+        Some(id) => cri_
+            .runtime
+            .clone()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().status)
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .unwrap_or_else(|| {
+                if spec.host_network.unwrap_or(false) {
+                    node.ip.clone()
+                } else {
+                    String::new()
+                }
+            }),
+        None => String::new(),
+    };
+    // Init containers one at a time, then the containers.
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let mut initialized = true;
+    if let Some(sb) = sandbox.as_ref().filter(|_| !terminal) {
+        let ctx = Ctx {
+            cri: cri_,
+            node,
+            pod,
+            sandbox: sb,
+            pod_ip: &pod_ip,
+        };
+        for c in &inits {
+            let done = seen
+                .get(&c.name)
+                .is_some_and(|s| s.exited() && s.status.exit_code == 0);
+            if done {
+                continue;
+            }
+            initialized = false;
+            let restart = policy != "Never";
+            start_if_needed(&ctx, c, &mut seen, st, &mut waiting, restart).await;
+            break;
+        }
+        if initialized {
+            for c in &spec.containers {
+                let restart = match seen.get(&c.name) {
+                    Some(s) if s.exited() => match policy.as_str() {
+                        "Always" => true,
+                        "OnFailure" => s.status.exit_code != 0,
+                        _ => false,
+                    },
+                    _ => true,
+                };
+                start_if_needed(&ctx, c, &mut seen, st, &mut waiting, restart).await;
+            }
+        }
+    } else if !inits.is_empty() {
+        initialized = inits.iter().all(|c| {
+            seen.get(&c.name)
+                .is_some_and(|s| s.exited() && s.status.exit_code == 0)
+        });
+    }
+    Ok(status(
+        pod,
+        node,
+        st,
+        &seen,
+        &waiting,
+        initialized,
+        &pod_ip,
+        &policy,
+    ))
+}
+
+/// What starting a container of a pod needs.
+struct Ctx<'a> {
+    cri: &'a Cri,
+    node: &'a NodeCtx,
+    pod: &'a Pod,
+    sandbox: &'a str,
+    pod_ip: &'a str,
+}
+
+/// Create and start `c` unless its latest attempt runs, or exited and may
+/// not (or may not yet) be restarted.
+async fn start_if_needed(
+    ctx: &Ctx<'_>,
+    c: &Container,
+    seen: &mut BTreeMap<String, Seen>,
+    st: &mut Tracked,
+    waiting: &mut HashMap<String, (String, String)>,
+    restart: bool,
+) {
+    let Ctx {
+        cri: cri_,
+        node,
+        pod,
+        sandbox,
+        pod_ip,
+    } = *ctx;
+    let attempt = match seen.get(&c.name) {
+        None => 0,
+        Some(s) if !s.exited() => return,
+        Some(_) if !restart => return,
+        Some(s) => {
+            // Back-off before a restart; a long clean run forgets it.
+            let ran =
+                Duration::from_nanos((s.status.finished_at - s.status.started_at).max(0) as u64);
+            let entry = st
+                .backoff
+                .entry(c.name.clone())
+                .or_insert((Instant::now(), Duration::ZERO));
+            if ran > BACKOFF_RESET {
+                *entry = (Instant::now(), Duration::ZERO);
+            }
+            if entry.1.is_zero() {
+                *entry = (Instant::now() + BACKOFF_START, BACKOFF_START);
+            }
+            if Instant::now() < entry.0 {
+                waiting.insert(
+                    c.name.clone(),
+                    (
+                        "CrashLoopBackOff".into(),
+                        format!(
+                            "back-off {}s restarting failed container={} pod={}",
+                            entry.1.as_secs(),
+                            c.name,
+                            pod.metadata.name.clone().unwrap_or_default()
+                        ),
+                    ),
+                );
+                return;
+            }
+            let next = (entry.1 * 2).min(BACKOFF_MAX);
+            *entry = (Instant::now() + next, next);
+            s.attempt() + 1
+        }
+    };
+    if let Some((reason, message)) = image_problem(cri_, c).await {
+        waiting.insert(c.name.clone(), (reason, message));
+        return;
+    }
+    let uid = uid(pod);
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: c.name.clone(),
+            attempt,
+        }),
+        image: Some(cri::ImageSpec {
+            image: c.image.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: envs(pod, c, node, pod_ip),
+        labels: labels(&[
+            (LABEL_UID, &uid),
+            (LABEL_NAME, pod.metadata.name.as_deref().unwrap_or("")),
+            (
+                LABEL_NAMESPACE,
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+            ),
+            (LABEL_CONTAINER, &c.name),
+        ]),
+        annotations: labels(&[("io.kubernetes.container.restartCount", &attempt.to_string())]),
+        log_path: format!("{}/{attempt}.log", c.name),
+        stdin: c.stdin.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
+        ..Default::default()
+    };
+    let sandbox_config = sandbox_config(pod, node, 0);
+    let _ = std::fs::create_dir_all(PathBuf::from(&sandbox_config.log_directory).join(&c.name));
+    let mut rt = cri_.runtime.clone();
+    let created = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await;
+    let id = match created {
+        Ok(r) => r.into_inner().container_id,
+        Err(s) => {
+            waiting.insert(
+                c.name.clone(),
+                ("CreateContainerError".into(), s.message().to_string()),
+            );
+            return;
+        }
+    };
+    if let Err(s) = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+    {
+        waiting.insert(
+            c.name.clone(),
+            ("RunContainerError".into(), s.message().to_string()),
+        );
+        return;
+    }
+    if let Ok(r) = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+    {
+        seen.insert(
+            c.name.clone(),
+            Seen {
+                status: r.into_inner().status.unwrap_or_default(),
+            },
+        );
+    }
+}
+
+fn state_of(s: &Seen) -> Value {
+    let st = &s.status;
+    if s.running() {
+        json!({"running": {"startedAt": rfc3339_ns(st.started_at)}})
+    } else if s.exited() {
+        let reason = if !st.reason.is_empty() {
+            st.reason.clone()
+        } else if st.exit_code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        };
+        json!({"terminated": {"exitCode": st.exit_code, "reason": reason,
+            "startedAt": rfc3339_ns(st.started_at), "finishedAt": rfc3339_ns(st.finished_at),
+            "containerID": format!("containerd://{}", st.id)}})
+    } else {
+        json!({"waiting": {"reason": "ContainerCreating"}})
+    }
+}
+
+fn container_statuses(
+    list: &[Container],
+    seen: &BTreeMap<String, Seen>,
+    waiting: &HashMap<String, (String, String)>,
+) -> Vec<Value> {
+    list.iter()
+        .map(|c| {
+            let s = seen.get(&c.name);
+            let mut v = json!({
+                "name": c.name,
+                "image": c.image.clone().unwrap_or_default(),
+                "imageID": s.map(|s| s.status.image_ref.clone()).unwrap_or_default(),
+                "ready": s.is_some_and(|s| s.running()) && !waiting.contains_key(&c.name),
+                "started": s.is_some_and(|s| s.running()),
+                "restartCount": s.map(|s| s.attempt()).unwrap_or(0),
+            });
+            if let Some(s) = s {
+                v["containerID"] = json!(format!("containerd://{}", s.status.id));
+            }
+            match (waiting.get(&c.name), s) {
+                (Some((reason, message)), prev) => {
+                    v["state"] = json!({"waiting": {"reason": reason, "message": message}});
+                    if let Some(p) = prev.filter(|p| p.exited()) {
+                        v["lastState"] = state_of(p);
+                    }
+                }
+                (None, Some(s)) => v["state"] = state_of(s),
+                (None, None) => v["state"] = json!({"waiting": {"reason": "ContainerCreating"}}),
+            }
+            v
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn status(
+    pod: &Pod,
+    node: &NodeCtx,
+    st: &Tracked,
+    seen: &BTreeMap<String, Seen>,
+    waiting: &HashMap<String, (String, String)>,
+    initialized: bool,
+    pod_ip: &str,
+    policy: &str,
+) -> Value {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers = &spec.containers;
+    let statuses = container_statuses(containers, seen, waiting);
+    let inits = container_statuses(
+        &spec.init_containers.clone().unwrap_or_default(),
+        seen,
+        waiting,
+    );
+    let all =
+        |f: &dyn Fn(&Seen) -> bool| containers.iter().all(|c| seen.get(&c.name).is_some_and(f));
+    let any =
+        |f: &dyn Fn(&Seen) -> bool| containers.iter().any(|c| seen.get(&c.name).is_some_and(f));
+    let previous = pod.status.as_ref().and_then(|s| s.phase.clone());
+    let phase = if matches!(previous.as_deref(), Some("Succeeded" | "Failed")) {
+        previous.unwrap_or_default()
+    } else if !initialized {
+        "Pending".into()
+    } else if any(&|s| s.running()) {
+        "Running".into()
+    } else if all(&|s| s.exited()) {
+        let failed = any(&|s| s.status.exit_code != 0);
+        match (policy, failed) {
+            ("Always", _) | ("OnFailure", true) => "Running".into(),
+            (_, true) => "Failed".into(),
+            _ => "Succeeded".into(),
+        }
+    } else {
+        "Pending".into()
+    };
+    let ready = phase == "Running" && statuses.iter().all(|s| s["ready"] == true);
+    let now = crate::objects::now_rfc3339();
+    let old_conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let cond = |t: &str, ok: bool| {
+        let status = if ok { "True" } else { "False" };
+        let since = old_conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == status)
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|| now.clone());
+        json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+    };
+    let mut out = json!({
+        "phase": phase,
+        "conditions": [
+            cond("Initialized", initialized),
+            cond("Ready", ready),
+            cond("ContainersReady", ready),
+            cond("PodScheduled", true),
+        ],
+        "hostIP": node.ip,
+        "hostIPs": [{"ip": node.ip}],
+        "startTime": st.start_time,
+        "containerStatuses": statuses,
+    });
+    if !inits.is_empty() {
+        out["initContainerStatuses"] = json!(inits);
+    }
+    if !pod_ip.is_empty() {
+        out["podIP"] = json!(pod_ip);
+        out["podIPs"] = json!([{"ip": pod_ip}]);
+    }
+    out
+}
