@@ -367,6 +367,7 @@ pub async fn run(
     // The runtime starts at once; its state rides on the node status.
     let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(None);
     let mut kubelet_socket = None;
+    let mut cni_conf_dir = None;
     if let Some(rt) = &params.node.runtime {
         let data_dir = params.data_dir.clone();
         let settings = match rt {
@@ -379,6 +380,10 @@ pub async fn run(
             },
         };
         kubelet_socket = Some(settings.socket());
+        if matches!(rt, crate::config::Runtime::Containerd) {
+            cni_conf_dir =
+                Some(crate::runtime::containerd::Paths::new(&params.data_dir).cni_conf_dir);
+        }
         tokio::spawn(crate::runtime::run(
             settings,
             runtime_tx,
@@ -436,6 +441,8 @@ pub async fn run(
             servers: Arc::new(move || servers_lb.candidates()),
             cri_socket,
             log_root,
+            cni_conf_dir,
+            cni_state_dir: params.data_dir.join("agent/cni/networks"),
         };
         tokio::spawn(crate::kubelet::run(
             kp,

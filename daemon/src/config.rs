@@ -222,6 +222,14 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_keep: Option<u64>,
+    /// Pod network: each node gets a block of it as its pod CIDR [default: 10.42.0.0/16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
+    /// Size of each node's pod CIDR block [default: 24].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_cidr_mask_size: Option<u8>,
     /// The longest lifetime a requested service-account token may have [default: no limit].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -483,6 +491,8 @@ pub struct ServerConfig {
     pub compaction_keep: u64,
     /// `--service-account-max-token-expiration`.
     pub max_token_expiration: Option<Duration>,
+    /// `--cluster-cidr`, `--node-cidr-mask-size`.
+    pub ipam: crate::ipam::Ipam,
     pub debug: bool,
 }
 
@@ -675,6 +685,14 @@ impl ServerConfig {
                 Duration::from_secs(300),
             )?,
             compaction_keep: keep,
+            ipam: crate::ipam::Ipam::parse(
+                a.cluster_cidr.as_deref().unwrap_or("10.42.0.0/16"),
+                a.node_cidr_mask_size.unwrap_or(24),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                origin: "--cluster-cidr/--node-cidr-mask-size".into(),
+                message,
+            })?,
             max_token_expiration: match &a.service_account_max_token_expiration {
                 None => None,
                 Some(_) => Some(duration_of(

@@ -16,6 +16,7 @@ pub mod deploy;
 pub mod error;
 pub mod fsutil;
 pub mod https;
+pub mod ipam;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod lifecycle;

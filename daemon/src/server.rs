@@ -376,6 +376,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         ready: AtomicBool::new(false),
         embedded_agent: embedded.clone(),
         membership: membership.clone(),
+        ipam: cfg.ipam,
         auth,
     });
 

@@ -39,6 +39,8 @@ pub struct Supervisor {
     pub(crate) ready: AtomicBool,
     pub embedded_agent: Option<Arc<AgentState>>,
     pub membership: Arc<Membership>,
+    /// Pod CIDRs for nodes.
+    pub ipam: crate::ipam::Ipam,
     /// Authorization, the token issuer, and what they follow.
     pub auth: Arc<crate::auth::Auth>,
 }

@@ -149,6 +149,9 @@ async fn handle(
                 .await;
             } else {
                 *registered = true;
+                if let Err(e) = crate::ipam::assign(&sv.objects, &sv.ipam, node).await {
+                    tracing::warn!(node, error = %e, "could not assign the node's pod CIDR; retrying with its next status");
+                }
             }
         }
         AgentMessage::Heartbeat { seq } => {

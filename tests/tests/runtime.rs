@@ -276,10 +276,27 @@ fn a_runtime_that_is_missing_or_unreachable_makes_the_node_not_ready() {
     );
 }
 
+/// `kubectl wait --for=condition=Ready pod/<name>`, or fail with the log.
+fn wait_ready(k: &Kubectl, server: &Server, name: &str) {
+    let pod = format!("pod/{name}");
+    let o = k.run(&["wait", "--for=condition=Ready", &pod, "--timeout=90s"]);
+    assert!(
+        o.status.success(),
+        "{}{}\n{}",
+        stdout(&o),
+        stderr(&o),
+        server.log()
+    );
+}
+
 fn pod_json(name: &str, command: &str, policy: &str, image: &str) -> String {
+    pod_on(name, command, policy, image, true)
+}
+
+fn pod_on(name: &str, command: &str, policy: &str, image: &str, host_network: bool) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"nodeName": "server-0", "hostNetwork": true, "restartPolicy": policy,
+        "spec": {"nodeName": "server-0", "hostNetwork": host_network, "restartPolicy": policy,
             "terminationGracePeriodSeconds": 2,
             "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
                 "command": ["sh", "-c", command],
@@ -320,14 +337,7 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
             image,
         ),
     );
-    let o = k.run(&["wait", "--for=condition=Ready", "pod/web", "--timeout=90s"]);
-    assert!(
-        o.status.success(),
-        "{}{}\n{}",
-        stdout(&o),
-        stderr(&o),
-        server.log()
-    );
+    wait_ready(&k, &server, "web");
     let p: Value = serde_json::from_str(&k.ok(&["get", "pod", "web", "-o", "json"])).unwrap();
     let st = &p["status"];
     assert_eq!(st["phase"], "Running", "{st}");
@@ -399,6 +409,40 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     });
     assert!(missing.is_some(), "{}", phase("missing"));
 
+    // Pods on the pod network get addresses from the node's pod CIDR and
+    // reach each other.
+    let cidr = node(&server, "server-0").unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(cidr, "10.42.0.0/24");
+    apply(
+        "target",
+        pod_on("target", "exec sleep 3600", "Always", image, false),
+    );
+    wait_ready(&k, &server, "target");
+    let ip = phase("target")["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.42.0."), "{ip}");
+    apply(
+        "pinger",
+        pod_on(
+            "pinger",
+            &format!("busybox ping -c 1 -W 5 {ip}"),
+            "Never",
+            image,
+            false,
+        ),
+    );
+    let reached = wait_for(READY, || {
+        let s = phase("pinger");
+        matches!(s["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(s)
+    });
+    assert_eq!(
+        reached.as_ref().map(|s| s["phase"].clone()),
+        Some(Value::from("Succeeded")),
+        "{reached:?}"
+    );
+
     // A restarted agent adopts the running container instead of restarting it.
     assert_eq!(server.stop(), Some(0));
     server.restart();
@@ -424,7 +468,16 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     );
     assert!(!log.exists(), "the pod's logs outlived it");
     // The rest go the same way (and take their logs with them).
-    k.ok(&["delete", "pod", "fails", "done", "missing", "--wait=false"]);
+    k.ok(&[
+        "delete",
+        "pod",
+        "fails",
+        "done",
+        "missing",
+        "target",
+        "pinger",
+        "--wait=false",
+    ]);
     let all_gone = wait_for(Duration::from_secs(30), || {
         k.ok(&["get", "pods", "-o", "name"])
             .trim()

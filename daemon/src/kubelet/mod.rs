@@ -32,6 +32,61 @@ pub struct KubeletParams {
     pub cri_socket: PathBuf,
     /// `/var/log/pods` (as root) or under the data dir.
     pub log_root: PathBuf,
+    /// Where containerd reads its CNI config (`None`: a runtime the agent
+    /// did not configure, whose network is its own business).
+    pub cni_conf_dir: Option<PathBuf>,
+    /// host-local's allocations (`<data-dir>/agent/cni/networks`).
+    pub cni_state_dir: PathBuf,
+}
+
+/// The node's pod network: a bridge `cni0` with host-local addresses from
+/// the node's pod CIDR, masqueraded on the way out, with host ports (K3s's
+/// flannel config minus flannel: nodes route to each other's pods later).
+pub fn cni_config(pod_cidr: &str, state_dir: &std::path::Path) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "rk3s",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+             "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": state_dir}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    })
+}
+
+/// Once the node has a pod CIDR, write the CNI config containerd loads.
+async fn write_cni(
+    api: Api,
+    node: String,
+    dir: PathBuf,
+    state: PathBuf,
+    cancel: CancellationToken,
+) {
+    let file = dir.join("10-rk3s.conflist");
+    loop {
+        if let Ok(v) = api.get(&format!("/api/v1/nodes/{node}")).await {
+            if let Some(cidr) = v.pointer("/spec/podCIDR").and_then(Value::as_str) {
+                let text = serde_json::to_vec_pretty(&cni_config(cidr, &state)).expect("json");
+                if std::fs::read(&file).ok().as_deref() != Some(text.as_slice()) {
+                    match crate::fsutil::write_atomic(&file, &text, 0o644) {
+                        Ok(()) => {
+                            tracing::info!(pod_cidr = cidr, file = %file.display(), "pod network configured")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, file = %file.display(), "could not write the CNI config")
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 /// The pods bound to this node, by uid, as the watch last saw them.
@@ -165,6 +220,15 @@ pub async fn run(
         ip,
         log_root: p.log_root.clone(),
     };
+    if let Some(dir) = &p.cni_conf_dir {
+        tokio::spawn(write_cni(
+            api.clone(),
+            p.node.clone(),
+            dir.clone(),
+            p.cni_state_dir.clone(),
+            cancel.child_token(),
+        ));
+    }
     tracing::info!(node = %p.node, "kubelet running pods on the container runtime");
     let desired = Arc::new(Desired::default());
     tokio::spawn(follow(
