@@ -96,6 +96,10 @@ async fn supervise(
         Ok(b) => b,
         Err(e) => return e,
     };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return "containerd needs root: run rk3sd as root, or pass --disable-runtime to register this node without one".into();
+    }
     let paths = containerd::Paths::new(data_dir);
     if let Err(e) = containerd::write_config(&paths, images::PAUSE_IMAGE) {
         return format!("writing {}: {e}", paths.config.display());
