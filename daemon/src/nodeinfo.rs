@@ -97,7 +97,18 @@ pub fn host_ips() -> Vec<String> {
         let mut cur = head;
         while !cur.is_null() {
             let addr = (*cur).ifa_addr;
-            if !addr.is_null() {
+            // The pod network's own interfaces are not the host's address.
+            let name = if (*cur).ifa_name.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr((*cur).ifa_name)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let pod_network = ["cni", "veth", "flannel"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if !addr.is_null() && !pod_network {
                 let ip: Option<std::net::IpAddr> = match (*addr).sa_family as i32 {
                     libc::AF_INET => {
                         let a = &*(addr as *const libc::sockaddr_in);

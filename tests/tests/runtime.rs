@@ -486,3 +486,135 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     });
     assert!(all_gone.is_some(), "{}", k.ok(&["get", "pods"]));
 }
+
+#[test]
+fn pods_get_their_volumes_environment_and_service_account_token() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    with_busybox(&dir);
+    let server = Server::start(&dir, &[RUNTIME]);
+    let _containers = Containers(dir.join("data/agent/run/containerd/containerd.sock"));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
+    assert!(
+        wait_for(READY, || (ready(&node(&server, "server-0")?).0 == "True"
+            && node(&server, "server-0")?["status"]["nodeInfo"]
+                ["containerRuntimeVersion"]
+                .as_str()?
+                .starts_with("containerd://"))
+        .then_some(()))
+        .is_some()
+    );
+    k.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=key=one",
+        "--from-literal=mode=fast",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "--from-literal=pw=s3cret",
+    ]);
+    let script = "echo ENV $FROM_CM $FROM_SECRET $mode; cat /etc/sec/pw; echo; \
+        echo NS $(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); \
+        echo TOKEN $(cat /var/run/secrets/kubernetes.io/serviceaccount/token); \
+        while true; do echo KEY $(cat /etc/cfg/key); sleep 1; done";
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "vols"},
+        "spec": {"nodeName": "server-0", "hostNetwork": true, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "docker.io/library/busybox:test", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "env": [
+                    {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "key"}}},
+                    {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "pw"}}}],
+                "envFrom": [{"configMapRef": {"name": "cfg"}}],
+                "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"},
+                                 {"name": "sec", "mountPath": "/etc/sec", "readOnly": true}]}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}},
+                        {"name": "sec", "secret": {"secretName": "sec"}}]}
+    });
+    let f = t.path().join("vols.json");
+    std::fs::write(&f, pod.to_string()).unwrap();
+    k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    wait_ready(&k, &server, "vols");
+    let p: Value = serde_json::from_str(&k.ok(&["get", "pod", "vols", "-o", "json"])).unwrap();
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let log_file = std::path::PathBuf::from(format!("/var/log/pods/default_vols_{uid}/c/0.log"));
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(10), || log()
+            .contains("KEY one")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        log()
+    );
+    let text = log();
+    assert!(text.contains("ENV one s3cret fast"), "{text}");
+    assert!(text.contains("s3cret"), "{text}");
+    assert!(text.contains("NS default"), "{text}");
+    // The projected token is a working credential of the pod's account.
+    let token = text
+        .lines()
+        .find_map(|l| l.split("TOKEN ").nth(1))
+        .map(|t| t.trim().to_string())
+        .expect("token in the log");
+    let kc = token_kubeconfig(
+        &t.path().join("pod-token"),
+        &server.url(),
+        &server.ca_pem(),
+        &token,
+    );
+    let as_pod = Kubectl::new(kubectl(None), &kc, &t.path().join("pc"));
+    let who = as_pod.ok(&["auth", "whoami"]);
+    assert!(
+        who.contains("system:serviceaccount:default:default"),
+        "{who}"
+    );
+    // A changed ConfigMap reaches the running container.
+    k.ok(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"key":"two"}}"#,
+    ]);
+    let updated = wait_for(Duration::from_secs(60), || {
+        log().contains("KEY two").then_some(())
+    });
+    assert!(updated.is_some(), "the update never reached the pod");
+    // A missing ConfigMap keeps a pod's container waiting, with the reason.
+    let bad = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nocm"},
+        "spec": {"nodeName": "server-0", "hostNetwork": true,
+            "containers": [{"name": "c", "image": "docker.io/library/busybox:test", "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"],
+                "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}]}
+    });
+    std::fs::write(&f, bad.to_string()).unwrap();
+    k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let waiting = wait_for(READY, || {
+        let p: Value = serde_json::from_str(&k.ok(&["get", "pod", "nocm", "-o", "json"])).ok()?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then_some(w)
+    });
+    assert!(
+        waiting.is_some(),
+        "{}",
+        k.ok(&["get", "pod", "nocm", "-o", "yaml"])
+    );
+    k.ok(&["delete", "pod", "vols", "nocm", "--wait=false"]);
+    assert!(wait_for(Duration::from_secs(30), || k
+        .ok(&["get", "pods", "-o", "name"])
+        .trim()
+        .is_empty()
+        .then_some(()))
+    .is_some());
+    assert!(
+        !dir.join(format!("data/agent/pods/{uid}")).exists(),
+        "the pod's volumes outlived it"
+    );
+}

@@ -86,6 +86,17 @@ impl Api {
         .await
     }
 
+    /// POST `body` to `path`, answer as JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        self.json(|b| {
+            self.http
+                .post(format!("{b}{path}"))
+                .json(body)
+                .timeout(Duration::from_secs(10))
+        })
+        .await
+    }
+
     /// The pods bound to `node` and the list's resourceVersion.
     pub async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, String), ApiError> {
         let v = self

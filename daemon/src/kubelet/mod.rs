@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod pods;
+pub mod volumes;
 
 use crate::runtime::cri::Cri;
 use api::Api;
@@ -37,6 +38,8 @@ pub struct KubeletParams {
     pub cni_conf_dir: Option<PathBuf>,
     /// host-local's allocations (`<data-dir>/agent/cni/networks`).
     pub cni_state_dir: PathBuf,
+    /// Pods' volumes (`<data-dir>/agent/pods`).
+    pub pods_root: PathBuf,
 }
 
 /// The node's pod network: a bridge `cni0` with host-local addresses from
@@ -219,6 +222,7 @@ pub async fn run(
         name: p.node.clone(),
         ip,
         log_root: p.log_root.clone(),
+        pods_root: p.pods_root.clone(),
     };
     if let Some(dir) = &p.cni_conf_dir {
         tokio::spawn(write_cni(
@@ -294,12 +298,17 @@ async fn sync_one(
             .unwrap_or(30);
         match pods::teardown(cri_, uid, grace).await {
             Ok(()) => {
-                if let Err(e) = api.delete_pod(&ns, &name, uid).await {
-                    tracing::warn!(pod = %name, error = %e, "kubelet: final delete failed; retrying");
-                } else {
-                    tracing::info!(namespace = %ns, pod = %name, "pod terminated and deleted");
-                    let _ =
-                        std::fs::remove_dir_all(node.log_root.join(format!("{ns}_{name}_{uid}")));
+                // Its files go first: once the object is gone nothing
+                // points at them.
+                let _ = std::fs::remove_dir_all(node.log_root.join(format!("{ns}_{name}_{uid}")));
+                let _ = std::fs::remove_dir_all(node.pod_dir(uid));
+                match api.delete_pod(&ns, &name, uid).await {
+                    Ok(()) => {
+                        tracing::info!(namespace = %ns, pod = %name, "pod terminated and deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %name, error = %e, "kubelet: final delete failed; retrying")
+                    }
                 }
             }
             Err(e) => {
@@ -315,7 +324,7 @@ async fn sync_one(
             .and_then(|s| s.start_time.as_ref())
             .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
     }
-    match pods::sync(cri_, node, pod, st).await {
+    match pods::sync(cri_, api, node, pod, st).await {
         Ok(status) => {
             if st.sent.as_ref() != Some(&status) {
                 match api.patch_pod_status(&ns, &name, &status).await {
@@ -365,5 +374,6 @@ async fn remove_orphans(
                     .join(format!("{}_{}_{uid}", m.namespace, m.name)),
             );
         }
+        let _ = std::fs::remove_dir_all(node.pod_dir(uid));
     }
 }

@@ -3,6 +3,8 @@
 //! status kubectl reads. Everything is found again from CRI labels on
 //! every sync, so a restarted agent adopts the containers it left running.
 
+use super::api::Api;
+use super::volumes;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -30,6 +32,7 @@ pub struct Tracked {
     backoff: HashMap<String, (Instant, Duration)>,
     /// The last status sent, to send only changes.
     pub sent: Option<Value>,
+    pub volumes: volumes::VolumeState,
 }
 
 /// The node facts a pod needs.
@@ -37,6 +40,14 @@ pub struct NodeCtx {
     pub name: String,
     pub ip: String,
     pub log_root: PathBuf,
+    /// `<data-dir>/agent/pods`: each pod's volumes under its uid.
+    pub pods_root: PathBuf,
+}
+
+impl NodeCtx {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_root.join(uid)
+    }
 }
 
 fn rfc3339_ns(ns: i64) -> String {
@@ -117,37 +128,123 @@ fn sandbox_config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxCon
     }
 }
 
-/// Environment variables: plain values and the pod's own fields.
-fn envs(pod: &Pod, c: &Container, node: &NodeCtx, pod_ip: &str) -> Vec<cri::KeyValue> {
-    c.env
+/// The value of a pod field an env var names.
+fn pod_field(pod: &Pod, node: &NodeCtx, pod_ip: &str, path: &str) -> Option<String> {
+    Some(match path {
+        "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+        "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => uid(pod),
+        "spec.nodeName" => node.name.clone(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" => node.ip.clone(),
+        "status.podIP" => pod_ip.to_string(),
+        _ => return None,
+    })
+}
+
+/// Environment variables: envFrom, then env (values, the pod's fields,
+/// ConfigMap and Secret keys). An error is the reason the container waits
+/// (upstream's CreateContainerConfigError).
+async fn envs(ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::KeyValue>, String> {
+    let ns = ctx.pod.metadata.namespace.clone().unwrap_or_default();
+    let mut out: Vec<(String, String)> = vec![];
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &from.config_map_ref {
+            (
+                volumes::config_map(ctx.api, &ns, &r.name).await?,
+                r.optional,
+                format!("configmap {:?}", r.name),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            (
+                volumes::secret(ctx.api, &ns, &r.name).await?,
+                r.optional,
+                format!("secret {:?}", r.name),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => out.extend(
+                d.into_iter()
+                    .map(|(k, v)| (format!("{prefix}{k}"), text(v))),
+            ),
+            None if optional == Some(true) => {}
+            None => return Err(format!("{what} not found")),
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, None) => String::new(),
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    pod_field(ctx.pod, ctx.node, ctx.pod_ip, &f.field_path)
+                        .ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
+                } else if let Some(k) = &from.config_map_key_ref {
+                    let d = volumes::config_map(ctx.api, &ns, &k.name).await?;
+                    match d.and_then(|mut d| d.remove(&k.key)) {
+                        Some(v) => text(v),
+                        None if k.optional == Some(true) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                k.key, k.name
+                            ))
+                        }
+                    }
+                } else if let Some(k) = &from.secret_key_ref {
+                    let d = volumes::secret(ctx.api, &ns, &k.name).await?;
+                    match d.and_then(|mut d| d.remove(&k.key)) {
+                        Some(v) => text(v),
+                        None if k.optional == Some(true) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                k.key, k.name
+                            ))
+                        }
+                    }
+                } else {
+                    return Err(format!("env {:?}: unsupported valueFrom", e.name));
+                }
+            }
+        };
+        out.push((e.name.clone(), value));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(key, value)| cri::KeyValue { key, value })
+        .collect())
+}
+
+/// The container's volume mounts as CRI mounts.
+fn mounts(c: &Container, prepared: &volumes::Prepared) -> Result<Vec<cri::Mount>, String> {
+    c.volume_mounts
         .iter()
         .flatten()
-        .filter_map(|e| {
-            let value = match (&e.value, &e.value_from) {
-                (Some(v), _) => v.clone(),
-                (None, Some(from)) => {
-                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                        Some("metadata.name") => pod.metadata.name.clone().unwrap_or_default(),
-                        Some("metadata.namespace") => {
-                            pod.metadata.namespace.clone().unwrap_or_default()
-                        }
-                        Some("metadata.uid") => uid(pod),
-                        Some("spec.nodeName") => node.name.clone(),
-                        Some("spec.serviceAccountName") => pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.service_account_name.clone())
-                            .unwrap_or_default(),
-                        Some("status.hostIP") => node.ip.clone(),
-                        Some("status.podIP") => pod_ip.to_string(),
-                        _ => return None,
-                    }
+        .map(|m| {
+            let base = prepared
+                .get(&m.name)
+                .ok_or_else(|| format!("volume mount {:?} names no volume of the pod", m.name))?;
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) if sub.split('/').any(|p| p == "..") || sub.starts_with('/') => {
+                    return Err(format!("subPath {sub:?} must stay inside the volume"))
                 }
-                (None, None) => String::new(),
+                Some(sub) => base.join(sub),
+                None => base.clone(),
             };
-            Some(cri::KeyValue {
-                key: e.name.clone(),
-                value,
+            Ok(cri::Mount {
+                container_path: m.mount_path.clone(),
+                host_path: host.display().to_string(),
+                readonly: m.read_only.unwrap_or(false),
+                ..Default::default()
             })
         })
         .collect()
@@ -330,6 +427,7 @@ async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
 /// Sync one pod; returns the status to publish.
 pub async fn sync(
     cri_: &Cri,
+    api: &Api,
     node: &NodeCtx,
     pod: &Pod,
     st: &mut Tracked,
@@ -409,13 +507,34 @@ pub async fn sync(
     // Init containers one at a time, then the containers.
     let inits = spec.init_containers.clone().unwrap_or_default();
     let mut initialized = true;
-    if let Some(sb) = sandbox.as_ref().filter(|_| !terminal) {
+    let prepared = match sandbox.as_ref().filter(|_| !terminal) {
+        None => None,
+        Some(_) => match volumes::prepare(api, pod, &node.pod_dir(&uid), &mut st.volumes).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // Upstream's FailedMount: nothing starts, the containers wait.
+                tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %e, "volumes not ready");
+                for c in spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers)
+                {
+                    waiting.insert(c.name.clone(), ("ContainerCreating".into(), e.clone()));
+                }
+                None
+            }
+        },
+    };
+    if let (Some(sb), Some(prepared)) = (sandbox.as_ref().filter(|_| !terminal), &prepared) {
         let ctx = Ctx {
             cri: cri_,
+            api,
             node,
             pod,
             sandbox: sb,
             pod_ip: &pod_ip,
+            volumes: prepared,
         };
         for c in &inits {
             let done = seen
@@ -443,6 +562,7 @@ pub async fn sync(
             }
         }
     } else if !inits.is_empty() {
+        // Not started this pass: initialized only if the inits all finished.
         initialized = inits.iter().all(|c| {
             seen.get(&c.name)
                 .is_some_and(|s| s.exited() && s.status.exit_code == 0)
@@ -463,10 +583,12 @@ pub async fn sync(
 /// What starting a container of a pod needs.
 struct Ctx<'a> {
     cri: &'a Cri,
+    api: &'a Api,
     node: &'a NodeCtx,
     pod: &'a Pod,
     sandbox: &'a str,
     pod_ip: &'a str,
+    volumes: &'a volumes::Prepared,
 }
 
 /// Create and start `c` unless its latest attempt runs, or exited and may
@@ -484,7 +606,7 @@ async fn start_if_needed(
         node,
         pod,
         sandbox,
-        pod_ip,
+        ..
     } = *ctx;
     let attempt = match seen.get(&c.name) {
         None => 0,
@@ -528,6 +650,21 @@ async fn start_if_needed(
         waiting.insert(c.name.clone(), (reason, message));
         return;
     }
+    let config_error = |e: String| ("CreateContainerConfigError".to_string(), e);
+    let envs = match envs(ctx, c).await {
+        Ok(e) => e,
+        Err(e) => {
+            waiting.insert(c.name.clone(), config_error(e));
+            return;
+        }
+    };
+    let mounts = match mounts(c, ctx.volumes) {
+        Ok(m) => m,
+        Err(e) => {
+            waiting.insert(c.name.clone(), config_error(e));
+            return;
+        }
+    };
     let uid = uid(pod);
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -541,7 +678,8 @@ async fn start_if_needed(
         command: c.command.clone().unwrap_or_default(),
         args: c.args.clone().unwrap_or_default(),
         working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: envs(pod, c, node, pod_ip),
+        envs,
+        mounts,
         labels: labels(&[
             (LABEL_UID, &uid),
             (LABEL_NAME, pod.metadata.name.as_deref().unwrap_or("")),
