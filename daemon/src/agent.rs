@@ -443,6 +443,7 @@ pub async fn run(
             log_root,
             cni_conf_dir,
             cni_state_dir: params.data_dir.join("agent/cni/networks"),
+            bridge: crate::runtime::containerd::Paths::new(&params.data_dir).bridge,
             pods_root: params.data_dir.join("agent/pods"),
         };
         tokio::spawn(crate::kubelet::run(

@@ -105,7 +105,7 @@ pub fn host_ips() -> Vec<String> {
                     .to_string_lossy()
                     .into_owned()
             };
-            let pod_network = ["cni", "veth", "flannel"]
+            let pod_network = ["cni", "veth", "flannel", "rk3s"]
                 .iter()
                 .any(|p| name.starts_with(p));
             if !addr.is_null() && !pod_network {

@@ -16,6 +16,13 @@ const READY: Duration = Duration::from_secs(60);
 /// it runs while containerd is still up.
 struct Containers(std::path::PathBuf);
 
+impl Containers {
+    /// For the server or agent whose data dir is `data_dir`.
+    fn of(data_dir: &Path) -> Self {
+        Self(rk3sd::runtime::containerd::Paths::new(data_dir).socket)
+    }
+}
+
 impl Drop for Containers {
     fn drop(&mut self) {
         let run = |args: &[&str]| {
@@ -36,6 +43,13 @@ impl Drop for Containers {
         for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
             let _ = run(&["tasks", "delete", "--force", id]);
             let _ = run(&["containers", "delete", id]);
+        }
+        // Its pod network's bridge (named after the data dir: one per test).
+        if let Some(data_dir) = self.0.ancestors().nth(4) {
+            let bridge = rk3sd::runtime::containerd::Paths::new(data_dir).bridge;
+            let _ = std::process::Command::new("ip")
+                .args(["link", "delete", &bridge])
+                .output();
         }
         // Leftover mounts would keep the temporary directory.
         if let Ok(m) = std::fs::read_to_string("/proc/mounts") {
@@ -136,7 +150,7 @@ fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
     let images = with_busybox(&dir);
     std::fs::write(images.join("broken.tar"), b"this is not a tarball").unwrap();
     let server = Server::start(&dir, &[RUNTIME]);
-    let _containers = Containers(dir.join("data/agent/run/containerd/containerd.sock"));
+    let _containers = Containers::of(&dir.join("data"));
     let n = wait_for(READY, || {
         let n = node(&server, "server-0")?;
         n["status"]["nodeInfo"]["containerRuntimeVersion"]
@@ -276,6 +290,21 @@ fn a_runtime_that_is_missing_or_unreachable_makes_the_node_not_ready() {
     );
 }
 
+/// Delete `pods` and wait until the kubelet has finished them all.
+fn delete_all(k: &Kubectl, pods: &[&str]) {
+    let mut args = vec!["delete", "pod"];
+    args.extend_from_slice(pods);
+    args.push("--wait=false");
+    k.ok(&args);
+    let gone = wait_for(Duration::from_secs(30), || {
+        k.ok(&["get", "pods", "-o", "name"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "{}", k.ok(&["get", "pods"]));
+}
+
 /// `kubectl wait --for=condition=Ready pod/<name>`, or fail with the log.
 fn wait_ready(k: &Kubectl, server: &Server, name: &str) {
     let pod = format!("pod/{name}");
@@ -312,7 +341,7 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     let dir = t.path().join("s");
     with_busybox(&dir);
     let mut server = Server::start(&dir, &[RUNTIME]);
-    let _containers = Containers(dir.join("data/agent/run/containerd/containerd.sock"));
+    let _containers = Containers::of(&dir.join("data"));
     let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
     assert!(
         wait_for(READY, || (node(&server, "server-0")?["status"]["nodeInfo"]
@@ -468,23 +497,7 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     );
     assert!(!log.exists(), "the pod's logs outlived it");
     // The rest go the same way (and take their logs with them).
-    k.ok(&[
-        "delete",
-        "pod",
-        "fails",
-        "done",
-        "missing",
-        "target",
-        "pinger",
-        "--wait=false",
-    ]);
-    let all_gone = wait_for(Duration::from_secs(30), || {
-        k.ok(&["get", "pods", "-o", "name"])
-            .trim()
-            .is_empty()
-            .then_some(())
-    });
-    assert!(all_gone.is_some(), "{}", k.ok(&["get", "pods"]));
+    delete_all(&k, &["fails", "done", "missing", "target", "pinger"]);
 }
 
 #[test]
@@ -493,7 +506,7 @@ fn pods_get_their_volumes_environment_and_service_account_token() {
     let dir = t.path().join("s");
     with_busybox(&dir);
     let server = Server::start(&dir, &[RUNTIME]);
-    let _containers = Containers(dir.join("data/agent/run/containerd/containerd.sock"));
+    let _containers = Containers::of(&dir.join("data"));
     let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
     assert!(
         wait_for(READY, || (ready(&node(&server, "server-0")?).0 == "True"
@@ -606,15 +619,73 @@ fn pods_get_their_volumes_environment_and_service_account_token() {
         "{}",
         k.ok(&["get", "pod", "nocm", "-o", "yaml"])
     );
-    k.ok(&["delete", "pod", "vols", "nocm", "--wait=false"]);
-    assert!(wait_for(Duration::from_secs(30), || k
-        .ok(&["get", "pods", "-o", "name"])
-        .trim()
-        .is_empty()
-        .then_some(()))
-    .is_some());
+    delete_all(&k, &["vols", "nocm"]);
     assert!(
         !dir.join(format!("data/agent/pods/{uid}")).exists(),
         "the pod's volumes outlived it"
     );
+}
+
+#[test]
+fn probes_gate_readiness_and_restart_failing_containers() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    with_busybox(&dir);
+    // Its own pod network: the other tests' pods share this host.
+    let server = Server::start(&dir, &[RUNTIME, "--cluster-cidr", "10.61.0.0/16"]);
+    let _containers = Containers::of(&dir.join("data"));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
+    assert!(
+        wait_for(READY, || node(&server, "server-0")?["spec"]["podCIDR"]
+            .as_str()
+            .map(|_| ()))
+        .is_some()
+    );
+    let image = "docker.io/library/busybox:test";
+    let probed = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed"},
+        "spec": {"nodeName": "server-0", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "web", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "busybox mkdir -p /www; echo ok > /www/index.html; \
+                    busybox httpd -f -p 8080 -h /www & sleep 4; busybox touch /www/ready; wait"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 20},
+                "livenessProbe": {"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 1},
+                "readinessProbe": {"exec": {"command": ["cat", "/www/ready"]}, "periodSeconds": 1}}]}
+    });
+    let dies = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dies"},
+        "spec": {"nodeName": "server-0", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"],
+                "livenessProbe": {"exec": {"command": ["cat", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}]}
+    });
+    for (name, pod) in [("probed", probed), ("dies", dies)] {
+        let f = t.path().join(format!("{name}.json"));
+        std::fs::write(&f, pod.to_string()).unwrap();
+        k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    }
+    let status = |n: &str| -> Value {
+        serde_json::from_str::<Value>(&k.ok(&["get", "pod", n, "-o", "json"])).unwrap()["status"]
+            .clone()
+    };
+    // Running but not ready until the readiness file exists.
+    let running_unready = wait_for(READY, || {
+        let s = status("probed");
+        let cs = &s["containerStatuses"][0];
+        (cs["state"]["running"].is_object() && cs["ready"] == false).then_some(())
+    });
+    assert!(running_unready.is_some(), "{}", status("probed"));
+    wait_ready(&k, &server, "probed");
+    let s = status("probed");
+    assert_eq!(s["containerStatuses"][0]["started"], true, "{s}");
+    // A failing liveness probe restarts the container (after the back-off).
+    let restarted = wait_for(Duration::from_secs(60), || {
+        let s = status("dies");
+        (s["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(s)
+    });
+    assert!(restarted.is_some(), "{}\n{}", status("dies"), server.log());
+    // The healthy one was never restarted.
+    assert_eq!(status("probed")["containerStatuses"][0]["restartCount"], 0);
+    delete_all(&k, &["probed", "dies"]);
 }

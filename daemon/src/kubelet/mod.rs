@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod pods;
+pub mod probes;
 pub mod volumes;
 
 use crate::runtime::cri::Cri;
@@ -38,19 +39,21 @@ pub struct KubeletParams {
     pub cni_conf_dir: Option<PathBuf>,
     /// host-local's allocations (`<data-dir>/agent/cni/networks`).
     pub cni_state_dir: PathBuf,
+    /// The pod network's bridge (`cni0`).
+    pub bridge: String,
     /// Pods' volumes (`<data-dir>/agent/pods`).
     pub pods_root: PathBuf,
 }
 
-/// The node's pod network: a bridge `cni0` with host-local addresses from
+/// The node's pod network: a bridge (`cni0`) with host-local addresses from
 /// the node's pod CIDR, masqueraded on the way out, with host ports (K3s's
 /// flannel config minus flannel: nodes route to each other's pods later).
-pub fn cni_config(pod_cidr: &str, state_dir: &std::path::Path) -> Value {
+pub fn cni_config(pod_cidr: &str, state_dir: &std::path::Path, bridge: &str) -> Value {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "rk3s",
         "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
              "hairpinMode": true,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
                       "routes": [{"dst": "0.0.0.0/0"}], "dataDir": state_dir}},
@@ -65,13 +68,15 @@ async fn write_cni(
     node: String,
     dir: PathBuf,
     state: PathBuf,
+    bridge: String,
     cancel: CancellationToken,
 ) {
     let file = dir.join("10-rk3s.conflist");
     loop {
         if let Ok(v) = api.get(&format!("/api/v1/nodes/{node}")).await {
             if let Some(cidr) = v.pointer("/spec/podCIDR").and_then(Value::as_str) {
-                let text = serde_json::to_vec_pretty(&cni_config(cidr, &state)).expect("json");
+                let text =
+                    serde_json::to_vec_pretty(&cni_config(cidr, &state, &bridge)).expect("json");
                 if std::fs::read(&file).ok().as_deref() != Some(text.as_slice()) {
                     match crate::fsutil::write_atomic(&file, &text, 0o644) {
                         Ok(()) => {
@@ -230,6 +235,7 @@ pub async fn run(
             p.node.clone(),
             dir.clone(),
             p.cni_state_dir.clone(),
+            p.bridge.clone(),
             cancel.child_token(),
         ));
     }

@@ -4,7 +4,7 @@
 //! every sync, so a restarted agent adopts the containers it left running.
 
 use super::api::Api;
-use super::volumes;
+use super::{probes, volumes};
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -33,6 +33,9 @@ pub struct Tracked {
     /// The last status sent, to send only changes.
     pub sent: Option<Value>,
     pub volumes: volumes::VolumeState,
+    probes: HashMap<String, probes::ContainerProbes>,
+    /// container name → (started, ready) from its probes.
+    verdicts: HashMap<String, (bool, bool)>,
 }
 
 /// The node facts a pod needs.
@@ -559,6 +562,7 @@ pub async fn sync(
                     _ => true,
                 };
                 start_if_needed(&ctx, c, &mut seen, st, &mut waiting, restart).await;
+                probe(&ctx, c, &seen, st).await;
             }
         }
     } else if !inits.is_empty() {
@@ -578,6 +582,49 @@ pub async fn sync(
         &pod_ip,
         &policy,
     ))
+}
+
+/// Run the container's probes; a failed startup or liveness probe stops
+/// it (in the background: it may take its grace period), and the restart
+/// policy takes it from there.
+async fn probe(ctx: &Ctx<'_>, c: &Container, seen: &BTreeMap<String, Seen>, st: &mut Tracked) {
+    let Some(s) = seen.get(&c.name).filter(|s| s.running()) else {
+        st.verdicts.remove(&c.name);
+        return;
+    };
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    let ran = Duration::from_nanos((now_ns - s.status.started_at).max(0) as u64);
+    let started_at = Instant::now().checked_sub(ran).unwrap_or_else(Instant::now);
+    let v = probes::check(
+        ctx.cri,
+        &mut st.probes,
+        c,
+        &s.status.id,
+        started_at,
+        ctx.pod_ip,
+    )
+    .await;
+    st.verdicts.insert(c.name.clone(), (v.started, v.ready));
+    if let Some(why) = v.kill {
+        tracing::info!(pod = %ctx.pod.metadata.name.clone().unwrap_or_default(), container = %c.name, "{why}");
+        let grace = ctx
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let (mut rt, id) = (ctx.cri.runtime.clone(), s.status.id.clone());
+        // The tally starts over with the next attempt's id.
+        st.probes.remove(&c.name);
+        tokio::spawn(async move {
+            let _ = rt
+                .stop_container(cri::StopContainerRequest {
+                    container_id: id,
+                    timeout: grace,
+                })
+                .await;
+        });
+    }
 }
 
 /// What starting a container of a pod needs.
@@ -767,6 +814,7 @@ fn container_statuses(
     list: &[Container],
     seen: &BTreeMap<String, Seen>,
     waiting: &HashMap<String, (String, String)>,
+    verdicts: &HashMap<String, (bool, bool)>,
 ) -> Vec<Value> {
     list.iter()
         .map(|c| {
@@ -775,8 +823,11 @@ fn container_statuses(
                 "name": c.name,
                 "image": c.image.clone().unwrap_or_default(),
                 "imageID": s.map(|s| s.status.image_ref.clone()).unwrap_or_default(),
-                "ready": s.is_some_and(|s| s.running()) && !waiting.contains_key(&c.name),
-                "started": s.is_some_and(|s| s.running()),
+                "ready": s.is_some_and(|s| s.running())
+                    && !waiting.contains_key(&c.name)
+                    && verdicts.get(&c.name).is_none_or(|v| v.1),
+                "started": s.is_some_and(|s| s.running())
+                    && verdicts.get(&c.name).is_none_or(|v| v.0),
                 "restartCount": s.map(|s| s.attempt()).unwrap_or(0),
             });
             if let Some(s) = s {
@@ -810,11 +861,12 @@ fn status(
 ) -> Value {
     let spec = pod.spec.clone().unwrap_or_default();
     let containers = &spec.containers;
-    let statuses = container_statuses(containers, seen, waiting);
+    let statuses = container_statuses(containers, seen, waiting, &st.verdicts);
     let inits = container_statuses(
         &spec.init_containers.clone().unwrap_or_default(),
         seen,
         waiting,
+        &HashMap::new(),
     );
     let all =
         |f: &dyn Fn(&Seen) -> bool| containers.iter().all(|c| seen.get(&c.name).is_some_and(f));

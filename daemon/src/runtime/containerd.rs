@@ -21,6 +21,9 @@ pub struct Paths {
     pub log: PathBuf,
     /// The CRI streaming server's port (K3s: 10010; 0 = any free port).
     pub stream_port: u16,
+    /// The pod network's bridge: K3s's `cni0` for the system agent, one
+    /// per data dir otherwise (several agents on one host, as in tests).
+    pub bridge: String,
 }
 
 /// The system data dir of a root agent (`/var/lib/rancher/rk3s`).
@@ -47,6 +50,15 @@ impl Paths {
             cni_conf_dir: agent.join("etc/cni/net.d"),
             log: agent.join("containerd/containerd.log"),
             stream_port: if system { 10010 } else { 0 },
+            bridge: if system {
+                "cni0".into()
+            } else {
+                use sha2::Digest;
+                let h = hex::encode(sha2::Sha256::digest(
+                    data_dir.as_os_str().as_encoded_bytes(),
+                ));
+                format!("rk3s{}", &h[..8])
+            },
         }
     }
 }
