@@ -11,6 +11,7 @@
 pub mod api;
 pub mod pods;
 pub mod probes;
+pub mod resources;
 pub mod volumes;
 
 use crate::runtime::cri::Cri;

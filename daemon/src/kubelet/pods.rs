@@ -4,10 +4,10 @@
 //! every sync, so a restarted agent adopts the containers it left running.
 
 use super::api::Api;
-use super::{probes, volumes};
+use super::{probes, resources, volumes};
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -79,18 +79,6 @@ fn sandbox_config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxCon
         uid(pod),
     );
     let host_net = spec.host_network.unwrap_or(false);
-    let mode = |host: Option<bool>, default: cri::NamespaceMode| {
-        if host.unwrap_or(false) {
-            cri::NamespaceMode::Node as i32
-        } else {
-            default as i32
-        }
-    };
-    let pid_default = if spec.share_process_namespace.unwrap_or(false) {
-        cri::NamespaceMode::Pod
-    } else {
-        cri::NamespaceMode::Container
-    };
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.clone(),
@@ -115,18 +103,37 @@ fn sandbox_config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxCon
             (LABEL_NAME, &name),
             (LABEL_NAMESPACE, &ns),
         ]),
+        port_mappings: resources::port_mappings(&spec),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: mode(spec.host_network, cri::NamespaceMode::Pod),
-                    pid: mode(spec.host_pid, pid_default),
-                    ipc: mode(spec.host_ipc, cri::NamespaceMode::Pod),
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespaces(&spec)),
+                privileged: resources::privileged(&spec),
                 ..Default::default()
             }),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The pod's namespaces: its own, or the host's where it asks for them.
+fn namespaces(spec: &PodSpec) -> cri::NamespaceOption {
+    let mode = |host: Option<bool>, default: cri::NamespaceMode| {
+        if host.unwrap_or(false) {
+            cri::NamespaceMode::Node as i32
+        } else {
+            default as i32
+        }
+    };
+    let pid_default = if spec.share_process_namespace.unwrap_or(false) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::NamespaceOption {
+        network: mode(spec.host_network, cri::NamespaceMode::Pod),
+        pid: mode(spec.host_pid, pid_default),
+        ipc: mode(spec.host_ipc, cri::NamespaceMode::Pod),
         ..Default::default()
     }
 }
@@ -655,6 +662,7 @@ async fn start_if_needed(
         sandbox,
         ..
     } = *ctx;
+    let spec = pod.spec.clone().unwrap_or_default();
     let attempt = match seen.get(&c.name) {
         None => 0,
         Some(s) if !s.exited() => return,
@@ -740,6 +748,13 @@ async fn start_if_needed(
         log_path: format!("{}/{attempt}.log", c.name),
         stdin: c.stdin.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(resources::linux_resources(c)),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces(&spec)),
+                ..resources::security_context(c, &spec)
+            }),
+        }),
         ..Default::default()
     };
     let sandbox_config = sandbox_config(pod, node, 0);
