@@ -366,24 +366,27 @@ pub async fn run(
     *state.node_name.lock().expect("lock") = name.clone();
     // The runtime starts at once; its state rides on the node status.
     let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(None);
-    let mut kubelet_socket = None;
-    let mut cni_conf_dir = None;
+    // (CRI socket, CNI config dir when the agent configures containerd).
+    let mut kubelet_runtime = None;
     if let Some(rt) = &params.node.runtime {
         let data_dir = params.data_dir.clone();
-        let settings = match rt {
+        let (settings, cni_conf_dir) = match rt {
             crate::config::Runtime::Containerd => {
-                crate::runtime::RuntimeSettings::Containerd { data_dir }
+                let paths = crate::runtime::containerd::Paths::new(&data_dir);
+                (
+                    crate::runtime::RuntimeSettings::Containerd { data_dir },
+                    Some(paths.cni_conf_dir),
+                )
             }
-            crate::config::Runtime::Endpoint(socket) => crate::runtime::RuntimeSettings::Endpoint {
-                socket: socket.clone(),
-                data_dir,
-            },
+            crate::config::Runtime::Endpoint(socket) => (
+                crate::runtime::RuntimeSettings::Endpoint {
+                    socket: socket.clone(),
+                    data_dir,
+                },
+                None,
+            ),
         };
-        kubelet_socket = Some(settings.socket());
-        if matches!(rt, crate::config::Runtime::Containerd) {
-            cni_conf_dir =
-                Some(crate::runtime::containerd::Paths::new(&params.data_dir).cni_conf_dir);
-        }
+        kubelet_runtime = Some((settings.socket(), cni_conf_dir));
         tokio::spawn(crate::runtime::run(
             settings,
             runtime_tx,
@@ -427,8 +430,9 @@ pub async fn run(
     let tls = Arc::new(certs::client_config_pinned(&ca_pem)?);
     // The kubelet reaches the API through the same servers, in the load
     // balancer's order, with the node certificate registration obtains.
-    if let Some(cri_socket) = kubelet_socket {
+    if let Some((cri_socket, cni_conf_dir)) = kubelet_runtime {
         let servers_lb = lb.clone();
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let log_root = if unsafe { libc::geteuid() } == 0 {
             PathBuf::from("/var/log/pods")
         } else {

@@ -288,6 +288,23 @@ fn a_runtime_that_is_missing_or_unreachable_makes_the_node_not_ready() {
         "{}",
         stderr(&o)
     );
+    // Bad server flags added with the runtime and tokens name themselves.
+    for (flag, value, says) in [
+        ("--cluster-cidr", "10.42.0.1/16", "host bits"),
+        ("--node-cidr-mask-size", "8", "node CIDR mask size"),
+        (
+            "--service-account-max-token-expiration",
+            "soon",
+            "service-account-max-token-expiration",
+        ),
+    ] {
+        let o = std::process::Command::new(bin("rk3sd"))
+            .args(["server", "--config", "/dev/null", flag, value])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{flag} {value} was accepted");
+        assert!(stderr(&o).contains(says), "{flag}: {}", stderr(&o));
+    }
 }
 
 /// Delete `pods` and wait until the kubelet has finished them all.

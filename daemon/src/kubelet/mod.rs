@@ -307,8 +307,7 @@ async fn sync_one(
             Ok(()) => {
                 // Its files go first: once the object is gone nothing
                 // points at them.
-                let _ = std::fs::remove_dir_all(node.log_root.join(format!("{ns}_{name}_{uid}")));
-                let _ = std::fs::remove_dir_all(node.pod_dir(uid));
+                node.remove_pod_files(&ns, &name, uid);
                 match api.delete_pod(&ns, &name, uid).await {
                     Ok(()) => {
                         tracing::info!(namespace = %ns, pod = %name, "pod terminated and deleted")
@@ -375,12 +374,7 @@ async fn remove_orphans(
         if let Err(e) = pods::teardown(cri_, uid, 0).await {
             tracing::warn!(uid, error = %e.message(), "could not remove an orphaned pod sandbox");
         }
-        if let Some(m) = &s.metadata {
-            let _ = std::fs::remove_dir_all(
-                node.log_root
-                    .join(format!("{}_{}_{uid}", m.namespace, m.name)),
-            );
-        }
-        let _ = std::fs::remove_dir_all(node.pod_dir(uid));
+        let m = s.metadata.clone().unwrap_or_default();
+        node.remove_pod_files(&m.namespace, &m.name, uid);
     }
 }

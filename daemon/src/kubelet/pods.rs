@@ -51,6 +51,17 @@ impl NodeCtx {
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_root.join(uid)
     }
+
+    /// `/var/log/pods/<ns>_<name>_<uid>`, as upstream names a pod's logs.
+    pub fn log_dir(&self, ns: &str, name: &str, uid: &str) -> PathBuf {
+        self.log_root.join(format!("{ns}_{name}_{uid}"))
+    }
+
+    /// Remove a finished pod's logs and volumes.
+    pub fn remove_pod_files(&self, ns: &str, name: &str, uid: &str) {
+        let _ = std::fs::remove_dir_all(self.log_dir(ns, name, uid));
+        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+    }
 }
 
 fn rfc3339_ns(ns: i64) -> String {
@@ -93,11 +104,7 @@ fn sandbox_config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxCon
         } else {
             spec.hostname.clone().unwrap_or_else(|| name.clone())
         },
-        log_directory: node
-            .log_root
-            .join(format!("{ns}_{name}_{uid}"))
-            .display()
-            .to_string(),
+        log_directory: node.log_dir(&ns, &name, &uid).display().to_string(),
         labels: labels(&[
             (LABEL_UID, &uid),
             (LABEL_NAME, &name),

@@ -6,7 +6,6 @@
 //! so updates reach running pods.
 
 use super::api::{Api, ApiError};
-use base64::Engine;
 use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
 };
@@ -354,11 +353,6 @@ pub async fn prepare(
     st.refreshed = Some(Instant::now());
     st.prepared = Some(out.clone());
     Ok(out)
-}
-
-/// The decoded value of `b64`, for secrets in env.
-pub fn decode(b64: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 #[cfg(test)]

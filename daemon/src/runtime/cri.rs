@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{ListImagesRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{StatusRequest, VersionRequest};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -98,16 +98,5 @@ impl Cri {
             }
         }
         Ok(problems)
-    }
-
-    /// Names (repo tags) of the images the runtime has.
-    pub async fn image_names(&self) -> Result<Vec<String>, CriError> {
-        let l = self
-            .images
-            .clone()
-            .list_images(ListImagesRequest { filter: None })
-            .await?
-            .into_inner();
-        Ok(l.images.into_iter().flat_map(|i| i.repo_tags).collect())
     }
 }
