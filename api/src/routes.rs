@@ -15,6 +15,10 @@ pub const APISERVERS: &str = "/v1-rk3s/apiservers";
 
 /// POST a DER CSR, get the node's client certificate (PEM).
 pub const CLIENT_KUBELET_CERT: &str = "/v1-rk3s/client-kubelet.crt";
+/// POST a DER CSR, get the agent's controller certificate (PEM): the
+/// identity its pod-network code watches Nodes with (K3s's
+/// `client-k3s-controller.crt`).
+pub const CLIENT_CONTROLLER_CERT: &str = "/v1-rk3s/client-rk3s-controller.crt";
 
 /// Header carrying the agent's node name.
 pub const HEADER_NODE_NAME: &str = "Rk3s-Node-Name";

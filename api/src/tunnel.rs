@@ -46,6 +46,11 @@ pub struct RuntimeInfo {
     /// Why not, for the node's Ready condition (empty when ready).
     #[serde(default)]
     pub message: String,
+    /// Set while the pod network is not ready (CRI NetworkReady=false: no
+    /// CNI config yet), with upstream's wording. The node is NotReady, but
+    /// the kubelet may run host-network pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_not_ready: Option<String>,
 }
 
 /// A new node password in transit. Debug never prints it.
@@ -88,6 +93,10 @@ pub enum ServerMessage {
         /// Every live server address (`host:port`), for the agent's load balancer.
         servers: Vec<String>,
         heartbeat_interval_ms: u64,
+        /// The cluster CIDR pods get addresses from (`--cluster-cidr`):
+        /// the agent's pod network masquerades only traffic leaving it.
+        #[serde(default)]
+        cluster_cidr: String,
     },
     HeartbeatAck {
         seq: u64,

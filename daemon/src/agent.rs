@@ -3,6 +3,7 @@
 //! with capped, jittered backoff. Runs standalone (`rk3sd agent`) or inside
 //! a server (its own node).
 
+use crate::apiclient::Identity;
 use crate::config::NodeSettings;
 use crate::loadbalancer::{self, LoadBalancer};
 use crate::nodepassword;
@@ -65,6 +66,8 @@ pub struct AgentState {
     pub registered: tokio::sync::watch::Sender<bool>,
     /// The servers the load balancer knows (`host:port`).
     pub servers: Mutex<Vec<String>>,
+    /// The cluster CIDR the servers announce (empty until the first hello).
+    pub cluster_cidr: tokio::sync::watch::Sender<String>,
 }
 
 impl Default for AgentState {
@@ -75,6 +78,7 @@ impl Default for AgentState {
             registration: Mutex::new("starting".into()),
             registered: tokio::sync::watch::channel(false).0,
             servers: Mutex::new(Vec::new()),
+            cluster_cidr: tokio::sync::watch::channel(String::new()).0,
         }
     }
 }
@@ -219,10 +223,11 @@ fn remaining(cert_pem: &[u8]) -> Option<Duration> {
     Some(Duration::from_secs(left.max(0) as u64))
 }
 
-/// Make sure `<data-dir>/agent/client-kubelet.crt` holds a node client
-/// certificate (CN=system:node:<node>) with time left, and write
+/// Make sure `<data-dir>/agent/<identity>.crt` holds a client certificate
+/// with time left; for the kubelet's, also write
 /// `<data-dir>/agent/kubelet.kubeconfig` using it.
 pub async fn ensure_node_cert(
+    identity: Identity,
     server_url: &str,
     ca_pem: &[u8],
     token_secret: &str,
@@ -231,8 +236,8 @@ pub async fn ensure_node_cert(
     data_dir: &std::path::Path,
 ) -> Result<(), AgentError> {
     let dir = data_dir.join("agent");
-    let crt = dir.join("client-kubelet.crt");
-    let key = dir.join("client-kubelet.key");
+    let crt = dir.join(format!("{}.crt", identity.stem()));
+    let key = dir.join(format!("{}.key", identity.stem()));
     let current = fsutil::read_optional(&crt)?;
     if current
         .as_deref()
@@ -244,10 +249,9 @@ pub async fn ensure_node_cert(
     }
     let kp = rcgen::KeyPair::generate().map_err(|e| AgentError::Tunnel(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("system:node:{node_name}"),
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, identity.common_name(node_name));
     let csr = params
         .serialize_request(&kp)
         .map_err(|e| AgentError::Tunnel(e.to_string()))?;
@@ -262,7 +266,7 @@ pub async fn ensure_node_cert(
         .build()
         .map_err(|e| AgentError::Tunnel(e.to_string()))?;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("node:{token_secret}"));
-    let url = format!("{server_url}{}", rk3s_api::routes::CLIENT_KUBELET_CERT);
+    let url = format!("{server_url}{}", identity.route());
     let resp = client
         .post(&url)
         .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
@@ -279,7 +283,7 @@ pub async fn ensure_node_cert(
         return Err(AgentError::Refused {
             server: server_url.to_string(),
             status: resp.status().as_u16(),
-            message: "node client certificate request refused".into(),
+            message: format!("{} certificate request refused", identity.stem()),
         });
     }
     let pem = resp
@@ -289,6 +293,10 @@ pub async fn ensure_node_cert(
     fsutil::ensure_dir(&dir, 0o700)?;
     fsutil::write_atomic(&key, kp.serialize_pem().as_bytes(), 0o600)?;
     fsutil::write_atomic(&crt, &pem, 0o644)?;
+    tracing::info!(file = %crt.display(), "client certificate issued");
+    if identity != Identity::Kubelet {
+        return Ok(());
+    }
     let kubeconfig = crate::kubeconfig::render(
         server_url,
         &String::from_utf8_lossy(ca_pem),
@@ -300,7 +308,6 @@ pub async fn ensure_node_cert(
         kubeconfig.as_bytes(),
         0o600,
     )?;
-    tracing::info!(file = %crt.display(), "node client certificate issued");
     Ok(())
 }
 
@@ -438,18 +445,33 @@ pub async fn run(
         } else {
             params.data_dir.join("agent/pod-logs")
         };
+        let servers: crate::apiclient::Servers = Arc::new(move || servers_lb.candidates());
         let kp = crate::kubelet::KubeletParams {
             node: name.clone(),
             agent_dir: params.data_dir.join("agent"),
             ca_pem: ca_pem.clone(),
-            servers: Arc::new(move || servers_lb.candidates()),
+            servers: servers.clone(),
             cri_socket,
             log_root,
-            cni_conf_dir,
-            cni_state_dir: params.data_dir.join("agent/cni/networks"),
-            bridge: crate::runtime::containerd::Paths::new(&params.data_dir).bridge,
             pods_root: params.data_dir.join("agent/pods"),
         };
+        // A runtime the agent did not configure has a network of its own.
+        if let Some(cni_conf_dir) = cni_conf_dir {
+            let np = crate::network::NetworkParams {
+                node: name.clone(),
+                agent_dir: params.data_dir.join("agent"),
+                ca_pem: ca_pem.clone(),
+                servers,
+                cni_conf_dir,
+                cni_state_dir: params.data_dir.join("agent/cni/networks"),
+                bridge: crate::runtime::containerd::Paths::new(&params.data_dir).bridge,
+            };
+            tokio::spawn(crate::network::run(
+                np,
+                state.cluster_cidr.subscribe(),
+                cancel.child_token(),
+            ));
+        }
         tokio::spawn(crate::kubelet::run(
             kp,
             runtime_rx.clone(),
@@ -485,17 +507,25 @@ pub async fn run(
                 state.set("registered", Some(&url));
                 state.registered.send_replace(true);
                 tracing::info!(node = %name, server = %url, "registered; tunnel up");
-                if let Err(e) = ensure_node_cert(
-                    &url,
-                    &ca_pem,
-                    params.token.secret(),
-                    &name,
-                    &password,
-                    &params.data_dir,
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "could not obtain the node client certificate; will retry on the next connection");
+                let identities: &[Identity] = if params.node.runtime.is_some() {
+                    &[Identity::Kubelet, Identity::Controller]
+                } else {
+                    &[Identity::Kubelet]
+                };
+                for id in identities {
+                    if let Err(e) = ensure_node_cert(
+                        *id,
+                        &url,
+                        &ca_pem,
+                        params.token.secret(),
+                        &name,
+                        &password,
+                        &params.data_dir,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, "could not obtain a client certificate; will retry on the next connection");
+                    }
                 }
                 let info = nodeinfo::collect(ips, params.node.labels.clone());
                 let started = Instant::now();
@@ -778,8 +808,15 @@ async fn session(
                     Some(Ok(_)) => continue,
                 };
                 match serde_json::from_str::<ServerMessage>(text.as_str()) {
-                    Ok(ServerMessage::Hello { server_name, server_address, servers, .. }) => {
+                    Ok(ServerMessage::Hello { server_name, server_address, servers, cluster_cidr, .. }) => {
                         tracing::debug!(server_name, server_address, ?servers, "server hello");
+                        if !cluster_cidr.is_empty() {
+                            state.cluster_cidr.send_if_modified(|c| {
+                                let changed = *c != cluster_cidr;
+                                *c = cluster_cidr;
+                                changed
+                            });
+                        }
                         if !server_address.is_empty() {
                             // Through the fixed address, this names the
                             // server really reached; reconnects prefer it.

@@ -59,6 +59,11 @@ impl Ipam {
         })
     }
 
+    /// The cluster CIDR, `10.42.0.0/16`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network, self.prefix)
+    }
+
     pub fn blocks(&self) -> u32 {
         1 << (self.node_prefix - self.prefix)
     }
@@ -141,7 +146,7 @@ pub async fn assign(objects: &Objects, ipam: &Ipam, node: &str) -> objects::Resu
         return Ok(());
     }
     let Some(cidr) = claim(&objects.store, ipam, node).await? else {
-        tracing::warn!(node, cluster_cidr = %format!("{}/{}", ipam.network, ipam.prefix),
+        tracing::warn!(node, cluster_cidr = %ipam.cidr(),
             "no pod CIDR left for this node: the cluster CIDR is exhausted (forget unused nodes or widen --cluster-cidr)");
         return Ok(());
     };

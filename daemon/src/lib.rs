@@ -4,6 +4,7 @@
 pub mod addons;
 pub mod admin;
 pub mod agent;
+pub mod apiclient;
 pub mod apiserver;
 pub mod auth;
 pub mod bootstrap;
@@ -22,6 +23,7 @@ pub mod kubelet;
 pub mod lifecycle;
 pub mod loadbalancer;
 pub mod names;
+pub mod network;
 pub mod nodeinfo;
 pub mod nodepassword;
 pub mod nodes;

@@ -148,11 +148,13 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
         "pods": "110",
     });
     // The runtime decides Ready (upstream: "container runtime is down").
-    let not_ready = info
-        .runtime
-        .as_ref()
-        .filter(|r| !r.ready)
-        .map(|r| r.message.clone());
+    let not_ready = info.runtime.as_ref().and_then(|r| {
+        if !r.ready {
+            Some(r.message.clone())
+        } else {
+            r.network_not_ready.clone()
+        }
+    });
     let want = if not_ready.is_some() { "False" } else { "True" };
     let transition = if ready_status(node) == Some(want) {
         node.pointer("/status/conditions")
@@ -443,5 +445,57 @@ pub async fn monitor_loop(objects: Objects, grace: Duration, period: Duration) {
             tracing::warn!(error = %e, "node monitor pass failed; will retry");
             watching_since = std::time::Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rk3s_api::tunnel::RuntimeInfo;
+
+    fn ready_of(node: &Value) -> (String, String) {
+        let c = node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        (
+            c["status"].as_str().unwrap().to_string(),
+            c["message"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    #[test]
+    fn ready_needs_the_runtime_and_its_network() {
+        let mut info = NodeInfo {
+            hostname: "n".into(),
+            ..Default::default()
+        };
+        let mut node = json!({"metadata": {}, "spec": {}});
+        let runtime = |ready: bool, network: Option<&str>| RuntimeInfo {
+            version: "containerd://1.6.20".into(),
+            ready,
+            message: if ready { "" } else { "runtime down" }.into(),
+            network_not_ready: network.map(str::to_string),
+        };
+        info.runtime = Some(runtime(false, None));
+        apply_info(&mut node, "n", &info);
+        assert_eq!(ready_of(&node), ("False".into(), "runtime down".into()));
+        let net = "container runtime network not ready: NetworkReady=false";
+        info.runtime = Some(runtime(true, Some(net)));
+        apply_info(&mut node, "n", &info);
+        assert_eq!(ready_of(&node), ("False".into(), net.into()));
+        info.runtime = Some(runtime(true, None));
+        apply_info(&mut node, "n", &info);
+        assert_eq!(ready_of(&node).0, "True");
+        assert_eq!(
+            node["status"]["nodeInfo"]["containerRuntimeVersion"],
+            "containerd://1.6.20"
+        );
+        // An agent without a runtime (tests, benches) is Ready as before.
+        info.runtime = None;
+        apply_info(&mut node, "n", &info);
+        assert_eq!(ready_of(&node).0, "True");
     }
 }

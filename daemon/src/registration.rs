@@ -92,14 +92,38 @@ pub async fn client_kubelet_cert(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let node = match admit(&sv, &headers).await {
+    issue(&sv, &headers, &body, |node| {
+        (format!("system:node:{node}"), &["system:nodes"][..])
+    })
+    .await
+}
+
+/// `POST /v1-rk3s/client-rk3s-controller.crt`: the same checks, then a
+/// certificate CN=system:rk3s-controller (bound to the ClusterRole of that
+/// name: what the agent's pod network needs to see of other nodes).
+pub async fn client_controller_cert(
+    State(sv): State<Arc<Supervisor>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    issue(&sv, &headers, &body, |_| {
+        (crate::auth::policy::RK3S_CONTROLLER.to_string(), &[][..])
+    })
+    .await
+}
+
+async fn issue(
+    sv: &Arc<Supervisor>,
+    headers: &HeaderMap,
+    csr: &[u8],
+    subject: impl Fn(&str) -> (String, &'static [&'static str]),
+) -> Response {
+    let node = match admit(sv, headers).await {
         Ok(n) => n,
         Err(e) => return e.to_status(),
     };
-    match sv
-        .pki
-        .issue_client_cert(&body, &format!("system:node:{node}"), &["system:nodes"])
-    {
+    let (cn, orgs) = subject(&node);
+    match sv.pki.issue_client_cert(csr, &cn, orgs) {
         Ok(pem) => (
             [(http::header::CONTENT_TYPE, "application/x-pem-file")],
             pem,

@@ -133,6 +133,10 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
             CLIENT_KUBELET_CERT,
             axum::routing::post(registration::client_kubelet_cert),
         )
+        .route(
+            CLIENT_CONTROLLER_CERT,
+            axum::routing::post(registration::client_controller_cert),
+        )
         .with_state(sv.clone())
         .merge(crate::apiserver::router(sv))
         .fallback(not_found)

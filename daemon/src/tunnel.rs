@@ -31,6 +31,7 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
         server_address: sv.advertise_address.clone(),
         servers: sv.membership.servers(),
         heartbeat_interval_ms: sv.heartbeat_interval.as_millis() as u64,
+        cluster_cidr: sv.ipam.cidr(),
     };
     let keepalive = sv.keepalive_timeout;
     let mut ping = tokio::time::interval(keepalive / 5);
@@ -223,6 +224,9 @@ fn sanitize(mut info: NodeInfo) -> NodeInfo {
     if let Some(r) = &mut info.runtime {
         cut(&mut r.version);
         cut(&mut r.message);
+        if let Some(n) = &mut r.network_not_ready {
+            cut(n);
+        }
     }
     info.internal_ips
         .retain(|ip| ip.parse::<std::net::IpAddr>().is_ok());
@@ -248,10 +252,12 @@ mod tests {
             version: "ü".repeat(300),
             ready: false,
             message: "x".repeat(1000),
+            network_not_ready: Some("ß".repeat(300)),
         });
         let s = sanitize(info);
         assert!(s.hostname.len() <= 256 && s.hostname.chars().all(|c| c == 'é'));
         let r = s.runtime.unwrap();
         assert!(r.version.len() <= 256 && r.message.len() == 256);
+        assert!(r.network_not_ready.unwrap().len() == 256);
     }
 }

@@ -1,6 +1,8 @@
 //! `rk3s-gendocs <out-dir>`: man pages (`man8/`) and bash/zsh/fish
 //! completions (`completions/`) for rk3sd and rk3sctl, from their clap
-//! definitions, so the packages document exactly the flags the binaries take.
+//! definitions, so the packages document exactly the flags the binaries
+//! take; and the pause image tarball the packages put in the agent's
+//! air-gap images directory (`images/rk3s-pause.tar`).
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -42,6 +44,12 @@ fn main() -> std::io::Result<()> {
             clap_complete::generate_to(shell, &mut cmd.clone(), name, &completions)?;
         }
     }
+    let images = out.join("images");
+    std::fs::create_dir_all(&images)?;
+    std::fs::write(
+        images.join(rk3sd::runtime::images::PAUSE_TARBALL),
+        rk3sd::runtime::images::pause_archive(),
+    )?;
     println!("{}", out.display());
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod netns;
 pub mod nspawn;
+pub mod pods;
 
 use serde_json::Value;
 use std::fs::File;
@@ -496,13 +497,17 @@ impl Agent {
     }
 }
 
-/// `program`, run inside network namespace `netns` when given. `ip netns
-/// exec` execs the program, so the child's pid is the program's own.
+/// `program`, run inside network namespace `netns` when given. `nsenter`
+/// execs the program, so the child's pid is the program's own.
 pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
     match netns {
+        // Only the network namespace: `ip netns exec` also remounts /sys,
+        // which hides the cgroup mounts a node's runc needs.
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(program);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
             c
         }
         None => Command::new(program),
@@ -544,6 +549,8 @@ pub struct Kubectl {
     pub bin: PathBuf,
     pub kubeconfig: PathBuf,
     pub cache: PathBuf,
+    /// Run inside this network namespace (a test host's).
+    pub netns: Option<String>,
 }
 
 impl Kubectl {
@@ -552,11 +559,18 @@ impl Kubectl {
             bin,
             kubeconfig: kubeconfig.to_path_buf(),
             cache: cache.to_path_buf(),
+            netns: None,
         }
     }
 
+    /// The same, run from test host `netns`.
+    pub fn in_netns(mut self, netns: &str) -> Self {
+        self.netns = Some(netns.to_string());
+        self
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = in_netns(self.netns.as_deref(), &self.bin);
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
@@ -573,6 +587,32 @@ impl Kubectl {
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// Run with `input` on stdin and require success; returns stdout.
+    pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
         assert!(
             o.status.success(),
             "kubectl {args:?} failed: {}{}",

@@ -98,13 +98,15 @@ pub fn available() -> Result<(), String> {
 }
 
 impl Net {
-    /// A new switch; namespace names start with `rk3s<pid>` so parallel
-    /// runs and leftovers of killed runs do not collide.
+    /// A new switch; namespace names start with `rk3s<pid>n<k>` so
+    /// parallel tests and runs, and leftovers of killed runs, do not collide.
     pub fn new() -> Self {
         if let Err(e) = available() {
             panic!("{e}");
         }
-        let prefix = format!("rk3s{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("rk3s{}n{k}", std::process::id());
         let switch = format!("{prefix}-sw");
         let _ = Command::new("ip").args(["netns", "del", &switch]).output();
         ip(&["netns", "add", &switch]);

@@ -1,6 +1,6 @@
 //! Booted Debian containers for system tests: `systemd-nspawn --boot` on a
 //! debootstrap bookworm rootfs (built once, cached under
-//! `target/nspawn/bookworm`), each container on a network namespace of
+//! `target/nspawn/bookworm-runtime`), each container on a network namespace of
 //! `netns::Net`. Commands run inside through `nsenter` into the
 //! container's init, so the host needs neither systemd nor machined.
 
@@ -11,8 +11,9 @@ use std::time::Duration;
 /// The cached bookworm rootfs, built with debootstrap when absent.
 pub fn rootfs() -> PathBuf {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nspawn");
-    let root = base.join("bookworm");
-    if root.join("usr/bin/man").exists() {
+    // The name changes with the package list, so an old cache is not used.
+    let root = base.join("bookworm-runtime");
+    if root.join("usr/bin/man").exists() && root.join("usr/bin/containerd").exists() {
         return root;
     }
     std::fs::create_dir_all(&base).unwrap();
@@ -21,7 +22,9 @@ pub fn rootfs() -> PathBuf {
     let o = Command::new("debootstrap")
         .args([
             "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus,iproute2,procps,libpam-systemd,man-db",
+            // rk3s's dependencies too: dpkg -i does not fetch them.
+            "--include=systemd,systemd-sysv,dbus,iproute2,procps,libpam-systemd,man-db,\
+             containerd,runc,containernetworking-plugins,iptables",
             "bookworm",
         ])
         .arg(&tmp)

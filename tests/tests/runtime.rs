@@ -3,109 +3,13 @@
 //! and air-gap image tarballs imported and pinned; a missing or dead
 //! runtime makes the node NotReady with the reason. Needs root (containerd).
 
+use rk3s_tests::pods::*;
 use rk3s_tests::*;
-use rk3sd::runtime::images::{docker_archive, LayerFile, LayerLink};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(60);
-
-/// Kills what a test's containerd still runs when the test ends (the
-/// shims outlive the agent, as they should): declared after the server, so
-/// it runs while containerd is still up.
-struct Containers(std::path::PathBuf);
-
-impl Containers {
-    /// For the server or agent whose data dir is `data_dir`.
-    fn of(data_dir: &Path) -> Self {
-        Self(rk3sd::runtime::containerd::Paths::new(data_dir).socket)
-    }
-}
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let run = |args: &[&str]| {
-            std::process::Command::new("ctr")
-                .arg("--address")
-                .arg(&self.0)
-                .args(["--namespace", "k8s.io"])
-                .args(args)
-                .output()
-        };
-        let Ok(o) = run(&["tasks", "ls", "-q"]) else {
-            return;
-        };
-        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            let _ = run(&["tasks", "kill", "--signal", "SIGKILL", id]);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-            let _ = run(&["tasks", "delete", "--force", id]);
-            let _ = run(&["containers", "delete", id]);
-        }
-        // Its pod network's bridge (named after the data dir: one per test).
-        if let Some(data_dir) = self.0.ancestors().nth(4) {
-            let bridge = rk3sd::runtime::containerd::Paths::new(data_dir).bridge;
-            let _ = std::process::Command::new("ip")
-                .args(["link", "delete", &bridge])
-                .output();
-        }
-        // Leftover mounts would keep the temporary directory.
-        if let Ok(m) = std::fs::read_to_string("/proc/mounts") {
-            let root = self
-                .0
-                .ancestors()
-                .nth(4)
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            let mut points: Vec<&str> = m
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|p| !root.is_empty() && p.starts_with(&root))
-                .collect();
-            points.sort_by(|a, b| b.cmp(a));
-            for p in points {
-                let _ = std::process::Command::new("umount")
-                    .args(["-l", p])
-                    .status();
-            }
-        }
-    }
-}
-
-/// A busybox image from Debian's busybox-static, as a `docker save` archive.
-fn busybox_archive(name: &str) -> Vec<u8> {
-    let bin = std::fs::read("/bin/busybox").expect("busybox-static is installed");
-    let links: Vec<LayerLink> = ["sh", "sleep", "cat", "echo", "ls"]
-        .iter()
-        .map(|l| LayerLink {
-            path: Box::leak(format!("bin/{l}").into_boxed_str()),
-            target: "busybox",
-        })
-        .collect();
-    docker_archive(
-        name,
-        &[LayerFile {
-            path: "bin/busybox",
-            data: &bin,
-            mode: 0o755,
-        }],
-        &links,
-        &[],
-        &["sh"],
-    )
-    .unwrap()
-}
-
-/// The agent's images directory under `dir`, with the test busybox in it.
-fn with_busybox(dir: &Path) -> std::path::PathBuf {
-    let images = dir.join("data/agent/images");
-    std::fs::create_dir_all(&images).unwrap();
-    let archive = busybox_archive("docker.io/library/busybox:test");
-    std::fs::write(images.join("busybox.tar"), archive).unwrap();
-    images
-}
 
 fn node(server: &Server, name: &str) -> Option<Value> {
     let k = Kubectl::new(
@@ -151,15 +55,23 @@ fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
     std::fs::write(images.join("broken.tar"), b"this is not a tarball").unwrap();
     let server = Server::start(&dir, &[RUNTIME]);
     let _containers = Containers::of(&dir.join("data"));
+    // Not Ready until the pod network is configured too (NetworkReady).
     let n = wait_for(READY, || {
         let n = node(&server, "server-0")?;
-        n["status"]["nodeInfo"]["containerRuntimeVersion"]
+        let (status, _) = ready(&n);
+        (n["status"]["nodeInfo"]["containerRuntimeVersion"]
             .as_str()?
             .starts_with("containerd://")
+            && status == "True")
             .then_some(n)
     })
-    .unwrap_or_else(|| panic!("the node never reported containerd:\n{}", server.log()));
-    assert_eq!(ready(&n).0, "True", "{n}");
+    .unwrap_or_else(|| {
+        panic!(
+            "the node never became Ready on containerd:\n{}",
+            server.log()
+        )
+    });
+    assert!(n["spec"]["podCIDR"].is_string(), "{n}");
     // The config it wrote, the socket under the data dir, the images pinned.
     let cfg = std::fs::read_to_string(dir.join("data/agent/etc/containerd/config.toml")).unwrap();
     assert!(
@@ -677,7 +589,23 @@ fn probes_gate_readiness_and_restart_failing_containers() {
                 "command": ["sleep", "3600"],
                 "livenessProbe": {"exec": {"command": ["cat", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}]}
     });
-    for (name, pod) in [("probed", probed), ("dies", dies)] {
+    // Lifecycle hooks: postStart runs once the container started, preStop
+    // when the pod is deleted, cut off at the grace period (its sleep would
+    // outlast it by far).
+    let out = t.path().join("hooks");
+    std::fs::create_dir_all(&out).unwrap();
+    let hooked = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hooked"},
+        "spec": {"nodeName": "server-0", "terminationGracePeriodSeconds": 3,
+            "volumes": [{"name": "out", "hostPath": {"path": out.to_str().unwrap()}}],
+            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                "lifecycle": {
+                    "postStart": {"exec": {"command": ["sh", "-c", "echo up > /out/started"]}},
+                    "preStop": {"exec": {"command": ["sh", "-c", "echo bye > /out/stopped; sleep 600"]}}}}]}
+    });
+    for (name, pod) in [("probed", probed), ("dies", dies), ("hooked", hooked)] {
         let f = t.path().join(format!("{name}.json"));
         std::fs::write(&f, pod.to_string()).unwrap();
         k.ok(&["apply", "-f", f.to_str().unwrap()]);
@@ -704,5 +632,30 @@ fn probes_gate_readiness_and_restart_failing_containers() {
     assert!(restarted.is_some(), "{}\n{}", status("dies"), server.log());
     // The healthy one was never restarted.
     assert_eq!(status("probed")["containerStatuses"][0]["restartCount"], 0);
+
+    wait_ready(&k, &server, "hooked");
+    let started = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(out.join("started")).ok()
+    });
+    assert_eq!(started.as_deref(), Some("up\n"), "postStart did not run");
+    assert!(!out.join("stopped").exists());
+    k.ok(&["delete", "pod", "hooked", "--wait=false"]);
+    let began = std::time::Instant::now();
+    let gone = wait_for(Duration::from_secs(60), || {
+        (!k.run(&["get", "pod", "hooked"]).status.success()).then_some(())
+    });
+    assert!(gone.is_some(), "hooked was never deleted:\n{}", server.log());
+    assert_eq!(
+        std::fs::read_to_string(out.join("stopped")).ok().as_deref(),
+        Some("bye\n"),
+        "preStop did not run"
+    );
+    // The grace period (3 s) plus the least stop time (2 s) bound it, not
+    // the hook's 600 s sleep; the rest is slack for a loaded machine.
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "the delete took {:?}",
+        began.elapsed()
+    );
     delete_all(&k, &["probed", "dies"]);
 }

@@ -78,6 +78,22 @@ fn the_package_runs_under_systemd() {
     // 1. Server: install, enable --now, ready, node listed, logs in the journal.
     srv.ok("dpkg -i /root/rk3s.deb");
     assert!(srv.path("/etc/rancher/rk3s/config.toml").exists());
+    // It depends on the node's runtime, and brings the pause image.
+    let depends = srv.ok("dpkg-query -W -f='${Depends}' rk3s");
+    for p in [
+        "containerd",
+        "runc",
+        "containernetworking-plugins",
+        "iptables",
+    ] {
+        assert!(
+            depends.contains(p),
+            "the .deb does not depend on {p}: {depends}"
+        );
+    }
+    assert!(srv
+        .path("/var/lib/rancher/rk3s/agent/images/rk3s-pause.tar")
+        .exists());
     assert_eq!(
         srv.ok("systemctl is-enabled rk3s-server || true").trim(),
         "disabled",
@@ -302,10 +318,23 @@ fn the_package_runs_under_systemd() {
         "/usr/share/man/man8/rk3sd.8.gz",
         "/usr/share/bash-completion/completions/rk3sctl",
         "/usr/lib/tmpfiles.d/rk3s.conf",
+        "/var/lib/rancher/rk3s/agent/images/rk3s-pause.tar",
     ] {
         assert!(
             files.lines().any(|l| l == f),
             "{f} missing from the rpm:\n{files}"
+        );
+    }
+    let recommends = q(&["-qp", "--recommends"]);
+    for p in [
+        "containerd",
+        "runc",
+        "containernetworking-plugins",
+        "iptables",
+    ] {
+        assert!(
+            recommends.lines().any(|l| l.trim() == p),
+            "the rpm does not recommend {p}: {recommends}"
         );
     }
     let scripts = q(&["-qp", "--scripts"]);

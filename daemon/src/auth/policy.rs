@@ -13,6 +13,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The agents' controller identity (K3s's `system:k3s-controller`): its
+/// pod network reads every Node's pod CIDR and address to route to them.
+pub const RK3S_CONTROLLER: &str = "system:rk3s-controller";
+
 const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
 const AGG: &str = "rbac.authorization.k8s.io/aggregate-to-";
 
@@ -313,6 +317,7 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 ],
             )],
         ),
+        role(RK3S_CONTROLLER, &[], vec![rule(READ, "", &["nodes"])]),
         role(
             "system:auth-delegator",
             &[],
@@ -371,6 +376,16 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:public-info-viewer",
             "system:public-info-viewer",
             vec![authenticated(), group("system:unauthenticated")],
+        ),
+        binding(
+            RK3S_CONTROLLER,
+            RK3S_CONTROLLER,
+            vec![Subject {
+                kind: "User".into(),
+                name: RK3S_CONTROLLER.into(),
+                api_group: Some(GROUP.into()),
+                namespace: None,
+            }],
         ),
         // Issuer discovery is for anyone authenticated.
         binding(

@@ -8,14 +8,14 @@
 //! (its grace period), torn down, and then deleted for good by the kubelet,
 //! as upstream's does; sandboxes of pods that no longer exist are removed.
 
-pub mod api;
+pub mod hooks;
 pub mod pods;
 pub mod probes;
 pub mod resources;
 pub mod volumes;
 
+use crate::apiclient::{self, Api, Identity};
 use crate::runtime::cri::Cri;
-use api::Api;
 use k8s_openapi::api::core::v1::Pod;
 use rk3s_api::tunnel::RuntimeInfo;
 use serde_json::Value;
@@ -31,71 +31,12 @@ pub struct KubeletParams {
     /// Where the node's client certificate lands (`<data-dir>/agent`).
     pub agent_dir: PathBuf,
     pub ca_pem: Vec<u8>,
-    pub servers: api::Servers,
+    pub servers: apiclient::Servers,
     pub cri_socket: PathBuf,
     /// `/var/log/pods` (as root) or under the data dir.
     pub log_root: PathBuf,
-    /// Where containerd reads its CNI config (`None`: a runtime the agent
-    /// did not configure, whose network is its own business).
-    pub cni_conf_dir: Option<PathBuf>,
-    /// host-local's allocations (`<data-dir>/agent/cni/networks`).
-    pub cni_state_dir: PathBuf,
-    /// The pod network's bridge (`cni0`).
-    pub bridge: String,
     /// Pods' volumes (`<data-dir>/agent/pods`).
     pub pods_root: PathBuf,
-}
-
-/// The node's pod network: a bridge (`cni0`) with host-local addresses from
-/// the node's pod CIDR, masqueraded on the way out, with host ports (K3s's
-/// flannel config minus flannel: nodes route to each other's pods later).
-pub fn cni_config(pod_cidr: &str, state_dir: &std::path::Path, bridge: &str) -> Value {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "rk3s",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
-             "hairpinMode": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": state_dir}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-        ],
-    })
-}
-
-/// Once the node has a pod CIDR, write the CNI config containerd loads.
-async fn write_cni(
-    api: Api,
-    node: String,
-    dir: PathBuf,
-    state: PathBuf,
-    bridge: String,
-    cancel: CancellationToken,
-) {
-    let file = dir.join("10-rk3s.conflist");
-    loop {
-        if let Ok(v) = api.get(&format!("/api/v1/nodes/{node}")).await {
-            if let Some(cidr) = v.pointer("/spec/podCIDR").and_then(Value::as_str) {
-                let text =
-                    serde_json::to_vec_pretty(&cni_config(cidr, &state, &bridge)).expect("json");
-                if std::fs::read(&file).ok().as_deref() != Some(text.as_slice()) {
-                    match crate::fsutil::write_atomic(&file, &text, 0o644) {
-                        Ok(()) => {
-                            tracing::info!(pod_cidr = cidr, file = %file.display(), "pod network configured")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, file = %file.display(), "could not write the CNI config")
-                        }
-                    }
-                }
-                return;
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-    }
 }
 
 /// The pods bound to this node, by uid, as the watch last saw them.
@@ -195,7 +136,12 @@ pub async fn run(
     let cert = p.agent_dir.join("client-kubelet.crt");
     let api = loop {
         if cert.exists() {
-            match Api::new(&p.agent_dir, &p.ca_pem, p.servers.clone()) {
+            match Api::new(
+                &p.agent_dir,
+                Identity::Kubelet,
+                &p.ca_pem,
+                p.servers.clone(),
+            ) {
                 Ok(a) => break a,
                 Err(e) => {
                     tracing::warn!(error = %e, "kubelet: the node certificate is not usable yet")
@@ -230,16 +176,6 @@ pub async fn run(
         log_root: p.log_root.clone(),
         pods_root: p.pods_root.clone(),
     };
-    if let Some(dir) = &p.cni_conf_dir {
-        tokio::spawn(write_cni(
-            api.clone(),
-            p.node.clone(),
-            dir.clone(),
-            p.cni_state_dir.clone(),
-            p.bridge.clone(),
-            cancel.child_token(),
-        ));
-    }
     tracing::info!(node = %p.node, "kubelet running pods on the container runtime");
     let desired = Arc::new(Desired::default());
     tokio::spawn(follow(
@@ -298,12 +234,8 @@ async fn sync_one(
         let grace = pod
             .metadata
             .deletion_grace_period_seconds
-            .or(pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds))
-            .unwrap_or(30);
-        match pods::teardown(cri_, uid, grace).await {
+            .unwrap_or_else(|| pods::grace_of(pod));
+        match pods::teardown(cri_, uid, grace, Some(pod)).await {
             Ok(()) => {
                 // Its files go first: once the object is gone nothing
                 // points at them.
@@ -371,7 +303,7 @@ async fn remove_orphans(
             uid,
             "removing the containers of a pod that no longer exists"
         );
-        if let Err(e) = pods::teardown(cri_, uid, 0).await {
+        if let Err(e) = pods::teardown(cri_, uid, 0, None).await {
             tracing::warn!(uid, error = %e.message(), "could not remove an orphaned pod sandbox");
         }
         let m = s.metadata.clone().unwrap_or_default();

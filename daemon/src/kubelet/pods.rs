@@ -3,8 +3,8 @@
 //! status kubectl reads. Everything is found again from CRI labels on
 //! every sync, so a restarted agent adopts the containers it left running.
 
-use super::api::Api;
 use super::{probes, resources, volumes};
+use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -351,23 +351,41 @@ async fn observe(
     Ok((sandboxes, seen))
 }
 
-/// Stop and remove everything of the pod with `uid` (grace in seconds).
-pub async fn teardown(cri_: &Cri, uid: &str, grace: i64) -> Result<(), tonic::Status> {
+/// The pod's termination grace period in seconds (upstream's default 30).
+pub fn grace_of(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+}
+
+/// Stop and remove everything of the pod with `uid` (grace in seconds):
+/// running containers in parallel, each after its preStop hook when the
+/// pod's spec is known.
+pub async fn teardown(
+    cri_: &Cri,
+    uid: &str,
+    grace: i64,
+    pod: Option<&Pod>,
+) -> Result<(), tonic::Status> {
     let mut rt = cri_.runtime.clone();
     let containers = containers_of(&mut rt, uid).await?;
+    let pod_ip = pod
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        .unwrap_or_default();
+    let specs: Vec<Container> = pod
+        .and_then(|p| p.spec.as_ref())
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
     let stops = containers
         .iter()
         .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
         .map(|c| {
-            let mut rt = rt.clone();
-            let id = c.id.clone();
-            async move {
-                rt.stop_container(cri::StopContainerRequest {
-                    container_id: id,
-                    timeout: grace,
-                })
-                .await
-            }
+            let spec = c
+                .labels
+                .get(LABEL_CONTAINER)
+                .and_then(|n| specs.iter().find(|s| &s.name == n));
+            super::hooks::stop(cri_, &c.id, spec, &pod_ip, grace)
         });
     for r in futures_util::future::join_all(stops).await {
         r?;
@@ -621,22 +639,17 @@ async fn probe(ctx: &Ctx<'_>, c: &Container, seen: &BTreeMap<String, Seen>, st: 
     st.verdicts.insert(c.name.clone(), (v.started, v.ready));
     if let Some(why) = v.kill {
         tracing::info!(pod = %ctx.pod.metadata.name.clone().unwrap_or_default(), container = %c.name, "{why}");
-        let grace = ctx
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(30);
-        let (mut rt, id) = (ctx.cri.runtime.clone(), s.status.id.clone());
+        let grace = grace_of(ctx.pod);
+        let (cri_, id, c, ip) = (
+            ctx.cri.clone(),
+            s.status.id.clone(),
+            c.clone(),
+            ctx.pod_ip.to_string(),
+        );
         // The tally starts over with the next attempt's id.
         st.probes.remove(&c.name);
         tokio::spawn(async move {
-            let _ = rt
-                .stop_container(cri::StopContainerRequest {
-                    container_id: id,
-                    timeout: grace,
-                })
-                .await;
+            let _ = super::hooks::stop(&cri_, &id, Some(&c), &ip, grace).await;
         });
     }
 }
@@ -795,6 +808,23 @@ async fn start_if_needed(
             ("RunContainerError".into(), s.message().to_string()),
         );
         return;
+    }
+    if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+        // In the background: a slow hook must not hold up the other pods.
+        let (cri_, id, c, ip) = (
+            ctx.cri.clone(),
+            id.clone(),
+            c.clone(),
+            ctx.pod_ip.to_string(),
+        );
+        let grace = grace_of(ctx.pod);
+        tokio::spawn(async move {
+            let limit = Duration::from_secs(grace.max(1) as u64);
+            if let Err(e) = super::hooks::run(&cri_, &id, &c, &h, &ip, limit).await {
+                tracing::info!(container = %c.name, error = %e, "postStart hook failed; killing the container");
+                let _ = super::hooks::stop(&cri_, &id, None, &ip, grace).await;
+            }
+        });
     }
     if let Ok(r) = rt
         .container_status(cri::ContainerStatusRequest {

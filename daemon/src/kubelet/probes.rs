@@ -6,7 +6,7 @@
 
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -51,6 +51,69 @@ fn port(c: &Container, p: &IntOrString) -> Option<u16> {
     }
 }
 
+/// Run `cmd` in the container (CRI ExecSync): success when it exits 0.
+pub(super) async fn exec(
+    cri_: &Cri,
+    id: &str,
+    cmd: Vec<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let r = cri_
+        .runtime
+        .clone()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd,
+            timeout: timeout.as_secs().max(1) as i64,
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    if r.exit_code == 0 {
+        Ok(())
+    } else {
+        Err(format!("command exited {}", r.exit_code))
+    }
+}
+
+/// GET the action's URL (the pod's IP unless it names a host): success on
+/// 2xx/3xx.
+pub(super) async fn http_get(
+    c: &Container,
+    h: &HTTPGetAction,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let p = port(c, &h.port).ok_or("unknown port")?;
+    let host = h
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod_ip.to_string());
+    let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
+    let path = h.path.clone().unwrap_or_else(|| "/".into());
+    let url = format!("{scheme}://{host}:{p}{path}");
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        // Upstream's kubelet does not verify probe certificates either.
+        .danger_accept_invalid_certs(true)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = client.get(&url).header("User-Agent", "kube-probe/1.32");
+    for hd in h.http_headers.iter().flatten() {
+        req = req.header(hd.name.as_str(), hd.value.as_str());
+    }
+    let r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let code = r.status().as_u16();
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("GET {url}: HTTP {code}"))
+    }
+}
+
 /// Run `probe` once: success or why not.
 async fn run(
     cri_: &Cri,
@@ -61,52 +124,10 @@ async fn run(
 ) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(e) = &probe.exec {
-        let r = cri_
-            .runtime
-            .clone()
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: id.to_string(),
-                cmd: e.command.clone().unwrap_or_default(),
-                timeout: timeout.as_secs() as i64,
-            })
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
-        return if r.exit_code == 0 {
-            Ok(())
-        } else {
-            Err(format!("command exited {}", r.exit_code))
-        };
+        return exec(cri_, id, e.command.clone().unwrap_or_default(), timeout).await;
     }
     if let Some(h) = &probe.http_get {
-        let p = port(c, &h.port).ok_or("unknown probe port")?;
-        let host = h
-            .host
-            .clone()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| pod_ip.to_string());
-        let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
-        let path = h.path.clone().unwrap_or_else(|| "/".into());
-        let url = format!("{scheme}://{host}:{p}{path}");
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            // Upstream's kubelet does not verify probe certificates either.
-            .danger_accept_invalid_certs(true)
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut req = client.get(&url).header("User-Agent", "kube-probe/1.32");
-        for hd in h.http_headers.iter().flatten() {
-            req = req.header(hd.name.as_str(), hd.value.as_str());
-        }
-        let r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
-        let code = r.status().as_u16();
-        return if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("GET {url}: HTTP {code}"))
-        };
+        return http_get(c, h, pod_ip, timeout).await;
     }
     if let Some(t) = &probe.tcp_socket {
         let p = port(c, &t.port).ok_or("unknown probe port")?;

@@ -5,7 +5,7 @@
 //! contents are refreshed while the pod runs (a token at 80 % of its life),
 //! so updates reach running pods.
 
-use super::api::{Api, ApiError};
+use crate::apiclient::{Api, ApiError};
 use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
 };

@@ -72,17 +72,16 @@ impl Cri {
         Ok(format!("{}://{}", v.runtime_name, v.runtime_version))
     }
 
-    /// What keeps the runtime from running pods: an empty list when
-    /// RuntimeReady holds. NetworkReady is logged, not counted, until the
-    /// agent writes a CNI configuration (pod networking).
-    pub async fn status(&self) -> Result<Vec<String>, CriError> {
+    /// What keeps the runtime from running pods (empty when RuntimeReady
+    /// holds), and why the pod network is not ready, if it is not.
+    pub async fn status(&self) -> Result<CriStatus, CriError> {
         let s = self
             .runtime
             .clone()
             .status(StatusRequest { verbose: false })
             .await?
             .into_inner();
-        let mut problems = vec![];
+        let mut out = CriStatus::default();
         for c in s.status.map(|s| s.conditions).unwrap_or_default() {
             if c.status {
                 continue;
@@ -91,12 +90,20 @@ impl Cri {
                 "{}=false reason:{} message:{}",
                 c.r#type, c.reason, c.message
             );
-            if c.r#type == "RuntimeReady" {
-                problems.push(text);
-            } else {
-                tracing::debug!(condition = %text, "container runtime condition");
+            match c.r#type.as_str() {
+                "NetworkReady" => {
+                    out.network = Some(format!("container runtime network not ready: {text}"))
+                }
+                _ => out.runtime.push(text),
             }
         }
-        Ok(problems)
+        Ok(out)
     }
+}
+
+/// CRI `Status` as the node's conditions need it.
+#[derive(Debug, Default, PartialEq)]
+pub struct CriStatus {
+    pub runtime: Vec<String>,
+    pub network: Option<String>,
 }

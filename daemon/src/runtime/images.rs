@@ -17,6 +17,9 @@ use std::time::SystemTime;
 
 /// The pause image every pod sandbox starts from; nothing pulls it.
 pub const PAUSE_IMAGE: &str = "docker.io/rancher/mirrored-pause:3.6";
+/// The file name the packages give the pause image in the air-gap images
+/// directory (`/var/lib/rancher/rk3s/agent/images/`).
+pub const PAUSE_TARBALL: &str = "rk3s-pause.tar";
 /// The static pause program built with the daemon (`daemon/pause/pause.c`).
 pub const PAUSE_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"));
 

@@ -48,6 +48,7 @@ fn not_ready(version: &str, message: impl Into<String>) -> RuntimeInfo {
         version: version.to_string(),
         ready: false,
         message: message.into(),
+        network_not_ready: None,
     }
 }
 
@@ -167,9 +168,13 @@ async fn watch_runtime(
                 return format!("containerd exited ({st})");
             }
         }
-        // The pause image first: without it no sandbox starts.
+        // The pause image first: without it no sandbox starts. The
+        // packages put it among the air-gap images (imported below); a
+        // binary run from elsewhere writes its built-in copy.
         if !pause_imported {
-            if let Some(ctr) = &ctr {
+            if images_dir.join(images::PAUSE_TARBALL).exists() {
+                pause_imported = true;
+            } else if let Some(ctr) = &ctr {
                 pause_imported = import_pause(ctr, socket, data_dir).await;
             }
         }
@@ -187,12 +192,13 @@ async fn watch_runtime(
             }
         }
         let info = match client.status().await {
-            Ok(problems) if problems.is_empty() => RuntimeInfo {
+            Ok(s) if s.runtime.is_empty() => RuntimeInfo {
                 version: version.clone(),
                 ready: true,
                 message: String::new(),
+                network_not_ready: s.network,
             },
-            Ok(problems) => not_ready(&version, problems.join("; ")),
+            Ok(s) => not_ready(&version, s.runtime.join("; ")),
             Err(e) => return format!("CRI Status failed: {e}"),
         };
         status.send_if_modified(|s| {

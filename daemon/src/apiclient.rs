@@ -1,7 +1,8 @@
-//! The kubelet's Kubernetes API client: HTTPS with the node's client
-//! certificate (so the Node authorizer decides what it may do), tried
-//! against the agent's servers in the load balancer's order, so it
-//! survives a server's loss like the tunnel does.
+//! The agent's Kubernetes API client: HTTPS with one of the agent's client
+//! certificates (the kubelet's, so the Node authorizer decides what it may
+//! do; or the pod network's controller identity), tried against the
+//! agent's servers in the load balancer's order, so it survives a server's
+//! loss like the tunnel does.
 
 use serde_json::Value;
 use std::path::Path;
@@ -21,6 +22,48 @@ pub enum ApiError {
     Decode(String),
 }
 
+/// A client certificate the agent holds under `<data-dir>/agent`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Identity {
+    /// `client-kubelet.crt`, CN=system:node:<node>: the kubelet's.
+    Kubelet,
+    /// `client-rk3s-controller.crt`, CN=system:rk3s-controller: the pod
+    /// network's.
+    Controller,
+}
+
+impl Identity {
+    /// File stem under `<data-dir>/agent`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Self::Kubelet => "client-kubelet",
+            Self::Controller => "client-rk3s-controller",
+        }
+    }
+
+    /// The user agent's component name.
+    fn agent_name(self) -> &'static str {
+        match self {
+            Self::Kubelet => "kubelet",
+            Self::Controller => "network",
+        }
+    }
+
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::Kubelet => rk3s_api::routes::CLIENT_KUBELET_CERT,
+            Self::Controller => rk3s_api::routes::CLIENT_CONTROLLER_CERT,
+        }
+    }
+
+    pub fn common_name(self, node: &str) -> String {
+        match self {
+            Self::Kubelet => format!("system:node:{node}"),
+            Self::Controller => crate::auth::policy::RK3S_CONTROLLER.to_string(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
@@ -28,21 +71,33 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client with the node certificate in `agent_dir`, verifying servers
-    /// against `ca_pem`.
-    pub fn new(agent_dir: &Path, ca_pem: &[u8], servers: Servers) -> Result<Self, String> {
-        let mut pem =
-            std::fs::read(agent_dir.join("client-kubelet.crt")).map_err(|e| e.to_string())?;
-        pem.extend(std::fs::read(agent_dir.join("client-kubelet.key")).map_err(|e| e.to_string())?);
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())?;
+    /// A client with `identity`'s certificate in `agent_dir`, verifying
+    /// servers against `ca_pem`.
+    pub fn new(
+        agent_dir: &Path,
+        identity: Identity,
+        ca_pem: &[u8],
+        servers: Servers,
+    ) -> Result<Self, String> {
+        let read = |ext: &str| {
+            let f = agent_dir.join(format!("{}.{ext}", identity.stem()));
+            std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))
+        };
+        let mut pem = read("crt")?;
+        pem.extend(read("key")?);
+        let tls_identity = reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())?;
         let ca = reqwest::Certificate::from_pem(ca_pem).map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
-            .identity(identity)
+            .identity(tls_identity)
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(format!("rk3s-kubelet/{}", rk3s_api::VERSION))
+            .user_agent(format!(
+                "rk3s-{}/{}",
+                identity.agent_name(),
+                rk3s_api::VERSION
+            ))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self { http, servers })
@@ -99,12 +154,40 @@ impl Api {
 
     /// The pods bound to `node` and the list's resourceVersion.
     pub async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, String), ApiError> {
+        self.list("/api/v1/pods", &format!("spec.nodeName={node}"))
+            .await
+    }
+
+    /// Watch the pods bound to `node` from `rv` (see [`Api::watch`]).
+    pub async fn watch_pods(
+        &self,
+        node: &str,
+        rv: &str,
+        on_event: impl FnMut(&str, Value),
+    ) -> Result<(), ApiError> {
+        self.watch(
+            "/api/v1/pods",
+            &format!("spec.nodeName={node}"),
+            rv,
+            on_event,
+        )
+        .await
+    }
+
+    /// The items of the collection at `path` matching `field_selector`
+    /// (may be empty), and the list's resourceVersion.
+    pub async fn list(
+        &self,
+        path: &str,
+        field_selector: &str,
+    ) -> Result<(Vec<Value>, String), ApiError> {
         let v = self
             .json(|b| {
-                self.http
-                    .get(format!("{b}/api/v1/pods"))
-                    .query(&[("fieldSelector", format!("spec.nodeName={node}"))])
-                    .timeout(Duration::from_secs(30))
+                let mut r = self.http.get(format!("{b}{path}"));
+                if !field_selector.is_empty() {
+                    r = r.query(&[("fieldSelector", field_selector)]);
+                }
+                r.timeout(Duration::from_secs(30))
             })
             .await?;
         let rv = v["metadata"]["resourceVersion"]
@@ -115,18 +198,20 @@ impl Api {
         Ok((items, rv))
     }
 
-    /// Watch the pods bound to `node` from `rv`, calling `on_event(type,
-    /// object)` for each event until the watch ends (timeout, error).
-    pub async fn watch_pods(
+    /// Watch the collection at `path` (narrowed by `field_selector`) from
+    /// `rv`, calling `on_event(type, object)` for each event until the
+    /// watch ends (timeout, error).
+    pub async fn watch(
         &self,
-        node: &str,
+        path: &str,
+        field_selector: &str,
         rv: &str,
         mut on_event: impl FnMut(&str, Value),
     ) -> Result<(), ApiError> {
         let r = self
             .send(|b| {
-                self.http.get(format!("{b}/api/v1/pods")).query(&[
-                    ("fieldSelector", format!("spec.nodeName={node}")),
+                self.http.get(format!("{b}{path}")).query(&[
+                    ("fieldSelector", field_selector.to_string()),
                     ("watch", "true".into()),
                     ("resourceVersion", rv.to_string()),
                     ("timeoutSeconds", "300".into()),

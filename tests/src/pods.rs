@@ -1,0 +1,115 @@
+//! What tests that run pods share: a busybox image from Debian's
+//! busybox-static, and the cleanup of what a test's containerd ran.
+
+use rk3sd::runtime::images::{docker_archive, LayerFile, LayerLink};
+use std::path::Path;
+use std::time::Duration;
+
+/// Kills what a test's containerd still runs when the test ends (the
+/// shims outlive the agent, as they should): declared after the server, so
+/// it runs while containerd is still up.
+pub struct Containers(std::path::PathBuf);
+
+impl Containers {
+    /// For the server or agent whose data dir is `data_dir`.
+    pub fn of(data_dir: &Path) -> Self {
+        Self(rk3sd::runtime::containerd::Paths::new(data_dir).socket)
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&self.0)
+                .args(["--namespace", "k8s.io"])
+                .args(args)
+                .output()
+        };
+        // The node's kubelet may still be running and restart what was
+        // killed: a few rounds, until nothing is left.
+        for _ in 0..3 {
+            let Ok(o) = run(&["tasks", "ls", "-q"]) else {
+                return;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            for id in &ids {
+                let _ = run(&["tasks", "kill", "--signal", "SIGKILL", id]);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            for id in &ids {
+                let _ = run(&["tasks", "delete", "--force", id]);
+                let _ = run(&["containers", "delete", id]);
+            }
+        }
+        // Its pod network's bridge (named after the data dir: one per test).
+        if let Some(data_dir) = self.0.ancestors().nth(4) {
+            let bridge = rk3sd::runtime::containerd::Paths::new(data_dir).bridge;
+            let _ = std::process::Command::new("ip")
+                .args(["link", "delete", &bridge])
+                .output();
+        }
+        // Leftover mounts would keep the temporary directory.
+        if let Ok(m) = std::fs::read_to_string("/proc/mounts") {
+            let root = self
+                .0
+                .ancestors()
+                .nth(4)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let mut points: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|p| !root.is_empty() && p.starts_with(&root))
+                .collect();
+            points.sort_by(|a, b| b.cmp(a));
+            for p in points {
+                let _ = std::process::Command::new("umount")
+                    .args(["-l", p])
+                    .status();
+            }
+        }
+    }
+}
+
+/// A busybox image from Debian's busybox-static, as a `docker save` archive.
+pub fn busybox_archive(name: &str) -> Vec<u8> {
+    let bin = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    let links: Vec<LayerLink> = [
+        "sh", "sleep", "cat", "echo", "ls", "ping", "wget", "nc", "hostname", "ip",
+    ]
+    .iter()
+    .map(|l| LayerLink {
+        path: Box::leak(format!("bin/{l}").into_boxed_str()),
+        target: "busybox",
+    })
+    .collect();
+    docker_archive(
+        name,
+        &[LayerFile {
+            path: "bin/busybox",
+            data: &bin,
+            mode: 0o755,
+        }],
+        &links,
+        &[],
+        &["sh"],
+    )
+    .unwrap()
+}
+
+/// The agent's images directory under `dir`, with the test busybox in it.
+pub fn with_busybox(dir: &Path) -> std::path::PathBuf {
+    let images = dir.join("data/agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    let archive = busybox_archive("docker.io/library/busybox:test");
+    std::fs::write(images.join("busybox.tar"), archive).unwrap();
+    images
+}

@@ -1,0 +1,256 @@
+//! The pod network across nodes: a server and two agents on hosts of their
+//! own (network namespaces on one switch), each with its own containerd
+//! and data dir. Every node gets a pod CIDR, routes to the others' pod
+//! CIDRs via their addresses, and pods reach each other by pod IP without
+//! being masqueraded. Needs root (containerd, namespaces).
+
+use rk3s_tests::netns::Net;
+use rk3s_tests::pods::*;
+use rk3s_tests::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const NODES: [&str; 3] = ["s1", "a1", "a2"];
+
+fn pod(name: &str, node: &str, command: &str, policy: &str) -> String {
+    json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "restartPolicy": policy, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "docker.io/library/busybox:test",
+                "imagePullPolicy": "Never", "command": ["sh", "-c", command]}]}
+    })
+    .to_string()
+}
+
+fn get(k: &Kubectl, what: &[&str]) -> Option<Value> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "json"]);
+    let o = k.run(&args);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// Ready nodes by name, with their pod CIDRs.
+fn ready_nodes(k: &Kubectl) -> Vec<(String, String)> {
+    let Some(list) = get(k, &["nodes"]) else {
+        return vec![];
+    };
+    let mut out: Vec<(String, String)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap().to_string(),
+                n["spec"]["podCIDR"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
+    let mut net = Net::new();
+    let t = tempdir();
+    let hosts: Vec<String> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| net.host(n, &format!("10.77.0.{}", 11 + i)))
+        .collect();
+    let sdir = t.path().join("s1");
+    with_busybox(&sdir);
+    let server = Server::start_in(
+        Some(&hosts[0]),
+        &sdir,
+        &[
+            RUNTIME,
+            "--bind-address",
+            "10.77.0.11",
+            "--https-listen-port",
+            "6443",
+            "--node-name",
+            "s1",
+        ],
+        &[],
+    );
+    let _cs = Containers::of(&sdir.join("data"));
+    let mut agents = vec![];
+    let mut guards = vec![];
+    for (i, name) in NODES.iter().enumerate().skip(1) {
+        let dir = t.path().join(name);
+        with_busybox(&dir);
+        guards.push(Containers::of(&dir.join("data")));
+        agents.push(Agent::start_in(
+            Some(&hosts[i]),
+            &dir,
+            name,
+            vec![
+                RUNTIME.into(),
+                "--server".into(),
+                "https://10.77.0.11:6443".into(),
+                "--token-file".into(),
+                server.token_file().display().to_string(),
+                "--node-name".into(),
+                name.to_string(),
+            ],
+            &[],
+        ));
+    }
+    let k =
+        Kubectl::new(kubectl(None), &server.kubeconfig(), &sdir.join("kcache")).in_netns(&hosts[0]);
+
+    // Ready needs the runtime and the pod network (a CNI config for the
+    // node's own pod CIDR); each node's CIDR is its own.
+    let nodes = wait_for(Duration::from_secs(90), || {
+        let n = ready_nodes(&k);
+        (n.len() == 3 && n.iter().all(|(_, c)| !c.is_empty())).then_some(n)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nodes not Ready: {}\n{}\n{}",
+            k.ok(&["get", "nodes", "-o", "wide"]),
+            server.log(),
+            agents.iter().map(|a| a.log()).collect::<String>()
+        )
+    });
+    let cidrs: std::collections::BTreeSet<&String> = nodes.iter().map(|(_, c)| c).collect();
+    assert_eq!(cidrs.len(), 3, "pod CIDRs overlap: {nodes:?}");
+
+    // Each host routes to the two other pod CIDRs via their nodes.
+    for (i, host) in hosts.iter().enumerate() {
+        let want: Vec<String> = nodes
+            .iter()
+            .filter(|(n, _)| n != NODES[i])
+            .map(|(n, c)| {
+                let ip = 11 + NODES.iter().position(|x| x == n).unwrap();
+                format!("{c} via 10.77.0.{ip}")
+            })
+            .collect();
+        let ok = wait_for(Duration::from_secs(30), || {
+            let routes = net.exec_ok(host, &["ip", "route", "show", "proto", "241"]);
+            want.iter().all(|w| routes.contains(w)).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "{}: routes {:?}, want {want:?}",
+            NODES[i],
+            net.exec_ok(host, &["ip", "route"])
+        );
+    }
+
+    // A target pod on every node; their IPs come from their node's CIDR.
+    for n in NODES {
+        k.ok_stdin(
+            &["create", "-f", "-"],
+            &pod(&format!("t-{n}"), n, "sleep 3600", "Always"),
+        );
+    }
+    let mut ips = vec![];
+    for n in NODES {
+        let name = format!("t-{n}");
+        let o = k.run(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=90s",
+        ]);
+        assert!(o.status.success(), "{}{}", stderr(&o), server.log());
+        let p = get(&k, &["pod", &name]).unwrap();
+        let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+        let cidr = &nodes.iter().find(|(x, _)| x == n).unwrap().1;
+        let prefix = cidr.trim_end_matches("0/24");
+        assert!(ip.starts_with(prefix), "{name} has {ip}, not in {cidr}");
+        ips.push(ip);
+    }
+
+    // From a pod on a1, ping the pods on s1 and a2 (and its neighbour on
+    // its own node); from s1, the one on a2.
+    let ping = |name: &str, node: &str, targets: &[&String]| {
+        let cmd: Vec<String> = targets
+            .iter()
+            .map(|ip| format!("ping -c 2 -W 3 {ip}"))
+            .collect();
+        k.ok_stdin(
+            &["create", "-f", "-"],
+            &pod(name, node, &cmd.join(" && "), "Never"),
+        );
+        let phase = wait_for(Duration::from_secs(60), || {
+            let p = get(&k, &["pod", name])?;
+            let phase = p["status"]["phase"].as_str()?.to_string();
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        });
+        assert_eq!(
+            phase.as_deref(),
+            Some("Succeeded"),
+            "{name} on {node} could not ping {targets:?}: {}",
+            k.ok(&["get", "pods", "-o", "wide"])
+        );
+    };
+    ping("ping-from-a1", "a1", &[&ips[0], &ips[2], &ips[1]]);
+    ping("ping-from-s1", "s1", &[&ips[2]]);
+
+    // Pod-to-pod traffic is not masqueraded: it went through the rule that
+    // returns before MASQUERADE, on the sending node.
+    let rules = net.exec_ok(
+        &hosts[1],
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-L",
+            "RK3S-POSTRTG",
+            "-v",
+            "-n",
+            "-x",
+        ],
+    );
+    let returned: u64 = rules
+        .lines()
+        .find(|l| l.contains("pod to pod"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        returned > 0,
+        "no pod-to-pod packets passed unmasqueraded:\n{rules}"
+    );
+
+    // A node that is gone loses its route everywhere. (Its pod goes first:
+    // a stopped agent's containers outlive it, as they should.)
+    k.ok(&["delete", "pod", "t-a2", "--timeout=60s"]);
+    let a2 = agents.pop().unwrap();
+    drop(a2);
+    // (Refused while its tunnel is still up.)
+    let forgot = wait_for(Duration::from_secs(30), || {
+        server
+            .ctl(&["node", "forget", "a2"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(
+        forgot.is_some(),
+        "{}",
+        stderr(&server.ctl(&["node", "forget", "a2"]))
+    );
+    let gone = wait_for(Duration::from_secs(30), || {
+        let routes = net.exec_ok(&hosts[1], &["ip", "route", "show", "proto", "241"]);
+        (routes.lines().count() == 1).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "a1 still routes to a2's pods: {}",
+        net.exec_ok(&hosts[1], &["ip", "route", "show", "proto", "241"])
+    );
+    k.ok(&["delete", "pods", "--all", "--timeout=60s"]);
+}
