@@ -454,6 +454,7 @@ pub async fn run(
             cri_socket,
             log_root,
             pods_root: params.data_dir.join("agent/pods"),
+            settings: params.node.kubelet.clone(),
         };
         // A runtime the agent did not configure has a network of its own.
         if let Some(cni_conf_dir) = cni_conf_dir {

@@ -245,6 +245,25 @@ impl Api {
         Ok(())
     }
 
+    /// PATCH `path` with `body` of `content_type` (merge, strategic merge).
+    pub async fn patch(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<(), ApiError> {
+        let text = body.to_string();
+        self.send(|b| {
+            self.http
+                .patch(format!("{b}{path}"))
+                .header("Content-Type", content_type)
+                .body(text.clone())
+                .timeout(Duration::from_secs(10))
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Merge-patch a pod's status.
     pub async fn patch_pod_status(
         &self,

@@ -122,6 +122,10 @@ pub struct CommonArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
     pub disable_runtime: bool,
+    /// Kubelet setting name=value, as K3s passes them (repeatable): container-log-max-size, container-log-max-files, max-pods, kube-reserved, system-reserved, eviction-hard, node-status-update-frequency, container-log-monitor-interval.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubelet_arg: Vec<String>,
     /// Log at debug level.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -236,31 +240,20 @@ pub struct ServerArgs {
     pub service_account_max_token_expiration: Option<String>,
 }
 
-/// Parse `500ms`, `10s`, `2m`, `1h` (or a bare number of seconds).
+/// Parse `500ms`, `10s`, `2m`, `1h30m` (humantime's forms, as Go's
+/// durations mostly read) or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (examples: 500ms, 10s, 5m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "'{s}' has unknown unit '{unit}' (use ms, s, m or h)"
-            ))
-        }
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs < 1e9 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("'{s}' must be a positive duration")),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("'{s}' is not a duration (examples: 500ms, 10s, 5m): {e}"))?,
     };
-    if !(secs > 0.0 && secs < 1e9) {
+    if d.is_zero() {
         return Err(format!("'{s}' must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// Long flag names a mode accepts: exactly the keys its config files may use.
@@ -445,6 +438,8 @@ pub struct NodeSettings {
     pub reconnect_backoff_max: Duration,
     /// `None`: no runtime (`--disable-runtime`).
     pub runtime: Option<Runtime>,
+    /// `--kubelet-arg` values.
+    pub kubelet: crate::kubelet::settings::Settings,
 }
 
 /// Which container runtime the node uses.
@@ -564,6 +559,12 @@ fn node_settings(c: &CommonArgs, data_dir: &Path) -> Result<NodeSettings, Config
             }
             (None, false) => Some(Runtime::Containerd),
         },
+        kubelet: crate::kubelet::settings::parse(&c.kubelet_arg).map_err(|message| {
+            ConfigError::Invalid {
+                origin: "--kubelet-arg".into(),
+                message,
+            }
+        })?,
     })
 }
 
@@ -786,7 +787,10 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("10x")
+            .unwrap_err()
+            .contains("is not a duration"));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
     }

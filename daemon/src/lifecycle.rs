@@ -178,8 +178,13 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
         .entry("status")
         .or_insert_with(|| json!({}));
     status["addresses"] = json!(addresses);
-    status["capacity"] = capacity.clone();
-    status["allocatable"] = capacity;
+    // A node with a runtime has a kubelet, which owns capacity and
+    // allocatable (reserved resources, ephemeral storage); until its first
+    // report the agent's figures stand in.
+    if info.runtime.is_none() || status.get("capacity").is_none() {
+        status["capacity"] = capacity.clone();
+        status["allocatable"] = capacity;
+    }
     status["nodeInfo"] = json!({
         "architecture": info.architecture,
         "operatingSystem": info.os,
@@ -196,7 +201,8 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
     if let Some(m) = not_ready {
         ready["message"] = json!(m);
     }
-    status["conditions"] = json!([ready]);
+    // The kubelet's pressure conditions stay as it wrote them.
+    set_ready(node, ready);
 }
 
 /// Create or refresh the Node from an agent's report, and make sure its Lease exists.
@@ -409,6 +415,20 @@ pub async fn mark_silent_nodes(objects: &Objects, grace: Duration) -> objects::R
                     .unwrap_or(&stamp)
                     .to_string();
                 set_ready(n, ready_condition("Unknown", &last_hb, &stamp));
+                // Upstream's node lifecycle: every condition the kubelet
+                // reports is unknown once it stops reporting.
+                for c in n
+                    .pointer_mut("/status/conditions")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["type"] != "Ready" && c["status"] != "Unknown")
+                {
+                    c["status"] = json!("Unknown");
+                    c["reason"] = json!("NodeStatusUnknown");
+                    c["message"] = json!("Kubelet stopped posting node status.");
+                    c["lastTransitionTime"] = json!(stamp);
+                }
                 true
             })
             .await?;

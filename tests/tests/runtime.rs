@@ -72,6 +72,37 @@ fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
         )
     });
     assert!(n["spec"]["podCIDR"].is_string(), "{n}");
+    // The kubelet's status: no pressure on a healthy host, upstream's
+    // allocatable (capacity less the 100Mi eviction threshold), max pods.
+    let n = wait_for(Duration::from_secs(30), || {
+        let n = node(&server, "server-0")?;
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "DiskPressure")
+            .then_some(n)
+    })
+    .unwrap_or_else(|| panic!("the kubelet wrote no node status:\n{}", server.log()));
+    for c in n["status"]["conditions"].as_array().unwrap() {
+        let want = if c["type"] == "Ready" {
+            "True"
+        } else {
+            "False"
+        };
+        assert_eq!(c["status"], want, "{c}");
+    }
+    let kib = |q: &Value| {
+        q.as_str()
+            .unwrap()
+            .trim_end_matches("Ki")
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(
+        kib(&n["status"]["capacity"]["memory"]) - kib(&n["status"]["allocatable"]["memory"]),
+        100 * 1024
+    );
+    assert_eq!(n["status"]["allocatable"]["pods"], "110");
     // The config it wrote, the socket under the data dir, the images pinned.
     let cfg = std::fs::read_to_string(dir.join("data/agent/etc/containerd/config.toml")).unwrap();
     assert!(
@@ -561,7 +592,20 @@ fn probes_gate_readiness_and_restart_failing_containers() {
     let dir = t.path().join("s");
     with_busybox(&dir);
     // Its own pod network: the other tests' pods share this host.
-    let server = Server::start(&dir, &[RUNTIME, "--cluster-cidr", "10.61.0.0/16"]);
+    // Logs rotated at 4 KiB, checked every second, three files kept; a
+    // memory threshold no host meets, so the kubelet reports pressure.
+    let server = Server::start(
+        &dir,
+        &[
+            RUNTIME,
+            "--cluster-cidr",
+            "10.61.0.0/16",
+            "--kubelet-arg=container-log-max-size=4Ki",
+            "--kubelet-arg=container-log-max-files=3",
+            "--kubelet-arg=container-log-monitor-interval=1s",
+            "--kubelet-arg=eviction-hard=memory.available<100Ti",
+        ],
+    );
     let _containers = Containers::of(&dir.join("data"));
     let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
     assert!(
@@ -605,7 +649,20 @@ fn probes_gate_readiness_and_restart_failing_containers() {
                     "postStart": {"exec": {"command": ["sh", "-c", "echo up > /out/started"]}},
                     "preStop": {"exec": {"command": ["sh", "-c", "echo bye > /out/stopped; sleep 600"]}}}}]}
     });
-    for (name, pod) in [("probed", probed), ("dies", dies), ("hooked", hooked)] {
+    let chatty = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chatty"},
+        "spec": {"nodeName": "server-0", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "i=0; while true; do i=$((i+1)); \
+                    echo line $i 0123456789012345678901234567890123456789; \
+                    [ $((i % 50)) = 0 ] && sleep 0.2; done"]}]}
+    });
+    for (name, pod) in [
+        ("probed", probed),
+        ("dies", dies),
+        ("hooked", hooked),
+        ("chatty", chatty),
+    ] {
         let f = t.path().join(format!("{name}.json"));
         std::fs::write(&f, pod.to_string()).unwrap();
         k.ok(&["apply", "-f", f.to_str().unwrap()]);
@@ -644,7 +701,11 @@ fn probes_gate_readiness_and_restart_failing_containers() {
     let gone = wait_for(Duration::from_secs(60), || {
         (!k.run(&["get", "pod", "hooked"]).status.success()).then_some(())
     });
-    assert!(gone.is_some(), "hooked was never deleted:\n{}", server.log());
+    assert!(
+        gone.is_some(),
+        "hooked was never deleted:\n{}",
+        server.log()
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("stopped")).ok().as_deref(),
         Some("bye\n"),
@@ -657,5 +718,80 @@ fn probes_gate_readiness_and_restart_failing_containers() {
         "the delete took {:?}",
         began.elapsed()
     );
-    delete_all(&k, &["probed", "dies"]);
+
+    // The chatty container's log was rotated: its directory holds the live
+    // file and at most two rotated ones, and output keeps landing in the
+    // live one after each rotation.
+    let uid = serde_json::from_str::<Value>(&k.ok(&["get", "pod", "chatty", "-o", "json"]))
+        .unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logdir = std::path::PathBuf::from(format!("/var/log/pods/default_chatty_{uid}/c"));
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&logdir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let rotated_twice = wait_for(Duration::from_secs(60), || {
+        let f = files();
+        (f.iter().filter(|n| n.starts_with("0.log.")).count() >= 2).then_some(f)
+    });
+    assert!(rotated_twice.is_some(), "{:?}\n{}", files(), server.log());
+    for _ in 0..5 {
+        let f = files();
+        assert!(f.len() <= 3, "more than container-log-max-files: {f:?}");
+        assert!(f.contains(&"0.log".to_string()), "{f:?}");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let grows = wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(logdir.join("0.log")).ok()?;
+        text.contains(" stdout F line ").then_some(())
+    });
+    assert!(grows.is_some(), "the live log stays empty after rotation");
+
+    // The kubelet's part of the node status: pressure measured against
+    // the (absurd) memory threshold, allocatable less it, the images.
+    let n = wait_for(Duration::from_secs(30), || {
+        let n = node(&server, "server-0")?;
+        let conds = n["status"]["conditions"].as_array()?.clone();
+        conds
+            .iter()
+            .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True")
+            .then_some(n)
+    })
+    .unwrap_or_else(|| panic!("no MemoryPressure:\n{}", server.log()));
+    let st = &n["status"];
+    let cond = |t: &str| {
+        st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        cond("MemoryPressure")["reason"],
+        "KubeletHasInsufficientMemory"
+    );
+    assert_eq!(cond("DiskPressure")["status"], "False", "{st}");
+    assert_eq!(cond("PIDPressure")["reason"], "KubeletHasSufficientPID");
+    assert_eq!(cond("Ready")["status"], "True", "{st}");
+    // Capacity less a threshold larger than the host: nothing allocatable.
+    assert_eq!(st["allocatable"]["memory"], "0Ki", "{st}");
+    assert!(st["capacity"]["ephemeral-storage"].is_string(), "{st}");
+    assert_eq!(st["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    let images = st["images"].to_string();
+    assert!(
+        images.contains("docker.io/library/busybox:test"),
+        "{images}"
+    );
+    delete_all(&k, &["probed", "dies", "chatty"]);
 }

@@ -9,9 +9,12 @@
 //! as upstream's does; sandboxes of pods that no longer exist are removed.
 
 pub mod hooks;
+pub mod logs;
+pub mod node_status;
 pub mod pods;
 pub mod probes;
 pub mod resources;
+pub mod settings;
 pub mod volumes;
 
 use crate::apiclient::{self, Api, Identity};
@@ -37,6 +40,8 @@ pub struct KubeletParams {
     pub log_root: PathBuf,
     /// Pods' volumes (`<data-dir>/agent/pods`).
     pub pods_root: PathBuf,
+    /// `--kubelet-arg` settings.
+    pub settings: settings::Settings,
 }
 
 /// The pods bound to this node, by uid, as the watch last saw them.
@@ -176,6 +181,22 @@ pub async fn run(
         log_root: p.log_root.clone(),
         pods_root: p.pods_root.clone(),
     };
+    if let Err(e) = std::fs::create_dir_all(&p.pods_root) {
+        tracing::warn!(dir = %p.pods_root.display(), error = %e, "kubelet: cannot create the pods directory");
+    }
+    tokio::spawn(node_status::run(
+        api.clone(),
+        cri_.clone(),
+        p.node.clone(),
+        p.pods_root.clone(),
+        p.settings.clone(),
+        cancel.child_token(),
+    ));
+    tokio::spawn(logs::run(
+        cri_.clone(),
+        p.settings.clone(),
+        cancel.child_token(),
+    ));
     tracing::info!(node = %p.node, "kubelet running pods on the container runtime");
     let desired = Arc::new(Desired::default());
     tokio::spawn(follow(
