@@ -15,6 +15,28 @@ pub const LABEL_CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
 /// (with the cordon it brought) when the node registers again.
 pub const ANNOTATION_SHUTDOWN: &str = "rk3s.io/shutdown-reason";
 const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// Taint (NoSchedule) of a node whose agent runs no container runtime
+/// (`--disable-runtime`): pods bound there would never start, nor finish
+/// a graceful delete, so the scheduler keeps them off it.
+pub const TAINT_NO_RUNTIME: &str = "rk3s.io/no-runtime";
+
+/// Add or remove the no-runtime taint, leaving other taints alone.
+fn mark_runtime(node: &mut Value, has_runtime: bool) {
+    let Some(spec) = node.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let taints = spec.entry("taints").or_insert_with(|| json!([]));
+    let Some(list) = taints.as_array_mut() else {
+        return;
+    };
+    list.retain(|t| t["key"] != TAINT_NO_RUNTIME);
+    if !has_runtime {
+        list.push(json!({"key": TAINT_NO_RUNTIME, "effect": "NoSchedule"}));
+    }
+    if list.is_empty() {
+        spec.remove("taints");
+    }
+}
 /// A healthy node's Ready condition heartbeat is refreshed every this many
 /// heartbeats (a minute at the default 10 s); the Lease carries every
 /// heartbeat, as upstream splits lease and status updates.
@@ -127,6 +149,7 @@ pub async fn shutting_down(objects: &Objects, name: &str, reason: &str) -> objec
 
 fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
     clear_shutdown(node);
+    mark_runtime(node, info.runtime.is_some());
     let now = now_rfc3339();
     let labels = node["metadata"]
         .as_object_mut()
@@ -513,9 +536,25 @@ mod tests {
             node["status"]["nodeInfo"]["containerRuntimeVersion"],
             "containerd://1.6.20"
         );
-        // An agent without a runtime (tests, benches) is Ready as before.
+        assert!(node["spec"].get("taints").is_none(), "{node}");
+        // An agent without a runtime (tests, benches) is Ready as before,
+        // and tainted so no pod is scheduled where none can run; an
+        // operator's taint stays through both.
+        node["spec"]["taints"] = json!([{"key": "dedicated", "effect": "NoSchedule"}]);
         info.runtime = None;
         apply_info(&mut node, "n", &info);
         assert_eq!(ready_of(&node).0, "True");
+        let keys = |n: &Value| -> Vec<String> {
+            n["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| t["key"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(keys(&node), ["dedicated", TAINT_NO_RUNTIME]);
+        info.runtime = Some(runtime(true, None));
+        apply_info(&mut node, "n", &info);
+        assert_eq!(keys(&node), ["dedicated"]);
     }
 }

@@ -225,6 +225,8 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
         "no pod-to-pod packets passed unmasqueraded:\n{rules}"
     );
 
+    deployment_rolls_out_across_nodes(&k);
+
     // A node that is gone loses its route everywhere. (Its pod goes first:
     // a stopped agent's containers outlive it, as they should.)
     k.ok(&["delete", "pod", "t-a2", "--timeout=60s"]);
@@ -253,4 +255,175 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
         net.exec_ok(&hosts[1], &["ip", "route", "show", "proto", "241"])
     );
     k.ok(&["delete", "pods", "--all", "--timeout=60s"]);
+}
+
+fn deployment(k: &Kubectl) -> Value {
+    get(k, &["deployment", "web"]).expect("the deployment exists")
+}
+
+fn web_pods(k: &Kubectl) -> Vec<Value> {
+    get(k, &["pods", "-l", "app=web"])
+        .and_then(|l| l["items"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+/// Wait until the Deployment is rolled out, checking on every look that
+/// availability never drops below `floor` once it was reached.
+fn watch_rollout(k: &Kubectl, floor: i64) -> Value {
+    let mut reached = false;
+    wait_for(Duration::from_secs(120), || {
+        let d = deployment(k);
+        let st = &d["status"];
+        let n = |f: &str| st[f].as_i64().unwrap_or(0);
+        reached |= n("availableReplicas") >= floor;
+        if reached {
+            assert!(
+                n("availableReplicas") >= floor,
+                "availability fell below {floor} during the rollout: {st}"
+            );
+        }
+        let want = d["spec"]["replicas"].as_i64().unwrap();
+        (st["observedGeneration"] == d["metadata"]["generation"]
+            && n("updatedReplicas") == want
+            && n("replicas") == want
+            && n("availableReplicas") == want)
+            .then_some(d.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no rollout: {}\n{}",
+            deployment(k),
+            k.ok(&["get", "rs,pods", "-o", "wide"])
+        )
+    })
+}
+
+/// The scheduler and the ReplicaSet and Deployment controllers with real
+/// kubelets: three replicas spread over the three nodes, a rolling restart
+/// that keeps them all available (25 % of 3 rounds down to none
+/// unavailable), cordon, an unschedulable pod with upstream's message.
+fn deployment_rolls_out_across_nodes(k: &Kubectl) {
+    k.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=docker.io/library/busybox:test",
+        "--replicas=3",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ]);
+    let o = k.run(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    assert!(
+        o.status.success(),
+        "{}{}\n{}",
+        stdout(&o),
+        stderr(&o),
+        k.ok(&["get", "rs,pods", "-o", "wide"])
+    );
+    let pods = web_pods(k);
+    let nodes: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p["spec"]["nodeName"].as_str())
+        .collect();
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "replicas not spread over the nodes: {nodes:?}"
+    );
+    let table = k.ok(&["get", "deployment", "web"]);
+    assert!(table.contains("3/3"), "{table}");
+    let events = k.ok(&["get", "events", "--field-selector", "reason=Scheduled"]);
+    assert!(
+        events.contains("Successfully assigned default/web-"),
+        "{events}"
+    );
+
+    // A rolling restart: a second ReplicaSet (revision 2) takes over.
+    k.ok(&["rollout", "restart", "deployment/web"]);
+    watch_rollout(k, 3);
+    let sets = get(k, &["rs", "-l", "app=web"]).unwrap();
+    let sets = sets["items"].as_array().unwrap();
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    let by_rev = |r: &str| {
+        sets.iter()
+            .find(|s| s["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == r)
+            .unwrap_or_else(|| panic!("no revision {r}: {sets:?}"))
+    };
+    assert_eq!(by_rev("1")["spec"]["replicas"], 0);
+    assert_eq!(by_rev("2")["spec"]["replicas"], 3);
+    let history = k.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Cordoned, a1 gets none of the new replicas.
+    k.ok(&["cordon", "a1"]);
+    let before: usize = web_pods(k)
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "a1")
+        .count();
+    k.ok(&["scale", "deployment/web", "--replicas=5"]);
+    watch_rollout(k, 3);
+    let on_a1 = web_pods(k)
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "a1")
+        .count();
+    assert_eq!(on_a1, before, "a cordoned node got new pods");
+    k.ok(&["uncordon", "a1"]);
+
+    // More than any node has: PodScheduled=False, upstream's message, an event.
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        &serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"},
+            "spec": {"containers": [{"name": "c", "image": "docker.io/library/busybox:test",
+                "resources": {"requests": {"cpu": "64"}}}]}})
+        .to_string(),
+    );
+    let why = wait_for(Duration::from_secs(30), || {
+        let p = get(k, &["pod", "huge"])?;
+        let c = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")?
+            .clone();
+        (c["status"] == "False").then_some(c)
+    })
+    .expect("the huge pod never became unschedulable");
+    assert_eq!(why["reason"], "Unschedulable");
+    assert!(
+        why["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("0/3 nodes are available: 3 Insufficient cpu."),
+        "{why}"
+    );
+    let events = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=huge",
+    ]);
+    assert!(events.contains("FailedScheduling"), "{events}");
+    k.ok(&["delete", "pod", "huge"]);
+
+    // Scaled down, then deleted with its sets and pods.
+    k.ok(&["scale", "deployment/web", "--replicas=1"]);
+    watch_rollout(k, 1);
+    assert_eq!(web_pods(k).len(), 1);
+    k.ok(&["delete", "deployment", "web"]);
+    let gone = wait_for(Duration::from_secs(60), || {
+        (get(k, &["pods", "-l", "app=web"])?["items"]
+            .as_array()?
+            .is_empty())
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{}",
+        k.ok(&["get", "rs,pods", "-o", "wide"])
+    );
 }

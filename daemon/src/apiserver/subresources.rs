@@ -192,37 +192,15 @@ pub async fn binding(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Respon
         });
     }
     let r = crate::registry::store::obj_ref(&t.rt, t.namespace.as_deref(), &name);
-    let mut conflict = None;
-    let now = crate::objects::now_rfc3339();
-    let res = sv
-        .registry
-        .objects
-        .modify(&r, |p| {
-            if p.pointer("/metadata/deletionTimestamp").is_some() {
-                conflict = Some("pod is being deleted, cannot be assigned to a host".to_string());
-                return false;
-            }
-            match p.pointer("/spec/nodeName").and_then(Value::as_str) {
-                Some(n) if !n.is_empty() => {
-                    conflict = Some(format!("pod {name} is already assigned to node \"{n}\""));
-                    return false;
-                }
-                _ => {}
-            }
-            p["spec"]["nodeName"] = json!(node);
-            let conds = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
-            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
-            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
-            p["status"]["conditions"] = json!(conds);
-            true
-        })
+    match crate::registry::core::bind_pod(&sv.registry.objects, &r, &node)
         .await
-        .map_err(crate::registry::store::store_err(&t.rt, &name))?;
-    if res.is_none() {
-        return Err(KubeError::NotFound(t.subject(&name)));
-    }
-    if let Some(m) = conflict {
-        return Err(KubeError::Conflict(t.subject(&name), m));
+        .map_err(crate::registry::store::store_err(&t.rt, &name))?
+    {
+        crate::registry::core::Bound::Yes => {}
+        crate::registry::core::Bound::Missing => return Err(KubeError::NotFound(t.subject(&name))),
+        crate::registry::core::Bound::Refused(m) => {
+            return Err(KubeError::Conflict(t.subject(&name), m))
+        }
     }
     Ok(success(StatusCode::CREATED))
 }

@@ -1,11 +1,16 @@
 //! Controllers the elected leader runs over the registry: the garbage
 //! collector (ownerReferences, foreground/orphan deletion), namespace
-//! termination, ClusterRole aggregation and the service-account plumbing. They read the watch cache and write through the registry,
-//! like any other client.
+//! termination, ClusterRole aggregation, the service-account plumbing,
+//! the scheduler, and the ReplicaSet and Deployment controllers. They read
+//! the watch cache and write through the registry, like any other client.
 
+pub mod client;
 pub mod clusterroles;
+pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod replicaset;
+pub mod scheduler;
 pub mod serviceaccounts;
 
 use crate::registry::cache::Cache;
@@ -21,6 +26,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let cache = Arc::new(Cache::default());
+    let client = client::Client {
+        reg: registry.clone(),
+    };
     let feed = {
         let (c, o, s) = (cache.clone(), registry.objects.clone(), stop.clone());
         async move { c.run(o, s).await }
@@ -30,6 +38,9 @@ pub async fn run(
         gc::run(registry.clone(), cache.clone(), stop.clone()),
         namespace::run(registry.clone(), cache.clone(), stop.clone()),
         clusterroles::run(registry.clone(), cache.clone(), stop.clone()),
+        scheduler::run(client.clone(), cache.clone(), stop.clone()),
+        replicaset::run(client.clone(), cache.clone(), stop.clone()),
+        deployment::run(client, cache.clone(), stop.clone()),
         serviceaccounts::run(registry, cache, auth, ca_pem, stop),
     );
 }

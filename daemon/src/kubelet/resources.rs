@@ -9,37 +9,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 const CPU_PERIOD: i64 = 100_000;
 
-/// A Kubernetes quantity in thousandths (`500m` → 500, `2` → 2000,
-/// `128Mi` → 134217728000). `None` for what it cannot read.
-pub fn milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let factor: i128 = match suffix {
-        "" => 1000,
-        "m" => 1,
-        "k" => 1000 * 1000,
-        "M" => 1000 * 1_000_000,
-        "G" => 1000 * 1_000_000_000,
-        "T" => 1000 * 1_000_000_000_000,
-        "Ki" => 1000 * 1024,
-        "Mi" => 1000 * 1024 * 1024,
-        "Gi" => 1000 * 1024 * 1024 * 1024,
-        "Ti" => 1000 * 1024 * 1024 * 1024 * 1024,
-        _ => return None,
-    };
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let int: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut value = int.checked_mul(factor)?;
-    if !frac.is_empty() {
-        let digits = frac.len().min(9) as u32;
-        let f: i128 = frac[..digits as usize].parse().ok()?;
-        value += f * factor / 10i128.pow(digits);
-    }
-    Some(value)
-}
+pub use crate::quantity::milli;
 
 fn quantity(
     map: &Option<

@@ -1353,3 +1353,55 @@ mod tests {
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
     }
 }
+
+/// What became of a binding (`pods/binding`, the scheduler).
+#[derive(Debug, PartialEq)]
+pub enum Bound {
+    Yes,
+    Missing,
+    /// Being deleted or already bound: upstream's message.
+    Refused(String),
+}
+
+/// Bind the pod at `r` to `node` once, with its PodScheduled condition.
+pub async fn bind_pod(
+    objects: &crate::objects::Objects,
+    r: &crate::objects::Ref,
+    node: &str,
+) -> crate::objects::Result<Bound> {
+    let mut refused = None;
+    let now = crate::objects::now_rfc3339();
+    let name = r.name.clone();
+    let res = objects
+        .modify(r, |p| {
+            if p.pointer("/metadata/deletionTimestamp").is_some() {
+                refused = Some("pod is being deleted, cannot be assigned to a host".to_string());
+                return false;
+            }
+            match p.pointer("/spec/nodeName").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() => {
+                    refused = Some(format!("pod {name} is already assigned to node \"{n}\""));
+                    return false;
+                }
+                _ => {}
+            }
+            p["spec"]["nodeName"] = json!(node);
+            let conds = p["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conds: Vec<Value> = conds
+                .into_iter()
+                .filter(|c| c["type"] != "PodScheduled")
+                .collect();
+            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+            p["status"]["conditions"] = json!(conds);
+            true
+        })
+        .await?;
+    Ok(match (res, refused) {
+        (_, Some(m)) => Bound::Refused(m),
+        (None, None) => Bound::Missing,
+        (Some(_), None) => Bound::Yes,
+    })
+}

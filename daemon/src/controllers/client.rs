@@ -1,0 +1,170 @@
+//! What the workload controllers and the scheduler do through the
+//! registry's one write path: create, delete, write status, record Events
+//! (deduplicated with a count, as upstream's recorder does).
+
+use crate::registry::error::KubeError;
+use crate::registry::store::{DeleteOptions, Preconditions, WriteOptions};
+use crate::registry::{Registry, ResourceType};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Client {
+    pub reg: Arc<Registry>,
+}
+
+pub fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn deleting(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+/// The owner reference with `controller: true`, if any.
+pub fn controller_uid(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"] == true)?
+        .get("uid")?
+        .as_str()
+}
+
+/// A controller owner reference to `owner`.
+pub fn controller_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+impl Client {
+    pub fn kind(&self, group: &str, version: &str, resource: &str) -> ResourceType {
+        self.reg
+            .find(group, version, resource)
+            .expect("built-in kinds are registered")
+    }
+
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        obj: Value,
+    ) -> Result<Value, KubeError> {
+        self.reg
+            .create(rt, Some(ns), obj, &WriteOptions::default())
+            .await
+            .map(|w| w.object)
+    }
+
+    /// Delete `name` if it still has `uid` (gone already is fine).
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), KubeError> {
+        let opts = DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            preconditions: Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            },
+            ..Default::default()
+        };
+        match self.reg.delete(rt, Some(ns), name, &opts).await {
+            Ok(_) | Err(KubeError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read-modify-write of an object (`status` false) or its status,
+    /// retried on conflicts; `f` returns false to leave it alone.
+    pub async fn update(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        status: bool,
+        mut f: impl FnMut(&mut Value) -> bool,
+    ) -> Result<(), KubeError> {
+        for _ in 0..8 {
+            let old = match self.reg.get(rt, Some(ns), name).await {
+                Ok(o) => o,
+                Err(KubeError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut new = old.clone();
+            if !f(&mut new) {
+                return Ok(());
+            }
+            let sub = status.then_some("status");
+            match self
+                .reg
+                .update(rt, Some(ns), name, &old, new, sub, &WriteOptions::default())
+                .await
+            {
+                Err(KubeError::Conflict(..)) => continue,
+                Err(KubeError::NotFound(_)) => return Ok(()),
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(KubeError::Unavailable(format!(
+            "{}/{name}: too many concurrent updates",
+            rt.resource
+        )))
+    }
+
+    /// Record an Event about `involved` from `component`; the same event
+    /// again raises its count.
+    pub async fn event(
+        &self,
+        involved: &Value,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
+        let ns = match s(involved, "/metadata/namespace") {
+            "" => "default",
+            n => n,
+        };
+        let name = s(involved, "/metadata/name");
+        let uid = s(involved, "/metadata/uid");
+        let digest = Sha256::digest(format!("{uid}\0{reason}\0{message}\0{component}"));
+        let ev_name = format!("{name}.{}", hex::encode(&digest[..8]));
+        let rt = self.kind("", "v1", "events");
+        let now = crate::objects::now_rfc3339();
+        let mut bumped = false;
+        let r = self
+            .update(&rt, ns, &ev_name, false, |ev| {
+                bumped = true;
+                ev["count"] = json!(ev["count"].as_i64().unwrap_or(1) + 1);
+                ev["lastTimestamp"] = json!(now);
+                true
+            })
+            .await;
+        if bumped && r.is_ok() {
+            return;
+        }
+        let ev = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": ev_name, "namespace": ns},
+            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
+                "namespace": ns, "name": name, "uid": uid,
+                "resourceVersion": involved.pointer("/metadata/resourceVersion")},
+            "type": type_, "reason": reason, "message": message,
+            "source": {"component": component}, "reportingComponent": component,
+            "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+        });
+        match self.create(&rt, ns, ev).await {
+            Ok(_) | Err(KubeError::AlreadyExists(_)) => {}
+            Err(e) => tracing::debug!(error = %e, reason, "could not record an event"),
+        }
+    }
+}

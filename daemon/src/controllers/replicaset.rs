@@ -1,0 +1,378 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods of the template
+//! (owned by the set through a controller reference) and reports how many
+//! exist, are ready and available.
+//!
+//! Like upstream's it remembers what it just created or deleted
+//! ("expectations") and does not act on a set again until the watch cache
+//! has seen those changes, so a slow cache never yields extra pods.
+//! Surplus pods go unscheduled first, then pending, not ready, and newest.
+
+use super::client::{controller_ref, controller_uid, deleting, s, Client};
+use crate::registry::cache::Cache;
+use crate::registry::validation::selector_matches;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+const COMPONENT: &str = "replicaset-controller";
+const PREFIX: &str = "/registry/apps/replicasets/";
+/// Full pass over every set this often, besides the changes.
+const RESYNC: Duration = Duration::from_secs(5);
+/// Upstream's burst: at most this many creations or deletions per pass.
+const BURST: usize = 500;
+/// An expectation the cache never confirmed is given up after this long.
+const EXPECTATION_TTL: Duration = Duration::from_secs(60);
+
+/// Changes made to one set that the cache has not shown yet.
+#[derive(Default)]
+struct Expected {
+    created: HashSet<String>,
+    deleted: HashSet<String>,
+    at: Option<Instant>,
+}
+
+pub fn terminal(pod: &Value) -> bool {
+    matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+pub fn ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Ready for at least `min_ready` seconds.
+pub fn available(pod: &Value, min_ready: i64, now: chrono::DateTime<chrono::Utc>) -> bool {
+    if !ready(pod) {
+        return false;
+    }
+    if min_ready <= 0 {
+        return true;
+    }
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() >= min_ready)
+}
+
+fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
+    serde_json::from_value(v.pointer("/metadata/labels").cloned().unwrap_or(json!({})))
+        .unwrap_or_default()
+}
+
+/// The set's pods that count: owned, not finished, not being deleted.
+pub fn active_pods(cache: &Cache, rs: &Value) -> Vec<Value> {
+    let uid = s(rs, "/metadata/uid");
+    cache
+        .dependents(uid)
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| controller_uid(p) == Some(uid) && p.pointer("/spec/containers").is_some())
+        .filter(|p| !terminal(p) && !deleting(p))
+        .collect()
+}
+
+/// Deletion order: unscheduled, pending, not ready, then the newest first.
+fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
+    (
+        u8::from(!s(p, "/spec/nodeName").is_empty()),
+        u8::from(s(p, "/status/phase") != "Pending"),
+        u8::from(ready(p)),
+        std::cmp::Reverse(s(p, "/metadata/creationTimestamp").to_string()),
+    )
+}
+
+struct Ctl {
+    c: Client,
+    cache: Arc<Cache>,
+    expected: HashMap<String, Expected>,
+}
+
+impl Ctl {
+    fn satisfied(&mut self, uid: &str) -> bool {
+        let Some(e) = self.expected.get_mut(uid) else {
+            return true;
+        };
+        let present: HashSet<String> = self
+            .cache
+            .dependents(uid)
+            .into_iter()
+            .filter(|(_, p)| !deleting(p))
+            .map(|(_, p)| s(&p, "/metadata/name").to_string())
+            .collect();
+        e.created.retain(|n| !present.contains(n));
+        e.deleted.retain(|n| present.contains(n));
+        let fresh = e.at.is_some_and(|t| t.elapsed() < EXPECTATION_TTL);
+        if (e.created.is_empty() && e.deleted.is_empty()) || !fresh {
+            self.expected.remove(uid);
+            return true;
+        }
+        false
+    }
+
+    async fn sync(&mut self, key: &str) {
+        let Some(rs) = self.cache.get(key) else {
+            return;
+        };
+        let uid = s(&rs, "/metadata/uid").to_string();
+        if deleting(&rs) || !self.satisfied(&uid) {
+            return;
+        }
+        let ns = s(&rs, "/metadata/namespace").to_string();
+        let name = s(&rs, "/metadata/name").to_string();
+        let want = rs
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0) as usize;
+        let pods = active_pods(&self.cache, &rs);
+        let pods_rt = self.c.kind("", "v1", "pods");
+        if pods.len() < want {
+            let mut template = rs["spec"]["template"].clone();
+            let mut meta = template["metadata"].take();
+            if !meta.is_object() {
+                meta = json!({});
+            }
+            meta["generateName"] = json!(format!("{name}-"));
+            meta["namespace"] = json!(ns);
+            meta["ownerReferences"] = json!([controller_ref(&rs, "apps/v1", "ReplicaSet")]);
+            for k in ["name", "uid", "resourceVersion", "creationTimestamp"] {
+                meta.as_object_mut().map(|m| m.remove(k));
+            }
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]});
+            let e = self.expected.entry(uid.clone()).or_default();
+            e.at = Some(Instant::now());
+            for _ in 0..(want - pods.len()).min(BURST) {
+                match self.c.create(&pods_rt, &ns, pod.clone()).await {
+                    Ok(created) => {
+                        let pname = s(&created, "/metadata/name").to_string();
+                        self.expected
+                            .entry(uid.clone())
+                            .or_default()
+                            .created
+                            .insert(pname.clone());
+                        self.c
+                            .event(
+                                &rs,
+                                "Normal",
+                                "SuccessfulCreate",
+                                &format!("Created pod: {pname}"),
+                                COMPONENT,
+                            )
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(namespace = %ns, replicaset = %name, error = %e, "could not create a pod");
+                        self.c
+                            .event(
+                                &rs,
+                                "Warning",
+                                "FailedCreate",
+                                &format!("Error creating: {e}"),
+                                COMPONENT,
+                            )
+                            .await;
+                        break;
+                    }
+                }
+            }
+        } else if pods.len() > want {
+            let mut victims = pods.clone();
+            victims.sort_by_key(deletion_rank);
+            let e = self.expected.entry(uid.clone()).or_default();
+            e.at = Some(Instant::now());
+            for p in victims.iter().take((pods.len() - want).min(BURST)) {
+                let pname = s(p, "/metadata/name").to_string();
+                match self
+                    .c
+                    .delete(&pods_rt, &ns, &pname, s(p, "/metadata/uid"))
+                    .await
+                {
+                    Ok(()) => {
+                        self.expected
+                            .entry(uid.clone())
+                            .or_default()
+                            .deleted
+                            .insert(pname.clone());
+                        self.c
+                            .event(
+                                &rs,
+                                "Normal",
+                                "SuccessfulDelete",
+                                &format!("Deleted pod: {pname}"),
+                                COMPONENT,
+                            )
+                            .await;
+                    }
+                    Err(e) => tracing::warn!(pod = %pname, error = %e, "could not delete a pod"),
+                }
+            }
+        }
+        self.write_status(&rs, &pods).await;
+    }
+
+    async fn write_status(&self, rs: &Value, pods: &[Value]) {
+        let now = chrono::Utc::now();
+        let min_ready = rs
+            .pointer("/spec/minReadySeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let template_labels = labels(&rs["spec"]["template"]);
+        let sel: LabelSelector =
+            serde_json::from_value(rs["spec"]["template"]["metadata"]["labels"].clone())
+                .map(|m| LabelSelector {
+                    match_labels: Some(m),
+                    ..Default::default()
+                })
+                .unwrap_or_default();
+        let fully = pods
+            .iter()
+            .filter(|p| template_labels.is_empty() || selector_matches(&sel, Some(&labels(p))))
+            .count();
+        let status = json!({
+            "replicas": pods.len(),
+            "fullyLabeledReplicas": fully,
+            "readyReplicas": pods.iter().filter(|p| ready(p)).count(),
+            "availableReplicas": pods.iter().filter(|p| available(p, min_ready, now)).count(),
+            "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
+        });
+        if same_counts(&rs["status"], &status) {
+            return;
+        }
+        let rt = self.c.kind("apps", "v1", "replicasets");
+        let r = self
+            .c
+            .update(
+                &rt,
+                s(rs, "/metadata/namespace"),
+                s(rs, "/metadata/name"),
+                true,
+                |o| {
+                    if same_counts(&o["status"], &status) {
+                        return false;
+                    }
+                    let conditions = o["status"]["conditions"].take();
+                    o["status"] = status.clone();
+                    if !conditions.is_null() {
+                        o["status"]["conditions"] = conditions;
+                    }
+                    true
+                },
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(replicaset = s(rs, "/metadata/name"), error = %e, "status not written");
+        }
+    }
+}
+
+/// Do two statuses agree on the counts (zeros being absent upstream)?
+fn same_counts(a: &Value, b: &Value) -> bool {
+    [
+        "replicas",
+        "fullyLabeledReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "observedGeneration",
+    ]
+    .iter()
+    .all(|k| a[k].as_i64().unwrap_or(0) == b[k].as_i64().unwrap_or(0))
+}
+
+/// Run until `stop`.
+pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
+    let mut rx = cache.subscribe();
+    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
+    let mut ctl = Ctl {
+        c,
+        cache: cache.clone(),
+        expected: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(RESYNC);
+    loop {
+        let mut dirty: HashSet<String> = HashSet::new();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                dirty.extend(cache.list(PREFIX).into_iter().map(|(k, _)| k));
+            }
+            ch = rx.recv() => match ch {
+                Ok(ch) => {
+                    let mut note = |ch: &crate::registry::cache::Change| {
+                        if ch.key.starts_with(PREFIX) {
+                            dirty.insert(ch.key.clone());
+                        } else if ch.key.starts_with("/registry/pods/") {
+                            if let Some(owner) = controller_uid(&ch.object) {
+                                if let Some((k, _)) = cache.by_uid(owner) {
+                                    if k.starts_with(PREFIX) {
+                                        dirty.insert(k);
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    note(&ch);
+                    while let Ok(more) = rx.try_recv() {
+                        note(&more);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    dirty.extend(cache.list(PREFIX).into_iter().map(|(k, _)| k));
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+        for key in dirty {
+            ctl.sync(&key).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn surplus_pods_go_unscheduled_then_unready_then_newest() {
+        let p = |name: &str, node: &str, phase: &str, ready: bool, created: &str| {
+            json!({"metadata": {"name": name, "creationTimestamp": created},
+                "spec": {"nodeName": node},
+                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
+        };
+        let mut pods = [
+            p("old-ready", "n", "Running", true, "2026-01-01T00:00:00Z"),
+            p("new-ready", "n", "Running", true, "2026-01-02T00:00:00Z"),
+            p("unready", "n", "Running", false, "2026-01-01T00:00:00Z"),
+            p("pending", "n", "Pending", false, "2026-01-01T00:00:00Z"),
+            p("unbound", "", "Pending", false, "2026-01-01T00:00:00Z"),
+        ];
+        pods.sort_by_key(deletion_rank);
+        let order: Vec<&str> = pods.iter().map(|p| s(p, "/metadata/name")).collect();
+        assert_eq!(
+            order,
+            ["unbound", "pending", "unready", "new-ready", "old-ready"]
+        );
+    }
+
+    #[test]
+    fn availability_waits_for_min_ready_seconds() {
+        let now = chrono::Utc::now();
+        let since = |secs: i64| {
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                "lastTransitionTime": (now - chrono::Duration::seconds(secs)).to_rfc3339()}]}})
+        };
+        assert!(available(&since(1), 0, now));
+        assert!(!available(&since(1), 5, now));
+        assert!(available(&since(10), 5, now));
+        assert!(!available(&json!({}), 0, now));
+    }
+}

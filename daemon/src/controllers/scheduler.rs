@@ -1,0 +1,715 @@
+//! The scheduler: binds pods without a node (schedulerName
+//! `default-scheduler`) to one, as kube-scheduler's default profile does
+//! in its essentials.
+//!
+//! Filters: the node is Ready and schedulable, its NoSchedule/NoExecute
+//! taints are tolerated, nodeSelector and required node affinity match,
+//! the pods' requests fit the allocatable cpu, memory and pod count, the
+//! host ports are free, required pod (anti-)affinity holds. Scores: least
+//! requested resources, preferred node affinity weights, and fewest pods
+//! of the same owner (replicas spread). The queue is ordered by priority,
+//! then age. An unschedulable pod gets PodScheduled=False with upstream's
+//! message (`0/3 nodes are available: ...`) and a FailedScheduling Event,
+//! and is tried again when nodes or pods change.
+
+use super::client::{controller_uid, deleting, s, Client};
+use crate::quantity::milli;
+use crate::registry::cache::Cache;
+use crate::registry::core::{bind_pod, Bound};
+use crate::registry::validation::selector_matches;
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint, Toleration,
+};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+pub const NAME: &str = "default-scheduler";
+/// Pending pods are looked at again this often even without changes.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What is already placed on a node.
+#[derive(Debug, Default, Clone)]
+struct Usage {
+    cpu_milli: i128,
+    memory: i128,
+    pods: i64,
+    ports: HashSet<(String, i32, String)>,
+    /// Pods there: namespace, labels, controller uid.
+    placed: Vec<(String, BTreeMap<String, String>, Option<String>)>,
+}
+
+/// A node as the filters see it.
+struct Candidate {
+    name: String,
+    node: Node,
+    labels: BTreeMap<String, String>,
+    alloc_cpu: i128,
+    alloc_memory: i128,
+    alloc_pods: i64,
+}
+
+/// cpu (milli) and memory (bytes) a pod asks for: the larger of its
+/// containers' sum and its largest init container, as upstream counts.
+fn requests(p: &Pod) -> (i128, i128) {
+    let get = |c: &k8s_openapi::api::core::v1::Container, k: &str| -> i128 {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|m| m.get(k))
+            .and_then(|q| milli(&q.0))
+            .unwrap_or(0)
+    };
+    let Some(spec) = p.spec.as_ref() else {
+        return (0, 0);
+    };
+    let sum = |k: &str| spec.containers.iter().map(|c| get(c, k)).sum::<i128>();
+    let init = |k: &str| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .map(|c| get(c, k))
+            .max()
+            .unwrap_or(0)
+    };
+    (
+        sum("cpu").max(init("cpu")),
+        (sum("memory").max(init("memory"))) / 1000,
+    )
+}
+
+fn host_ports(p: &Pod) -> Vec<(String, i32, String)> {
+    p.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|port| {
+            let hp = port.host_port.filter(|h| *h > 0)?;
+            Some((
+                port.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                hp,
+                port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            ))
+        })
+        .collect()
+}
+
+fn ports_clash(a: &(String, i32, String), b: &(String, i32, String)) -> bool {
+    a.1 == b.1 && a.2 == b.2 && (a.0 == b.0 || a.0 == "0.0.0.0" || b.0 == "0.0.0.0")
+}
+
+fn terminal(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
+    tolerations.iter().any(|tol| {
+        let effect_ok = tol
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == t.effect);
+        let key_ok = match tol.key.as_deref() {
+            None | Some("") => tol.operator.as_deref() == Some("Exists"),
+            Some(k) => k == t.key,
+        };
+        let value_ok = match tol.operator.as_deref() {
+            Some("Exists") => true,
+            _ => tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn requirement_holds(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let v = labels.get(&r.key);
+    let vals = r.values.clone().unwrap_or_default();
+    let num = |s: &str| s.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => v.is_some_and(|v| vals.contains(v)),
+        "NotIn" => !v.is_some_and(|v| vals.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" => v
+            .and_then(|v| num(v))
+            .zip(vals.first().and_then(|x| num(x)))
+            .is_some_and(|(a, b)| a > b),
+        "Lt" => v
+            .and_then(|v| num(v))
+            .zip(vals.first().and_then(|x| num(x)))
+            .is_some_and(|(a, b)| a < b),
+        _ => false,
+    }
+}
+
+fn term_holds(t: &NodeSelectorTerm, c: &Candidate) -> bool {
+    let fields: BTreeMap<String, String> = [("metadata.name".to_string(), c.name.clone())].into();
+    t.match_expressions
+        .iter()
+        .flatten()
+        .all(|r| requirement_holds(r, &c.labels))
+        && t.match_fields
+            .iter()
+            .flatten()
+            .all(|r| requirement_holds(r, &fields))
+}
+
+fn node_affinity_holds(p: &Pod, c: &Candidate) -> bool {
+    let spec = p.spec.as_ref().expect("pending pods have a spec");
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| c.labels.get(k) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    selector_ok && required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_holds(t, c)))
+}
+
+/// Does some pod in `c`'s topology domain (by `term.topologyKey`) match `term`?
+fn term_matched_near(
+    term: &PodAffinityTerm,
+    own_ns: &str,
+    c: &Candidate,
+    candidates: &[Candidate],
+    usage: &HashMap<String, Usage>,
+) -> bool {
+    let Some(domain) = c.labels.get(&term.topology_key) else {
+        return false;
+    };
+    let namespaces: Vec<String> = match &term.namespaces {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => vec![own_ns.to_string()],
+    };
+    let sel = term.label_selector.clone().unwrap_or_default();
+    candidates
+        .iter()
+        .filter(|o| o.labels.get(&term.topology_key) == Some(domain))
+        .filter_map(|o| usage.get(&o.name))
+        .flat_map(|u| u.placed.iter())
+        .any(|(ns, labels, _)| namespaces.contains(ns) && selector_matches(&sel, Some(labels)))
+}
+
+/// Why `p` cannot go on `c`, in upstream's words; `None` when it can.
+fn unfit(
+    p: &Pod,
+    c: &Candidate,
+    candidates: &[Candidate],
+    usage: &HashMap<String, Usage>,
+) -> Option<Vec<String>> {
+    let spec = p.spec.as_ref().expect("pending pods have a spec");
+    let node_spec = c.node.spec.clone().unwrap_or_default();
+    let ready = c
+        .node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|x| x.type_ == "Ready"))
+        .is_some_and(|x| x.status == "True");
+    if !ready {
+        return Some(vec!["node(s) were not ready".into()]);
+    }
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    if node_spec.unschedulable == Some(true)
+        && !tolerates(
+            &tolerations,
+            &Taint {
+                key: "node.kubernetes.io/unschedulable".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+        )
+    {
+        return Some(vec!["node(s) were unschedulable".into()]);
+    }
+    if let Some(t) = node_spec
+        .taints
+        .iter()
+        .flatten()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !tolerates(&tolerations, t))
+    {
+        return Some(vec![format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or("")
+        )]);
+    }
+    if !node_affinity_holds(p, c) {
+        return Some(vec![
+            "node(s) didn't match Pod's node affinity/selector".into()
+        ]);
+    }
+    let used = usage.get(&c.name).cloned().unwrap_or_default();
+    let (cpu, mem) = requests(p);
+    let mut short = Vec::new();
+    if used.pods + 1 > c.alloc_pods {
+        short.push("Too many pods".to_string());
+    }
+    if cpu > 0 && used.cpu_milli + cpu > c.alloc_cpu {
+        short.push("Insufficient cpu".to_string());
+    }
+    if mem > 0 && used.memory + mem > c.alloc_memory {
+        short.push("Insufficient memory".to_string());
+    }
+    if !short.is_empty() {
+        return Some(short);
+    }
+    if host_ports(p)
+        .iter()
+        .any(|want| used.ports.iter().any(|have| ports_clash(want, have)))
+    {
+        return Some(vec![
+            "node(s) didn't have free ports for the requested pod ports".into(),
+        ]);
+    }
+    let ns = p.metadata.namespace.clone().unwrap_or_default();
+    let affinity = spec.affinity.clone().unwrap_or_default();
+    if let Some(anti) = affinity.pod_anti_affinity.as_ref().and_then(|a| {
+        a.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    }) {
+        if anti
+            .iter()
+            .any(|t| term_matched_near(t, &ns, c, candidates, usage))
+        {
+            return Some(vec!["node(s) didn't match pod anti-affinity rules".into()]);
+        }
+    }
+    if let Some(aff) = affinity.pod_affinity.as_ref().and_then(|a| {
+        a.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    }) {
+        let own = p.metadata.labels.clone().unwrap_or_default();
+        let ok = aff.iter().all(|t| {
+            term_matched_near(t, &ns, c, candidates, usage)
+                // Upstream: the first pod of a group that selects itself
+                // may go anywhere when no match exists yet.
+                || (selector_matches(&t.label_selector.clone().unwrap_or_default(), Some(&own))
+                    && !candidates
+                        .iter()
+                        .any(|o| term_matched_near(t, &ns, o, candidates, usage)))
+        });
+        if !ok {
+            return Some(vec!["node(s) didn't match pod affinity rules".into()]);
+        }
+    }
+    None
+}
+
+/// Higher is better: least requested (0-100 each for cpu and memory),
+/// preferred node affinity, and spreading the pod's siblings.
+fn score(p: &Pod, c: &Candidate, usage: &HashMap<String, Usage>) -> i128 {
+    let used = usage.get(&c.name).cloned().unwrap_or_default();
+    let (cpu, mem) = requests(p);
+    // Upstream counts 100m/200Mi for a container that asks for nothing.
+    let cpu = if cpu == 0 { 100 } else { cpu };
+    let mem = if mem == 0 { 200 << 20 } else { mem };
+    let free = |used: i128, alloc: i128| {
+        if alloc <= 0 {
+            0
+        } else {
+            ((alloc - used).max(0) * 100) / alloc
+        }
+    };
+    let least =
+        (free(used.cpu_milli + cpu, c.alloc_cpu) + free(used.memory + mem, c.alloc_memory)) / 2;
+    let preferred: i128 = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .into_iter()
+        .flatten()
+        .filter(|t| term_holds(&t.preference, c))
+        .map(|t| t.weight as i128)
+        .sum();
+    let owner = p
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone());
+    let siblings = owner.map_or(0, |o| {
+        used.placed
+            .iter()
+            .filter(|(_, _, u)| u.as_deref() == Some(o.as_str()))
+            .count() as i128
+    });
+    least + preferred - siblings * 100
+}
+
+/// `0/3 nodes are available: 1 Insufficient cpu, 2 node(s) were unschedulable.`
+pub fn unschedulable_message(total: usize, reasons: &BTreeMap<String, usize>) -> String {
+    if total == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    format!(
+        "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
+        parts.join(", ")
+    )
+}
+
+fn candidates(cache: &Cache) -> Vec<Candidate> {
+    cache
+        .list("/registry/nodes/")
+        .into_iter()
+        .filter_map(|(_, v)| {
+            let node: Node = serde_json::from_value(v).ok()?;
+            let alloc = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.clone().or(s.capacity.clone()))
+                .unwrap_or_default();
+            let q = |k: &str| alloc.get(k).and_then(|q| milli(&q.0));
+            Some(Candidate {
+                name: node.metadata.name.clone()?,
+                labels: node.metadata.labels.clone().unwrap_or_default(),
+                alloc_cpu: q("cpu").unwrap_or(0),
+                alloc_memory: q("memory").unwrap_or(0) / 1000,
+                alloc_pods: (q("pods").unwrap_or(110_000) / 1000) as i64,
+                node,
+            })
+        })
+        .collect()
+}
+
+fn scheduler_of(p: &Pod) -> &str {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(NAME)
+}
+
+/// One pass over the pending pods. `assumed` holds the bindings made but
+/// not yet seen in the cache (pod uid → node), as upstream's assume cache
+/// does, so the next pass counts them where they went.
+async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, String>) {
+    let nodes = candidates(cache);
+    let mut usage: HashMap<String, Usage> = HashMap::new();
+    let mut pending = Vec::new();
+    let mut seen = HashSet::new();
+    for (key, v) in cache.list("/registry/pods/") {
+        let Ok(p) = serde_json::from_value::<Pod>(v.clone()) else {
+            continue;
+        };
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        seen.insert(uid.clone());
+        let mut node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if node.is_empty() {
+            if let Some(n) = assumed.get(&uid) {
+                node = n.clone();
+            }
+        } else {
+            assumed.remove(&uid);
+        }
+        if node.is_empty() {
+            if !deleting(&v) && (scheduler_of(&p) == NAME || scheduler_of(&p).is_empty()) {
+                pending.push((key, v, p));
+            }
+            continue;
+        }
+        if terminal(&p) {
+            continue;
+        }
+        let u = usage.entry(node).or_default();
+        let (cpu, mem) = requests(&p);
+        u.cpu_milli += cpu;
+        u.memory += mem;
+        u.pods += 1;
+        u.ports.extend(host_ports(&p));
+        u.placed.push((
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.labels.clone().unwrap_or_default(),
+            controller_uid(&v).map(str::to_string),
+        ));
+    }
+    assumed.retain(|uid, _| seen.contains(uid));
+    // Priority first, then the oldest.
+    pending.sort_by(|a, b| {
+        let prio = |p: &Pod| p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        prio(&b.2).cmp(&prio(&a.2)).then_with(|| {
+            s(&a.1, "/metadata/creationTimestamp").cmp(s(&b.1, "/metadata/creationTimestamp"))
+        })
+    });
+    for (_, v, p) in pending {
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(i128, &Candidate)> = None;
+        for n in &nodes {
+            match unfit(&p, n, &nodes, &usage) {
+                Some(why) => {
+                    for r in why {
+                        *reasons.entry(r).or_default() += 1;
+                    }
+                }
+                None => {
+                    let sc = score(&p, n, &usage);
+                    // Ties go to the name that sorts first, so runs repeat.
+                    if best.is_none_or(|(b, bn)| sc > b || (sc == b && n.name < bn.name)) {
+                        best = Some((sc, n));
+                    }
+                }
+            }
+        }
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone().unwrap_or_default();
+        match best {
+            Some((_, n)) => {
+                let r = crate::objects::Ref::namespaced("pods", &ns, &name);
+                match bind_pod(&c.reg.objects, &r, &n.name).await {
+                    Ok(Bound::Yes) => {
+                        if let Some(uid) = p.metadata.uid.clone() {
+                            assumed.insert(uid, n.name.clone());
+                        }
+                        let u = usage.entry(n.name.clone()).or_default();
+                        let (cpu, mem) = requests(&p);
+                        u.cpu_milli += cpu;
+                        u.memory += mem;
+                        u.pods += 1;
+                        u.ports.extend(host_ports(&p));
+                        u.placed.push((
+                            ns.clone(),
+                            p.metadata.labels.clone().unwrap_or_default(),
+                            controller_uid(&v).map(str::to_string),
+                        ));
+                        tracing::debug!(namespace = %ns, pod = %name, node = %n.name, "pod scheduled");
+                        c.event(
+                            &v,
+                            "Normal",
+                            "Scheduled",
+                            &format!("Successfully assigned {ns}/{name} to {}", n.name),
+                            NAME,
+                        )
+                        .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(pod = %name, error = %e, "could not bind a pod"),
+                }
+            }
+            None => {
+                let message = unschedulable_message(nodes.len(), &reasons);
+                let rt = c.kind("", "v1", "pods");
+                let mut changed = false;
+                let now = crate::objects::now_rfc3339();
+                let r = c
+                    .update(&rt, &ns, &name, true, |pod| {
+                        let conds = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                        let same = conds.iter().any(|x| {
+                            x["type"] == "PodScheduled" && x["status"] == "False" && x["message"] == message.as_str()
+                        });
+                        if same {
+                            return false;
+                        }
+                        let mut conds: Vec<Value> =
+                            conds.into_iter().filter(|x| x["type"] != "PodScheduled").collect();
+                        conds.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": message, "lastProbeTime": null, "lastTransitionTime": now}));
+                        pod["status"]["conditions"] = json!(conds);
+                        if pod["status"]["phase"].is_null() {
+                            pod["status"]["phase"] = json!("Pending");
+                        }
+                        changed = true;
+                        true
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(pod = %name, error = %e, "could not write PodScheduled");
+                }
+                if changed {
+                    tracing::info!(namespace = %ns, pod = %name, %message, "pod is unschedulable");
+                    c.event(&v, "Warning", "FailedScheduling", &message, NAME)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Schedule until `stop`: on every pod or node change (gathered for a
+/// moment, so a burst of creations is one pass) and every few seconds.
+pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
+    let mut rx = cache.subscribe();
+    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
+    let mut tick = tokio::time::interval(RETRY);
+    let mut assumed = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            ch = rx.recv() => match ch {
+                Ok(ch) if ch.key.starts_with("/registry/pods/") || ch.key.starts_with("/registry/nodes/") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Drain what arrived meanwhile: one pass covers it.
+                    while rx.try_recv().is_ok() {}
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+        schedule(&c, &cache, &mut assumed).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_counts_reasons_as_upstream() {
+        let mut r = BTreeMap::new();
+        r.insert("node(s) were unschedulable".to_string(), 2);
+        r.insert("Insufficient cpu".to_string(), 1);
+        let m = unschedulable_message(3, &r);
+        assert!(
+            m.starts_with(
+                "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) were unschedulable."
+            ),
+            "{m}"
+        );
+        assert_eq!(
+            unschedulable_message(0, &r),
+            "no nodes available to schedule pods"
+        );
+    }
+
+    #[test]
+    fn tolerations_match_taints() {
+        let taint = Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        let tol = |k: Option<&str>, op: &str, v: Option<&str>, e: Option<&str>| Toleration {
+            key: k.map(Into::into),
+            operator: Some(op.into()),
+            value: v.map(Into::into),
+            effect: e.map(Into::into),
+            ..Default::default()
+        };
+        assert!(tolerates(
+            &[tol(Some("dedicated"), "Equal", Some("gpu"), None)],
+            &taint
+        ));
+        assert!(tolerates(
+            &[tol(Some("dedicated"), "Exists", None, Some("NoSchedule"))],
+            &taint
+        ));
+        assert!(tolerates(&[tol(None, "Exists", None, None)], &taint));
+        assert!(!tolerates(
+            &[tol(Some("dedicated"), "Equal", Some("cpu"), None)],
+            &taint
+        ));
+        assert!(!tolerates(
+            &[tol(Some("dedicated"), "Exists", None, Some("NoExecute"))],
+            &taint
+        ));
+        assert!(!tolerates(&[], &taint));
+    }
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn node(name: &str, cpu: &str, labels: Value) -> Candidate {
+        let n: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "2"},
+                "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        Candidate {
+            name: name.into(),
+            labels: n.metadata.labels.clone().unwrap_or_default(),
+            alloc_cpu: milli(cpu).unwrap(),
+            alloc_memory: 1 << 30,
+            alloc_pods: 2,
+            node: n,
+        }
+    }
+
+    #[test]
+    fn filters_say_why() {
+        let nodes = vec![
+            node("a", "1", json!({"disk": "ssd"})),
+            node("b", "4", json!({"disk": "hdd"})),
+        ];
+        let usage = HashMap::new();
+        let big = pod(
+            json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [
+            {"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}}}]}}),
+        );
+        assert_eq!(
+            unfit(&big, &nodes[0], &nodes, &usage),
+            Some(vec!["Insufficient cpu".to_string()])
+        );
+        assert_eq!(unfit(&big, &nodes[1], &nodes, &usage), None);
+        let ssd = pod(
+            json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {
+            "nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": "i"}]}}),
+        );
+        assert_eq!(unfit(&ssd, &nodes[0], &nodes, &usage), None);
+        assert!(
+            unfit(&ssd, &nodes[1], &nodes, &usage).unwrap()[0].contains("node affinity/selector")
+        );
+        let mut full = HashMap::new();
+        full.insert(
+            "a".to_string(),
+            Usage {
+                pods: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            unfit(&ssd, &nodes[0], &nodes, &full),
+            Some(vec!["Too many pods".to_string()])
+        );
+        // Anti-affinity on the hostname keeps two replicas apart.
+        let mut placed = HashMap::new();
+        placed.insert(
+            "a".to_string(),
+            Usage {
+                pods: 1,
+                placed: vec![(
+                    "d".into(),
+                    [("app".to_string(), "web".to_string())].into(),
+                    None,
+                )],
+                ..Default::default()
+            },
+        );
+        let labelled = |n: &str| node(n, "4", json!({"kubernetes.io/hostname": n}));
+        let hosts = vec![labelled("a"), labelled("b")];
+        let apart = pod(
+            json!({"metadata": {"name": "p", "namespace": "d", "labels": {"app": "web"}}, "spec": {
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}},
+            "containers": [{"name": "c", "image": "i"}]}}),
+        );
+        assert!(unfit(&apart, &hosts[0], &hosts, &placed).is_some());
+        assert_eq!(unfit(&apart, &hosts[1], &hosts, &placed), None);
+    }
+}
