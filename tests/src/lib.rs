@@ -433,6 +433,10 @@ impl Agent {
         self.proc = Proc::spawn(&label, cmd, self.dir.join("agent.log"));
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid().expect("agent running")
+    }
+
     pub fn node_config_dir(&self) -> PathBuf {
         self.dir.join("node")
     }

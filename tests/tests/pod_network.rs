@@ -360,6 +360,27 @@ fn deployment_rolls_out_across_nodes(k: &Kubectl) {
     let history = k.ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
 
+    // Undo brings the first template back: its ReplicaSet is reused and
+    // becomes revision 3.
+    let first = by_rev("1")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    k.ok(&["rollout", "undo", "deployment/web"]);
+    watch_rollout(k, 3);
+    let sets = get(k, &["rs", "-l", "app=web"]).unwrap();
+    let sets = sets["items"].as_array().unwrap();
+    assert_eq!(sets.len(), 2, "undo made a new set: {sets:?}");
+    let back = sets
+        .iter()
+        .find(|s| s["metadata"]["name"] == first.as_str())
+        .unwrap();
+    assert_eq!(
+        back["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    assert_eq!(back["spec"]["replicas"], 3);
+
     // Cordoned, a1 gets none of the new replicas.
     k.ok(&["cordon", "a1"]);
     let before: usize = web_pods(k)

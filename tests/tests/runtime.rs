@@ -391,6 +391,47 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     assert!(wait_for(READY, || (phase("done")["phase"] == "Succeeded")
         .then_some(()))
     .is_some());
+    // `kubectl run --restart=Never`: the scheduler places it, it ends
+    // Succeeded (exit 0) or Failed with its exit code.
+    for (name, code) in [("run-ok", "0"), ("run-7", "7")] {
+        k.ok(&[
+            "run",
+            name,
+            &format!("--image={image}"),
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {code}"),
+        ]);
+    }
+    let ended = |n: &str| {
+        wait_for(READY, || {
+            let s = phase(n);
+            matches!(s["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("{n} never ended: {}\n{}", phase(n), server.log()))
+    };
+    assert_eq!(ended("run-ok")["phase"], "Succeeded");
+    let failed7 = ended("run-7");
+    assert_eq!(failed7["phase"], "Failed");
+    assert_eq!(
+        failed7["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        7
+    );
+    // A container that keeps crashing: RESTARTS rise, CrashLoopBackOff.
+    apply("crash", pod_json("crash", "exit 1", "Always", image));
+    let looping = wait_for(Duration::from_secs(90), || {
+        let s = phase("crash");
+        let cs = &s["containerStatuses"][0];
+        (cs["restartCount"].as_i64()? >= 2
+            && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then_some(())
+    });
+    assert!(looping.is_some(), "{}", phase("crash"));
+    let table = k.ok(&["get", "pod", "crash"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
     let missing = wait_for(READY, || {
         let s = phase("missing");
         (s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull")
@@ -457,7 +498,12 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     );
     assert!(!log.exists(), "the pod's logs outlived it");
     // The rest go the same way (and take their logs with them).
-    delete_all(&k, &["fails", "done", "missing", "target", "pinger"]);
+    delete_all(
+        &k,
+        &[
+            "fails", "done", "missing", "target", "pinger", "run-ok", "run-7", "crash",
+        ],
+    );
 }
 
 #[test]

@@ -249,6 +249,47 @@ impl Ctl {
         }
     }
 
+    /// The Deployment carries its current revision, as upstream's does
+    /// (`kubectl rollout undo` patches that annotation).
+    async fn annotate_revision(&self, d: &Value, new: &Value) {
+        let Some(rev) = new
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(REVISION))
+            .cloned()
+        else {
+            return;
+        };
+        if d.pointer("/metadata/annotations")
+            .and_then(|a| a.get(REVISION))
+            == Some(&rev)
+        {
+            return;
+        }
+        let dt = self.c.kind("apps", "v1", "deployments");
+        let r = self
+            .c
+            .update(
+                &dt,
+                s(d, "/metadata/namespace"),
+                s(d, "/metadata/name"),
+                false,
+                |o| {
+                    if !o["metadata"]["annotations"].is_object() {
+                        o["metadata"]["annotations"] = json!({});
+                    }
+                    if o["metadata"]["annotations"][REVISION] == rev {
+                        return false;
+                    }
+                    o["metadata"]["annotations"][REVISION] = rev.clone();
+                    true
+                },
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(deployment = s(d, "/metadata/name"), error = %e, "revision annotation not written");
+        }
+    }
+
     async fn set_progressing(&self, d: &Value, status: &str, reason: &str, message: &str) {
         let dt = self.c.kind("apps", "v1", "deployments");
         let now = crate::objects::now_rfc3339();
@@ -284,6 +325,9 @@ impl Ctl {
         } else {
             self.new_set(&d, &sets).await
         };
+        if let Some(n) = &new {
+            self.annotate_revision(&d, n).await;
+        }
         let new_uid = new.as_ref().map(|n| s(n, "/metadata/uid").to_string());
         let old: Vec<&Value> = sets
             .iter()

@@ -3,10 +3,11 @@
 //! A real API client with the node's certificate (`api`), so the Node
 //! authorizer limits it to this node's pods and their objects. It lists
 //! and watches `pods?fieldSelector=spec.nodeName=<node>`, and every second
-//! (and on each change) syncs every pod against the runtime (`pods`):
-//! sandbox, containers, restarts, status. A pod being deleted is stopped
-//! (its grace period), torn down, and then deleted for good by the kubelet,
-//! as upstream's does; sandboxes of pods that no longer exist are removed.
+//! (and on each change) syncs every pod against the runtime (`pods`),
+//! eight at a time: sandbox, containers, restarts, status. A pod being
+//! deleted is stopped in a task of its own (its grace period), torn down,
+//! and then deleted for good by the kubelet, as upstream's does; sandboxes
+//! of pods that no longer exist are removed.
 
 pub mod hooks;
 pub mod logs;
@@ -19,6 +20,7 @@ pub mod volumes;
 
 use crate::apiclient::{self, Api, Identity};
 use crate::runtime::cri::Cri;
+use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use rk3s_api::tunnel::RuntimeInfo;
 use serde_json::Value;
@@ -27,6 +29,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+
+/// Pods synced at once.
+const PARALLEL_SYNCS: usize = 8;
 use tokio_util::sync::CancellationToken;
 
 pub struct KubeletParams {
@@ -205,7 +210,11 @@ pub async fn run(
         desired.clone(),
         cancel.child_token(),
     ));
+    let node = Arc::new(node);
     let mut tracked: HashMap<String, pods::Tracked> = HashMap::new();
+    // Pods being stopped, each in a task of its own: a grace period must
+    // not hold up the other pods.
+    let terminating: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -219,63 +228,82 @@ pub async fn run(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (uid, pod) in &snapshot {
-            sync_one(
-                &api,
-                &cri_,
-                &node,
-                uid,
-                pod,
-                tracked.entry(uid.clone()).or_default(),
-            )
-            .await;
+        let live: std::collections::HashSet<String> =
+            snapshot.iter().map(|(u, _)| u.clone()).collect();
+        let mut work = Vec::new();
+        for (uid, pod) in snapshot {
+            if pod.metadata.deletion_timestamp.is_some() {
+                if terminating.lock().expect("terminating").insert(uid.clone()) {
+                    let (api, cri_, node, terminating) =
+                        (api.clone(), cri_.clone(), node.clone(), terminating.clone());
+                    tokio::spawn(async move {
+                        terminate(&api, &cri_, &node, &uid, &pod).await;
+                        terminating.lock().expect("terminating").remove(&uid);
+                    });
+                }
+                continue;
+            }
+            let st = tracked.remove(&uid).unwrap_or_default();
+            work.push((uid, pod, st));
         }
+        // Pods are independent: sync several at once, as upstream's pod
+        // workers do, so a burst of new pods does not start one by one.
+        let done: Vec<(String, pods::Tracked)> = stream::iter(work)
+            .map(|(uid, pod, mut st)| {
+                let (api, cri_, node) = (&api, &cri_, &node);
+                async move {
+                    sync_one(api, cri_, node, &pod, &mut st).await;
+                    (uid, st)
+                }
+            })
+            .buffer_unordered(PARALLEL_SYNCS)
+            .collect()
+            .await;
+        tracked.extend(done);
         if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
-            let live: std::collections::HashSet<&String> =
-                snapshot.iter().map(|(u, _)| u).collect();
             tracked.retain(|u, _| live.contains(u));
+            let live: std::collections::HashSet<&String> = live.iter().collect();
             remove_orphans(&cri_, &node, &live).await;
         }
     }
 }
 
-async fn sync_one(
-    api: &Api,
-    cri_: &Cri,
-    node: &pods::NodeCtx,
-    uid: &str,
-    pod: &Pod,
-    st: &mut pods::Tracked,
-) {
+/// Stop a deleted pod within its grace period, remove its files, and
+/// delete it for good.
+async fn terminate(api: &Api, cri_: &Cri, node: &pods::NodeCtx, uid: &str, pod: &Pod) {
     let (ns, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
     );
-    if pod.metadata.deletion_timestamp.is_some() {
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .unwrap_or_else(|| pods::grace_of(pod));
-        match pods::teardown(cri_, uid, grace, Some(pod)).await {
-            Ok(()) => {
-                // Its files go first: once the object is gone nothing
-                // points at them.
-                node.remove_pod_files(&ns, &name, uid);
-                match api.delete_pod(&ns, &name, uid).await {
-                    Ok(()) => {
-                        tracing::info!(namespace = %ns, pod = %name, "pod terminated and deleted")
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %name, error = %e, "kubelet: final delete failed; retrying")
-                    }
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .unwrap_or_else(|| pods::grace_of(pod));
+    match pods::teardown(cri_, uid, grace, Some(pod)).await {
+        Ok(()) => {
+            // Its files go first: once the object is gone nothing
+            // points at them.
+            node.remove_pod_files(&ns, &name, uid);
+            match api.delete_pod(&ns, &name, uid).await {
+                Ok(()) => {
+                    tracing::info!(namespace = %ns, pod = %name, "pod terminated and deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "kubelet: final delete failed; retrying")
                 }
             }
-            Err(e) => {
-                tracing::warn!(pod = %name, error = %e.message(), "kubelet: stopping the pod failed; retrying")
-            }
         }
-        return;
+        Err(e) => {
+            tracing::warn!(pod = %name, error = %e.message(), "kubelet: stopping the pod failed; retrying")
+        }
     }
+}
+
+async fn sync_one(api: &Api, cri_: &Cri, node: &pods::NodeCtx, pod: &Pod, st: &mut pods::Tracked) {
+    let (ns, name) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
     if st.start_time.is_none() {
         st.start_time = pod
             .status

@@ -1,0 +1,340 @@
+//! Pod start benchmark on one node (needs root, containerd, runc, the CNI
+//! plugins and busybox-static, as the runtime tests do).
+//!
+//! cargo build --release --workspace
+//! target/release/rk3s-podbench [--pods 30] [--many 100] [--idle-secs 30]
+//!
+//! A server without a node (`--disable-agent`) and one agent running
+//! containerd, so the agent process is the kubelet (plus its tunnel and
+//! load balancer). In the same run:
+//! 1. baseline: `ctr run -d` of the same image in the agent's containerd,
+//!    `--pods` times one after the other (no sandbox, no network);
+//! 2. pods one after the other: create → Running, as the pod watch sees it;
+//! 3. a burst: `--pods` pods created at once, each create → Running;
+//! 4. the agent's RSS with no pods and with `--many` pods running, and its
+//!    CPU over `--idle-secs` with `--pods` pods running.
+
+use rk3s_tests::pods::{with_busybox, Containers};
+use rk3s_tests::{arg, Agent, Server, RUNTIME};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const IMAGE: &str = "docker.io/library/busybox:test";
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+fn client(server: &Server) -> reqwest::Client {
+    let tls = server.data_dir.join("server/tls");
+    let mut pem = std::fs::read(tls.join("client-admin.crt")).unwrap();
+    pem.extend(std::fs::read(tls.join("client-admin.key")).unwrap());
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "pods"}},
+        "spec": {"terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]}]}})
+}
+
+/// When each pod was first seen Running, from one watch.
+#[derive(Default)]
+struct Running {
+    at: Mutex<HashMap<String, Instant>>,
+    changed: Notify,
+}
+
+async fn follow(http: reqwest::Client, base: String, running: Arc<Running>) {
+    use futures_util::StreamExt;
+    let r = http
+        .get(format!(
+            "{base}/api/v1/namespaces/default/pods?watch=1&labelSelector=bench%3Dpods"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            let o = &ev["object"];
+            if o["status"]["phase"] == "Running" {
+                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+                running
+                    .at
+                    .lock()
+                    .unwrap()
+                    .entry(name)
+                    .or_insert_with(Instant::now);
+                running.changed.notify_waiters();
+            }
+        }
+    }
+}
+
+async fn until_running(running: &Running, names: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let notified = running.changed.notified();
+        if names
+            .iter()
+            .all(|n| running.at.lock().unwrap().contains_key(n))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pods not Running within 5 min");
+        let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+    }
+}
+
+async fn create(http: &reqwest::Client, base: &str, name: &str) -> Instant {
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/pods"))
+        .json(&pod(name))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "create {name}: {}", r.status());
+    t0
+}
+
+async fn delete_all(http: &reqwest::Client, base: &str) {
+    let r = http
+        .delete(format!(
+            "{base}/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let list: Value = http
+            .get(format!(
+                "{base}/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["items"].as_array().is_none_or(Vec::is_empty) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pods not deleted within 3 min");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn containerd_pid(agent_dir: &Path) -> Option<u32> {
+    let cfg = agent_dir.join("data/agent/etc/containerd/config.toml");
+    let o = std::process::Command::new("pgrep")
+        .args(["-f", &format!("containerd -c {}", cfg.display())])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn ctr(socket: &Path, args: &[&str]) {
+    let o = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = arg("--pods", 30);
+    let many: usize = arg("--many", 100);
+    let idle_secs: u64 = arg("--idle-secs", 30);
+    let t = rk3s_tests::tempdir();
+    let sdir = t.path().join("s");
+    let adir = t.path().join("a");
+    with_busybox(&adir);
+    let server = Server::start(&sdir, &["--disable-agent"]);
+    let _containers = Containers::of(&adir.join("data"));
+    let agent = Agent::start(
+        &adir,
+        "bench",
+        &server.url(),
+        &server.token_file(),
+        &[RUNTIME, "--kubelet-arg=max-pods=250"],
+    );
+    assert!(
+        server.wait_status("bench", "Ready", Duration::from_secs(120)),
+        "the node never became Ready:\n{}",
+        agent.log()
+    );
+    let socket = adir.join("data/agent/run/containerd/containerd.sock");
+    // The image is imported by then; give the agent a moment to settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_idle = rss_kib(agent.pid());
+
+    // 1. ctr run, one after the other.
+    let mut ctr_lat = Vec::new();
+    for i in 0..n {
+        let id = format!("bench-ctr-{i}");
+        let t0 = Instant::now();
+        ctr(
+            &socket,
+            &["run", "-d", "--null-io", IMAGE, &id, "sleep", "3600"],
+        );
+        ctr_lat.push(t0.elapsed());
+    }
+    for i in 0..n {
+        let id = format!("bench-ctr-{i}");
+        ctr(&socket, &["task", "kill", "-s", "KILL", &id]);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..n {
+        let id = format!("bench-ctr-{i}");
+        let _ = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["--namespace", "k8s.io", "task", "rm", "-f", &id])
+            .output();
+        ctr(&socket, &["container", "rm", &id]);
+    }
+
+    let http = client(&server);
+    let base = server.url();
+    let running = Arc::new(Running::default());
+    let watch = tokio::spawn(follow(http.clone(), base.clone(), running.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 2. Pods one after the other.
+    let mut seq = Vec::new();
+    for i in 0..n {
+        let name = format!("seq-{i}");
+        let t0 = create(&http, &base, &name).await;
+        until_running(&running, std::slice::from_ref(&name)).await;
+        seq.push(running.at.lock().unwrap()[&name] - t0);
+    }
+    delete_all(&http, &base).await;
+
+    // 3. A burst.
+    let names: Vec<String> = (0..n).map(|i| format!("burst-{i}")).collect();
+    let b0 = Instant::now();
+    let mut starts = HashMap::new();
+    for name in &names {
+        starts.insert(name.clone(), create(&http, &base, name).await);
+    }
+    until_running(&running, &names).await;
+    let burst_total = b0.elapsed();
+    let burst: Vec<Duration> = names
+        .iter()
+        .map(|nm| running.at.lock().unwrap()[nm] - starts[nm])
+        .collect();
+
+    // 4. Idle CPU with these pods running.
+    let (apid, cpid) = (agent.pid(), containerd_pid(&adir));
+    let (a0, c0) = (cpu_secs(apid), cpid.map(cpu_secs).unwrap_or(0.0));
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let a_cpu = (cpu_secs(apid) - a0) / idle_secs as f64 * 100.0;
+    let c_cpu = (cpid.map(cpu_secs).unwrap_or(0.0) - c0) / idle_secs as f64 * 100.0;
+    let rss_n = rss_kib(apid);
+    delete_all(&http, &base).await;
+
+    // 5. RSS with many pods.
+    let names: Vec<String> = (0..many).map(|i| format!("many-{i}")).collect();
+    let m0 = Instant::now();
+    for name in &names {
+        create(&http, &base, name).await;
+    }
+    until_running(&running, &names).await;
+    let many_total = m0.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_many = rss_kib(apid);
+    watch.abort();
+    delete_all(&http, &base).await;
+
+    println!("pod start on one node, {n} each (ms):");
+    println!(
+        "  ctr run -d (baseline)     p50 {:7.1}  p99 {:7.1}",
+        pct(&ctr_lat, 0.5),
+        pct(&ctr_lat, 0.99)
+    );
+    println!(
+        "  pods one at a time        p50 {:7.1}  p99 {:7.1}  ratio p50 {:.2}x",
+        pct(&seq, 0.5),
+        pct(&seq, 0.99),
+        pct(&seq, 0.5) / pct(&ctr_lat, 0.5)
+    );
+    println!(
+        "  pods in a burst of {n:<3}    p50 {:7.1}  p99 {:7.1}  all Running after {:.1} s",
+        pct(&burst, 0.5),
+        pct(&burst, 0.99),
+        burst_total.as_secs_f64()
+    );
+    println!(
+        "{many} pods created at once: all Running after {:.1} s",
+        many_total.as_secs_f64()
+    );
+    println!(
+        "agent RSS: {:.1} MiB with 0 pods, {:.1} MiB with {n}, {:.1} MiB with {many}",
+        rss_idle as f64 / 1024.0,
+        rss_n as f64 / 1024.0,
+        rss_many as f64 / 1024.0
+    );
+    println!(
+        "idle CPU over {idle_secs} s with {n} pods: agent {a_cpu:.2} %, containerd {c_cpu:.2} % (of one core)"
+    );
+}
