@@ -473,6 +473,57 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
         "{reached:?}"
     );
 
+    // A hostPort answers on the node's addresses (portmap), and the
+    // container's limits are in its cgroup.
+    let served = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "served"},
+        "spec": {"nodeName": "server-0", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "busybox mkdir -p /www; echo hello-hostport > /www/index.html; \
+                    exec busybox httpd -f -p 8080 -h /www"],
+                "ports": [{"containerPort": 8080, "hostPort": 18080}],
+                "resources": {"requests": {"cpu": "250m", "memory": "32Mi"},
+                    "limits": {"cpu": "500m", "memory": "64Mi"}}}]}
+    });
+    apply("served", served.to_string());
+    wait_ready(&k, &server, "served");
+    let host_ip = phase("served")["hostIP"].as_str().unwrap().to_string();
+    for addr in [host_ip.as_str(), "127.0.0.1"] {
+        let url = format!("http://{addr}:18080/");
+        let body = wait_for(Duration::from_secs(20), || {
+            let o = std::process::Command::new("curl")
+                .args(["-s", "-m", "3", &url])
+                .output()
+                .ok()?;
+            let b = stdout(&o);
+            b.contains("hello-hostport").then_some(b)
+        });
+        assert!(body.is_some(), "no answer on the hostPort at {url}");
+    }
+    let cid = phase("served")["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string();
+    let socket = dir.join("data/agent/run/containerd/containerd.sock");
+    let info: Value = serde_json::from_str(&ctr(&socket, &["containers", "info", &cid])).unwrap();
+    let res = &info["Spec"]["linux"]["resources"];
+    assert_eq!(res["memory"]["limit"], 64 << 20, "{res}");
+    assert_eq!(res["cpu"]["quota"], 50_000, "{res}");
+    assert_eq!(res["cpu"]["period"], 100_000, "{res}");
+    assert_eq!(res["cpu"]["shares"], 256, "{res}");
+    // What the kernel enforces: cgroup v1 (hybrid) or v2, wherever runc put it.
+    let path = info["Spec"]["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v1 = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup{path}/memory.max");
+    let limit = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap_or_else(|e| panic!("no memory cgroup at {v1} or {v2}: {e}"));
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+
     // A restarted agent adopts the running container instead of restarting it.
     assert_eq!(server.stop(), Some(0));
     server.restart();
@@ -501,7 +552,7 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     delete_all(
         &k,
         &[
-            "fails", "done", "missing", "target", "pinger", "run-ok", "run-7", "crash",
+            "fails", "done", "missing", "target", "pinger", "run-ok", "run-7", "crash", "served",
         ],
     );
 }

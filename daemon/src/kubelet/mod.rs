@@ -246,13 +246,16 @@ pub async fn run(
             let st = tracked.remove(&uid).unwrap_or_default();
             work.push((uid, pod, st));
         }
+        // One list of sandboxes and containers for the whole pass (a
+        // failed list falls back to asking per pod).
+        let listing = pods::Listing::fetch(&cri_).await.ok();
         // Pods are independent: sync several at once, as upstream's pod
         // workers do, so a burst of new pods does not start one by one.
         let done: Vec<(String, pods::Tracked)> = stream::iter(work)
             .map(|(uid, pod, mut st)| {
-                let (api, cri_, node) = (&api, &cri_, &node);
+                let (api, cri_, node, listing) = (&api, &cri_, &node, listing.as_ref());
                 async move {
-                    sync_one(api, cri_, node, &pod, &mut st).await;
+                    sync_one(api, cri_, node, &pod, &mut st, listing).await;
                     (uid, st)
                 }
             })
@@ -299,7 +302,14 @@ async fn terminate(api: &Api, cri_: &Cri, node: &pods::NodeCtx, uid: &str, pod: 
     }
 }
 
-async fn sync_one(api: &Api, cri_: &Cri, node: &pods::NodeCtx, pod: &Pod, st: &mut pods::Tracked) {
+async fn sync_one(
+    api: &Api,
+    cri_: &Cri,
+    node: &pods::NodeCtx,
+    pod: &Pod,
+    st: &mut pods::Tracked,
+    listing: Option<&pods::Listing>,
+) {
     let (ns, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
@@ -311,7 +321,7 @@ async fn sync_one(api: &Api, cri_: &Cri, node: &pods::NodeCtx, pod: &Pod, st: &m
             .and_then(|s| s.start_time.as_ref())
             .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
     }
-    match pods::sync(cri_, api, node, pod, st).await {
+    match pods::sync(cri_, api, node, pod, st, listing).await {
         Ok(status) => {
             if st.sent.as_ref() != Some(&status) {
                 match api.patch_pod_status(&ns, &name, &status).await {

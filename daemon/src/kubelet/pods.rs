@@ -36,6 +36,10 @@ pub struct Tracked {
     probes: HashMap<String, probes::ContainerProbes>,
     /// container name → (started, ready) from its probes.
     verdicts: HashMap<String, (bool, bool)>,
+    /// container id → its last status, reused while its state stays.
+    statuses: HashMap<String, cri::ContainerStatus>,
+    /// The ready sandbox's id and address.
+    sandbox_ip: Option<(String, String)>,
 }
 
 /// The node facts a pod needs.
@@ -317,15 +321,65 @@ async fn sandboxes_of(rt: &mut Runtime, uid: &str) -> Result<Vec<cri::PodSandbox
     Ok(rt.list_pod_sandbox(req).await?.into_inner().items)
 }
 
-/// The pod's sandboxes (newest first) and latest container per name.
+/// Every sandbox and container on the node, by pod uid, from one list
+/// each (upstream's PLEG relist): a sync pass reads this instead of
+/// asking the runtime about each pod.
+#[derive(Default)]
+pub struct Listing {
+    sandboxes: HashMap<String, Vec<cri::PodSandbox>>,
+    containers: HashMap<String, Vec<cri::Container>>,
+}
+
+impl Listing {
+    pub async fn fetch(cri_: &Cri) -> Result<Self, tonic::Status> {
+        let mut rt = cri_.runtime.clone();
+        let mut l = Listing::default();
+        let sandboxes = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items;
+        for s in sandboxes {
+            if let Some(u) = s.labels.get(LABEL_UID).cloned() {
+                l.sandboxes.entry(u).or_default().push(s);
+            }
+        }
+        let containers = rt
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await?
+            .into_inner()
+            .containers;
+        for c in containers {
+            if let Some(u) = c.labels.get(LABEL_UID).cloned() {
+                l.containers.entry(u).or_default().push(c);
+            }
+        }
+        Ok(l)
+    }
+}
+
+/// The pod's sandboxes (newest first) and latest container per name, from
+/// `listing` when given. A container's status is asked for only when its
+/// state differs from the last one seen (a running or exited container's
+/// status does not change otherwise).
 async fn observe(
     cri_: &Cri,
     uid: &str,
+    listing: Option<&Listing>,
+    st: &mut Tracked,
 ) -> Result<(Vec<cri::PodSandbox>, BTreeMap<String, Seen>), tonic::Status> {
     let mut rt = cri_.runtime.clone();
-    let mut sandboxes = sandboxes_of(&mut rt, uid).await?;
+    let (mut sandboxes, containers) = match listing {
+        Some(l) => (
+            l.sandboxes.get(uid).cloned().unwrap_or_default(),
+            l.containers.get(uid).cloned().unwrap_or_default(),
+        ),
+        None => (
+            sandboxes_of(&mut rt, uid).await?,
+            containers_of(&mut rt, uid).await?,
+        ),
+    };
     sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-    let containers = containers_of(&mut rt, uid).await?;
     let mut latest: BTreeMap<String, cri::Container> = BTreeMap::new();
     for c in containers {
         let Some(n) = c.labels.get(LABEL_CONTAINER).cloned() else {
@@ -336,18 +390,31 @@ async fn observe(
         }
     }
     let mut seen = BTreeMap::new();
+    let mut statuses = HashMap::new();
     for (n, c) in latest {
-        let s = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: c.id.clone(),
-                verbose: false,
+        let cached = st
+            .statuses
+            .get(&c.id)
+            .filter(|s| {
+                s.state == c.state && c.state != cri::ContainerState::ContainerCreated as i32
             })
-            .await?
-            .into_inner()
-            .status
-            .unwrap_or_default();
+            .cloned();
+        let s = match cached {
+            Some(s) => s,
+            None => rt
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: c.id.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .unwrap_or_default(),
+        };
+        statuses.insert(c.id.clone(), s.clone());
         seen.insert(n, Seen { status: s });
     }
+    st.statuses = statuses;
     Ok((sandboxes, seen))
 }
 
@@ -466,6 +533,7 @@ pub async fn sync(
     node: &NodeCtx,
     pod: &Pod,
     st: &mut Tracked,
+    listing: Option<&Listing>,
 ) -> Result<Value, String> {
     let uid = uid(pod);
     let spec = pod.spec.clone().unwrap_or_default();
@@ -474,7 +542,7 @@ pub async fn sync(
         .clone()
         .unwrap_or_else(|| "Always".into());
     let e = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
-    let (sandboxes, mut seen) = observe(cri_, &uid).await.map_err(e)?;
+    let (sandboxes, mut seen) = observe(cri_, &uid, listing, st).await.map_err(e)?;
     let terminal = matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
@@ -516,8 +584,14 @@ pub async fn sync(
             }
         }
     };
-    let pod_ip = match &sandbox {
-        Some(id) => cri_
+    // A sandbox keeps its address: asked for once per sandbox.
+    let known_ip = sandbox
+        .as_ref()
+        .and_then(|id| st.sandbox_ip.as_ref().filter(|(s, _)| s == id))
+        .map(|(_, ip)| ip.clone());
+    let pod_ip = match (&sandbox, known_ip) {
+        (Some(_), Some(ip)) => ip,
+        (Some(id), None) => cri_
             .runtime
             .clone()
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -530,6 +604,7 @@ pub async fn sync(
             .and_then(|s| s.network)
             .map(|n| n.ip)
             .filter(|ip| !ip.is_empty())
+            .inspect(|ip| st.sandbox_ip = Some((id.clone(), ip.clone())))
             .unwrap_or_else(|| {
                 if spec.host_network.unwrap_or(false) {
                     node.ip.clone()
@@ -537,7 +612,7 @@ pub async fn sync(
                     String::new()
                 }
             }),
-        None => String::new(),
+        (None, _) => String::new(),
     };
     // Init containers one at a time, then the containers.
     let inits = spec.init_containers.clone().unwrap_or_default();
