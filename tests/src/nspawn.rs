@@ -217,6 +217,15 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        // The container's init first: SIGKILL to the first process of a PID
+        // namespace ends every process in it. Killing only systemd-nspawn
+        // leaves the booted system (and the containerd the package pulls
+        // in) running, reparented to the host's init.
+        if let Some(pid) = self.leader() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is
+            // the container's init found under our nspawn process.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
         if let Some(mut c) = self.nspawn.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -210,7 +210,6 @@ async fn main() {
     let adir = t.path().join("a");
     with_busybox(&adir);
     let server = Server::start(&sdir, &["--disable-agent"]);
-    let _containers = Containers::of(&adir.join("data"));
     let agent = Agent::start(
         &adir,
         "bench",
@@ -218,6 +217,8 @@ async fn main() {
         &server.token_file(),
         &[RUNTIME, "--kubelet-arg=max-pods=250"],
     );
+    // Declared after the agent, so it cleans up while containerd runs.
+    let _containers = Containers::of(&adir.join("data"));
     assert!(
         server.wait_status("bench", "Ready", Duration::from_secs(120)),
         "the node never became Ready:\n{}",
