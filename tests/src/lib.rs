@@ -292,6 +292,22 @@ impl Server {
         self.proc.pid().expect("server running")
     }
 
+    /// An HTTPS client with the admin's client certificate, trusting only
+    /// this server's CA.
+    pub fn admin_http(&self) -> reqwest::Client {
+        let tls = self.data_dir.join("server/tls");
+        let mut pem = std::fs::read(tls.join("client-admin.crt")).unwrap();
+        pem.extend(std::fs::read(tls.join("client-admin.key")).unwrap());
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem()).unwrap())
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap()
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Output {
         ctl(&self.socket, args)
     }

@@ -113,3 +113,21 @@ pub fn with_busybox(dir: &Path) -> std::path::PathBuf {
     std::fs::write(images.join("busybox.tar"), archive).unwrap();
     images
 }
+
+/// `ctr` against the containerd at `socket`, namespace k8s.io; its
+/// output, or a panic with its error.
+pub fn ctr(socket: &Path, args: &[&str]) -> String {
+    let o = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -6,7 +6,6 @@
 use rk3s_tests::pods::*;
 use rk3s_tests::*;
 use serde_json::Value;
-use std::path::Path;
 use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(60);
@@ -33,18 +32,6 @@ fn ready(n: &Value) -> (String, String) {
         c["status"].as_str().unwrap_or("").into(),
         c["message"].as_str().unwrap_or("").into(),
     )
-}
-
-fn ctr(socket: &Path, args: &[&str]) -> String {
-    let o = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(socket)
-        .args(["--namespace", "k8s.io"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "ctr {args:?}: {}", stderr(&o));
-    stdout(&o)
 }
 
 #[test]

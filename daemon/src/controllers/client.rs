@@ -2,12 +2,17 @@
 //! registry's one write path: create, delete, write status, record Events
 //! (deduplicated with a count, as upstream's recorder does).
 
+use crate::registry::cache::{Cache, Change};
 use crate::registry::error::KubeError;
 use crate::registry::store::{DeleteOptions, Preconditions, WriteOptions};
 use crate::registry::{Registry, ResourceType};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::Arc;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+use tokio::time::Interval;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct Client {
@@ -91,33 +96,11 @@ impl Client {
         ns: &str,
         name: &str,
         status: bool,
-        mut f: impl FnMut(&mut Value) -> bool,
+        f: impl FnMut(&mut Value) -> bool,
     ) -> Result<(), KubeError> {
-        for _ in 0..8 {
-            let old = match self.reg.get(rt, Some(ns), name).await {
-                Ok(o) => o,
-                Err(KubeError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let mut new = old.clone();
-            if !f(&mut new) {
-                return Ok(());
-            }
-            let sub = status.then_some("status");
-            match self
-                .reg
-                .update(rt, Some(ns), name, &old, new, sub, &WriteOptions::default())
-                .await
-            {
-                Err(KubeError::Conflict(..)) => continue,
-                Err(KubeError::NotFound(_)) => return Ok(()),
-                other => return other.map(|_| ()),
-            }
-        }
-        Err(KubeError::Unavailable(format!(
-            "{}/{name}: too many concurrent updates",
-            rt.resource
-        )))
+        self.reg
+            .modify_in(rt, Some(ns), name, status.then_some("status"), f)
+            .await
     }
 
     /// Record an Event about `involved` from `component`; the same event
@@ -167,4 +150,47 @@ impl Client {
             Err(e) => tracing::debug!(error = %e, reason, "could not record an event"),
         }
     }
+}
+
+/// The next batch of objects under `own` to sync: those that changed,
+/// the controller owners (under `own`) of changed objects under `child`,
+/// or all of them on `tick` or when the feed lagged. `None` at `stop` or
+/// when the cache closed.
+pub async fn next_dirty(
+    rx: &mut Receiver<Change>,
+    cache: &Cache,
+    own: &str,
+    child: &str,
+    tick: &mut Interval,
+    stop: &CancellationToken,
+) -> Option<HashSet<String>> {
+    let mut dirty = HashSet::new();
+    let all =
+        |dirty: &mut HashSet<String>| dirty.extend(cache.list(own).into_iter().map(|(k, _)| k));
+    let note = |ch: &Change, dirty: &mut HashSet<String>| {
+        if ch.key.starts_with(own) {
+            dirty.insert(ch.key.clone());
+        } else if ch.key.starts_with(child) {
+            if let Some((k, _)) = controller_uid(&ch.object).and_then(|u| cache.by_uid(u)) {
+                if k.starts_with(own) {
+                    dirty.insert(k);
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => return None,
+        _ = tick.tick() => all(&mut dirty),
+        ch = rx.recv() => match ch {
+            Ok(ch) => {
+                note(&ch, &mut dirty);
+                while let Ok(more) = rx.try_recv() {
+                    note(&more, &mut dirty);
+                }
+            }
+            Err(RecvError::Lagged(_)) => all(&mut dirty),
+            Err(RecvError::Closed) => return None,
+        }
+    }
+    Some(dirty)
 }

@@ -10,15 +10,13 @@
 //! Status carries the counts and the Available and Progressing conditions
 //! `kubectl rollout status` reads, ProgressDeadlineExceeded included.
 
-use super::client::{controller_ref, controller_uid, deleting, s, Client};
+use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
 use super::replicaset::{active_pods, available};
 use crate::registry::cache::Cache;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "deployment-controller";
@@ -646,31 +644,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
         cache: cache.clone(),
     };
     let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        let mut dirty: HashSet<String> = HashSet::new();
-        let note = |ch: &crate::registry::cache::Change, dirty: &mut HashSet<String>| {
-            if ch.key.starts_with(PREFIX) {
-                dirty.insert(ch.key.clone());
-            } else if ch.key.starts_with(RS_PREFIX) {
-                if let Some((k, _)) = controller_uid(&ch.object).and_then(|u| cache.by_uid(u)) {
-                    dirty.insert(k);
-                }
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => dirty.extend(cache.list(PREFIX).into_iter().map(|(k, _)| k)),
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    note(&ch, &mut dirty);
-                    while let Ok(more) = rx.try_recv() {
-                        note(&more, &mut dirty);
-                    }
-                }
-                Err(RecvError::Lagged(_)) => dirty.extend(cache.list(PREFIX).into_iter().map(|(k, _)| k)),
-                Err(RecvError::Closed) => return,
-            }
-        }
+    while let Some(dirty) = next_dirty(&mut rx, &cache, PREFIX, RS_PREFIX, &mut tick, &stop).await {
         for key in dirty {
             ctl.sync(&key).await;
         }

@@ -7,7 +7,7 @@
 //! has seen those changes, so a slow cache never yields extra pods.
 //! Surplus pods go unscheduled first, then pending, not ready, and newest.
 
-use super::client::{controller_ref, controller_uid, deleting, s, Client};
+use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
 use crate::registry::cache::Cache;
 use crate::registry::validation::selector_matches;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "replicaset-controller";
@@ -298,39 +297,9 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
         expected: HashMap::new(),
     };
     let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        let mut dirty: HashSet<String> = HashSet::new();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                dirty.extend(cache.list(PREFIX).into_iter().map(|(k, _)| k));
-            }
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    let mut note = |ch: &crate::registry::cache::Change| {
-                        if ch.key.starts_with(PREFIX) {
-                            dirty.insert(ch.key.clone());
-                        } else if ch.key.starts_with("/registry/pods/") {
-                            if let Some(owner) = controller_uid(&ch.object) {
-                                if let Some((k, _)) = cache.by_uid(owner) {
-                                    if k.starts_with(PREFIX) {
-                                        dirty.insert(k);
-                                    }
-                                }
-                            }
-                        }
-                    };
-                    note(&ch);
-                    while let Ok(more) = rx.try_recv() {
-                        note(&more);
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    dirty.extend(cache.list(PREFIX).into_iter().map(|(k, _)| k));
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
+    while let Some(dirty) =
+        next_dirty(&mut rx, &cache, PREFIX, "/registry/pods/", &mut tick, &stop).await
+    {
         for key in dirty {
             ctl.sync(&key).await;
         }

@@ -42,6 +42,22 @@ struct Usage {
     placed: Vec<(String, BTreeMap<String, String>, Option<String>)>,
 }
 
+impl Usage {
+    /// Count pod `p` (stored as `v`) as placed here.
+    fn add(&mut self, p: &Pod, v: &Value) {
+        let (cpu, mem) = requests(p);
+        self.cpu_milli += cpu;
+        self.memory += mem;
+        self.pods += 1;
+        self.ports.extend(host_ports(p));
+        self.placed.push((
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.labels.clone().unwrap_or_default(),
+            controller_uid(v).map(str::to_string),
+        ));
+    }
+}
+
 /// A node as the filters see it.
 struct Candidate {
     name: String,
@@ -434,17 +450,7 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
         if terminal(&p) {
             continue;
         }
-        let u = usage.entry(node).or_default();
-        let (cpu, mem) = requests(&p);
-        u.cpu_milli += cpu;
-        u.memory += mem;
-        u.pods += 1;
-        u.ports.extend(host_ports(&p));
-        u.placed.push((
-            p.metadata.namespace.clone().unwrap_or_default(),
-            p.metadata.labels.clone().unwrap_or_default(),
-            controller_uid(&v).map(str::to_string),
-        ));
+        usage.entry(node).or_default().add(&p, &v);
     }
     assumed.retain(|uid, _| seen.contains(uid));
     // Priority first, then the oldest.
@@ -483,17 +489,7 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
                         if let Some(uid) = p.metadata.uid.clone() {
                             assumed.insert(uid, n.name.clone());
                         }
-                        let u = usage.entry(n.name.clone()).or_default();
-                        let (cpu, mem) = requests(&p);
-                        u.cpu_milli += cpu;
-                        u.memory += mem;
-                        u.pods += 1;
-                        u.ports.extend(host_ports(&p));
-                        u.placed.push((
-                            ns.clone(),
-                            p.metadata.labels.clone().unwrap_or_default(),
-                            controller_uid(&v).map(str::to_string),
-                        ));
+                        usage.entry(n.name.clone()).or_default().add(&p, &v);
                         tracing::debug!(namespace = %ns, pod = %name, node = %n.name, "pod scheduled");
                         c.event(
                             &v,

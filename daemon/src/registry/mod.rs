@@ -214,13 +214,27 @@ impl Registry {
     pub async fn modify(
         &self,
         key: &str,
-        mut f: impl FnMut(&mut serde_json::Value) -> bool,
+        f: impl FnMut(&mut serde_json::Value) -> bool,
     ) -> Result<(), KubeError> {
         let Some((rt, ns, name)) = self.locate(key) else {
             return Ok(());
         };
+        self.modify_in(&rt, ns.as_deref(), &name, None, f).await
+    }
+
+    /// Read-modify-write of `name` (or its `subresource`, `status`) through
+    /// the write path, retried on conflict; gone is fine. `f` returns false
+    /// to leave it alone.
+    pub async fn modify_in(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        mut f: impl FnMut(&mut serde_json::Value) -> bool,
+    ) -> Result<(), KubeError> {
         for _ in 0..8 {
-            let old = match self.get(&rt, ns.as_deref(), &name).await {
+            let old = match self.get(rt, ns, name).await {
                 Ok(o) => o,
                 Err(KubeError::NotFound(_)) => return Ok(()),
                 Err(e) => return Err(e),
@@ -236,7 +250,7 @@ impl Registry {
                 ..Default::default()
             };
             match self
-                .update(&rt, ns.as_deref(), &name, &old, new, None, &opts)
+                .update(rt, ns, name, &old, new, subresource, &opts)
                 .await
             {
                 Err(KubeError::Conflict(..)) => continue,
@@ -245,7 +259,8 @@ impl Registry {
             }
         }
         Err(KubeError::Unavailable(format!(
-            "{key}: too many concurrent updates"
+            "{}/{name}: too many concurrent updates",
+            rt.resource
         )))
     }
 

@@ -82,20 +82,6 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
-fn client(server: &Server) -> reqwest::Client {
-    let tls = server.data_dir.join("server/tls");
-    let mut pem = std::fs::read(tls.join("client-admin.crt")).unwrap();
-    pem.extend(std::fs::read(tls.join("client-admin.key")).unwrap());
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
-        .identity(reqwest::Identity::from_pem(&pem).unwrap())
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap()
-}
-
 fn cm(ns: &str, name: &str, stamp: u128) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"sent": stamp.to_string()}})
 }
@@ -169,13 +155,15 @@ async fn main() {
         }
     );
     let base = server.url();
-    let http = client(&server);
+    let http = server.admin_http();
     if std::env::args().any(|a| a == "--authz-only") {
         return authz(&base, &http, &server.ca_pem(), arg("--rbac-bindings", 1000)).await;
     }
     // Watchers use the second server when there is one.
     let watch_base = second.as_ref().map_or_else(|| base.clone(), Server::url);
-    let watch_http = second.as_ref().map_or_else(|| http.clone(), client);
+    let watch_http = second
+        .as_ref()
+        .map_or_else(|| http.clone(), Server::admin_http);
     for ns in ["bench", "bulk", "watch"] {
         let r = http
             .post(format!("{base}/api/v1/namespaces"))

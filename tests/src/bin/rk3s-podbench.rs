@@ -14,7 +14,7 @@
 //! 4. the agent's RSS with no pods and with `--many` pods running, and its
 //!    CPU over `--idle-secs` with `--pods` pods running.
 
-use rk3s_tests::pods::{with_busybox, Containers};
+use rk3s_tests::pods::{ctr, with_busybox, Containers};
 use rk3s_tests::{arg, Agent, Server, RUNTIME};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -32,19 +32,6 @@ fn pct(v: &[Duration], p: f64) -> f64 {
         return 0.0;
     }
     v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
-
-fn client(server: &Server) -> reqwest::Client {
-    let tls = server.data_dir.join("server/tls");
-    let mut pem = std::fs::read(tls.join("client-admin.crt")).unwrap();
-    pem.extend(std::fs::read(tls.join("client-admin.key")).unwrap());
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
-        .identity(reqwest::Identity::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
 }
 
 fn pod(name: &str) -> Value {
@@ -185,21 +172,6 @@ fn containerd_pid(agent_dir: &Path) -> Option<u32> {
         .ok()
 }
 
-fn ctr(socket: &Path, args: &[&str]) {
-    let o = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(socket)
-        .args(["--namespace", "k8s.io"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ctr {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[tokio::main]
 async fn main() {
     let n: usize = arg("--pods", 30);
@@ -255,7 +227,7 @@ async fn main() {
         ctr(&socket, &["container", "rm", &id]);
     }
 
-    let http = client(&server);
+    let http = server.admin_http();
     let base = server.url();
     let running = Arc::new(Running::default());
     let watch = tokio::spawn(follow(http.clone(), base.clone(), running.clone()));
