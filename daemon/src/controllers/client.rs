@@ -6,6 +6,8 @@ use crate::registry::cache::{Cache, Change};
 use crate::registry::error::KubeError;
 use crate::registry::store::{DeleteOptions, Preconditions, WriteOptions};
 use crate::registry::{Registry, ResourceType};
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -17,6 +19,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Client {
     pub reg: Arc<Registry>,
+}
+
+/// A k8s-openapi time as chrono's.
+pub fn to_utc(t: &Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// A chrono time as k8s-openapi's (whole seconds, as the API writes them).
+pub fn time(t: DateTime<Utc>) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
 }
 
 pub fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -76,6 +89,29 @@ impl Client {
     ) -> Result<(), KubeError> {
         let opts = DeleteOptions {
             propagation_policy: Some("Background".into()),
+            preconditions: Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            },
+            ..Default::default()
+        };
+        match self.reg.delete(rt, Some(ns), name, &opts).await {
+            Ok(_) | Err(KubeError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete a pod at once (grace 0), for pods no kubelet will finish.
+    pub async fn force_delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), KubeError> {
+        let opts = DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            grace_period_seconds: Some(0),
             preconditions: Preconditions {
                 uid: Some(uid.to_string()),
                 resource_version: None,

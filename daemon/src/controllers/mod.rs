@@ -1,17 +1,26 @@
 //! Controllers the elected leader runs over the registry: the garbage
-//! collector (ownerReferences, foreground/orphan deletion), namespace
+//! collector (ownerReferences, foreground/orphan deletion), the pod GC, namespace
 //! termination, ClusterRole aggregation, the service-account plumbing,
-//! the scheduler, and the ReplicaSet and Deployment controllers. They read
-//! the watch cache and write through the registry, like any other client.
+//! the scheduler, and the workload controllers (ReplicaSet and
+//! ReplicationController, Deployment, DaemonSet, StatefulSet, Job,
+//! CronJob). They read the watch cache and write through the registry,
+//! like any other client.
 
 pub mod client;
 pub mod clusterroles;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod expectations;
 pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod podgc;
 pub mod replicaset;
+pub mod revisions;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod statefulset;
 
 use crate::registry::cache::Cache;
 use crate::registry::Registry;
@@ -39,8 +48,29 @@ pub async fn run(
         namespace::run(registry.clone(), cache.clone(), stop.clone()),
         clusterroles::run(registry.clone(), cache.clone(), stop.clone()),
         scheduler::run(client.clone(), cache.clone(), stop.clone()),
-        replicaset::run(client.clone(), cache.clone(), stop.clone()),
-        deployment::run(client, cache.clone(), stop.clone()),
+        replicaset::run(
+            client.clone(),
+            cache.clone(),
+            replicaset::REPLICA_SETS,
+            stop.clone()
+        ),
+        replicaset::run(
+            client.clone(),
+            cache.clone(),
+            replicaset::REPLICATION_CONTROLLERS,
+            stop.clone()
+        ),
+        deployment::run(client.clone(), cache.clone(), stop.clone()),
+        daemonset::run(client.clone(), cache.clone(), stop.clone()),
+        statefulset::run(client.clone(), cache.clone(), stop.clone()),
+        job::run(client.clone(), cache.clone(), stop.clone()),
+        podgc::run(
+            client.clone(),
+            cache.clone(),
+            podgc::TERMINATED_THRESHOLD,
+            stop.clone()
+        ),
+        cronjob::run(client, cache.clone(), stop.clone()),
         serviceaccounts::run(registry, cache, auth, ca_pem, stop),
     );
 }

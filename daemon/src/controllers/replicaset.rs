@@ -1,38 +1,54 @@
-//! The ReplicaSet controller: keeps `spec.replicas` pods of the template
+//! The ReplicaSet controller, which also runs ReplicationControllers (the
+//! same behaviour under v1): keeps `spec.replicas` pods of the template
 //! (owned by the set through a controller reference) and reports how many
 //! exist, are ready and available.
 //!
-//! Like upstream's it remembers what it just created or deleted
-//! ("expectations") and does not act on a set again until the watch cache
-//! has seen those changes, so a slow cache never yields extra pods.
-//! Surplus pods go unscheduled first, then pending, not ready, and newest.
+//! Like upstream's it waits for its expectations (what it just created or
+//! deleted) before acting on a set again. Surplus pods go unscheduled
+//! first, then pending, not ready, and newest.
 
 use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
+use super::expectations::Expectations;
 use crate::registry::cache::Cache;
 use crate::registry::validation::selector_matches;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const COMPONENT: &str = "replicaset-controller";
-const PREFIX: &str = "/registry/apps/replicasets/";
 /// Full pass over every set this often, besides the changes.
 const RESYNC: Duration = Duration::from_secs(5);
 /// Upstream's burst: at most this many creations or deletions per pass.
 const BURST: usize = 500;
-/// An expectation the cache never confirmed is given up after this long.
-const EXPECTATION_TTL: Duration = Duration::from_secs(60);
 
-/// Changes made to one set that the cache has not shown yet.
-#[derive(Default)]
-struct Expected {
-    created: HashSet<String>,
-    deleted: HashSet<String>,
-    at: Option<Instant>,
+/// Which of the two kinds a controller instance runs.
+pub struct Flavor {
+    prefix: &'static str,
+    group: &'static str,
+    api_version: &'static str,
+    kind: &'static str,
+    resource: &'static str,
+    component: &'static str,
 }
+
+pub const REPLICA_SETS: Flavor = Flavor {
+    prefix: "/registry/apps/replicasets/",
+    group: "apps",
+    api_version: "apps/v1",
+    kind: "ReplicaSet",
+    resource: "replicasets",
+    component: "replicaset-controller",
+};
+
+pub const REPLICATION_CONTROLLERS: Flavor = Flavor {
+    prefix: "/registry/replicationcontrollers/",
+    group: "",
+    api_version: "v1",
+    kind: "ReplicationController",
+    resource: "replicationcontrollers",
+    component: "replication-controller",
+};
 
 pub fn terminal(pod: &Value) -> bool {
     matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
@@ -93,37 +109,17 @@ fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
 struct Ctl {
     c: Client,
     cache: Arc<Cache>,
-    expected: HashMap<String, Expected>,
+    expected: Expectations,
+    flavor: Flavor,
 }
 
 impl Ctl {
-    fn satisfied(&mut self, uid: &str) -> bool {
-        let Some(e) = self.expected.get_mut(uid) else {
-            return true;
-        };
-        let present: HashSet<String> = self
-            .cache
-            .dependents(uid)
-            .into_iter()
-            .filter(|(_, p)| !deleting(p))
-            .map(|(_, p)| s(&p, "/metadata/name").to_string())
-            .collect();
-        e.created.retain(|n| !present.contains(n));
-        e.deleted.retain(|n| present.contains(n));
-        let fresh = e.at.is_some_and(|t| t.elapsed() < EXPECTATION_TTL);
-        if (e.created.is_empty() && e.deleted.is_empty()) || !fresh {
-            self.expected.remove(uid);
-            return true;
-        }
-        false
-    }
-
     async fn sync(&mut self, key: &str) {
         let Some(rs) = self.cache.get(key) else {
             return;
         };
         let uid = s(&rs, "/metadata/uid").to_string();
-        if deleting(&rs) || !self.satisfied(&uid) {
+        if deleting(&rs) || !self.expected.satisfied(&self.cache, &uid) {
             return;
         }
         let ns = s(&rs, "/metadata/namespace").to_string();
@@ -143,29 +139,27 @@ impl Ctl {
             }
             meta["generateName"] = json!(format!("{name}-"));
             meta["namespace"] = json!(ns);
-            meta["ownerReferences"] = json!([controller_ref(&rs, "apps/v1", "ReplicaSet")]);
+            meta["ownerReferences"] = json!([controller_ref(
+                &rs,
+                self.flavor.api_version,
+                self.flavor.kind
+            )]);
             for k in ["name", "uid", "resourceVersion", "creationTimestamp"] {
                 meta.as_object_mut().map(|m| m.remove(k));
             }
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]});
-            let e = self.expected.entry(uid.clone()).or_default();
-            e.at = Some(Instant::now());
             for _ in 0..(want - pods.len()).min(BURST) {
                 match self.c.create(&pods_rt, &ns, pod.clone()).await {
                     Ok(created) => {
                         let pname = s(&created, "/metadata/name").to_string();
-                        self.expected
-                            .entry(uid.clone())
-                            .or_default()
-                            .created
-                            .insert(pname.clone());
+                        self.expected.created(&uid, &pname);
                         self.c
                             .event(
                                 &rs,
                                 "Normal",
                                 "SuccessfulCreate",
                                 &format!("Created pod: {pname}"),
-                                COMPONENT,
+                                self.flavor.component,
                             )
                             .await;
                     }
@@ -177,7 +171,7 @@ impl Ctl {
                                 "Warning",
                                 "FailedCreate",
                                 &format!("Error creating: {e}"),
-                                COMPONENT,
+                                self.flavor.component,
                             )
                             .await;
                         break;
@@ -187,8 +181,6 @@ impl Ctl {
         } else if pods.len() > want {
             let mut victims = pods.clone();
             victims.sort_by_key(deletion_rank);
-            let e = self.expected.entry(uid.clone()).or_default();
-            e.at = Some(Instant::now());
             for p in victims.iter().take((pods.len() - want).min(BURST)) {
                 let pname = s(p, "/metadata/name").to_string();
                 match self
@@ -197,18 +189,14 @@ impl Ctl {
                     .await
                 {
                     Ok(()) => {
-                        self.expected
-                            .entry(uid.clone())
-                            .or_default()
-                            .deleted
-                            .insert(pname.clone());
+                        self.expected.deleted(&uid, &pname);
                         self.c
                             .event(
                                 &rs,
                                 "Normal",
                                 "SuccessfulDelete",
                                 &format!("Deleted pod: {pname}"),
-                                COMPONENT,
+                                self.flavor.component,
                             )
                             .await;
                     }
@@ -247,7 +235,7 @@ impl Ctl {
         if same_counts(&rs["status"], &status) {
             return;
         }
-        let rt = self.c.kind("apps", "v1", "replicasets");
+        let rt = self.c.kind(self.flavor.group, "v1", self.flavor.resource);
         let r = self
             .c
             .update(
@@ -287,18 +275,26 @@ fn same_counts(a: &Value, b: &Value) -> bool {
     .all(|k| a[k].as_i64().unwrap_or(0) == b[k].as_i64().unwrap_or(0))
 }
 
-/// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
+/// Run the controller of `flavor` until `stop`.
+pub async fn run(c: Client, cache: Arc<Cache>, flavor: Flavor, stop: CancellationToken) {
     let mut rx = cache.subscribe();
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
     let mut ctl = Ctl {
         c,
         cache: cache.clone(),
-        expected: HashMap::new(),
+        expected: Expectations::default(),
+        flavor,
     };
     let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) =
-        next_dirty(&mut rx, &cache, PREFIX, "/registry/pods/", &mut tick, &stop).await
+    while let Some(dirty) = next_dirty(
+        &mut rx,
+        &cache,
+        ctl.flavor.prefix,
+        "/registry/pods/",
+        &mut tick,
+        &stop,
+    )
+    .await
     {
         for key in dirty {
             ctl.sync(&key).await;

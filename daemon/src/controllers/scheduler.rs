@@ -124,7 +124,7 @@ fn terminal(p: &Pod) -> bool {
     )
 }
 
-fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
+pub fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
     tolerations.iter().any(|tol| {
         let effect_ok = tol
             .effect
@@ -191,6 +191,39 @@ fn node_affinity_holds(p: &Pod, c: &Candidate) -> bool {
                 .as_ref()
         });
     selector_ok && required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_holds(t, c)))
+}
+
+/// Whether a pod of `spec` may go on `node` by nodeSelector, required node
+/// affinity and NoSchedule/NoExecute taints (resources aside): what the
+/// DaemonSet controller asks of every node.
+pub fn node_accepts(spec: &k8s_openapi::api::core::v1::PodSpec, node: &Node) -> bool {
+    let c = Candidate {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        node: node.clone(),
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        alloc_cpu: 0,
+        alloc_memory: 0,
+        alloc_pods: 0,
+    };
+    let pod = Pod {
+        spec: Some(spec.clone()),
+        ..Default::default()
+    };
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let node_spec = node.spec.clone().unwrap_or_default();
+    let unschedulable = Taint {
+        key: "node.kubernetes.io/unschedulable".into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    node_affinity_holds(&pod, &c)
+        && (node_spec.unschedulable != Some(true) || tolerates(&tolerations, &unschedulable))
+        && node_spec
+            .taints
+            .iter()
+            .flatten()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .all(|t| tolerates(&tolerations, t))
 }
 
 /// Does some pod in `c`'s topology domain (by `term.topologyKey`) match `term`?
@@ -408,6 +441,33 @@ fn candidates(cache: &Cache) -> Vec<Candidate> {
         .collect()
 }
 
+/// Why the pod's claims keep it from every node: a claim that does not
+/// exist, or is not Bound (there is no volume binding or provisioning
+/// here, so every claim is "immediate").
+fn unready_claims(cache: &Cache, p: &Pod) -> Option<String> {
+    let ns = p.metadata.namespace.as_deref().unwrap_or("");
+    let vols = p.spec.as_ref()?.volumes.as_ref()?;
+    for claim in vols
+        .iter()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+    {
+        let key = format!("/registry/persistentvolumeclaims/{ns}/{}", claim.claim_name);
+        match cache.get(&key) {
+            None => {
+                return Some(format!(
+                    "persistentvolumeclaim \"{}\" not found",
+                    claim.claim_name
+                ))
+            }
+            Some(c) if s(&c, "/status/phase") != "Bound" => {
+                return Some("pod has unbound immediate PersistentVolumeClaims".into())
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
 fn scheduler_of(p: &Pod) -> &str {
     p.spec
         .as_ref()
@@ -463,8 +523,13 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
     for (_, v, p) in pending {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(i128, &Candidate)> = None;
+        let claims = unready_claims(cache, &p);
         for n in &nodes {
-            match unfit(&p, n, &nodes, &usage) {
+            let why = match &claims {
+                Some(r) => Some(vec![r.clone()]),
+                None => unfit(&p, n, &nodes, &usage),
+            };
+            match why {
                 Some(why) => {
                     for r in why {
                         *reasons.entry(r).or_default() += 1;

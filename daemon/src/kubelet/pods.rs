@@ -163,7 +163,20 @@ fn pod_field(pod: &Pod, node: &NodeCtx, pod_ip: &str, path: &str) -> Option<Stri
             .unwrap_or_default(),
         "status.hostIP" => node.ip.clone(),
         "status.podIP" => pod_ip.to_string(),
-        _ => return None,
+        _ => {
+            // `metadata.labels['k']` and `metadata.annotations['k']`; a
+            // missing key is an empty value, as upstream's.
+            let (map, key) = if let Some(k) = path.strip_prefix("metadata.labels[") {
+                (pod.metadata.labels.as_ref(), k)
+            } else {
+                let k = path.strip_prefix("metadata.annotations[")?;
+                (pod.metadata.annotations.as_ref(), k)
+            };
+            let key = key
+                .strip_suffix(']')?
+                .trim_matches(|c| c == '\'' || c == '"');
+            map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+        }
     })
 }
 

@@ -15,10 +15,13 @@ pub static CRON_JOB: Typed<CronJob> = Typed::new();
 const RESTART: &[&str] = &["OnFailure", "Never"];
 
 fn job_spec_defaults(spec: &mut JobSpec) {
-    spec.parallelism.get_or_insert(1);
-    if spec.completion_mode.as_deref() != Some("Indexed") || spec.completions.is_none() {
-        spec.completions.get_or_insert(1);
+    // Upstream: both unset means one pod to one completion; a parallelism
+    // without completions is a work queue (done when any pod succeeded
+    // and none is left running).
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
     }
+    spec.parallelism.get_or_insert(1);
     spec.backoff_limit.get_or_insert(6);
     spec.completion_mode
         .get_or_insert_with(|| "NonIndexed".into());
@@ -235,6 +238,63 @@ fn schedule_error(s: &str) -> Option<String> {
         .map(|f| format!("failed to parse field {f:?}"))
 }
 
+/// A CronJob's parsed schedule: five cron fields (a `@` macro is one of
+/// them) or `@every <duration>`, as upstream's parser reads them. Day of
+/// month and day of week, when both are restricted, match either.
+pub enum Schedule {
+    Cron(Box<croner::Cron>),
+    Every(chrono::Duration),
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(e) = schedule_error(s) {
+            return Err(e);
+        }
+        let s = s.trim();
+        if let Some(d) = s.strip_prefix("@every ") {
+            let d = humantime::parse_duration(d.trim())
+                .map_err(|e| format!("failed to parse duration {d}: {e}"))?;
+            return chrono::Duration::from_std(d)
+                .ok()
+                .filter(|d| d.num_seconds() >= 1)
+                .map(Schedule::Every)
+                .ok_or_else(|| "@every needs at least one second".to_string());
+        }
+        let s = if s == "@midnight" { "@daily" } else { s };
+        croner::Cron::new(s)
+            .parse()
+            .map(|c| Schedule::Cron(Box::new(c)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The first time after `t` (whole seconds), in zone `tz`.
+    pub fn next_after<Tz: chrono::TimeZone>(
+        &self,
+        t: &chrono::DateTime<Tz>,
+    ) -> Option<chrono::DateTime<Tz>> {
+        match self {
+            Schedule::Cron(c) => c.find_next_occurrence(t, false).ok(),
+            Schedule::Every(d) => {
+                use chrono::Timelike;
+                let t = t.clone().with_nanosecond(0)?;
+                Some(t + *d)
+            }
+        }
+    }
+}
+
+/// `timeZone` as a zone, `None` for the server's local time.
+pub fn time_zone(tz: Option<&str>) -> Result<Option<chrono_tz::Tz>, String> {
+    match tz.filter(|z| !z.is_empty()) {
+        None => Ok(None),
+        Some(z) => z
+            .parse::<chrono_tz::Tz>()
+            .map(Some)
+            .map_err(|_| format!("unknown time zone {z}")),
+    }
+}
+
 impl Kind for CronJob {
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_with(Default::default);
@@ -259,8 +319,15 @@ impl Kind for CronJob {
         };
         if spec.schedule.trim().is_empty() {
             errs.push(FieldError::required("spec.schedule", ""));
-        } else if let Some(e) = schedule_error(&spec.schedule) {
+        } else if let Err(e) = Schedule::parse(&spec.schedule) {
             errs.push(FieldError::invalid("spec.schedule", &spec.schedule, &e));
+        }
+        if let Err(e) = time_zone(spec.time_zone.as_deref()) {
+            errs.push(FieldError::invalid(
+                "spec.timeZone",
+                spec.time_zone.clone().unwrap_or_default(),
+                &e,
+            ));
         }
         if let Some(p) = spec.concurrency_policy.as_deref() {
             let ok = ["Allow", "Forbid", "Replace"];
@@ -365,5 +432,24 @@ mod tests {
         assert_eq!(schedule_error("@hourly"), None);
         assert!(schedule_error("* * *").is_some());
         assert!(schedule_error("TZ=UTC * * * * *").is_some());
+        assert!(Schedule::parse("61 * * * *").is_err());
+        assert!(Schedule::parse("@every 90s").is_ok());
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:07:30Z").unwrap();
+        let next = |s: &str| {
+            Schedule::parse(s)
+                .unwrap()
+                .next_after(&t)
+                .unwrap()
+                .to_rfc3339()
+        };
+        assert_eq!(next("*/5 * * * *"), "2026-01-01T10:10:00+00:00");
+        assert_eq!(next("@hourly"), "2026-01-01T11:00:00+00:00");
+        assert_eq!(next("@midnight"), "2026-01-02T00:00:00+00:00");
+        assert_eq!(next("@every 1m"), "2026-01-01T10:08:30+00:00");
+        assert_eq!(
+            time_zone(Some("Mars/Base")).unwrap_err(),
+            "unknown time zone Mars/Base"
+        );
+        assert!(time_zone(Some("Europe/Paris")).unwrap().is_some());
     }
 }
