@@ -81,6 +81,13 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
             "6443",
             "--node-name",
             "s1",
+            // A stopped node is Unknown (and tainted) within seconds.
+            "--node-monitor-grace-period",
+            "10s",
+            "--node-monitor-period",
+            "1s",
+            "--heartbeat-interval",
+            "2s",
         ],
         &[],
     );
@@ -103,6 +110,8 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
                 server.token_file().display().to_string(),
                 "--node-name".into(),
                 name.to_string(),
+                "--heartbeat-interval".into(),
+                "2s".into(),
             ],
             &[],
         ));
@@ -230,8 +239,16 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
     // A node that is gone loses its route everywhere. (Its pod goes first:
     // a stopped agent's containers outlive it, as they should.)
     k.ok(&["delete", "pod", "t-a2", "--timeout=60s"]);
+    k.ok_stdin(&["apply", "-f", "-"], EVICTEE);
+    let o = k.run(&["rollout", "status", "deployment/evictee", "--timeout=90s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let victim = pods_of(&k, "app=evictee")
+        .into_iter()
+        .find(|p| p["spec"]["nodeName"] == "a2")
+        .unwrap_or_else(|| panic!("no evictee on a2: {}", k.ok(&["get", "pods", "-o", "wide"])));
     let a2 = agents.pop().unwrap();
     drop(a2);
+    dead_node_pods_are_evicted(&k, &victim);
     // (Refused while its tunnel is still up.)
     let forgot = wait_for(Duration::from_secs(30), || {
         server
@@ -255,6 +272,104 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
         net.exec_ok(&hosts[1], &["ip", "route", "show", "proto", "241"])
     );
     k.ok(&["delete", "pods", "--all", "--timeout=60s"]);
+}
+
+/// Spread one per node by the scheduler; tolerates an unreachable node
+/// for 2 s instead of admission's 300.
+const EVICTEE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: evictee}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: evictee}}
+  template:
+    metadata: {labels: {app: evictee}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers: [{name: c, image: "docker.io/library/busybox:test", command: ["sleep", "3600"]}]
+"#;
+
+fn pods_of(k: &Kubectl, selector: &str) -> Vec<Value> {
+    get(k, &["pods", "-l", selector])
+        .and_then(|l| l["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// a2's agent is stopped: the node goes Unknown and is tainted
+/// unreachable (NoSchedule and NoExecute); its evictee pod is deleted once
+/// its 2 s toleration ran out and replaced on a live node.
+fn dead_node_pods_are_evicted(k: &Kubectl, victim: &Value) {
+    let tainted = wait_for(Duration::from_secs(60), || {
+        let n = get(k, &["node", "a2"])?;
+        let keys: Vec<String> = n["spec"]["taints"]
+            .as_array()?
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["key"].as_str().unwrap_or(""),
+                    t["effect"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        (keys.contains(&"node.kubernetes.io/unreachable:NoExecute".to_string())
+            && keys.contains(&"node.kubernetes.io/unreachable:NoSchedule".to_string()))
+        .then_some(n)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a2 was not tainted: {}",
+            k.ok(&["get", "node", "a2", "-o", "yaml"])
+        )
+    });
+    let ready = tainted["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "Unknown", "{ready}");
+    let replaced = wait_for(Duration::from_secs(60), || {
+        let pods = pods_of(k, "app=evictee");
+        let old = pods
+            .iter()
+            .find(|p| p["metadata"]["uid"] == victim["metadata"]["uid"]);
+        let evicted = old.is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null());
+        let live: Vec<&Value> = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["status"]["phase"] == "Running")
+            .collect();
+        (evicted && live.len() == 3 && live.iter().all(|p| p["spec"]["nodeName"] != "a2"))
+            .then_some(())
+    });
+    assert!(
+        replaced.is_some(),
+        "the pod on a2 was not evicted and replaced: {}",
+        k.ok(&["get", "pods", "-l", "app=evictee", "-o", "wide"])
+    );
+    let events = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+    ]);
+    assert!(
+        events.contains(victim["metadata"]["name"].as_str().unwrap()),
+        "{events}"
+    );
+    // Nothing will finish the evicted pod on the dead node: force it.
+    k.ok(&["delete", "deployment", "evictee"]);
+    k.ok(&[
+        "delete",
+        "pod",
+        victim["metadata"]["name"].as_str().unwrap(),
+        "--grace-period=0",
+        "--force",
+    ]);
 }
 
 fn deployment(k: &Kubectl) -> Value {

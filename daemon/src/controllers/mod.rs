@@ -1,5 +1,6 @@
 //! Controllers the elected leader runs over the registry: the garbage
-//! collector (ownerReferences, foreground/orphan deletion), the pod GC, namespace
+//! collector (ownerReferences, foreground/orphan deletion), the pod GC,
+//! node lifecycle (condition taints, NoExecute evictions), namespace
 //! termination, ClusterRole aggregation, the service-account plumbing,
 //! the scheduler, and the workload controllers (ReplicaSet and
 //! ReplicationController, Deployment, DaemonSet, StatefulSet, Job,
@@ -15,6 +16,7 @@ pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
 pub mod revisions;
@@ -64,6 +66,7 @@ pub async fn run(
         daemonset::run(client.clone(), cache.clone(), stop.clone()),
         statefulset::run(client.clone(), cache.clone(), stop.clone()),
         job::run(client.clone(), cache.clone(), stop.clone()),
+        nodelifecycle::run(client.clone(), cache.clone(), stop.clone()),
         podgc::run(
             client.clone(),
             cache.clone(),

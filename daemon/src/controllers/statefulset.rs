@@ -328,8 +328,7 @@ impl Ctl {
         let rt = self.c.kind("", "v1", "pods");
         match self.c.create(&rt, ns, pod).await {
             Ok(_) => {
-                self.expected
-                    .created(s(v, "/metadata/uid"), &pod_name);
+                self.expected.created(s(v, "/metadata/uid"), &pod_name);
                 let msg = format!("create Pod {pod_name} in StatefulSet {name} successful");
                 self.c
                     .event(v, "Normal", "SuccessfulCreate", &msg, COMPONENT)
