@@ -230,6 +230,14 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_cidr: Option<String>,
+    /// Addresses of Services (ClusterIPs): the first is the kubernetes Service's, the tenth the cluster DNS's [default: 10.43.0.0/16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<String>,
+    /// Port range for NodePort Services [default: 30000-32767].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_node_port_range: Option<String>,
     /// Size of each node's pod CIDR block [default: 24].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -488,6 +496,8 @@ pub struct ServerConfig {
     pub max_token_expiration: Option<Duration>,
     /// `--cluster-cidr`, `--node-cidr-mask-size`.
     pub ipam: crate::ipam::Ipam,
+    /// `--service-cidr`, `--service-node-port-range`.
+    pub services: crate::registry::ranges::ServiceRanges,
     pub debug: bool,
 }
 
@@ -692,6 +702,16 @@ impl ServerConfig {
             )
             .map_err(|message| ConfigError::Invalid {
                 origin: "--cluster-cidr/--node-cidr-mask-size".into(),
+                message,
+            })?,
+            services: crate::registry::ranges::ServiceRanges::parse(
+                a.service_cidr.as_deref().unwrap_or("10.43.0.0/16"),
+                a.service_node_port_range
+                    .as_deref()
+                    .unwrap_or("30000-32767"),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                origin: "--service-cidr/--service-node-port-range".into(),
                 message,
             })?,
             max_token_expiration: match &a.service_account_max_token_expiration {

@@ -161,11 +161,13 @@ async fn ensure_priority_classes(objects: &Objects) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ensure_kubernetes_service(objects: &Objects, port: u16) -> anyhow::Result<()> {
+/// The `kubernetes` Service on the first address of `--service-cidr` (the
+/// leader's allocation repair records its claim).
+async fn ensure_kubernetes_service(objects: &Objects, port: u16, ip: &str) -> anyhow::Result<()> {
     let svc = Ref::namespaced("services", "default", "kubernetes");
     if objects.get(&svc).await?.is_none() {
         let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
             "status": {"loadBalancer": {}}});
         objects
             .create_if_absent(&svc, obj)
@@ -322,7 +324,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cfg.kubeconfig_mode,
         &local_url,
     )?;
-    ensure_kubernetes_service(&objects, port).await?;
+    ensure_kubernetes_service(&objects, port, &cfg.services.api_ip().to_string()).await?;
     ensure_priority_classes(&objects).await?;
     let manifests_dir = server_dir.join("manifests");
     {
@@ -347,6 +349,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         auth: auth.clone(),
         objects: objects.clone(),
     }));
+    registry.set_allocator(
+        "services",
+        Arc::new(crate::registry::ranges::Allocator::new(
+            cfg.services.clone(),
+            store.clone(),
+        )),
+    );
     crate::auth::policy::reconcile(&registry)
         .await
         .context("reconciling the default RBAC policy")?;

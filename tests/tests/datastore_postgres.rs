@@ -125,14 +125,14 @@ fn servers_sharing_postgres_share_one_ca_and_refuse_another_token() {
         let a = s.spawn(|| {
             rk3s_tests::Server::start_with_env(
                 &t.path().join("s1"),
-                &["--node-name", "server-1"],
+                &["--node-name", "server-1", "--service-cidr", "10.96.0.0/27"],
                 &env,
             )
         });
         let b = s.spawn(|| {
             rk3s_tests::Server::start_with_env(
                 &t.path().join("s2"),
-                &["--node-name", "server-2"],
+                &["--node-name", "server-2", "--service-cidr", "10.96.0.0/27"],
                 &env,
             )
         });
@@ -216,6 +216,41 @@ fn servers_sharing_postgres_share_one_ca_and_refuse_another_token() {
     });
     assert!(followed.is_some(), "server 2 did not learn the rotated key");
     assert!(verify_on_s2(first.trim(), "first-again").status.success());
+
+    // Services created on both servers at once (a /27 leaves 28 addresses
+    // to hand out) never share an address: the datastore decides.
+    let k2 = kubectl_on(&s2, "k2");
+    std::thread::scope(|sc| {
+        for (k, side) in [(&k1, "a"), (&k2, "b")] {
+            sc.spawn(move || {
+                for i in 0..12 {
+                    k.ok(&[
+                        "create",
+                        "service",
+                        "clusterip",
+                        &format!("{side}{i}"),
+                        "--tcp=80",
+                    ]);
+                }
+            });
+        }
+    });
+    let list: serde_json::Value =
+        serde_json::from_str(&k1.ok(&["get", "services", "-o", "json"])).unwrap();
+    let ips: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["spec"]["clusterIP"].as_str())
+        .collect();
+    let distinct: std::collections::BTreeSet<&str> = ips.iter().copied().collect();
+    assert_eq!(ips.len(), 25, "{ips:?}");
+    assert_eq!(
+        distinct.len(),
+        ips.len(),
+        "an address was handed out twice: {ips:?}"
+    );
+    assert!(ips.iter().all(|ip| ip.starts_with("10.96.0.")), "{ips:?}");
 
     // A server with another token stops with a clear error and writes nothing.
     let o = std::process::Command::new(rk3s_tests::bin("rk3sd"))

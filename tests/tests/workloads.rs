@@ -7,6 +7,7 @@
 use rk3s_tests::pods::*;
 use rk3s_tests::*;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -158,10 +159,30 @@ spec:
   replicas: 2
   selector: {app: rc}
   template:
-    metadata: {labels: {app: rc}}
+    metadata: {labels: {app: rc, tier: front}}
     spec:
       terminationGracePeriodSeconds: 1
-      containers: [{name: c, image: "busybox:test", command: ["sleep", "600"]}]
+      containers:
+      - {name: c, image: "busybox:test", command: ["sleep", "600"], ports: [{name: http, containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unready, labels: {tier: front}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: "busybox:test"
+    command: ["sleep", "600"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {exec: {command: ["sh", "-c", "exit 1"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: front}
+spec:
+  selector: {tier: front}
+  ports: [{port: 80, targetPort: http}]
 "#;
 
 #[test]
@@ -450,12 +471,80 @@ fn jobs_cronjobs_daemonsets_statefulsets_and_rcs_run_on_the_kubelet() {
         (p.len() == 2).then_some(())
     });
     assert!(two.is_some(), "{}", k.ok(&["describe", "rc", "rc"]));
+    // Service front: the two ready RC pods as addresses on their named
+    // port, the unready pod as not ready, in Endpoints and in a slice.
+    let ip_of = |name: &str| {
+        get(&k, &["pod", name]).unwrap()["status"]["podIP"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let rc_ips = |k: &Kubectl| -> BTreeSet<String> {
+        items(k, &["pods", "-l", "app=rc"])
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+            .collect()
+    };
+    let addrs = |e: &Value, field: &str| -> BTreeSet<String> {
+        e["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s[field].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(str::to_string))
+            .collect()
+    };
+    let want = rc_ips(&k);
+    let ep = wait_for(Duration::from_secs(30), || {
+        let e = get(&k, &["endpoints", "front"])?;
+        let unready = ip_of("unready");
+        (!unready.is_empty()
+            && addrs(&e, "addresses") == want
+            && addrs(&e, "notReadyAddresses") == BTreeSet::from([unready]))
+        .then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "endpoints of front: {}",
+            k.ok(&["get", "endpoints", "front", "-o", "yaml"])
+        )
+    });
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"], 8080, "{ep}");
+    let slices = items(
+        &k,
+        &["endpointslices", "-l", "kubernetes.io/service-name=front"],
+    );
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    let sl = &slices[0];
+    assert_eq!(sl["addressType"], "IPv4");
+    assert_eq!(sl["ports"][0]["port"], 8080);
+    let ready_in_slice: BTreeSet<String> = sl["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["conditions"]["ready"] == true)
+        .map(|e| e["addresses"][0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ready_in_slice, want, "{sl}");
+    assert_eq!(sl["endpoints"].as_array().unwrap().len(), 3, "{sl}");
+    assert_eq!(sl["metadata"]["ownerReferences"][0]["name"], "front");
+
     k.ok(&["scale", "rc/rc", "--replicas=1"]);
     let one = wait_for(T, || {
         let rc = get(&k, &["rc", "rc"])?;
         (rc["status"]["replicas"] == 1 && rc["status"]["readyReplicas"] == 1).then_some(())
     });
     assert!(one.is_some(), "{}", k.ok(&["describe", "rc", "rc"]));
+    let shrunk = wait_for(Duration::from_secs(30), || {
+        let e = get(&k, &["endpoints", "front"])?;
+        (addrs(&e, "addresses").len() == 1 && addrs(&e, "addresses") == rc_ips(&k)).then_some(())
+    });
+    assert!(
+        shrunk.is_some(),
+        "{}",
+        k.ok(&["get", "endpoints", "front", "-o", "yaml"])
+    );
 
     // CronJob tick: fired within a minute or so, its Job completed.
     let fired = wait_for(
@@ -511,8 +600,19 @@ fn jobs_cronjobs_daemonsets_statefulsets_and_rcs_run_on_the_kubelet() {
 
     k.ok(&[
         "delete",
-        "jobs,cronjobs,ds,sts,rc,pvc",
+        "jobs,cronjobs,ds,sts,rc,pvc,pods",
         "--all",
         "--wait=false",
     ]);
+    k.ok(&["delete", "svc", "front"]);
+    let gone = wait_for(Duration::from_secs(30), || {
+        (get(&k, &["endpoints", "front"]).is_none()
+            && items(
+                &k,
+                &["endpointslices", "-l", "kubernetes.io/service-name=front"],
+            )
+            .is_empty())
+        .then_some(())
+    });
+    assert!(gone.is_some(), "the Service's endpoints outlived it");
 }

@@ -1,17 +1,20 @@
 //! Controllers the elected leader runs over the registry: the garbage
 //! collector (ownerReferences, foreground/orphan deletion), the pod GC,
-//! node lifecycle (condition taints, NoExecute evictions), namespace
+//! node lifecycle (condition taints, NoExecute evictions), Service
+//! endpoints and allocation repair, namespace
 //! termination, ClusterRole aggregation, the service-account plumbing,
 //! the scheduler, and the workload controllers (ReplicaSet and
 //! ReplicationController, Deployment, DaemonSet, StatefulSet, Job,
 //! CronJob). They read the watch cache and write through the registry,
 //! like any other client.
 
+pub mod allocations;
 pub mod client;
 pub mod clusterroles;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod expectations;
 pub mod gc;
 pub mod job;
@@ -67,6 +70,8 @@ pub async fn run(
         statefulset::run(client.clone(), cache.clone(), stop.clone()),
         job::run(client.clone(), cache.clone(), stop.clone()),
         nodelifecycle::run(client.clone(), cache.clone(), stop.clone()),
+        endpoints::run(client.clone(), cache.clone(), stop.clone()),
+        allocations::run(client.clone(), cache.clone(), stop.clone()),
         podgc::run(
             client.clone(),
             cache.clone(),

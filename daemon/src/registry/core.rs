@@ -643,8 +643,57 @@ fn service_port_defaults(p: &mut ServicePort) {
     p.target_port.get_or_insert(IntOrString::Int(p.port));
 }
 
+/// Whether a Service of this type has node ports.
+pub fn wants_node_ports(spec: &ServiceSpec) -> bool {
+    match spec.type_.as_deref() {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => spec.allocate_load_balancer_node_ports != Some(false),
+        _ => false,
+    }
+}
+
+/// Whether a Service of this type and clusterIP gets an allocated IP.
+pub fn wants_cluster_ip(spec: &ServiceSpec) -> bool {
+    spec.type_.as_deref() != Some("ExternalName") && spec.cluster_ip.as_deref() != Some("None")
+}
+
 impl Kind for Service {
     const NAME_RULE: NameRule = NameRule::Dns1035;
+
+    /// Upstream's patchAllocatedValues and dropTypeDependentFields: an
+    /// update that leaves out what was allocated keeps it (a PUT of the
+    /// original manifest does not move the Service), and a type change
+    /// drops what the new type does not use, unless the user changed it.
+    fn prepare_for_update(&mut self, old: &Self) {
+        let (Some(spec), Some(old_spec)) = (self.spec.as_mut(), old.spec.as_ref()) else {
+            return;
+        };
+        let ext = |s: &ServiceSpec| s.type_.as_deref() == Some("ExternalName");
+        if !ext(spec) && !ext(old_spec) && spec.cluster_ip.as_deref().unwrap_or("").is_empty() {
+            spec.cluster_ip = old_spec.cluster_ip.clone();
+            if spec.cluster_ips.as_ref().is_none_or(|v| v.is_empty()) {
+                spec.cluster_ips = old_spec.cluster_ips.clone();
+            }
+        }
+        if ext(spec) && !ext(old_spec) && spec.cluster_ip == old_spec.cluster_ip {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+        }
+        let old_ports = old_spec.ports.clone().unwrap_or_default();
+        let wants = wants_node_ports(spec);
+        for p in spec.ports.iter_mut().flatten() {
+            let before = old_ports.iter().find(|o| {
+                o.port == p.port
+                    && o.protocol.as_deref().unwrap_or("TCP")
+                        == p.protocol.as_deref().unwrap_or("TCP")
+            });
+            match (wants, p.node_port, before.and_then(|o| o.node_port)) {
+                (true, None | Some(0), Some(np)) => p.node_port = Some(np),
+                (false, Some(np), Some(was)) if np == was => p.node_port = None,
+                _ => {}
+            }
+        }
+    }
 
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_with(ServiceSpec::default);

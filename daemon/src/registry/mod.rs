@@ -8,6 +8,7 @@
 //! `controllers`. Nothing here knows about HTTP requests or the server.
 
 pub mod admission;
+pub mod allocate;
 pub mod apps;
 pub mod batch;
 pub mod cache;
@@ -17,6 +18,7 @@ pub mod kinds;
 pub mod managed;
 pub mod other;
 pub mod printers;
+pub mod ranges;
 pub mod rbac;
 pub mod store;
 pub mod strategy;
@@ -43,6 +45,8 @@ pub struct Registry {
     /// Admission needing other objects or the requester (set once by the
     /// server; none in tests of the registry alone).
     admission: std::sync::OnceLock<Arc<dyn admission::Admission>>,
+    /// Allocators by kind storage directory (`services`).
+    allocators: RwLock<std::collections::HashMap<String, Arc<dyn allocate::Allocate>>>,
 }
 
 impl Registry {
@@ -53,6 +57,7 @@ impl Registry {
             kinds: RwLock::new(Arc::new(kinds::builtins())),
             active_namespaces: RwLock::default(),
             admission: std::sync::OnceLock::new(),
+            allocators: RwLock::default(),
         };
         r.refresh().await;
         r
@@ -65,6 +70,22 @@ impl Registry {
 
     pub(crate) fn admission(&self) -> Option<&Arc<dyn admission::Admission>> {
         self.admission.get()
+    }
+
+    /// Install the allocator of the kind stored under `storage`.
+    pub fn set_allocator(&self, storage: &str, a: Arc<dyn allocate::Allocate>) {
+        self.allocators
+            .write()
+            .expect("allocators lock")
+            .insert(storage.to_string(), a);
+    }
+
+    pub fn allocator(&self, rt: &ResourceType) -> Option<Arc<dyn allocate::Allocate>> {
+        self.allocators
+            .read()
+            .expect("allocators lock")
+            .get(&rt.storage())
+            .cloned()
     }
 
     /// Every kind served right now.

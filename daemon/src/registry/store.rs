@@ -445,8 +445,19 @@ impl Registry {
                     warnings,
                 });
             }
+            let alloc = self.allocator(rt);
+            let claims = match &alloc {
+                Some(a) => Some(a.claim(&mut candidate, None).await?),
+                None => None,
+            };
             let stored = rt.strategy().to_storage(candidate);
-            match self.objects.create(&r, stored).await {
+            let result = self.objects.create(&r, stored).await;
+            if result.is_err() {
+                if let (Some(a), Some(c)) = (&alloc, claims) {
+                    a.undo(c).await;
+                }
+            }
+            match result {
                 Ok(o) => {
                     return Ok(Written {
                         object: rt.strategy().storage_to_version(o),
@@ -553,6 +564,11 @@ impl Registry {
             }
             None => {}
         }
+        let alloc = self.allocator(rt).filter(|_| !opts.dry_run);
+        let claims = match &alloc {
+            Some(a) => Some(a.claim(&mut new, Some(old)).await?),
+            None => None,
+        };
         if has_generation(rt) && spec_part(&new) != spec_part(old) {
             let g = old
                 .pointer("/metadata/generation")
@@ -570,22 +586,38 @@ impl Registry {
         let r = obj_ref(rt, namespace, name);
         // The last finalizer of a deleted object is gone: it goes now.
         if is_deleting(&new) && !held(rt, &new) && rt.strategy().graceful_delete(&new).is_none() {
-            self.objects
+            let gone = self
+                .objects
                 .store
                 .delete(&r.key(), Some(revision_of(old)))
-                .await
-                .map_err(|e| store_err(rt, name)(e.into()))?;
+                .await;
+            if let Some(a) = &alloc {
+                if let Some(c) = claims {
+                    a.undo(c).await;
+                }
+                if gone.is_ok() {
+                    a.release(old, None).await;
+                }
+            }
+            gone.map_err(|e| store_err(rt, name)(e.into()))?;
             return Ok(Written {
                 object: new,
                 warnings,
             });
         }
         let stored = rt.strategy().to_storage(new);
-        let written = self
-            .objects
-            .update(&r, stored)
-            .await
-            .map_err(store_err(rt, name))?;
+        let written = self.objects.update(&r, stored).await;
+        if let Some(a) = &alloc {
+            match &written {
+                Ok(w) => a.release(old, Some(w)).await,
+                Err(_) => {
+                    if let Some(c) = claims {
+                        a.undo(c).await;
+                    }
+                }
+            }
+        }
+        let written = written.map_err(store_err(rt, name))?;
         Ok(Written {
             object: rt.strategy().storage_to_version(written),
             warnings,
@@ -688,7 +720,12 @@ impl Registry {
                     .delete(&r.key(), Some(revision_of(&cur)))
                     .await
                 {
-                    Ok(_) => return Ok((cur, true)),
+                    Ok(_) => {
+                        if let Some(a) = self.allocator(rt) {
+                            a.release(&cur, None).await;
+                        }
+                        return Ok((cur, true));
+                    }
                     Err(DatastoreError::Conflict { .. }) => continue,
                     Err(DatastoreError::NotFound(_)) => {
                         return Err(KubeError::NotFound(subject(rt, name)))

@@ -100,6 +100,10 @@ pub trait Kind:
     /// What only a create sets (upstream's PrepareForCreate).
     fn prepare_for_create(&mut self) {}
 
+    /// An update's fix-ups against the stored object, before defaults and
+    /// validation (upstream's PrepareForUpdate).
+    fn prepare_for_update(&mut self, _old: &Self) {}
+
     fn defaults(&mut self) {}
 
     fn validate(&self, _old: Option<&Self>, _errs: &mut Vec<FieldError>) {}
@@ -149,11 +153,12 @@ impl<K: Kind> Strategy for Typed<K> {
         unknown: &mut Vec<String>,
     ) -> Result<(), String> {
         let mut typed: K = decode(obj)?;
-        if old.is_none() {
-            typed.prepare_for_create();
+        let old: Option<K> = old.and_then(|o| decode(o).ok());
+        match &old {
+            None => typed.prepare_for_create(),
+            Some(o) => typed.prepare_for_update(o),
         }
         typed.defaults();
-        let old: Option<K> = old.and_then(|o| decode(o).ok());
         typed.validate(old.as_ref(), errs);
         let out = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
         unknown_fields(obj, &out, "", unknown);
