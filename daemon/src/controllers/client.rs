@@ -19,7 +19,21 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Client {
     pub reg: Arc<Registry>,
+    events: tokio::sync::mpsc::Sender<Event>,
 }
+
+/// An Event to record.
+struct Event {
+    involved: Value,
+    type_: String,
+    reason: String,
+    message: String,
+    component: String,
+}
+
+/// Events waiting to be written; beyond this they are dropped, as
+/// upstream's broadcaster drops them rather than slow its controllers.
+const EVENT_QUEUE: usize = 1000;
 
 /// A k8s-openapi time as chrono's.
 pub fn to_utc(t: &Time) -> DateTime<Utc> {
@@ -61,6 +75,28 @@ pub fn controller_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
 }
 
 impl Client {
+    /// A client whose Events a task of its own writes (it ends when the
+    /// last clone of the client is dropped).
+    pub fn new(reg: Arc<Registry>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(EVENT_QUEUE);
+        let c = Self {
+            reg: reg.clone(),
+            events: tx,
+        };
+        let writer = Self {
+            reg,
+            events: tokio::sync::mpsc::channel(1).0,
+        };
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                writer
+                    .write_event(&e.involved, &e.type_, &e.reason, &e.message, &e.component)
+                    .await;
+            }
+        });
+        c
+    }
+
     pub fn kind(&self, group: &str, version: &str, resource: &str) -> ResourceType {
         self.reg
             .find(group, version, resource)
@@ -139,9 +175,32 @@ impl Client {
             .await
     }
 
-    /// Record an Event about `involved` from `component`; the same event
-    /// again raises its count.
+    /// Record an Event about `involved` from `component`, in the
+    /// background; the same event again raises its count.
     pub async fn event(
+        &self,
+        involved: &Value,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
+        let meta = &involved["metadata"];
+        let e = Event {
+            involved: json!({"apiVersion": involved["apiVersion"], "kind": involved["kind"],
+                "metadata": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"],
+                    "resourceVersion": meta["resourceVersion"]}}),
+            type_: type_.into(),
+            reason: reason.into(),
+            message: message.into(),
+            component: component.into(),
+        };
+        if self.events.try_send(e).is_err() {
+            tracing::debug!(reason, "event queue full; event dropped");
+        }
+    }
+
+    async fn write_event(
         &self,
         involved: &Value,
         type_: &str,

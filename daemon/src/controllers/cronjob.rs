@@ -98,7 +98,7 @@ impl Ctl {
             .dependents(&uid)
             .into_iter()
             .filter(|(k, j)| k.starts_with(JOBS) && controller_uid(j) == Some(uid.as_str()))
-            .filter_map(|(_, j)| Some((j.clone(), serde_json::from_value(j).ok()?)))
+            .filter_map(|(_, j)| Some(((*j).clone(), serde_json::from_value((*j).clone()).ok()?)))
             .collect();
         jobs.sort_by_key(|(v, _)| s(v, "/metadata/creationTimestamp").to_string());
         let was_active: Vec<String> = old

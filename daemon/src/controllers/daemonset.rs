@@ -113,9 +113,9 @@ impl Ctl {
                 continue;
             }
             if s(&p, "/status/phase") == "Failed" {
-                doomed.push(p);
+                doomed.push((*p).clone());
             } else {
-                by_node.entry(pod_node(&p)).or_default().push(p);
+                by_node.entry(pod_node(&p)).or_default().push((*p).clone());
             }
         }
         let in_use: HashSet<String> = by_node

@@ -109,7 +109,7 @@ impl Ctl {
             .dependents(uid)
             .into_iter()
             .filter(|(k, rs)| k.starts_with(RS_PREFIX) && controller_uid(rs) == Some(uid))
-            .map(|(_, rs)| rs)
+            .map(|(_, rs)| (*rs).clone())
             .collect();
         v.sort_by_key(|rs| {
             (

@@ -184,7 +184,7 @@ impl Ctl {
                     o.last_failure = o.last_failure.max(finished_at(&p).or(Some(Utc::now())));
                 }
                 _ if deleting(&p) || terminal(&p) => {}
-                _ => o.active.push(p),
+                _ => o.active.push((*p).clone()),
             }
         }
         o

@@ -40,9 +40,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let cache = Arc::new(Cache::default());
-    let client = client::Client {
-        reg: registry.clone(),
-    };
+    let client = client::Client::new(registry.clone());
     let feed = {
         let (c, o, s) = (cache.clone(), registry.objects.clone(), stop.clone());
         async move { c.run(o, s).await }

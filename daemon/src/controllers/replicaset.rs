@@ -85,7 +85,7 @@ fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
 }
 
 /// The set's pods that count: owned, not finished, not being deleted.
-pub fn active_pods(cache: &Cache, rs: &Value) -> Vec<Value> {
+pub fn active_pods(cache: &Cache, rs: &Value) -> Vec<Arc<Value>> {
     let uid = s(rs, "/metadata/uid");
     cache
         .dependents(uid)
@@ -148,39 +148,57 @@ impl Ctl {
                 meta.as_object_mut().map(|m| m.remove(k));
             }
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]});
-            for _ in 0..(want - pods.len()).min(BURST) {
-                match self.c.create(&pods_rt, &ns, pod.clone()).await {
-                    Ok(created) => {
-                        let pname = s(&created, "/metadata/name").to_string();
-                        self.expected.created(&uid, &pname);
-                        self.c
-                            .event(
-                                &rs,
-                                "Normal",
-                                "SuccessfulCreate",
-                                &format!("Created pod: {pname}"),
-                                self.flavor.component,
-                            )
-                            .await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(namespace = %ns, replicaset = %name, error = %e, "could not create a pod");
-                        self.c
-                            .event(
-                                &rs,
-                                "Warning",
-                                "FailedCreate",
-                                &format!("Error creating: {e}"),
-                                self.flavor.component,
-                            )
-                            .await;
-                        break;
+            // Upstream's slow start: batches of 1, 2, 4... created at
+            // once; a failure stops the rest (a quota or a webhook saying
+            // no would say it to all of them).
+            let mut remaining = (want - pods.len()).min(BURST);
+            let mut batch = 1;
+            while remaining > 0 {
+                let n = batch.min(remaining);
+                let results = futures_util::future::join_all(
+                    (0..n).map(|_| self.c.create(&pods_rt, &ns, pod.clone())),
+                )
+                .await;
+                let mut failed = false;
+                for r in results {
+                    match r {
+                        Ok(created) => {
+                            let pname = s(&created, "/metadata/name").to_string();
+                            self.expected.created(&uid, &pname);
+                            self.c
+                                .event(
+                                    &rs,
+                                    "Normal",
+                                    "SuccessfulCreate",
+                                    &format!("Created pod: {pname}"),
+                                    self.flavor.component,
+                                )
+                                .await;
+                        }
+                        Err(e) => {
+                            failed = true;
+                            tracing::warn!(namespace = %ns, replicaset = %name, error = %e, "could not create a pod");
+                            self.c
+                                .event(
+                                    &rs,
+                                    "Warning",
+                                    "FailedCreate",
+                                    &format!("Error creating: {e}"),
+                                    self.flavor.component,
+                                )
+                                .await;
+                        }
                     }
                 }
+                if failed {
+                    break;
+                }
+                remaining -= n;
+                batch *= 2;
             }
         } else if pods.len() > want {
             let mut victims = pods.clone();
-            victims.sort_by_key(deletion_rank);
+            victims.sort_by_key(|p| deletion_rank(p));
             for p in victims.iter().take((pods.len() - want).min(BURST)) {
                 let pname = s(p, "/metadata/name").to_string();
                 match self
@@ -207,7 +225,7 @@ impl Ctl {
         self.write_status(&rs, &pods).await;
     }
 
-    async fn write_status(&self, rs: &Value, pods: &[Value]) {
+    async fn write_status(&self, rs: &Value, pods: &[Arc<Value>]) {
         let now = chrono::Utc::now();
         let min_ready = rs
             .pointer("/spec/minReadySeconds")

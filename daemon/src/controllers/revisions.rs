@@ -31,7 +31,7 @@ pub fn list(cache: &Cache, owner_uid: &str) -> Vec<Value> {
         .dependents(owner_uid)
         .into_iter()
         .filter(|(k, v)| k.starts_with(PREFIX) && controller_uid(v) == Some(owner_uid))
-        .map(|(_, v)| v)
+        .map(|(_, v)| (*v).clone())
         .collect();
     crs.sort_by_key(number);
     crs

@@ -13,8 +13,9 @@
 //! and is tried again when nodes or pods change.
 
 use super::client::{controller_uid, deleting, s, Client};
+use crate::datastore::EventKind;
 use crate::quantity::milli;
-use crate::registry::cache::Cache;
+use crate::registry::cache::{Cache, Change};
 use crate::registry::core::{bind_pod, Bound};
 use crate::registry::validation::selector_matches;
 use k8s_openapi::api::core::v1::{
@@ -28,6 +29,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 pub const NAME: &str = "default-scheduler";
+/// Bindings written at once.
+const BIND_PARALLELISM: usize = 16;
 /// Pending pods are looked at again this often even without changes.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -258,7 +261,8 @@ fn unfit(
     usage: &HashMap<String, Usage>,
 ) -> Option<Vec<String>> {
     let spec = p.spec.as_ref().expect("pending pods have a spec");
-    let node_spec = c.node.spec.clone().unwrap_or_default();
+    let no_spec = Default::default();
+    let node_spec = c.node.spec.as_ref().unwrap_or(&no_spec);
     let ready = c
         .node
         .status
@@ -300,7 +304,8 @@ fn unfit(
             "node(s) didn't match Pod's node affinity/selector".into()
         ]);
     }
-    let used = usage.get(&c.name).cloned().unwrap_or_default();
+    let none = Usage::default();
+    let used = usage.get(&c.name).unwrap_or(&none);
     let (cpu, mem) = requests(p);
     let mut short = Vec::new();
     if used.pods + 1 > c.alloc_pods {
@@ -360,7 +365,8 @@ fn unfit(
 /// Higher is better: least requested (0-100 each for cpu and memory),
 /// preferred node affinity, and spreading the pod's siblings.
 fn score(p: &Pod, c: &Candidate, usage: &HashMap<String, Usage>) -> i128 {
-    let used = usage.get(&c.name).cloned().unwrap_or_default();
+    let none = Usage::default();
+    let used = usage.get(&c.name).unwrap_or(&none);
     let (cpu, mem) = requests(p);
     // Upstream counts 100m/200Mi for a container that asks for nothing.
     let cpu = if cpu == 0 { 100 } else { cpu };
@@ -478,15 +484,17 @@ fn scheduler_of(p: &Pod) -> &str {
 /// One pass over the pending pods. `assumed` holds the bindings made but
 /// not yet seen in the cache (pod uid → node), as upstream's assume cache
 /// does, so the next pass counts them where they went.
-async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, String>) {
-    let nodes = candidates(cache);
+async fn schedule(
+    c: &Client,
+    cache: &Cache,
+    nodes: &[Candidate],
+    index: &PodIndex,
+    assumed: &mut HashMap<String, String>,
+) {
     let mut usage: HashMap<String, Usage> = HashMap::new();
     let mut pending = Vec::new();
     let mut seen = HashSet::new();
-    for (key, v) in cache.list("/registry/pods/") {
-        let Ok(p) = serde_json::from_value::<Pod>(v.clone()) else {
-            continue;
-        };
+    for (key, (v, p)) in index {
         let uid = p.metadata.uid.clone().unwrap_or_default();
         seen.insert(uid.clone());
         let mut node = p
@@ -502,15 +510,15 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
             assumed.remove(&uid);
         }
         if node.is_empty() {
-            if !deleting(&v) && (scheduler_of(&p) == NAME || scheduler_of(&p).is_empty()) {
-                pending.push((key, v, p));
+            if !deleting(v) && (scheduler_of(p) == NAME || scheduler_of(p).is_empty()) {
+                pending.push((key.clone(), v.clone(), p.clone()));
             }
             continue;
         }
-        if terminal(&p) {
+        if terminal(p) {
             continue;
         }
-        usage.entry(node).or_default().add(&p, &v);
+        usage.entry(node).or_default().add(p, v);
     }
     assumed.retain(|uid, _| seen.contains(uid));
     // Priority first, then the oldest.
@@ -520,14 +528,15 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
             s(&a.1, "/metadata/creationTimestamp").cmp(s(&b.1, "/metadata/creationTimestamp"))
         })
     });
+    let mut binds = vec![];
     for (_, v, p) in pending {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(i128, &Candidate)> = None;
         let claims = unready_claims(cache, &p);
-        for n in &nodes {
+        for n in nodes {
             let why = match &claims {
                 Some(r) => Some(vec![r.clone()]),
-                None => unfit(&p, n, &nodes, &usage),
+                None => unfit(&p, n, nodes, &usage),
             };
             match why {
                 Some(why) => {
@@ -548,26 +557,12 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
         let name = p.metadata.name.clone().unwrap_or_default();
         match best {
             Some((_, n)) => {
-                let r = crate::objects::Ref::namespaced("pods", &ns, &name);
-                match bind_pod(&c.reg.objects, &r, &n.name).await {
-                    Ok(Bound::Yes) => {
-                        if let Some(uid) = p.metadata.uid.clone() {
-                            assumed.insert(uid, n.name.clone());
-                        }
-                        usage.entry(n.name.clone()).or_default().add(&p, &v);
-                        tracing::debug!(namespace = %ns, pod = %name, node = %n.name, "pod scheduled");
-                        c.event(
-                            &v,
-                            "Normal",
-                            "Scheduled",
-                            &format!("Successfully assigned {ns}/{name} to {}", n.name),
-                            NAME,
-                        )
-                        .await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(pod = %name, error = %e, "could not bind a pod"),
+                // Assumed at once; the bindings are written together below.
+                if let Some(uid) = p.metadata.uid.clone() {
+                    assumed.insert(uid, n.name.clone());
                 }
+                usage.entry(n.name.clone()).or_default().add(&p, &v);
+                binds.push((v, ns, name, n.name.clone(), p.metadata.uid.clone()));
             }
             None => {
                 let message = unschedulable_message(nodes.len(), &reasons);
@@ -606,6 +601,68 @@ async fn schedule(c: &Client, cache: &Cache, assumed: &mut HashMap<String, Strin
             }
         }
     }
+    // Bindings go out together, as upstream binds asynchronously; one
+    // that fails is forgotten, so the next pass places the pod again.
+    use futures_util::StreamExt;
+    let results: Vec<_> = futures_util::stream::iter(binds)
+        .map(|(v, ns, name, node, uid)| async move {
+            let r = crate::objects::Ref::namespaced("pods", &ns, &name);
+            let res = bind_pod(&c.reg.objects, &r, &node).await;
+            (v, ns, name, node, uid, res)
+        })
+        .buffer_unordered(BIND_PARALLELISM)
+        .collect()
+        .await;
+    for (v, ns, name, node, uid, res) in results {
+        match res {
+            Ok(Bound::Yes) => {
+                tracing::debug!(namespace = %ns, pod = %name, node = %node, "pod scheduled");
+                let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                c.event(&v, "Normal", "Scheduled", &msg, NAME).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pod = %name, error = %e, "could not bind a pod"),
+        }
+        if let Some(uid) = uid {
+            assumed.remove(&uid);
+        }
+    }
+}
+
+/// Every pod, decoded once per change (a pass reads these instead of
+/// decoding every pod again).
+type PodIndex = BTreeMap<String, (Value, Pod)>;
+
+const PODS: &str = "/registry/pods/";
+
+fn index_all(cache: &Cache) -> PodIndex {
+    cache
+        .list(PODS)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, (v.clone(), serde_json::from_value(v).ok()?))))
+        .collect()
+}
+
+/// Apply one change; whether it matters to scheduling (pods, nodes).
+fn apply(index: &mut PodIndex, ch: &Change) -> bool {
+    if !ch.key.starts_with(PODS) {
+        return ch.key.starts_with("/registry/nodes/");
+    }
+    match ch.kind {
+        EventKind::Delete => {
+            index.remove(&ch.key);
+        }
+        _ => match serde_json::from_value::<Pod>((*ch.object).clone()) {
+            Ok(p) => {
+                index.insert(ch.key.clone(), ((*ch.object).clone(), p));
+            }
+            Err(_) => {
+                index.remove(&ch.key);
+            }
+        },
+    }
+    true
 }
 
 /// Schedule until `stop`: on every pod or node change (gathered for a
@@ -615,22 +672,51 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
     let mut tick = tokio::time::interval(RETRY);
     let mut assumed = HashMap::new();
+    let mut index = index_all(&cache);
+    let mut nodes = candidates(&cache);
+    // A pass waits at least as long as the last one took, so a burst of
+    // pods leaves the other half of the time to whoever creates them.
+    let mut last_pass = Duration::ZERO;
     loop {
+        let mut nodes_changed = false;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => nodes_changed = true,
             ch = rx.recv() => match ch {
-                Ok(ch) if ch.key.starts_with("/registry/pods/") || ch.key.starts_with("/registry/nodes/") => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    // Drain what arrived meanwhile: one pass covers it.
-                    while rx.try_recv().is_ok() {}
+                Ok(ch) => {
+                    if !apply(&mut index, &ch) {
+                        continue;
+                    }
+                    nodes_changed |= !ch.key.starts_with(PODS);
+                    tokio::time::sleep(last_pass.max(Duration::from_millis(20))).await;
+                    // Take in what arrived meanwhile: one pass covers it.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(more) => {
+                                apply(&mut index, &more);
+                                nodes_changed |= more.key.starts_with("/registry/nodes/");
+                            }
+                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                                index = index_all(&cache);
+                                nodes_changed = true;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
-                Ok(_) => continue,
-                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Lagged(_)) => {
+                    index = index_all(&cache);
+                    nodes_changed = true;
+                }
                 Err(RecvError::Closed) => return,
             }
         }
-        schedule(&c, &cache, &mut assumed).await;
+        if nodes_changed {
+            nodes = candidates(&cache);
+        }
+        let t0 = std::time::Instant::now();
+        schedule(&c, &cache, &nodes, &index, &mut assumed).await;
+        last_pass = t0.elapsed();
     }
 }
 

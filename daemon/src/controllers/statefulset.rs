@@ -73,9 +73,9 @@ impl Ctl {
             }
             match ordinal(&name, s(&p, "/metadata/name")) {
                 Some(i) => {
-                    pods.insert(i, p);
+                    pods.insert(i, (*p).clone());
                 }
-                None => stray.push(p),
+                None => stray.push((*p).clone()),
             }
         }
         let in_use: HashSet<String> = pods

@@ -7,7 +7,7 @@ use crate::datastore::{EventKind, Revision};
 use crate::objects::Objects;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 pub struct Change {
     pub kind: EventKind,
     pub key: String,
-    pub object: Value,
+    /// Shared: every subscriber gets the same object, not a copy.
+    pub object: Arc<Value>,
 }
 
 #[derive(Default)]
 struct Inner {
-    objects: BTreeMap<String, Value>,
+    objects: BTreeMap<String, Arc<Value>>,
     by_uid: HashMap<String, String>,
     /// owner uid → keys of objects naming it in ownerReferences.
     dependents: HashMap<String, HashSet<String>>,
@@ -61,7 +62,7 @@ impl Inner {
         }
     }
 
-    fn insert(&mut self, key: String, v: Value) {
+    fn insert(&mut self, key: String, v: Arc<Value>) {
         self.remove(&key);
         if let Some(u) = uid(&v) {
             self.by_uid.insert(u.to_string(), key.clone());
@@ -106,7 +107,7 @@ impl Cache {
             .expect("cache lock")
             .objects
             .get(key)
-            .cloned()
+            .map(|v| (**v).clone())
     }
 
     pub fn exists_uid(&self, uid: &str) -> bool {
@@ -120,11 +121,12 @@ impl Cache {
     pub fn by_uid(&self, uid: &str) -> Option<(String, Value)> {
         let inner = self.inner.read().expect("cache lock");
         let key = inner.by_uid.get(uid)?;
-        Some((key.clone(), inner.objects.get(key)?.clone()))
+        Some((key.clone(), (**inner.objects.get(key)?).clone()))
     }
 
-    /// Objects whose ownerReferences name `owner_uid`.
-    pub fn dependents(&self, owner_uid: &str) -> Vec<(String, Value)> {
+    /// Objects whose ownerReferences name `owner_uid` (shared, not copied:
+    /// controllers ask this of every pod change).
+    pub fn dependents(&self, owner_uid: &str) -> Vec<(String, Arc<Value>)> {
         let inner = self.inner.read().expect("cache lock");
         inner
             .dependents
@@ -149,7 +151,7 @@ impl Cache {
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, v)| keep(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), (**v).clone()))
             .collect()
     }
 
@@ -157,7 +159,7 @@ impl Cache {
         let mut inner = self.inner.write().expect("cache lock");
         *inner = Inner::default();
         for (k, v) in items {
-            inner.insert(k, v);
+            inner.insert(k, Arc::new(v));
         }
         inner.revision = rev;
     }
@@ -183,7 +185,7 @@ impl Cache {
                 self.synced.send_replace(true);
             },
             |ev| {
-                let Some(v) = with_rv(&ev.value, ev.revision) else {
+                let Some(v) = with_rv(&ev.value, ev.revision).map(Arc::new) else {
                     return;
                 };
                 {
