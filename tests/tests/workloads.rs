@@ -530,6 +530,36 @@ fn jobs_cronjobs_daemonsets_statefulsets_and_rcs_run_on_the_kubelet() {
     assert_eq!(sl["endpoints"].as_array().unwrap().len(), 3, "{sl}");
     assert_eq!(sl["metadata"]["ownerReferences"][0]["name"], "front");
 
+    // A bare pod the RC's selector matches is adopted, and the surplus
+    // goes: two pods, both the RC's.
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"app": "rc", "tier": "front"}},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "600"]}]}}"#,
+    );
+    let adopted = wait_for(T, || {
+        let live: Vec<Value> = items(&k, &["pods", "-l", "app=rc"])
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        let owned = live
+            .iter()
+            .all(|p| p["metadata"]["ownerReferences"][0]["name"] == "rc");
+        (live.len() == 2 && owned).then_some(())
+    });
+    assert!(
+        adopted.is_some(),
+        "{}",
+        k.ok(&["get", "pods", "-l", "app=rc", "-o", "yaml"])
+    );
+    let events = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=rc",
+    ]);
+    assert!(events.contains("SuccessfulDelete"), "{events}");
+
     k.ok(&["scale", "rc/rc", "--replicas=1"]);
     let one = wait_for(T, || {
         let rc = get(&k, &["rc", "rc"])?;

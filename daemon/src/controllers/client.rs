@@ -175,6 +175,30 @@ impl Client {
             .await
     }
 
+    /// Replace the status of `ns/name` if it is still the object `uid`
+    /// (a failure is only logged: the next sync writes it again).
+    pub async fn write_status(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        status: Value,
+    ) {
+        let r = self
+            .update(rt, ns, name, true, |o| {
+                if s(o, "/metadata/uid") != uid {
+                    return false;
+                }
+                o["status"] = status.clone();
+                true
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(kind = %rt.kind, name, error = %e, "status not written");
+        }
+    }
+
     /// Record an Event about `involved` from `component`, in the
     /// background; the same event again raises its count.
     pub async fn event(

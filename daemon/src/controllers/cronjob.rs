@@ -175,20 +175,9 @@ impl Ctl {
             Some(active.iter().map(job_ref).collect::<Vec<_>>()).filter(|a| !a.is_empty());
         if status != old {
             let rt = self.c.kind("batch", "v1", "cronjobs");
-            let new = json!(status);
-            let r = self
-                .c
-                .update(&rt, &ns, &name, true, |o| {
-                    if s(o, "/metadata/uid") != uid {
-                        return false;
-                    }
-                    o["status"] = new.clone();
-                    true
-                })
+            self.c
+                .write_status(&rt, &ns, &name, &uid, json!(status))
                 .await;
-            if let Err(e) = r {
-                tracing::debug!(cronjob = %name, error = %e, "status not written");
-            }
         }
     }
 

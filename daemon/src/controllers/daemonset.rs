@@ -259,20 +259,9 @@ impl Ctl {
         };
         if status != old {
             let rt = self.c.kind("apps", "v1", "daemonsets");
-            let new = json!(status);
-            let r = self
-                .c
-                .update(&rt, &ns, &name, true, |o| {
-                    if s(o, "/metadata/uid") != uid {
-                        return false;
-                    }
-                    o["status"] = new.clone();
-                    true
-                })
+            self.c
+                .write_status(&rt, &ns, &name, &uid, json!(status))
                 .await;
-            if let Err(e) = r {
-                tracing::debug!(daemonset = %name, error = %e, "status not written");
-            }
         }
         tracing::trace!(daemonset = %name, revision = cur.number, "synced");
     }

@@ -452,20 +452,7 @@ impl Ctl {
 
     async fn write_status(&self, ns: &str, name: &str, uid: &str, status: JobStatus) {
         let rt = self.c.kind("batch", "v1", "jobs");
-        let new = json!(status);
-        let r = self
-            .c
-            .update(&rt, ns, name, true, |o| {
-                if s(o, "/metadata/uid") != uid {
-                    return false;
-                }
-                o["status"] = new.clone();
-                true
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(job = name, error = %e, "status not written");
-        }
+        self.c.write_status(&rt, ns, name, uid, json!(status)).await;
     }
 
     /// A finished Job with `ttlSecondsAfterFinished` goes when it expires.

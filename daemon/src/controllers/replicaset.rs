@@ -129,6 +129,10 @@ impl Ctl {
             .and_then(Value::as_i64)
             .unwrap_or(1)
             .max(0) as usize;
+        if self.adopt(&rs, &ns).await {
+            // The next pass counts them, once the cache shows them owned.
+            return;
+        }
         let pods = active_pods(&self.cache, &rs);
         let pods_rt = self.c.kind("", "v1", "pods");
         if pods.len() < want {
@@ -223,6 +227,61 @@ impl Ctl {
             }
         }
         self.write_status(&rs, &pods).await;
+    }
+
+    /// Adopt the namespace's pods that match the selector and have no
+    /// controller (upstream's ControllerRefManager); whether any was.
+    async fn adopt(&self, rs: &Value, ns: &str) -> bool {
+        let selector = &rs["spec"]["selector"];
+        let sel: LabelSelector = if self.flavor.group.is_empty() {
+            // A ReplicationController's selector is a plain label map.
+            LabelSelector {
+                match_labels: serde_json::from_value(selector.clone()).ok(),
+                match_expressions: None,
+            }
+        } else {
+            serde_json::from_value(selector.clone()).unwrap_or_default()
+        };
+        if sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+        {
+            return false;
+        }
+        let orphans = self
+            .cache
+            .list_where(&format!("/registry/pods/{ns}/"), |p| {
+                controller_uid(p).is_none()
+                    && !deleting(p)
+                    && !terminal(p)
+                    && selector_matches(&sel, Some(&labels(p)))
+            });
+        let pods_rt = self.c.kind("", "v1", "pods");
+        let owner = controller_ref(rs, self.flavor.api_version, self.flavor.kind);
+        let mut adopted = false;
+        for (_, p) in orphans {
+            let pname = s(&p, "/metadata/name").to_string();
+            let r = self
+                .c
+                .update(&pods_rt, ns, &pname, false, |o| {
+                    if controller_uid(o).is_some() || deleting(o) {
+                        return false;
+                    }
+                    match o["metadata"]["ownerReferences"].as_array_mut() {
+                        Some(refs) => refs.push(owner.clone()),
+                        None => o["metadata"]["ownerReferences"] = json!([owner.clone()]),
+                    }
+                    true
+                })
+                .await;
+            match r {
+                Ok(()) => {
+                    adopted = true;
+                    tracing::info!(namespace = ns, pod = %pname, owner = s(rs, "/metadata/name"), "adopted an orphaned pod");
+                }
+                Err(e) => tracing::debug!(pod = %pname, error = %e, "could not adopt a pod"),
+            }
+        }
+        adopted
     }
 
     async fn write_status(&self, rs: &Value, pods: &[Arc<Value>]) {

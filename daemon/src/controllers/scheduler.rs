@@ -29,8 +29,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 pub const NAME: &str = "default-scheduler";
-/// Bindings written at once.
-const BIND_PARALLELISM: usize = 16;
+/// Bindings written at once (the datastore commits concurrent writes in
+/// one batch).
+const BIND_PARALLELISM: usize = 64;
 /// Pending pods are looked at again this often even without changes.
 const RETRY: Duration = Duration::from_secs(5);
 
