@@ -96,6 +96,11 @@ fn daemon_args(extra: &[String]) -> Vec<String> {
     let mut out: Vec<String> = extra.iter().filter(|a| *a != RUNTIME).cloned().collect();
     if !extra.iter().any(|a| a == RUNTIME) {
         out.push("--disable-runtime".into());
+    } else if !extra.iter().any(|a| a.contains("eviction-hard")) {
+        // Only the memory threshold: the host's own disk (CI machines run
+        // with under 10 % free) must not put test nodes under DiskPressure
+        // and so taint them against every pod.
+        out.push("--kubelet-arg=eviction-hard=memory.available<100Mi".into());
     }
     out
 }
