@@ -33,20 +33,7 @@ impl Default for Ipam {
 impl Ipam {
     /// Parse `10.42.0.0/16` and a node mask size, or say what is wrong.
     pub fn parse(cidr: &str, node_prefix: u8) -> Result<Self, String> {
-        let (ip, len) = cidr
-            .split_once('/')
-            .ok_or_else(|| format!("{cidr:?} is not a CIDR like 10.42.0.0/16"))?;
-        let network: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{cidr:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{cidr:?}: {len:?} is not a prefix length"))?;
-        if u32::from(network) & !mask(prefix) != 0 {
-            return Err(format!("{cidr:?} has host bits set"));
-        }
+        let (network, prefix) = crate::registry::ranges::parse_cidr(cidr)?;
         if node_prefix < prefix || node_prefix > 30 || node_prefix - prefix > 16 {
             return Err(format!(
                 "node CIDR mask size {node_prefix} must be between {prefix} and 30, at most 16 more than the cluster CIDR's"
@@ -72,14 +59,6 @@ impl Ipam {
     pub fn block(&self, n: u32) -> String {
         let base = u32::from(self.network) + (n << (32 - self.node_prefix));
         format!("{}/{}", Ipv4Addr::from(base), self.node_prefix)
-    }
-}
-
-fn mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
     }
 }
 

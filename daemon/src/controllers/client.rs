@@ -65,6 +65,17 @@ pub fn controller_uid(v: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// The objects under `prefix` whose controller is `owner_uid` (shared
+/// from the cache, not copied).
+pub fn controlled(cache: &Cache, owner_uid: &str, prefix: &str) -> Vec<Arc<Value>> {
+    cache
+        .dependents(owner_uid)
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(prefix) && controller_uid(v) == Some(owner_uid))
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// A controller owner reference to `owner`.
 pub fn controller_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
     json!({
@@ -123,18 +134,7 @@ impl Client {
         name: &str,
         uid: &str,
     ) -> Result<(), KubeError> {
-        let opts = DeleteOptions {
-            propagation_policy: Some("Background".into()),
-            preconditions: Preconditions {
-                uid: Some(uid.to_string()),
-                resource_version: None,
-            },
-            ..Default::default()
-        };
-        match self.reg.delete(rt, Some(ns), name, &opts).await {
-            Ok(_) | Err(KubeError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.delete_with(rt, ns, name, uid, None).await
     }
 
     /// Delete a pod at once (grace 0), for pods no kubelet will finish.
@@ -145,9 +145,20 @@ impl Client {
         name: &str,
         uid: &str,
     ) -> Result<(), KubeError> {
+        self.delete_with(rt, ns, name, uid, Some(0)).await
+    }
+
+    async fn delete_with(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        grace: Option<i64>,
+    ) -> Result<(), KubeError> {
         let opts = DeleteOptions {
             propagation_policy: Some("Background".into()),
-            grace_period_seconds: Some(0),
+            grace_period_seconds: grace,
             preconditions: Preconditions {
                 uid: Some(uid.to_string()),
                 resource_version: None,

@@ -8,9 +8,7 @@
 //! time while a Job is active, `Replace` deletes the active ones first.
 //! Finished Jobs beyond the history limits are deleted, oldest first.
 
-use super::client::{
-    controller_ref, controller_uid, deleting, next_dirty, s, time, to_utc, Client,
-};
+use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
 use super::job::finished;
 use crate::registry::batch::{time_zone, Schedule};
 use crate::registry::cache::Cache;
@@ -93,12 +91,9 @@ impl Ctl {
         let mut status = old.clone();
         let now = Utc::now();
 
-        let mut jobs: Vec<(Value, Job)> = self
-            .cache
-            .dependents(&uid)
+        let mut jobs: Vec<(Value, Job)> = controlled(&self.cache, &uid, JOBS)
             .into_iter()
-            .filter(|(k, j)| k.starts_with(JOBS) && controller_uid(j) == Some(uid.as_str()))
-            .filter_map(|(_, j)| Some(((*j).clone(), serde_json::from_value((*j).clone()).ok()?)))
+            .filter_map(|j| Some(((*j).clone(), serde_json::from_value((*j).clone()).ok()?)))
             .collect();
         jobs.sort_by_key(|(v, _)| s(v, "/metadata/creationTimestamp").to_string());
         let was_active: Vec<String> = old

@@ -10,7 +10,7 @@
 //! `maxUnavailable`, OnDelete only when a user deletes them. Failed pods
 //! and pods on nodes that no longer accept them are deleted.
 
-use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::deployment::scaled;
 use super::expectations::Expectations;
 use super::replicaset::{available, ready};
@@ -105,11 +105,8 @@ impl Ctl {
         // Pods by node; finished ones are deleted (and replaced).
         let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         let mut doomed: Vec<Value> = vec![];
-        for (k, p) in self.cache.dependents(&uid) {
-            if !k.starts_with("/registry/pods/")
-                || controller_uid(&p) != Some(uid.as_str())
-                || deleting(&p)
-            {
+        for p in controlled(&self.cache, &uid, "/registry/pods/") {
+            if deleting(&p) {
                 continue;
             }
             if s(&p, "/status/phase") == "Failed" {

@@ -10,7 +10,7 @@
 //! Status carries the counts and the Available and Progressing conditions
 //! `kubectl rollout status` reads, ProgressDeadlineExceeded included.
 
-use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::replicaset::{active_pods, available};
 use crate::registry::cache::Cache;
 use serde_json::{json, Value};
@@ -104,12 +104,9 @@ struct Ctl {
 impl Ctl {
     fn owned_sets(&self, d: &Value) -> Vec<Value> {
         let uid = s(d, "/metadata/uid");
-        let mut v: Vec<Value> = self
-            .cache
-            .dependents(uid)
+        let mut v: Vec<Value> = controlled(&self.cache, uid, RS_PREFIX)
             .into_iter()
-            .filter(|(k, rs)| k.starts_with(RS_PREFIX) && controller_uid(rs) == Some(uid))
-            .map(|(_, rs)| (*rs).clone())
+            .map(|rs| (*rs).clone())
             .collect();
         v.sort_by_key(|rs| {
             (

@@ -10,9 +10,7 @@
 //! their pods. Counts never go down, so pods removed after they were
 //! counted (by a user or the pod GC) do not undo progress.
 
-use super::client::{
-    controller_ref, controller_uid, deleting, next_dirty, s, time, to_utc, Client,
-};
+use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
 use super::expectations::Expectations;
 use super::replicaset::{ready, terminal};
 use crate::registry::cache::Cache;
@@ -168,10 +166,7 @@ impl Ctl {
                 .unwrap_or_default(),
             last_failure: None,
         };
-        for (key, p) in self.cache.dependents(uid) {
-            if !key.starts_with("/registry/pods/") || controller_uid(&p) != Some(uid) {
-                continue;
-            }
+        for p in controlled(&self.cache, uid, "/registry/pods/") {
             match s(&p, "/status/phase") {
                 "Succeeded" => {
                     o.succeeded += 1;

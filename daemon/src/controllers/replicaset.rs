@@ -7,7 +7,7 @@
 //! deleted) before acting on a set again. Surplus pods go unscheduled
 //! first, then pending, not ready, and newest.
 
-use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, controller_uid, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use crate::registry::cache::Cache;
 use crate::registry::validation::selector_matches;
@@ -86,12 +86,8 @@ fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
 
 /// The set's pods that count: owned, not finished, not being deleted.
 pub fn active_pods(cache: &Cache, rs: &Value) -> Vec<Arc<Value>> {
-    let uid = s(rs, "/metadata/uid");
-    cache
-        .dependents(uid)
+    controlled(cache, s(rs, "/metadata/uid"), "/registry/pods/")
         .into_iter()
-        .map(|(_, p)| p)
-        .filter(|p| controller_uid(p) == Some(uid) && p.pointer("/spec/containers").is_some())
         .filter(|p| !terminal(p) && !deleting(p))
         .collect()
 }

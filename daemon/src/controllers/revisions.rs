@@ -3,7 +3,7 @@
 //! per distinct template, named `<owner>-<hash>`; going back to an older
 //! template renumbers its revision as the newest, as upstream does.
 
-use super::client::{controller_ref, controller_uid, s, Client};
+use super::client::{controlled, controller_ref, s, Client};
 use super::deployment::template_hash;
 use crate::registry::cache::Cache;
 use crate::registry::KubeError;
@@ -27,11 +27,9 @@ fn number(cr: &Value) -> i64 {
 
 /// The owner's revisions, oldest first.
 pub fn list(cache: &Cache, owner_uid: &str) -> Vec<Value> {
-    let mut crs: Vec<Value> = cache
-        .dependents(owner_uid)
+    let mut crs: Vec<Value> = controlled(cache, owner_uid, PREFIX)
         .into_iter()
-        .filter(|(k, v)| k.starts_with(PREFIX) && controller_uid(v) == Some(owner_uid))
-        .map(|(_, v)| (*v).clone())
+        .map(|v| (*v).clone())
         .collect();
     crs.sort_by_key(number);
     crs

@@ -12,7 +12,7 @@
 //! Templates are ControllerRevisions; `currentRevision` becomes the update
 //! revision once every pod runs it.
 
-use super::client::{controller_ref, controller_uid, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use super::replicaset::{available, ready, terminal};
 use super::revisions::{self, HASH_LABEL};
@@ -67,10 +67,7 @@ impl Ctl {
 
         let mut pods: BTreeMap<i32, Value> = BTreeMap::new();
         let mut stray: Vec<Value> = vec![];
-        for (k, p) in self.cache.dependents(&uid) {
-            if !k.starts_with("/registry/pods/") || controller_uid(&p) != Some(uid.as_str()) {
-                continue;
-            }
+        for p in controlled(&self.cache, &uid, "/registry/pods/") {
             match ordinal(&name, s(&p, "/metadata/name")) {
                 Some(i) => {
                     pods.insert(i, (*p).clone());

@@ -46,19 +46,11 @@ impl Default for ServiceRanges {
 impl ServiceRanges {
     /// Parse `10.43.0.0/16` and `30000-32767`, or say what is wrong.
     pub fn parse(cidr: &str, ports: &str) -> Result<Self, String> {
-        let (ip, len) = cidr
-            .split_once('/')
-            .ok_or_else(|| format!("{cidr:?} is not a CIDR like 10.43.0.0/16"))?;
-        let network: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{cidr:?}: {ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| (8..=28).contains(p))
-            .ok_or_else(|| format!("{cidr:?}: the prefix length must be between 8 and 28"))?;
-        if u32::from(network) & !(u32::MAX << (32 - prefix)) != 0 {
-            return Err(format!("{cidr:?} has host bits set"));
+        let (network, prefix) = parse_cidr(cidr)?;
+        if !(8..=28).contains(&prefix) {
+            return Err(format!(
+                "{cidr:?}: the prefix length must be between 8 and 28"
+            ));
         }
         let (lo, hi) = ports
             .split_once('-')
@@ -105,6 +97,27 @@ impl ServiceRanges {
     fn assignable(&self, ip: Ipv4Addr) -> bool {
         self.contains(ip) && ip != self.api_ip() && ip != self.dns_ip()
     }
+}
+
+/// An IPv4 network `a.b.c.d/n` without host bits, or what is wrong with it
+/// (the pod and the service CIDR flags both read it).
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a CIDR like 10.42.0.0/16"))?;
+    let network: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{cidr:?}: {ip:?} is not an IPv4 address"))?;
+    let prefix: u8 = len
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| format!("{cidr:?}: {len:?} is not a prefix length"))?;
+    let host_bits = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+    if u32::from(network) & host_bits != 0 {
+        return Err(format!("{cidr:?} has host bits set"));
+    }
+    Ok((network, prefix))
 }
 
 /// The allocator over a datastore.
