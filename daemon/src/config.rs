@@ -893,6 +893,15 @@ mod tests {
             .to_string();
         assert!(e.contains("'server'"), "agent-only key in server mode: {e}");
 
+        std::fs::write(&main, "service-cidr = \"10.43.0.1/16\"\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--service-cidr") && e.contains("has host bits set"),
+            "{e}"
+        );
+
         std::fs::write(&main, "node-monitor-grace-period = \"forever\"\n").unwrap();
         let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
             .unwrap_err()
