@@ -11,6 +11,8 @@
 
 use crate::datastore::DatastoreError;
 use crate::objects::{self, now_micro, parse_time, ObjectError, Objects, Ref};
+use crate::registry::error::KubeError;
+use crate::registry::Registry;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -362,17 +364,92 @@ pub async fn reconcile_endpoints(objects: &Objects, servers: &[String]) -> objec
     Ok(())
 }
 
-/// Leader work: Endpoints follow the server list.
-pub async fn endpoints_loop(objects: Objects, m: std::sync::Arc<Membership>) {
+/// What the `default/kubernetes` Service points at.
+#[derive(Debug, Clone)]
+pub struct KubernetesService {
+    /// The API's port (the Service's targetPort).
+    pub port: u16,
+    /// The first address of `--service-cidr`.
+    pub ip: String,
+}
+
+/// Create the `default/kubernetes` Service unless it exists, through the
+/// registry's write path (its address is claimed as any Service's is).
+pub async fn ensure_service(
+    registry: &Registry,
+    svc: &KubernetesService,
+) -> Result<bool, KubeError> {
+    let rt = registry
+        .find("", "v1", "services")
+        .expect("Services are a built-in kind");
+    let r = Ref::namespaced("services", "default", "kubernetes");
+    if registry
+        .objects
+        .get(&r)
+        .await
+        .map_err(|e| KubeError::Unavailable(e.to_string()))?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let obj = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": svc.ip, "clusterIPs": [svc.ip], "sessionAffinity": "None",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": svc.port}]}});
+    match registry
+        .create(&rt, Some("default"), obj, &Default::default())
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Another server made it meanwhile (its address claim may be what
+        // refused this one).
+        Err(e) => match registry.objects.get(&r).await {
+            Ok(Some(_)) => Ok(false),
+            _ => Err(e),
+        },
+    }
+}
+
+/// How often the leader checks the `kubernetes` Service and Endpoints
+/// even when the server list did not change (upstream's reconciler
+/// interval), so a deleted Service or Endpoints comes back.
+const KUBERNETES_SERVICE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Leader work: the `kubernetes` Service exists and its Endpoints follow
+/// the server list.
+pub async fn endpoints_loop(
+    objects: Objects,
+    registry: std::sync::Arc<Registry>,
+    m: std::sync::Arc<Membership>,
+    svc: KubernetesService,
+) {
     let mut rx = m.watch_servers();
+    let mut tick = tokio::time::interval(KUBERNETES_SERVICE_INTERVAL);
     loop {
         let servers = rx.borrow_and_update().clone();
-        while let Err(e) = reconcile_endpoints(&objects, &servers).await {
-            tracing::warn!(error = %e, "could not update the kubernetes Endpoints; will retry");
-            tokio::time::sleep(m.timings.retry_period).await;
+        loop {
+            let r = match ensure_service(&registry, &svc).await {
+                Ok(created) => {
+                    if created {
+                        tracing::info!("recreated the default/kubernetes Service");
+                    }
+                    reconcile_endpoints(&objects, &servers)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not update the kubernetes Service or Endpoints; will retry");
+                    tokio::time::sleep(m.timings.retry_period).await;
+                }
+            }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }

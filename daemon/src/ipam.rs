@@ -127,6 +127,7 @@ pub async fn assign(objects: &Objects, ipam: &Ipam, node: &str) -> objects::Resu
     let Some(cidr) = claim(&objects.store, ipam, node).await? else {
         tracing::warn!(node, cluster_cidr = %ipam.cidr(),
             "no pod CIDR left for this node: the cluster CIDR is exhausted (forget unused nodes or widen --cluster-cidr)");
+        cidr_not_available(objects, &current).await?;
         return Ok(());
     };
     objects
@@ -140,6 +141,47 @@ pub async fn assign(objects: &Objects, ipam: &Ipam, node: &str) -> objects::Resu
         })
         .await?;
     tracing::info!(node, pod_cidr = %cidr, "assigned the node's pod CIDR");
+    Ok(())
+}
+
+/// Upstream's range allocator reports exhaustion as a `CIDRNotAvailable`
+/// Event on the Node (`kubectl describe node` shows it); every further
+/// attempt raises its count.
+async fn cidr_not_available(objects: &Objects, node: &Value) -> objects::Result<()> {
+    let name = node
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let uid = node.pointer("/metadata/uid").cloned().unwrap_or_default();
+    let r = objects::Ref::namespaced("events", "default", &format!("{name}.cidrnotavailable"));
+    let now = objects::now_rfc3339();
+    let bumped = objects
+        .modify(&r, |ev| {
+            if ev["involvedObject"]["uid"] != uid {
+                return false;
+            }
+            ev["count"] = json!(ev["count"].as_i64().unwrap_or(1) + 1);
+            ev["lastTimestamp"] = json!(now);
+            true
+        })
+        .await?;
+    if bumped
+        .as_ref()
+        .is_some_and(|ev| ev["involvedObject"]["uid"] == uid)
+    {
+        return Ok(());
+    }
+    if bumped.is_some() {
+        // An Event about an earlier Node of the same name.
+        objects.delete(&r).await?;
+    }
+    let ev = json!({"apiVersion": "v1", "kind": "Event",
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid},
+        "type": "Normal", "reason": "CIDRNotAvailable",
+        "message": format!("Node {name} status is now: CIDRNotAvailable"),
+        "source": {"component": "cidrAllocator"}, "reportingComponent": "cidrAllocator",
+        "count": 1, "firstTimestamp": now, "lastTimestamp": now});
+    objects.create_if_absent(&r, ev).await?;
     Ok(())
 }
 
@@ -184,6 +226,31 @@ mod tests {
             Some("10.0.0.0/30")
         );
         assert_eq!(claim(&store, &i, "c").await.unwrap(), None, "exhausted");
+        // A node that gets none is told so on an Event, counted per try.
+        let objects = Objects::new(store.clone());
+        let node = objects::Ref::cluster("nodes", "c");
+        objects
+            .create(&node, json!({"apiVersion": "v1", "kind": "Node"}))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            assign(&objects, &i, "c").await.unwrap();
+        }
+        let ev = objects
+            .get(&objects::Ref::namespaced(
+                "events",
+                "default",
+                "c.cidrnotavailable",
+            ))
+            .await
+            .unwrap()
+            .expect("a CIDRNotAvailable event");
+        assert_eq!(ev["reason"], "CIDRNotAvailable");
+        assert_eq!(ev["message"], "Node c status is now: CIDRNotAvailable");
+        assert_eq!(ev["involvedObject"]["name"], "c");
+        assert_eq!(ev["count"], 2);
+        let n = objects.get(&node).await.unwrap().unwrap();
+        assert!(n.pointer("/spec/podCIDR").is_none());
         release(&store, "a").await.unwrap();
         assert_eq!(
             claim(&store, &i, "c").await.unwrap().as_deref(),

@@ -161,22 +161,6 @@ async fn ensure_priority_classes(objects: &Objects) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `kubernetes` Service on the first address of `--service-cidr` (the
-/// leader's allocation repair records its claim).
-async fn ensure_kubernetes_service(objects: &Objects, port: u16, ip: &str) -> anyhow::Result<()> {
-    let svc = Ref::namespaced("services", "default", "kubernetes");
-    if objects.get(&svc).await?.is_none() {
-        let obj = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
-            "status": {"loadBalancer": {}}});
-        objects
-            .create_if_absent(&svc, obj)
-            .await
-            .context("creating the default/kubernetes Service")?;
-    }
-    Ok(())
-}
-
 /// How long a server waits for an unreachable external datastore at
 /// startup before giving up (systemd then restarts it).
 const DATASTORE_STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -324,7 +308,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         cfg.kubeconfig_mode,
         &local_url,
     )?;
-    ensure_kubernetes_service(&objects, port, &cfg.services.api_ip().to_string()).await?;
+    let kubernetes_service = cluster::KubernetesService {
+        port,
+        ip: cfg.services.api_ip().to_string(),
+    };
     ensure_priority_classes(&objects).await?;
     let manifests_dir = server_dir.join("manifests");
     {
@@ -359,6 +346,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     crate::auth::policy::reconcile(&registry)
         .await
         .context("reconciling the default RBAC policy")?;
+    // Through the registry, so its address is claimed like any Service's.
+    cluster::ensure_service(&registry, &kubernetes_service)
+        .await
+        .context("creating the default/kubernetes Service")?;
     let background = CancellationToken::new();
     let bg = tokio_util::task::TaskTracker::new();
     bg.spawn(auth.clone().follow(store.clone(), background.clone()));
@@ -436,14 +427,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             background.clone(),
             move |term| {
                 let (o, s, m, sv) = (o.clone(), s.clone(), m.clone(), sv.clone());
-                let (dir, disable) = (dir.clone(), disable.clone());
+                let (dir, disable, svc) = (dir.clone(), disable.clone(), kubernetes_service.clone());
                 async move {
                     tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints, the manifests, the garbage collector and namespace termination");
                     tokio::join!(
                         crate::controllers::run(sv.registry.clone(), sv.auth.clone(), sv.pki.server_ca_pem.clone(), term.clone()),
                         term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
                         term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
-                        term.run_until_cancelled(cluster::endpoints_loop(o, m)),
+                        term.run_until_cancelled(cluster::endpoints_loop(o, sv.registry.clone(), m, svc)),
                         crate::deploy::run(sv, dir, disable, term.clone()),
                     );
                 }

@@ -181,3 +181,35 @@ fn cluster_ips_and_node_ports_are_allocated_checked_and_released() {
     let table = k.ok(&["get", "svc", "np5"]);
     assert!(table.contains(&format!("80:{np1}/TCP")), "{table}");
 }
+
+#[test]
+fn a_deleted_kubernetes_service_comes_back_with_its_address_held() {
+    let t = tempdir();
+    let server = Server::start(&t.path().join("s"), &["--service-cidr", "10.96.0.0/28"]);
+    let k = Kubectl::new(
+        kubectl(None),
+        &server.kubeconfig(),
+        &t.path().join("kcache"),
+    );
+    let before = get(&k, "kubernetes");
+    k.ok(&["delete", "svc", "kubernetes"]);
+    // The leader looks every 10 s, as upstream's reconciler does.
+    let back = wait_for(std::time::Duration::from_secs(30), || {
+        let o = k
+            .command(&["get", "svc", "kubernetes", "-o", "json"])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).ok())?
+    })
+    .expect("default/kubernetes recreated within 30 s");
+    assert_ne!(back["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(back["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(back["spec"]["ports"][0]["name"], "https");
+    assert_eq!(back["spec"]["ports"][0]["port"], 443);
+    assert_eq!(back["metadata"]["labels"]["provider"], "kubernetes");
+    // Its address is claimed again: nobody else can ask for it.
+    let e = create_err(&k, &svc("thief", "ClusterIP", "", "10.96.0.1"));
+    assert!(e.contains("provided IP is already allocated"), "{e}");
+}

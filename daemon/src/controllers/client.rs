@@ -1,6 +1,7 @@
 //! What the workload controllers and the scheduler do through the
 //! registry's one write path: create, delete, write status, record Events
-//! (deduplicated with a count, as upstream's recorder does).
+//! (deduplicated with a count and rate-limited per object, as upstream's
+//! recorder does).
 
 use crate::registry::cache::{Cache, Change};
 use crate::registry::error::KubeError;
@@ -99,7 +100,13 @@ impl Client {
             events: tokio::sync::mpsc::channel(1).0,
         };
         tokio::spawn(async move {
+            let mut spam = super::recorder::SpamFilter::default();
             while let Some(e) = rx.recv().await {
+                let key = super::recorder::spam_key(&e.component, &e.involved);
+                if !spam.allow(&key, std::time::Instant::now()) {
+                    tracing::trace!(reason = %e.reason, "event dropped by the spam filter");
+                    continue;
+                }
                 writer
                     .write_event(&e.involved, &e.type_, &e.reason, &e.message, &e.component)
                     .await;

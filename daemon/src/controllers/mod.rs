@@ -21,6 +21,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
+pub mod recorder;
 pub mod replicaset;
 pub mod revisions;
 pub mod scheduler;

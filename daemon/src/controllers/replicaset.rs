@@ -10,6 +10,7 @@
 use super::client::{controlled, controller_ref, controller_uid, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use crate::registry::cache::Cache;
+use crate::registry::error::KubeError;
 use crate::registry::validation::selector_matches;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
@@ -155,12 +156,19 @@ impl Ctl {
             let mut batch = 1;
             while remaining > 0 {
                 let n = batch.min(remaining);
-                let results = futures_util::future::join_all(
-                    (0..n).map(|_| self.c.create(&pods_rt, &ns, pod.clone())),
-                )
+                // Each create its own task, so a batch's admission and
+                // encoding use every core, as concurrent API clients would.
+                let results = futures_util::future::join_all((0..n).map(|_| {
+                    let (c, rt, ns, pod) =
+                        (self.c.clone(), pods_rt.clone(), ns.clone(), pod.clone());
+                    tokio::spawn(async move { c.create(&rt, &ns, pod).await })
+                }))
                 .await;
                 let mut failed = false;
                 for r in results {
+                    let r = r.unwrap_or_else(|e| {
+                        Err(KubeError::Internal(format!("pod create task failed: {e}")))
+                    });
                     match r {
                         Ok(created) => {
                             let pname = s(&created, "/metadata/name").to_string();

@@ -1412,6 +1412,35 @@ pub enum Bound {
     Refused(String),
 }
 
+/// Set `node` and the PodScheduled condition on `p`, or say why not
+/// (upstream's messages).
+fn assign_node(p: &mut Value, node: &str, now: &str) -> Result<(), String> {
+    if p.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err("pod is being deleted, cannot be assigned to a host".to_string());
+    }
+    if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str) {
+        if !n.is_empty() {
+            let name = p
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            return Err(format!("pod {name} is already assigned to node \"{n}\""));
+        }
+    }
+    p["spec"]["nodeName"] = json!(node);
+    let conds = p["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut conds: Vec<Value> = conds
+        .into_iter()
+        .filter(|c| c["type"] != "PodScheduled")
+        .collect();
+    conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+    p["status"]["conditions"] = json!(conds);
+    Ok(())
+}
+
 /// Bind the pod at `r` to `node` once, with its PodScheduled condition.
 pub async fn bind_pod(
     objects: &crate::objects::Objects,
@@ -1420,32 +1449,13 @@ pub async fn bind_pod(
 ) -> crate::objects::Result<Bound> {
     let mut refused = None;
     let now = crate::objects::now_rfc3339();
-    let name = r.name.clone();
     let res = objects
-        .modify(r, |p| {
-            if p.pointer("/metadata/deletionTimestamp").is_some() {
-                refused = Some("pod is being deleted, cannot be assigned to a host".to_string());
-                return false;
+        .modify(r, |p| match assign_node(p, node, &now) {
+            Ok(()) => true,
+            Err(m) => {
+                refused = Some(m);
+                false
             }
-            match p.pointer("/spec/nodeName").and_then(Value::as_str) {
-                Some(n) if !n.is_empty() => {
-                    refused = Some(format!("pod {name} is already assigned to node \"{n}\""));
-                    return false;
-                }
-                _ => {}
-            }
-            p["spec"]["nodeName"] = json!(node);
-            let conds = p["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let mut conds: Vec<Value> = conds
-                .into_iter()
-                .filter(|c| c["type"] != "PodScheduled")
-                .collect();
-            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
-            p["status"]["conditions"] = json!(conds);
-            true
         })
         .await?;
     Ok(match (res, refused) {
@@ -1453,4 +1463,29 @@ pub async fn bind_pod(
         (None, None) => Bound::Missing,
         (Some(_), None) => Bound::Yes,
     })
+}
+
+/// Bind as `bind_pod` does, starting from `p` (the pod as the caller's
+/// cache has it) instead of reading it again: the write is made at that
+/// revision, and only a conflict costs the read.
+pub async fn bind_pod_from(
+    objects: &crate::objects::Objects,
+    r: &crate::objects::Ref,
+    mut p: Value,
+    node: &str,
+) -> crate::objects::Result<Bound> {
+    let now = crate::objects::now_rfc3339();
+    if let Err(m) = assign_node(&mut p, node, &now) {
+        return Ok(Bound::Refused(m));
+    }
+    match objects.update(r, p).await {
+        Ok(_) => Ok(Bound::Yes),
+        Err(crate::objects::ObjectError::Store(crate::datastore::DatastoreError::Conflict {
+            ..
+        })) => bind_pod(objects, r, node).await,
+        Err(crate::objects::ObjectError::Store(crate::datastore::DatastoreError::NotFound(_))) => {
+            Ok(Bound::Missing)
+        }
+        Err(e) => Err(e),
+    }
 }

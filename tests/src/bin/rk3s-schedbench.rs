@@ -101,6 +101,10 @@ async fn until_bound(
     panic!("the watch ended with {} of {want} pods bound", bound.len());
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[tokio::main]
 async fn main() {
     let nodes: usize = arg("--nodes", 100);
@@ -162,6 +166,7 @@ async fn main() {
             "template": {"metadata": {"labels": {"app": "bench"}},
                 "spec": {"containers": [{"name": "c", "image": "busybox:test",
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
+    let cpu_before = cpu_secs(server.pid());
     let t1 = Instant::now();
     post(
         &http,
@@ -174,6 +179,7 @@ async fn main() {
         .expect("all pods bound within 10 min")
         .unwrap();
     let bound_secs = (done - t1).as_secs_f64();
+    let deploy_cpu = cpu_secs(server.pid()) - cpu_before;
     let bound_rate = replicas as f64 / bound_secs;
 
     // 3. Idle CPU with the pods in place (after the writes settle).
@@ -189,6 +195,11 @@ async fn main() {
         "deployment to all bound: {bound_secs:.2} s = {bound_rate:.0} pods/s ({:.2}x create throughput); all created after {:.2} s",
         bound_rate / create_rate,
         (all_created - t1).as_secs_f64()
+    );
+    println!(
+        "server CPU until all bound: {deploy_cpu:.2} s in {bound_secs:.2} s ({:.0} % of the {} cores)",
+        deploy_cpu / bound_secs / cores() as f64 * 100.0,
+        cores()
     );
     println!(
         "server CPU idle with {} pods: {idle_cpu:.1} % of one core",
