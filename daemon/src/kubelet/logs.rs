@@ -3,9 +3,10 @@
 //! larger than `container-log-max-size` has it renamed to
 //! `<n>.log.<YYYYMMDD-HHMMSS>` and the runtime is asked to reopen it
 //! (CRI ReopenContainerLog); the oldest rotated files go so that at most
-//! `container-log-max-files` remain, the live one included. Upstream also
-//! gzips the older rotated files; rk3s keeps them as they are (no
-//! compressor in the daemon, and `kubectl logs` reads only the live file).
+//! `container-log-max-files` remain, the live one included. As upstream,
+//! every rotated file but the newest is then gzipped (`<name>.gz`, written
+//! as `.gz.tmp` and renamed, so a crash leaves a whole file or none;
+//! leftovers of an interrupted one are cleaned before the next rotation).
 
 use super::settings::Settings;
 use crate::runtime::cri::Cri;
@@ -47,13 +48,72 @@ pub fn remove_excess(log: &Path, keep: usize) {
     }
 }
 
+/// Remove what an interrupted compression left: `.tmp` files, and plain
+/// files whose `.gz` was completed (upstream's cleanupUnusedLogs).
+pub fn cleanup_unused(log: &Path) {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let prefix = format!("{name}.");
+    let mut names = std::collections::HashSet::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Some(n) = e.file_name().to_str() {
+            if n.starts_with(&prefix) {
+                names.insert(n.to_string());
+            }
+        }
+    }
+    for n in &names {
+        let gzipped_too = !n.ends_with(".gz") && names.contains(&format!("{n}.gz"));
+        if n.ends_with(".tmp") || gzipped_too {
+            let _ = std::fs::remove_file(dir.join(n));
+        }
+    }
+}
+
+/// Gzip `p` into `<p>.gz` and remove `p`.
+fn compress(p: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let gz = PathBuf::from(format!("{}.gz", p.display()));
+    let tmp = PathBuf::from(format!("{}.gz.tmp", p.display()));
+    let mut input = std::fs::File::open(p)?;
+    let out = std::fs::File::create(&tmp)?;
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let written = std::io::copy(&mut input, &mut enc)
+        .and_then(|_| enc.finish())
+        .and_then(|mut f| f.flush().map(|_| f));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &gz)?;
+    std::fs::remove_file(p)
+}
+
+/// Gzip every rotated file of `log` but the newest (which the runtime may
+/// have had open a moment ago, and which upstream also leaves plain).
+pub fn compress_older(log: &Path) {
+    let old = rotated(log);
+    let Some((_, older)) = old.split_last() else {
+        return;
+    };
+    for p in older
+        .iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "gz"))
+    {
+        if let Err(e) = compress(p) {
+            tracing::warn!(file = %p.display(), error = %e, "could not compress a rotated container log");
+        }
+    }
+}
+
 /// The name `log` is rotated to now; never one that exists already.
 fn rotated_name(log: &Path) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
     let base = format!("{}.{stamp}", log.display());
     let mut candidate = PathBuf::from(&base);
     let mut n = 1;
-    while candidate.exists() {
+    while candidate.exists() || PathBuf::from(format!("{}.gz", candidate.display())).exists() {
         // Two rotations within a second (a tiny size limit).
         candidate = PathBuf::from(format!("{base}-{n}"));
         n += 1;
@@ -84,6 +144,7 @@ async fn rotate_one(cri_: &Cri, id: &str, s: &Settings) -> Result<bool, String> 
     if meta.len() <= s.log_max_size {
         return Ok(false);
     }
+    cleanup_unused(&log);
     // Room for the file about to be rotated, with the live one.
     remove_excess(&log, s.log_max_files.saturating_sub(2));
     let to = rotated_name(&log);
@@ -100,6 +161,8 @@ async fn rotate_one(cri_: &Cri, id: &str, s: &Settings) -> Result<bool, String> 
         let _ = std::fs::rename(&to, &log);
         return Err(format!("reopening the log: {}", e.message()));
     }
+    // Compressing a 10 MiB file takes a while: off the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || compress_older(&log)).await;
     Ok(true)
 }
 
@@ -160,5 +223,58 @@ mod tests {
         assert!(log.exists());
         let next = rotated_name(&log);
         assert!(next.to_string_lossy().contains("0.log.2"), "{next:?}");
+    }
+
+    #[test]
+    fn older_rotated_logs_are_gzipped_and_leftovers_cleaned() {
+        use std::io::Read;
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("0.log");
+        std::fs::write(&log, "live").unwrap();
+        let line = "2026-12-01T10:00:00.000000000Z stdout F hello\n".repeat(1000);
+        for stamp in ["20261201-090000", "20261201-100000", "20261201-110000"] {
+            std::fs::write(
+                d.path().join(format!("0.log.{stamp}")),
+                format!("{stamp}{line}"),
+            )
+            .unwrap();
+        }
+        // An interrupted compression: its temporary file, and a plain file
+        // whose .gz was finished.
+        std::fs::write(d.path().join("0.log.20261201-080000.gz.tmp"), "partial").unwrap();
+        std::fs::write(d.path().join("0.log.20261201-070000"), "dup").unwrap();
+        std::fs::write(d.path().join("0.log.20261201-070000.gz"), "").unwrap();
+        cleanup_unused(&log);
+        assert!(!d.path().join("0.log.20261201-080000.gz.tmp").exists());
+        assert!(!d.path().join("0.log.20261201-070000").exists());
+        std::fs::remove_file(d.path().join("0.log.20261201-070000.gz")).unwrap();
+
+        compress_older(&log);
+        let names: Vec<_> = rotated(&log)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "0.log.20261201-090000.gz",
+                "0.log.20261201-100000.gz",
+                "0.log.20261201-110000"
+            ]
+        );
+        let gz = std::fs::File::open(d.path().join("0.log.20261201-100000.gz")).unwrap();
+        assert!(
+            gz.metadata().unwrap().len() < line.len() as u64 / 10,
+            "compressed"
+        );
+        let mut back = String::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_string(&mut back)
+            .unwrap();
+        assert_eq!(back, format!("20261201-100000{line}"));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "live");
+        // Counting and removing the oldest works the same on .gz files.
+        remove_excess(&log, 1);
+        assert_eq!(rotated(&log).len(), 1);
     }
 }
