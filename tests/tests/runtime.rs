@@ -804,8 +804,9 @@ fn probes_gate_readiness_and_restart_failing_containers() {
     );
 
     // The chatty container's log was rotated: its directory holds the live
-    // file and at most two rotated ones, and output keeps landing in the
-    // live one after each rotation.
+    // file and at most two rotated ones (the older gzipped; a `.tmp` is a
+    // compression under way), and output keeps landing in the live one
+    // after each rotation.
     let uid = serde_json::from_str::<Value>(&k.ok(&["get", "pod", "chatty", "-o", "json"]))
         .unwrap()["metadata"]["uid"]
         .as_str()
@@ -817,6 +818,7 @@ fn probes_gate_readiness_and_restart_failing_containers() {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".tmp"))
                     .collect()
             })
             .unwrap_or_default();
@@ -839,6 +841,29 @@ fn probes_gate_readiness_and_restart_failing_containers() {
         text.contains(" stdout F line ").then_some(())
     });
     assert!(grows.is_some(), "the live log stays empty after rotation");
+    let gz = wait_for(Duration::from_secs(30), || {
+        files().into_iter().find(|n| n.ends_with(".gz"))
+    })
+    .unwrap_or_else(|| panic!("no gzipped rotated log: {:?}", files()));
+    let plain = files()
+        .iter()
+        .filter(|n| n.starts_with("0.log.") && !n.ends_with(".gz"))
+        .count();
+    assert!(
+        plain <= 1,
+        "only the newest rotated log stays plain: {:?}",
+        files()
+    );
+    let out = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(logdir.join(&gz))
+        .output()
+        .unwrap();
+    // (Rotated away meanwhile is fine; what was read must be gzip.)
+    if logdir.join(&gz).exists() || out.status.success() {
+        assert!(out.status.success(), "{gz}: {}", stderr(&out));
+        assert!(stdout(&out).contains(" stdout F line "), "{gz}");
+    }
 
     // The kubelet's part of the node status: pressure measured against
     // the (absurd) memory threshold, allocatable less it, the images.
@@ -878,4 +903,53 @@ fn probes_gate_readiness_and_restart_failing_containers() {
         "{images}"
     );
     delete_all(&k, &["probed", "dies", "chatty"]);
+}
+
+#[test]
+fn security_context_is_enforced() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    with_busybox(&dir);
+    let server = Server::start(&dir, &[RUNTIME]);
+    let _containers = Containers::of(&dir.join("data"));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
+    assert!(
+        wait_for(READY, || (ready(&node(&server, "server-0")?).0 == "True")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        server.log()
+    );
+    let image = "docker.io/library/busybox:test";
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sec"},
+        "spec": {"nodeName": "server-0", "hostNetwork": true, "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "user", "image": image, "imagePullPolicy": "Never",
+                 "securityContext": {"runAsUser": 1234, "runAsGroup": 5678, "readOnlyRootFilesystem": true},
+                 "command": ["sh", "-c", "echo uid=$(id -u) gid=$(id -g); touch /probe 2>/dev/null && echo rootfs=writable || echo rootfs=readonly; exec sleep 3600"]},
+                {"name": "caps", "image": image, "imagePullPolicy": "Never",
+                 "securityContext": {"runAsUser": 0, "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}},
+                 "command": ["sh", "-c", "grep CapEff /proc/self/status; touch /probe && echo rootfs=writable; exec sleep 3600"]}]}
+    });
+    k.ok_stdin(&["create", "-f", "-"], &pod.to_string());
+    wait_ready(&k, &server, "sec");
+    let uid = k.ok(&["get", "pod", "sec", "-o", "jsonpath={.metadata.uid}"]);
+    let logs = |c: &str| {
+        let path = format!("/var/log/pods/default_sec_{uid}/{c}/0.log");
+        wait_for(Duration::from_secs(20), || {
+            let out = std::fs::read_to_string(&path).ok()?;
+            out.contains("rootfs=").then_some(out)
+        })
+        .unwrap_or_else(|| panic!("no output from {c} in {path}"))
+    };
+    let user = logs("user");
+    assert!(user.contains("uid=1234 gid=5678"), "{user}");
+    assert!(user.contains("rootfs=readonly"), "{user}");
+    // Only NET_ADMIN (bit 12) is left; the root file system is writable
+    // where it was not made read-only.
+    let caps = logs("caps");
+    assert!(caps.contains("CapEff:\t0000000000001000"), "{caps}");
+    assert!(caps.contains("rootfs=writable"), "{caps}");
+    delete_all(&k, &["sec"]);
 }
