@@ -460,8 +460,23 @@ fn deployment_rolls_out_across_nodes(k: &Kubectl) {
     );
 
     // A rolling restart: a second ReplicaSet (revision 2) takes over.
-    k.ok(&["rollout", "restart", "deployment/web"]);
+    // The rollout commands run with the oldest kubectl supported (1.27),
+    // the rest with the newest.
+    let old = Kubectl {
+        bin: kubectl(Some("1.27")),
+        kubeconfig: k.kubeconfig.clone(),
+        cache: k.cache.join("1.27"),
+        netns: k.netns.clone(),
+    };
+    old.ok(&["rollout", "restart", "deployment/web"]);
     watch_rollout(k, 3);
+    let o = old.run(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("successfully rolled out"),
+        "{}",
+        stdout(&o)
+    );
     let sets = get(k, &["rs", "-l", "app=web"]).unwrap();
     let sets = sets["items"].as_array().unwrap();
     assert_eq!(sets.len(), 2, "{sets:?}");
@@ -472,7 +487,7 @@ fn deployment_rolls_out_across_nodes(k: &Kubectl) {
     };
     assert_eq!(by_rev("1")["spec"]["replicas"], 0);
     assert_eq!(by_rev("2")["spec"]["replicas"], 3);
-    let history = k.ok(&["rollout", "history", "deployment/web"]);
+    let history = old.ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
 
     // Undo brings the first template back: its ReplicaSet is reused and
@@ -481,7 +496,7 @@ fn deployment_rolls_out_across_nodes(k: &Kubectl) {
         .as_str()
         .unwrap()
         .to_string();
-    k.ok(&["rollout", "undo", "deployment/web"]);
+    old.ok(&["rollout", "undo", "deployment/web"]);
     watch_rollout(k, 3);
     let sets = get(k, &["rs", "-l", "app=web"]).unwrap();
     let sets = sets["items"].as_array().unwrap();
