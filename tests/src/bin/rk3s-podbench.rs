@@ -137,13 +137,43 @@ async fn delete_all(http: &reqwest::Client, base: &str) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// Resident memory of `pid` in KiB: all of it, its anonymous part (heap,
+/// stacks: the process's own), and the file-backed part (mapped code of
+/// the binary and libraries, shared with any other process running them).
+#[derive(Clone, Copy)]
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn rss_kib(pid: u32) -> Rss {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Rss {
+        total: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |k: u64| k as f64 / 1024.0;
+        write!(
+            f,
+            "{:.1} MiB ({:.1} anonymous + {:.1} file-backed)",
+            mib(self.total),
+            mib(self.anon),
+            mib(self.file)
+        )
+    }
 }
 
 /// utime + stime of `pid`, in seconds.
@@ -301,12 +331,7 @@ async fn main() {
         "{many} pods created at once: all Running after {:.1} s",
         many_total.as_secs_f64()
     );
-    println!(
-        "agent RSS: {:.1} MiB with 0 pods, {:.1} MiB with {n}, {:.1} MiB with {many}",
-        rss_idle as f64 / 1024.0,
-        rss_n as f64 / 1024.0,
-        rss_many as f64 / 1024.0
-    );
+    println!("agent RSS: {rss_idle} with 0 pods, {rss_n} with {n}, {rss_many} with {many}");
     println!(
         "idle CPU over {idle_secs} s with {n} pods: agent {a_cpu:.2} %, containerd {c_cpu:.2} % (of one core)"
     );
