@@ -383,32 +383,46 @@ pub async fn ensure_service(
         .find("", "v1", "services")
         .expect("Services are a built-in kind");
     let r = Ref::namespaced("services", "default", "kubernetes");
-    if registry
-        .objects
-        .get(&r)
-        .await
-        .map_err(|e| KubeError::Unavailable(e.to_string()))?
-        .is_some()
-    {
-        return Ok(false);
-    }
-    let obj = json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"type": "ClusterIP", "clusterIP": svc.ip, "clusterIPs": [svc.ip], "sessionAffinity": "None",
-            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": svc.port}]}});
-    match registry
-        .create(&rt, Some("default"), obj, &Default::default())
-        .await
-    {
-        Ok(_) => Ok(true),
-        // Another server made it meanwhile (its address claim may be what
-        // refused this one).
-        Err(e) => match registry.objects.get(&r).await {
-            Ok(Some(_)) => Ok(false),
-            _ => Err(e),
-        },
+    let exists = || async {
+        registry
+            .objects
+            .get(&r)
+            .await
+            .map(|o| o.is_some())
+            .map_err(|e| KubeError::Unavailable(e.to_string()))
+    };
+    let mut attempt = 0;
+    loop {
+        if exists().await? {
+            return Ok(false);
+        }
+        let obj = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": svc.ip, "clusterIPs": [svc.ip], "sessionAffinity": "None",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": svc.port}]}});
+        match registry
+            .create(&rt, Some("default"), obj, &Default::default())
+            .await
+        {
+            Ok(_) => return Ok(true),
+            // Another server starting at the same moment may hold the
+            // address claim with its Service not stored yet: look again
+            // shortly.
+            Err(e) => {
+                attempt += 1;
+                if attempt >= ENSURE_ATTEMPTS {
+                    return if exists().await? { Ok(false) } else { Err(e) };
+                }
+                tokio::time::sleep(ENSURE_RETRY).await;
+            }
+        }
     }
 }
+
+/// Tries (and the pause between them) before `ensure_service` gives up
+/// for now; the leader tries again every 10 s.
+const ENSURE_ATTEMPTS: u32 = 10;
+const ENSURE_RETRY: Duration = Duration::from_millis(200);
 
 /// How often the leader checks the `kubernetes` Service and Endpoints
 /// even when the server list did not change (upstream's reconciler

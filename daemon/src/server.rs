@@ -347,9 +347,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .context("reconciling the default RBAC policy")?;
     // Through the registry, so its address is claimed like any Service's.
-    cluster::ensure_service(&registry, &kubernetes_service)
-        .await
-        .context("creating the default/kubernetes Service")?;
+    // Not fatal: the leader keeps trying every 10 s.
+    if let Err(e) = cluster::ensure_service(&registry, &kubernetes_service).await {
+        tracing::warn!(error = %e, "could not create the default/kubernetes Service yet; the leader will retry");
+    }
     let background = CancellationToken::new();
     let bg = tokio_util::task::TaskTracker::new();
     bg.spawn(auth.clone().follow(store.clone(), background.clone()));
