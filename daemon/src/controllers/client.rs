@@ -107,9 +107,7 @@ impl Client {
                     tracing::trace!(reason = %e.reason, "event dropped by the spam filter");
                     continue;
                 }
-                writer
-                    .write_event(&e.involved, &e.type_, &e.reason, &e.message, &e.component)
-                    .await;
+                writer.write_event(&e).await;
             }
         });
         c
@@ -242,14 +240,14 @@ impl Client {
         }
     }
 
-    async fn write_event(
-        &self,
-        involved: &Value,
-        type_: &str,
-        reason: &str,
-        message: &str,
-        component: &str,
-    ) {
+    async fn write_event(&self, e: &Event) {
+        let Event {
+            involved,
+            type_,
+            reason,
+            message,
+            component,
+        } = e;
         let ns = match s(involved, "/metadata/namespace") {
             "" => "default",
             n => n,
@@ -284,7 +282,7 @@ impl Client {
         });
         match self.create(&rt, ns, ev).await {
             Ok(_) | Err(KubeError::AlreadyExists(_)) => {}
-            Err(e) => tracing::debug!(error = %e, reason, "could not record an event"),
+            Err(e) => tracing::debug!(error = %e, %reason, "could not record an event"),
         }
     }
 }
