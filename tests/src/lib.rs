@@ -569,6 +569,38 @@ pub fn kubectl(version: Option<&str>) -> PathBuf {
     }
 }
 
+/// The events of a `?watch=1` response, one JSON object per line (the
+/// benches follow pods this way).
+pub struct WatchEvents {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl WatchEvents {
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the watch ends.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                if let Ok(ev) = serde_json::from_slice(&line) {
+                    return Some(ev);
+                }
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// Runs one kubectl binary against a kubeconfig with a private cache dir.
 pub struct Kubectl {
     pub bin: PathBuf,

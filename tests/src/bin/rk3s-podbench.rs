@@ -15,7 +15,7 @@
 //!    CPU over `--idle-secs` with `--pods` pods running.
 
 use rk3s_tests::pods::{ctr, with_busybox, Containers};
-use rk3s_tests::{arg, Agent, Server, RUNTIME};
+use rk3s_tests::{arg, Agent, Server, WatchEvents, RUNTIME};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,7 +49,6 @@ struct Running {
 }
 
 async fn follow(http: reqwest::Client, base: String, running: Arc<Running>) {
-    use futures_util::StreamExt;
     let r = http
         .get(format!(
             "{base}/api/v1/namespaces/default/pods?watch=1&labelSelector=bench%3Dpods"
@@ -57,26 +56,18 @@ async fn follow(http: reqwest::Client, base: String, running: Arc<Running>) {
         .send()
         .await
         .unwrap();
-    let mut body = r.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(Ok(chunk)) = body.next().await {
-        buf.extend_from_slice(&chunk);
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            let o = &ev["object"];
-            if o["status"]["phase"] == "Running" {
-                let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-                running
-                    .at
-                    .lock()
-                    .unwrap()
-                    .entry(name)
-                    .or_insert_with(Instant::now);
-                running.changed.notify_waiters();
-            }
+    let mut events = WatchEvents::new(r);
+    while let Some(ev) = events.next().await {
+        let o = &ev["object"];
+        if o["status"]["phase"] == "Running" {
+            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            running
+                .at
+                .lock()
+                .unwrap()
+                .entry(name)
+                .or_insert_with(Instant::now);
+            running.changed.notify_waiters();
         }
     }
 }

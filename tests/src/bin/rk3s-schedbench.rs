@@ -12,8 +12,7 @@
 //! 3. the server's CPU while idle with those pods (controllers resyncing,
 //!    nothing to do), over `--idle-secs`.
 
-use futures_util::StreamExt;
-use rk3s_tests::{arg, tempdir, Server};
+use rk3s_tests::{arg, tempdir, Server, WatchEvents};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,31 +69,23 @@ async fn until_bound(
         .send()
         .await
         .unwrap();
-    let mut body = r.bytes_stream();
-    let mut buf = Vec::new();
+    let mut events = WatchEvents::new(r);
     let mut bound = HashSet::new();
     let mut seen = HashSet::new();
     let mut created = None;
-    while let Some(Ok(chunk)) = body.next().await {
-        buf.extend_from_slice(&chunk);
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            let o = &ev["object"];
-            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if seen.insert(name.clone()) && seen.len() >= want {
-                created = Some(Instant::now());
-            }
-            if o["spec"]["nodeName"]
-                .as_str()
-                .is_some_and(|n| !n.is_empty())
-            {
-                bound.insert(name);
-                if bound.len() >= want {
-                    return (created.unwrap_or_else(Instant::now), Instant::now());
-                }
+    while let Some(ev) = events.next().await {
+        let o = &ev["object"];
+        let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if seen.insert(name.clone()) && seen.len() >= want {
+            created = Some(Instant::now());
+        }
+        if o["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
+            bound.insert(name);
+            if bound.len() >= want {
+                return (created.unwrap_or_else(Instant::now), Instant::now());
             }
         }
     }
