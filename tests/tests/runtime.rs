@@ -544,23 +544,37 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     );
 }
 
+/// A server in `dir` whose node runs containerd with the busybox image,
+/// once the node is Ready on it; the guard removes the test's containers.
+fn ready_node(dir: &std::path::Path, extra: &[&str]) -> (Server, Containers, Kubectl) {
+    with_busybox(dir);
+    let args: Vec<&str> = std::iter::once(RUNTIME)
+        .chain(extra.iter().copied())
+        .collect();
+    let server = Server::start(dir, &args);
+    let containers = Containers::of(&dir.join("data"));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
+    let up = wait_for(READY, || {
+        let n = node(&server, "server-0")?;
+        (ready(&n).0 == "True"
+            && n["status"]["nodeInfo"]["containerRuntimeVersion"]
+                .as_str()?
+                .starts_with("containerd://"))
+        .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the node never became Ready on containerd:\n{}",
+        server.log()
+    );
+    (server, containers, k)
+}
+
 #[test]
 fn pods_get_their_volumes_environment_and_service_account_token() {
     let t = tempdir();
     let dir = t.path().join("s");
-    with_busybox(&dir);
-    let server = Server::start(&dir, &[RUNTIME]);
-    let _containers = Containers::of(&dir.join("data"));
-    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
-    assert!(
-        wait_for(READY, || (ready(&node(&server, "server-0")?).0 == "True"
-            && node(&server, "server-0")?["status"]["nodeInfo"]
-                ["containerRuntimeVersion"]
-                .as_str()?
-                .starts_with("containerd://"))
-        .then_some(()))
-        .is_some()
-    );
+    let (server, _containers, k) = ready_node(&dir, &[]);
     k.ok(&[
         "create",
         "configmap",
@@ -908,18 +922,7 @@ fn probes_gate_readiness_and_restart_failing_containers() {
 #[test]
 fn security_context_is_enforced() {
     let t = tempdir();
-    let dir = t.path().join("s");
-    with_busybox(&dir);
-    let server = Server::start(&dir, &[RUNTIME]);
-    let _containers = Containers::of(&dir.join("data"));
-    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
-    assert!(
-        wait_for(READY, || (ready(&node(&server, "server-0")?).0 == "True")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        server.log()
-    );
+    let (server, _containers, k) = ready_node(&t.path().join("s"), &[]);
     let image = "docker.io/library/busybox:test";
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sec"},
