@@ -432,7 +432,6 @@ const KUBERNETES_SERVICE_INTERVAL: Duration = Duration::from_secs(10);
 /// Leader work: the `kubernetes` Service exists and its Endpoints follow
 /// the server list.
 pub async fn endpoints_loop(
-    objects: Objects,
     registry: std::sync::Arc<Registry>,
     m: std::sync::Arc<Membership>,
     svc: KubernetesService,
@@ -447,7 +446,7 @@ pub async fn endpoints_loop(
                     if created {
                         tracing::info!("recreated the default/kubernetes Service");
                     }
-                    reconcile_endpoints(&objects, &servers)
+                    reconcile_endpoints(&registry.objects, &servers)
                         .await
                         .map_err(|e| e.to_string())
                 }

@@ -435,7 +435,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
                         crate::controllers::run(sv.registry.clone(), sv.auth.clone(), sv.pki.server_ca_pem.clone(), term.clone()),
                         term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
                         term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
-                        term.run_until_cancelled(cluster::endpoints_loop(o, sv.registry.clone(), m, svc)),
+                        term.run_until_cancelled(cluster::endpoints_loop(sv.registry.clone(), m, svc)),
                         crate::deploy::run(sv, dir, disable, term.clone()),
                     );
                 }
