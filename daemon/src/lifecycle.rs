@@ -5,6 +5,7 @@
 use crate::objects::{self, now_micro, now_rfc3339, parse_time, Objects, Ref};
 use rk3s_api::tunnel::NodeInfo;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -265,24 +266,83 @@ pub async fn upsert_node(
     renew_lease(objects, name, Some(server)).await
 }
 
+/// What a tunnel session remembers between heartbeats so that most of
+/// them cost one datastore write and no read.
+#[derive(Default)]
+pub struct HeartbeatState {
+    /// The Lease as this session last wrote it (encoded: a tenth of its
+    /// size as a `Value`); the next renewal writes over that revision.
+    lease: Option<(String, crate::datastore::Revision)>,
+    /// Until when the Node needs no look: its Ready condition was checked
+    /// or written by this session.
+    node_checked_until: Option<std::time::Instant>,
+}
+
+impl HeartbeatState {
+    /// Forget everything: after a failed write or a node status from the
+    /// agent, the next heartbeat reads again.
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+fn set_renewed(lease: &mut Value, name: &str, now: &str, connected: Option<&str>) {
+    lease["spec"]["renewTime"] = json!(now);
+    lease["spec"]["holderIdentity"] = json!(name);
+    if let Some(s) = connected {
+        lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
+    }
+}
+
+/// Renew over the Lease this session wrote last; `Ok(None)` when there is
+/// none or someone else wrote it since (the caller reads it then).
+async fn renew_remembered(
+    objects: &Objects,
+    name: &str,
+    server: &str,
+    st: &mut HeartbeatState,
+) -> objects::Result<Option<Value>> {
+    let Some((text, rev)) = st.lease.take() else {
+        return Ok(None);
+    };
+    let Ok(mut lease) = serde_json::from_str::<Value>(&text) else {
+        return Ok(None);
+    };
+    lease["metadata"]["resourceVersion"] = json!(rev.to_string());
+    set_renewed(&mut lease, name, &now_micro(), Some(server));
+    match objects.update(&lease_ref(name), lease).await {
+        Ok(v) => Ok(Some(v)),
+        Err(objects::ObjectError::Store(
+            crate::datastore::DatastoreError::Conflict { .. }
+            | crate::datastore::DatastoreError::NotFound(_),
+        )) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Renew the node's Lease; `connected` also records which server holds the tunnel.
 pub async fn renew_lease(
     objects: &Objects,
     name: &str,
     connected: Option<&str>,
 ) -> objects::Result<()> {
+    renew_lease_read(objects, name, connected).await.map(|_| ())
+}
+
+/// `renew_lease`, returning the Lease as written (None if it was created).
+async fn renew_lease_read(
+    objects: &Objects,
+    name: &str,
+    connected: Option<&str>,
+) -> objects::Result<Option<Value>> {
     let r = lease_ref(name);
     let now = now_micro();
     let set = |lease: &mut Value| {
-        lease["spec"]["renewTime"] = json!(now);
-        lease["spec"]["holderIdentity"] = json!(name);
-        if let Some(s) = connected {
-            lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
-        }
+        set_renewed(lease, name, &now, connected);
         true
     };
-    if objects.modify(&r, set).await?.is_some() {
-        return Ok(());
+    if let Some(v) = objects.modify(&r, set).await? {
+        return Ok(Some(v));
     }
     let mut lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
@@ -298,20 +358,44 @@ pub async fn renew_lease(
     if let Some(s) = connected {
         lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
     }
-    objects.create_if_absent(&r, lease).await.map(|_| ())
+    objects.create_if_absent(&r, lease).await.map(|_| None)
 }
 
 /// A heartbeat: renew the Lease; bring the node back to Ready if it was not,
-/// and refresh the Ready heartbeat time once a minute.
+/// and refresh the Ready heartbeat time once every `status_refresh`.
+/// `st` carries what the session's previous heartbeats learned; on an
+/// error the caller resets it.
 pub async fn heartbeat(
     objects: &Objects,
     name: &str,
     server: &str,
     status_refresh: Duration,
+    st: &mut HeartbeatState,
 ) -> objects::Result<()> {
+    let written = match renew_remembered(objects, name, server, st).await? {
+        Some(v) => Some(v),
+        None => renew_lease_read(objects, name, Some(server)).await?,
+    };
+    st.lease = written.map(|mut v| {
+        let rev = objects::revision_of(&v);
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        (v.to_string(), rev)
+    });
+    // The Node changes only when Ready must come back or its heartbeat
+    // time is due; between those, no read. Another server marks it
+    // Unknown only once the Lease went stale, which these renewals
+    // prevent, and a new session starts with a read.
+    if st
+        .node_checked_until
+        .is_some_and(|t| std::time::Instant::now() < t)
+    {
+        return Ok(());
+    }
+    st.node_checked_until = Some(std::time::Instant::now() + status_refresh / 2);
     let status_refresh =
         chrono::Duration::from_std(status_refresh).unwrap_or(chrono::Duration::seconds(60));
-    renew_lease(objects, name, Some(server)).await?;
     let now = chrono::Utc::now();
     let stamp = now_rfc3339();
     objects
@@ -397,30 +481,77 @@ pub fn lease_renewed(lease: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
         .and_then(parse_time)
 }
 
+/// What the monitor reads of a Node.
+#[derive(serde::Deserialize)]
+struct NodeLiveness {
+    metadata: NameAndAge,
+    #[serde(default)]
+    status: ConditionsOnly,
+}
+
+#[derive(serde::Deserialize)]
+struct NameAndAge {
+    name: String,
+    #[serde(rename = "creationTimestamp", default)]
+    created: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ConditionsOnly {
+    #[serde(default)]
+    conditions: Vec<ConditionStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct ConditionStatus {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+}
+
+/// What the monitor reads of a Lease.
+#[derive(serde::Deserialize)]
+struct LeaseRenewal {
+    metadata: NameAndAge,
+    #[serde(default)]
+    spec: RenewTime,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RenewTime {
+    #[serde(rename = "renewTime", default)]
+    renew_time: Option<String>,
+}
+
 /// One pass of the monitor: every node whose lease is older than `grace`
 /// and is not yet Unknown becomes Unknown. Returns the nodes it changed.
 pub async fn mark_silent_nodes(objects: &Objects, grace: Duration) -> objects::Result<Vec<String>> {
-    let (_, nodes) = objects.list("nodes", None).await?;
-    let (_, leases) = objects.list("leases", Some(LEASE_NAMESPACE)).await?;
+    let nodes: Vec<NodeLiveness> = objects.list_as("nodes", None).await?;
+    let leases: Vec<LeaseRenewal> = objects.list_as("leases", Some(LEASE_NAMESPACE)).await?;
     let now = chrono::Utc::now();
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(40));
+    // By name: a scan per node was quadratic, 10^8 comparisons a pass at
+    // ten thousand nodes.
+    let renewed_at: HashMap<&str, chrono::DateTime<chrono::Utc>> = leases
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l.metadata.name.as_str(),
+                parse_time(l.spec.renew_time.as_deref()?)?,
+            ))
+        })
+        .collect();
     let mut changed = Vec::new();
-    for node in nodes {
-        let Some(name) = node["metadata"]["name"].as_str() else {
-            continue;
-        };
-        if ready_status(&node) == Some("Unknown") {
+    for node in &nodes {
+        let name = node.metadata.name.as_str();
+        let ready = node.status.conditions.iter().find(|c| c.type_ == "Ready");
+        if ready.is_some_and(|c| c.status == "Unknown") {
             continue;
         }
-        let renewed = leases
-            .iter()
-            .find(|l| l["metadata"]["name"] == name)
-            .and_then(lease_renewed)
-            .or_else(|| {
-                node["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .and_then(parse_time)
-            });
+        let renewed = renewed_at
+            .get(name)
+            .copied()
+            .or_else(|| node.metadata.created.as_deref().and_then(parse_time));
         if renewed.is_some_and(|t| now - t <= grace) {
             continue;
         }

@@ -202,6 +202,26 @@ impl Objects {
         Ok((rev, items))
     }
 
+    /// Every object under `prefix` read as `T`: only the fields `T` names
+    /// are built, the rest is skipped while parsing. A pass over ten
+    /// thousand Nodes for their Ready condition is then a scan, not ten
+    /// thousand trees of `Value`s.
+    pub async fn list_as<T: serde::de::DeserializeOwned>(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<T>> {
+        let (_, kvs) = self.store.list(&prefix(resource, namespace)).await?;
+        kvs.iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|e| ObjectError::Corrupt {
+                    key: kv.key.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Every object under `prefix` as one JSON document: `head` (the list
     /// envelope up to and including `"items":[`, given the snapshot's
     /// revision), the objects as `list` returns them, then `]}`.

@@ -113,8 +113,9 @@ impl Tunnels {
 
 /// Default silence after which either side drops the tunnel.
 pub fn keepalive_for(heartbeat: Duration) -> Duration {
-    // Checked every fifth of this, so a dead peer (a cut cable: no FIN,
-    // no RST) is noticed within ~7 s and the agent can fail over well
-    // inside the 40 s grace period. Pings keep quiet tunnels talking.
+    // The agent checks every fifth of this, so a dead server (a cut
+    // cable: no FIN, no RST) is noticed within ~7 s and the agent can fail
+    // over well inside the 40 s grace period. The agent pings a tunnel
+    // quiet for half of this; the server allows twice this.
     (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(6))
 }

@@ -24,7 +24,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
         let live: Vec<serde_json::Value> = cache
             .list("/registry/services/")
             .into_iter()
-            .map(|(_, v)| v)
+            .map(|(_, v)| std::sync::Arc::unwrap_or_clone(v))
             .collect();
         alloc.repair(&live).await;
     }

@@ -6,6 +6,7 @@ use crate::registry::cache::Cache;
 use crate::registry::validation::selector_matches;
 use crate::registry::Registry;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +67,7 @@ async fn aggregate(reg: &Registry, cache: &Cache) {
     let roles: Vec<ClusterRole> = cache
         .list(PREFIX)
         .into_iter()
-        .filter_map(|(_, v)| serde_json::from_value(v).ok())
+        .filter_map(|(_, v)| ClusterRole::deserialize(&*v).ok())
         .collect();
     for role in roles.iter().filter(|r| r.aggregation_rule.is_some()) {
         let want = aggregated_rules(role, &roles);

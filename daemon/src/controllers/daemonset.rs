@@ -19,6 +19,7 @@ use super::scheduler::node_accepts;
 use crate::registry::cache::Cache;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, PodSpec, Toleration};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -283,7 +284,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
         let nodes: Vec<Node> = cache
             .list("/registry/nodes/")
             .into_iter()
-            .filter_map(|(_, n)| serde_json::from_value(n).ok())
+            .filter_map(|(_, n)| Node::deserialize(&*n).ok())
             .collect();
         for key in dirty {
             ctl.sync(&key, &nodes).await;

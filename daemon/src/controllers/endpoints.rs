@@ -20,6 +20,7 @@ use crate::registry::KubeError;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -89,7 +90,7 @@ fn endpoints_of(cache: &Cache, svc: &Service) -> Groups {
         if terminal(&v) || s(&v, "/status/podIP").is_empty() {
             continue;
         }
-        let Ok(pod) = serde_json::from_value::<Pod>(v.clone()) else {
+        let Ok(pod) = Pod::deserialize(&*v) else {
             continue;
         };
         if !selector_matches(&sel, pod.metadata.labels.as_ref()) {
@@ -291,7 +292,7 @@ impl Ctl {
             .cache
             .list(&format!("{SLICES}{ns}/"))
             .into_iter()
-            .map(|(_, v)| v)
+            .map(|(_, v)| std::sync::Arc::unwrap_or_clone(v))
             .filter(|v| {
                 v["metadata"]["labels"][SERVICE_NAME_LABEL] == name
                     && v["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY

@@ -16,17 +16,22 @@
 use super::client::{deleting, s, time, to_utc, Client};
 use super::replicaset::terminal;
 use super::scheduler::tolerates;
+use crate::datastore::EventKind;
 use crate::registry::cache::Cache;
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use serde_json::json;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "node-controller";
 const PERIOD: Duration = Duration::from_secs(1);
+const NODES: &str = "/registry/nodes/";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
@@ -146,12 +151,61 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint], now: DateTime<Utc>) -> Option<
     at
 }
 
-async fn sync_taints(c: &Client, cache: &Cache, now: DateTime<Utc>) {
+/// A node as the taint logic reads it: its spec and conditions, without
+/// typing the rest (images and nodeInfo are most of a Node).
+fn taint_view(v: &Value) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: v
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            ..Default::default()
+        },
+        spec: v.get("spec").and_then(|x| NodeSpec::deserialize(x).ok()),
+        status: Some(NodeStatus {
+            conditions: v
+                .pointer("/status/conditions")
+                .and_then(|x| Vec::<NodeCondition>::deserialize(x).ok()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn no_execute(node: &Node) -> Vec<Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.effect == "NoExecute")
+        .cloned()
+        .collect()
+}
+
+/// Bring the taints of the `changed` nodes (None: deleted) in line with
+/// their conditions and record their NoExecute taints in `tainted`.
+/// Returns the nodes whose write failed, to try again.
+async fn sync_taints(
+    c: &Client,
+    changed: HashMap<String, Option<Arc<Value>>>,
+    tainted: &mut HashMap<String, Vec<Taint>>,
+    now: DateTime<Utc>,
+) -> HashMap<String, Option<Arc<Value>>> {
     let rt = c.kind("", "v1", "nodes");
-    for (_, v) in cache.list("/registry/nodes/") {
-        let Ok(node) = serde_json::from_value::<Node>(v.clone()) else {
+    let mut retry = HashMap::new();
+    for (name, v) in changed {
+        let Some(v) = v else {
+            tainted.remove(&name);
             continue;
         };
+        let node = taint_view(&v);
+        let ts = no_execute(&node);
+        if ts.is_empty() {
+            tainted.remove(&name);
+        } else {
+            tainted.insert(name.clone(), ts);
+        }
         let want = wanted_taints(&node, now);
         let have = node
             .spec
@@ -161,17 +215,13 @@ async fn sync_taints(c: &Client, cache: &Cache, now: DateTime<Utc>) {
         if want == have {
             continue;
         }
-        let name = node.metadata.name.clone().unwrap_or_default();
         let uid = s(&v, "/metadata/uid").to_string();
         let r = c
             .update(&rt, "", &name, false, |n| {
-                let Ok(cur) = serde_json::from_value::<Node>(n.clone()) else {
-                    return false;
-                };
                 if s(n, "/metadata/uid") != uid {
                     return false;
                 }
-                let want = wanted_taints(&cur, now);
+                let want = wanted_taints(&taint_view(n), now);
                 if want.is_empty() {
                     n["spec"].as_object_mut().map(|m| m.remove("taints"));
                 } else {
@@ -181,34 +231,26 @@ async fn sync_taints(c: &Client, cache: &Cache, now: DateTime<Utc>) {
             })
             .await;
         match r {
+            // The write comes back as a change and is read again then.
             Ok(()) => {
                 tracing::info!(node = %name, taints = ?want.iter().map(|t| format!("{}:{}", t.key, t.effect)).collect::<Vec<_>>(), "node taints follow its conditions")
             }
-            Err(e) => tracing::debug!(node = %name, error = %e, "taints not written"),
+            Err(e) => {
+                tracing::debug!(node = %name, error = %e, "taints not written");
+                retry.insert(name, Some(v));
+            }
         }
     }
+    retry
 }
 
 async fn evict(
     c: &Client,
     cache: &Cache,
+    tainted: &HashMap<String, Vec<Taint>>,
     now: DateTime<Utc>,
     logged: &mut HashMap<String, DateTime<Utc>>,
 ) {
-    let tainted: HashMap<String, Vec<Taint>> = cache
-        .list("/registry/nodes/")
-        .into_iter()
-        .filter_map(|(_, v)| {
-            let n: Node = serde_json::from_value(v).ok()?;
-            let ts: Vec<Taint> = n
-                .spec?
-                .taints?
-                .into_iter()
-                .filter(|t| t.effect == "NoExecute")
-                .collect();
-            (!ts.is_empty()).then(|| (n.metadata.name.unwrap_or_default(), ts))
-        })
-        .collect();
     if tainted.is_empty() {
         logged.clear();
         return;
@@ -222,7 +264,7 @@ async fn evict(
         if deleting(&v) || terminal(&v) {
             continue;
         }
-        let Ok(pod) = serde_json::from_value::<Pod>(v.clone()) else {
+        let Ok(pod) = Pod::deserialize(&*v) else {
             continue;
         };
         let Some(at) = eviction_time(&pod, taints, now) else {
@@ -253,16 +295,46 @@ async fn evict(
     *logged = pending;
 }
 
-/// Run until `stop`.
+fn all_nodes(cache: &Cache) -> HashMap<String, Option<Arc<Value>>> {
+    cache
+        .list(NODES)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(NODES)?.to_string(), Some(v))))
+        .collect()
+}
+
+/// Run until `stop`. Taints follow node changes (all nodes at start and
+/// after the change feed lagged): with ten thousand nodes, re-reading each
+/// one every second was most of the leader's work.
 pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
+    let mut rx = cache.subscribe();
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
     let mut tick = tokio::time::interval(PERIOD);
     let mut logged = HashMap::new();
+    let mut tainted = HashMap::new();
+    let mut changed = all_nodes(&cache);
     loop {
-        tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
-        let now = Utc::now();
-        sync_taints(&c, &cache, now).await;
-        evict(&c, &cache, now, &mut logged).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let now = Utc::now();
+                changed = sync_taints(&c, std::mem::take(&mut changed), &mut tainted, now).await;
+                evict(&c, &cache, &tainted, now, &mut logged).await;
+            }
+            ch = rx.recv() => match ch {
+                Ok(ch) => {
+                    if let Some(name) = ch.key.strip_prefix(NODES) {
+                        let v = (ch.kind != EventKind::Delete).then(|| ch.object.clone());
+                        changed.insert(name.to_string(), v);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    tainted.clear();
+                    changed = all_nodes(&cache);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
     }
 }
 

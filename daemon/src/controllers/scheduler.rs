@@ -19,8 +19,11 @@ use crate::registry::cache::{Cache, Change};
 use crate::registry::core::{bind_pod_from, Bound};
 use crate::registry::validation::selector_matches;
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint, Toleration,
+    Node, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, Pod, PodAffinityTerm, Taint,
+    Toleration,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -74,7 +77,8 @@ impl<'a> Usage<'a> {
 /// A node as the filters see it.
 struct Candidate {
     name: String,
-    node: Node,
+    spec: NodeSpec,
+    ready: bool,
     labels: BTreeMap<String, String>,
     alloc_cpu: i128,
     alloc_memory: i128,
@@ -212,7 +216,8 @@ fn node_affinity_holds(p: &Pod, c: &Candidate) -> bool {
 pub fn node_accepts(spec: &k8s_openapi::api::core::v1::PodSpec, node: &Node) -> bool {
     let c = Candidate {
         name: node.metadata.name.clone().unwrap_or_default(),
-        node: node.clone(),
+        spec: node.spec.clone().unwrap_or_default(),
+        ready: true,
         labels: node.metadata.labels.clone().unwrap_or_default(),
         alloc_cpu: 0,
         alloc_memory: 0,
@@ -273,16 +278,8 @@ fn unfit(
     usage: &HashMap<String, Usage<'_>>,
 ) -> Option<Vec<String>> {
     let spec = p.spec.as_ref().expect("pending pods have a spec");
-    let no_spec = Default::default();
-    let node_spec = c.node.spec.as_ref().unwrap_or(&no_spec);
-    let ready = c
-        .node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|x| x.type_ == "Ready"))
-        .is_some_and(|x| x.status == "True");
-    if !ready {
+    let node_spec = &c.spec;
+    if !c.ready {
         return Some(vec!["node(s) were not ready".into()]);
     }
     let tolerations = spec.tolerations.clone().unwrap_or_default();
@@ -431,28 +428,62 @@ pub fn unschedulable_message(total: usize, reasons: &BTreeMap<String, usize>) ->
     )
 }
 
+/// The parts of a Node the filters read, taken from the cached object
+/// without typing the whole Node (its images and nodeInfo are most of it).
+fn candidate(v: &Value) -> Option<Candidate> {
+    let typed = |ptr: &str| v.pointer(ptr).filter(|x| !x.is_null());
+    let alloc: BTreeMap<String, Quantity> = typed("/status/allocatable")
+        .or_else(|| typed("/status/capacity"))
+        .and_then(|a| BTreeMap::deserialize(a).ok())
+        .unwrap_or_default();
+    let q = |k: &str| alloc.get(k).and_then(|q| milli(&q.0));
+    Some(Candidate {
+        name: v.pointer("/metadata/name")?.as_str()?.to_string(),
+        spec: typed("/spec")
+            .and_then(|x| NodeSpec::deserialize(x).ok())
+            .unwrap_or_default(),
+        ready: v
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|x| x["type"] == "Ready"))
+            .is_some_and(|x| x["status"] == "True"),
+        labels: typed("/metadata/labels")
+            .and_then(|x| BTreeMap::deserialize(x).ok())
+            .unwrap_or_default(),
+        alloc_cpu: q("cpu").unwrap_or(0),
+        alloc_memory: q("memory").unwrap_or(0) / 1000,
+        alloc_pods: (q("pods").unwrap_or(110_000) / 1000) as i64,
+    })
+}
+
+/// Every node, by name (the cache's key order).
 fn candidates(cache: &Cache) -> Vec<Candidate> {
     cache
-        .list("/registry/nodes/")
+        .list(NODES)
         .into_iter()
-        .filter_map(|(_, v)| {
-            let node: Node = serde_json::from_value(v).ok()?;
-            let alloc = node
-                .status
-                .as_ref()
-                .and_then(|s| s.allocatable.clone().or(s.capacity.clone()))
-                .unwrap_or_default();
-            let q = |k: &str| alloc.get(k).and_then(|q| milli(&q.0));
-            Some(Candidate {
-                name: node.metadata.name.clone()?,
-                labels: node.metadata.labels.clone().unwrap_or_default(),
-                alloc_cpu: q("cpu").unwrap_or(0),
-                alloc_memory: q("memory").unwrap_or(0) / 1000,
-                alloc_pods: (q("pods").unwrap_or(110_000) / 1000) as i64,
-                node,
-            })
-        })
+        .filter_map(|(_, v)| candidate(&v))
         .collect()
+}
+
+/// Follow one node change: only that node is read again, so ten thousand
+/// heartbeating nodes do not each cost a pass over all of them.
+fn update_candidates(nodes: &mut Vec<Candidate>, ch: &Change) {
+    let Some(name) = ch.key.strip_prefix(NODES) else {
+        return;
+    };
+    let at = nodes.binary_search_by(|c| c.name.as_str().cmp(name));
+    let new = match ch.kind {
+        EventKind::Delete => None,
+        _ => candidate(&ch.object),
+    };
+    match (at, new) {
+        (Ok(i), Some(c)) => nodes[i] = c,
+        (Ok(i), None) => {
+            nodes.remove(i);
+        }
+        (Err(i), Some(c)) => nodes.insert(i, c),
+        (Err(_), None) => {}
+    }
 }
 
 /// Why the pod's claims keep it from every node: a claim that does not
@@ -667,22 +698,24 @@ async fn schedule(
 type PodIndex = BTreeMap<String, (Arc<Value>, Pod)>;
 
 const PODS: &str = "/registry/pods/";
+const NODES: &str = "/registry/nodes/";
 
 fn index_all(cache: &Cache) -> PodIndex {
     cache
         .list(PODS)
         .into_iter()
         .filter_map(|(k, v)| {
-            let p = <Pod as serde::Deserialize>::deserialize(&v).ok()?;
-            Some((k, (Arc::new(v), p)))
+            let p = <Pod as serde::Deserialize>::deserialize(&*v).ok()?;
+            Some((k, (v, p)))
         })
         .collect()
 }
 
 /// Apply one change; whether it matters to scheduling (pods, nodes).
-fn apply(index: &mut PodIndex, ch: &Change) -> bool {
+fn apply(index: &mut PodIndex, nodes: &mut Vec<Candidate>, ch: &Change) -> bool {
     if !ch.key.starts_with(PODS) {
-        return ch.key.starts_with("/registry/nodes/");
+        update_candidates(nodes, ch);
+        return ch.key.starts_with(NODES);
     }
     match ch.kind {
         EventKind::Delete => {
@@ -714,40 +747,35 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     // them.
     let mut last_pass = Duration::ZERO;
     loop {
-        let mut nodes_changed = false;
+        let mut lagged = false;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => nodes_changed = true,
+            _ = tick.tick() => {}
             ch = rx.recv() => match ch {
                 Ok(ch) => {
-                    if !apply(&mut index, &ch) {
+                    if !apply(&mut index, &mut nodes, &ch) {
                         continue;
                     }
-                    nodes_changed |= !ch.key.starts_with(PODS);
                     tokio::time::sleep(last_pass.max(Duration::from_millis(20))).await;
                     // Take in what arrived meanwhile: one pass covers it.
                     loop {
                         match rx.try_recv() {
                             Ok(more) => {
-                                apply(&mut index, &more);
-                                nodes_changed |= more.key.starts_with("/registry/nodes/");
+                                apply(&mut index, &mut nodes, &more);
                             }
                             Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                                index = index_all(&cache);
-                                nodes_changed = true;
+                                lagged = true;
                             }
                             Err(_) => break,
                         }
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    index = index_all(&cache);
-                    nodes_changed = true;
-                }
+                Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => return,
             }
         }
-        if nodes_changed {
+        if lagged {
+            index = index_all(&cache);
             nodes = candidates(&cache);
         }
         last_pass = schedule(&c, &cache, &nodes, &index, &mut assumed).await;
@@ -757,6 +785,28 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_changes_update_only_their_candidate_in_name_order() {
+        let ch = |kind: EventKind, name: &str, ready: &str| Change {
+            kind,
+            key: format!("{NODES}{name}"),
+            object: Arc::new(json!({"metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}})),
+        };
+        let mut nodes = vec![];
+        for n in ["b", "a", "c"] {
+            update_candidates(&mut nodes, &ch(EventKind::Create, n, "True"));
+        }
+        let names = |v: &[Candidate]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&nodes), ["a", "b", "c"]);
+        update_candidates(&mut nodes, &ch(EventKind::Update, "b", "False"));
+        assert!(!nodes[1].ready && nodes[0].ready && nodes[2].ready);
+        update_candidates(&mut nodes, &ch(EventKind::Delete, "a", "True"));
+        assert_eq!(names(&nodes), ["b", "c"]);
+        update_candidates(&mut nodes, &ch(EventKind::Delete, "zz", "True"));
+        assert_eq!(names(&nodes), ["b", "c"]);
+    }
 
     #[test]
     fn the_message_counts_reasons_as_upstream() {
@@ -816,20 +866,12 @@ mod tests {
     }
 
     fn node(name: &str, cpu: &str, labels: Value) -> Candidate {
-        let n: Node = serde_json::from_value(json!({
+        candidate(&json!({
             "metadata": {"name": name, "labels": labels},
             "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "2"},
                 "conditions": [{"type": "Ready", "status": "True"}]}
         }))
-        .unwrap();
-        Candidate {
-            name: name.into(),
-            labels: n.metadata.labels.clone().unwrap_or_default(),
-            alloc_cpu: milli(cpu).unwrap(),
-            alloc_memory: 1 << 30,
-            alloc_pods: 2,
-            node: n,
-        }
+        .unwrap()
     }
 
     #[test]
