@@ -47,6 +47,8 @@ pub enum AgentError {
         server: String,
         status: u16,
         message: String,
+        /// The server's Retry-After, when it gave one.
+        retry_after: Option<Duration>,
     },
     #[error("tunnel: {0}")]
     Tunnel(String),
@@ -202,6 +204,7 @@ pub async fn connect_tunnel(
                     server,
                     status,
                     message,
+                    retry_after: retry_after(resp.headers()),
                 },
             })
         }
@@ -209,6 +212,33 @@ pub async fn connect_tunnel(
             url,
             message: e.to_string(),
         }),
+    }
+}
+
+/// A Retry-After in seconds (the only form rk3s servers send).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(600)))
+}
+
+impl AgentError {
+    /// When the server said to come back, spread over one more second
+    /// (Retry-After has whole seconds, and every agent told "5" must not
+    /// arrive in the same instant).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AgentError::Refused {
+                retry_after: Some(d),
+                ..
+            } => Some(*d + Duration::from_secs(1).mul_f64(rand::thread_rng().gen_range(0.0..1.0))),
+            _ => None,
+        }
     }
 }
 
@@ -284,6 +314,7 @@ pub async fn ensure_node_cert(
             server: server_url.to_string(),
             status: resp.status().as_u16(),
             message: format!("{} certificate request refused", identity.stem()),
+            retry_after: retry_after(resp.headers()),
         });
     }
     let pem = resp
@@ -322,7 +353,9 @@ pub fn node_name(node: &NodeSettings) -> Result<String, AgentError> {
     }
 }
 
-struct Backoff {
+/// Reconnection delays of an agent (public for the benchmarks, whose
+/// simulated agents must storm a restarted server as real ones do).
+pub struct Backoff {
     next: Duration,
     max: Duration,
 }
@@ -330,20 +363,20 @@ struct Backoff {
 impl Backoff {
     const MIN: Duration = Duration::from_millis(250);
 
-    fn new(max: Duration) -> Self {
+    pub fn new(max: Duration) -> Self {
         Self {
             next: Self::MIN.min(max),
             max,
         }
     }
 
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = Self::MIN.min(self.max);
     }
 
     /// Jittered to 50-100% of the step so a server restart is not met by
     /// every agent at the same instant.
-    fn step(&mut self) -> Duration {
+    pub fn step(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         d.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
@@ -586,7 +619,8 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with any server; retrying");
                 state.set(&format!("connecting: {e}"), None);
-                backoff.step()
+                // A server shedding load says when to come back.
+                e.retry_after().unwrap_or_else(|| backoff.step())
             }
         };
         tokio::select! {
@@ -746,6 +780,7 @@ async fn session(
     refresh.tick().await;
     let mut seq = 0u64;
     let mut last_rx = Instant::now();
+    let mut last_ping = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -774,8 +809,15 @@ async fn session(
                 if last_rx.elapsed() > keepalive {
                     return format!("server silent for {:?}", last_rx.elapsed());
                 }
-                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                    return e.to_string();
+                // Only a quiet tunnel needs a ping (heartbeat acks are
+                // traffic too): a dead server is still noticed within
+                // `keepalive` and a fifth.
+                let half = keepalive / 2;
+                if last_rx.elapsed() >= half && last_ping.elapsed() >= half {
+                    last_ping = Instant::now();
+                    if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                        return e.to_string();
+                    }
                 }
             }
             Ok(()) = runtime.changed() => {
@@ -860,5 +902,35 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_with_retry_after_is_waited_out_with_a_second_of_spread() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "4".parse().unwrap());
+        let e = AgentError::Refused {
+            server: "https://s:6443".into(),
+            status: 429,
+            message: "busy".into(),
+            retry_after: retry_after(&h),
+        };
+        let d = e.retry_after().expect("the server said when");
+        assert!(
+            d >= Duration::from_secs(4) && d < Duration::from_secs(5),
+            "{d:?}"
+        );
+        // An HTTP date or garbage is not understood: the backoff decides.
+        h.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+        let other = AgentError::Tunnel("x".into());
+        assert_eq!(other.retry_after(), None);
     }
 }

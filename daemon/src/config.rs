@@ -226,6 +226,10 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_keep: Option<u64>,
+    /// Agent registrations checked at once; more are answered 429 and come back with the agents' backoff, so a fleet reconnecting after a restart queues at its agents rather than in this server [default: 256].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_registrations_inflight: Option<usize>,
     /// Pod network: each node gets a block of it as its pod CIDR [default: 10.42.0.0/16].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -492,6 +496,7 @@ pub struct ServerConfig {
     pub monitor_period: Duration,
     pub compaction_interval: Duration,
     pub compaction_keep: u64,
+    pub max_registrations_inflight: usize,
     /// `--service-account-max-token-expiration`.
     pub max_token_expiration: Option<Duration>,
     /// `--cluster-cidr`, `--node-cidr-mask-size`.
@@ -631,7 +636,15 @@ impl ServerConfig {
                 message: "must be at least 10".into(),
             });
         }
+        let inflight = a.max_registrations_inflight.unwrap_or(256);
+        if inflight == 0 {
+            return Err(ConfigError::Invalid {
+                origin: "--max-registrations-inflight".into(),
+                message: "must be at least 1".into(),
+            });
+        }
         Ok(Self {
+            max_registrations_inflight: inflight,
             node: node_settings(&a.common, &data_dir)?,
             token: token_from("token", &a.common.token, &a.common.token_file)?,
             agent_token: token_from("agent-token", &a.agent_token, &a.agent_token_file)?,

@@ -24,6 +24,9 @@ pub enum ApiError {
     AgentMode,
     #[error("{0}")]
     Unavailable(String),
+    /// Refused for load; the client may retry after this many seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u32 },
     #[error("{0}")]
     Internal(String),
 }
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::AgentMode => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::AgentMode => "agent_mode",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -63,6 +68,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => "NotFound",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+            StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
             _ => "InternalError",
         }
     }
@@ -78,7 +84,12 @@ impl ApiError {
             "reason": self.reason(),
             "code": self.status().as_u16(),
         });
-        (self.status(), axum::Json(body)).into_response()
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = self {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, (*retry_after).into());
+        }
+        resp
     }
 
     /// The admin socket's error body.

@@ -383,6 +383,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         membership: membership.clone(),
         ipam: cfg.ipam,
         auth,
+        registrations: crate::registration::Gate::new(
+            cfg.max_registrations_inflight,
+            Duration::from_secs(6),
+        ),
     });
 
     let tls = sv.pki.server_config()?;

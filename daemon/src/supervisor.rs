@@ -43,6 +43,8 @@ pub struct Supervisor {
     pub ipam: crate::ipam::Ipam,
     /// Authorization, the token issuer, and what they follow.
     pub auth: Arc<crate::auth::Auth>,
+    /// Registrations in progress (`--max-registrations-inflight`).
+    pub registrations: crate::registration::Gate,
 }
 
 impl Supervisor {
