@@ -1,62 +1,74 @@
 //! Registration benchmark: N simulated agents over real websockets on
-//! loopback against a real `rk3sd server` process.
+//! loopback against real `rk3sd server` processes.
 //!
 //! cargo build --release --workspace
 //! target/release/rk3s-bench [--agents 1000] [--steady-secs 30] [--heartbeat-ms 10000]
+//!     [--concurrency 128] [--restart 1] [--postgres 1] [--soak-secs 3600 --sample-secs 60]
 //!
-//! Reports: time until every agent is registered (tunnel up and its Node
-//! stored), heartbeat round trip (send -> HeartbeatAck) p50/p99 at steady
-//! state, and the server's RSS with all agents connected.
+//! Each simulated agent does what `rk3sd agent` does on the wire: the full
+//! registration (token, node password), its node status, heartbeats, and
+//! on a lost tunnel the agent's own jittered backoff (`agent::Backoff`),
+//! trying the other server first when there are two. An agent counts as
+//! up when its first heartbeat is acknowledged: the server has then
+//! stored its Node and renewed its Lease.
+//!
+//! Reports the time until every agent is up (cold start; after a server
+//! restart with `--restart`; after killing one of two servers on
+//! PostgreSQL with `--postgres`), heartbeat round trip (send ->
+//! HeartbeatAck) p50/p99/max at steady state, the server's RSS and CPU,
+//! and with `--soak-secs` RSS, open fds and CPU sampled over a long run.
 
 use futures_util::{SinkExt, StreamExt};
 use rk3s_api::tunnel::{AgentMessage, ServerMessage};
-use rk3s_tests::{tempdir, wait_for, Server};
+use rk3s_tests::{arg, cpu_secs, open_fds, rss_kib, tempdir, Postgres, Server};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
+
+/// The agent's default `--reconnect-backoff-max`.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 struct Args {
     agents: usize,
     steady: Duration,
     heartbeat: Duration,
     concurrency: usize,
+    restart: bool,
+    postgres: bool,
+    soak: Duration,
+    sample: Duration,
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        agents: 1000,
-        steady: Duration::from_secs(30),
-        heartbeat: Duration::from_secs(10),
-        concurrency: 128,
-    };
+    let known = [
+        "--agents",
+        "--steady-secs",
+        "--heartbeat-ms",
+        "--concurrency",
+        "--restart",
+        "--postgres",
+        "--soak-secs",
+        "--sample-secs",
+    ];
     let v: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < v.len() {
-        let val = v.get(i + 1).and_then(|s| s.parse::<u64>().ok());
-        match (v[i].as_str(), val) {
-            ("--agents", Some(n)) => a.agents = n as usize,
-            ("--steady-secs", Some(n)) => a.steady = Duration::from_secs(n),
-            ("--heartbeat-ms", Some(n)) => a.heartbeat = Duration::from_millis(n),
-            ("--concurrency", Some(n)) => a.concurrency = n as usize,
-            _ => {
-                eprintln!("usage: rk3s-bench [--agents N] [--steady-secs S] [--heartbeat-ms MS] [--concurrency C]");
-                std::process::exit(2);
-            }
-        }
-        i += 2;
+    if v.chunks(2).any(|p| {
+        !known.contains(&p[0].as_str()) || p.get(1).and_then(|x| x.parse::<u64>().ok()).is_none()
+    }) {
+        eprintln!("usage: rk3s-bench [--agents N] [--steady-secs S] [--heartbeat-ms MS] [--concurrency C] [--restart 0|1] [--postgres 0|1] [--soak-secs S] [--sample-secs S]");
+        std::process::exit(2);
     }
-    a
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    (get("VmRSS:"), get("VmHWM:"))
+    Args {
+        agents: arg("--agents", 1000),
+        steady: Duration::from_secs(arg("--steady-secs", 30)),
+        heartbeat: Duration::from_millis(arg("--heartbeat-ms", 10_000)),
+        concurrency: arg("--concurrency", 128),
+        restart: arg("--restart", 0) == 1,
+        postgres: arg("--postgres", 0) == 1,
+        soak: Duration::from_secs(arg("--soak-secs", 0)),
+        sample: Duration::from_secs(arg("--sample-secs", 60)),
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -66,147 +78,424 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// What the simulated agents share with the bench.
+#[derive(Default)]
+struct Fleet {
+    /// Agents whose current tunnel has had a heartbeat acknowledged.
+    up: AtomicUsize,
+    attempts: AtomicUsize,
+    failed_attempts: AtomicUsize,
+    last_error: Mutex<String>,
+    measuring: AtomicBool,
+    rtts: Mutex<Vec<Duration>>,
+    /// Agents that reached each server (index into the URL list) last.
+    on_server: [AtomicUsize; 2],
+}
+
+impl Fleet {
+    fn take_rtts(&self) -> Vec<Duration> {
+        let mut v = std::mem::take(&mut *self.rtts.lock().unwrap());
+        v.sort();
+        v
+    }
+}
+
+struct AgentSpec {
+    index: usize,
+    urls: Vec<String>,
+    tls: Arc<rustls::ClientConfig>,
+    secret: String,
+    heartbeat: Duration,
+}
+
+/// One simulated agent: connect (the first time under `first_permit`),
+/// report, heartbeat, reconnect with the agent's backoff; until `stop`.
+async fn agent(
+    a: AgentSpec,
+    fleet: Arc<Fleet>,
+    first_permit: Arc<tokio::sync::Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = format!("bench-{:05}", a.index);
+    let password = rk3sd::nodepassword::generate();
+    let mut backoff = rk3sd::agent::Backoff::new(BACKOFF_MAX);
+    let mut permit = Some(first_permit.acquire_owned().await.unwrap());
+    // Agents split over the servers; a failure moves to the next one.
+    let mut server = a.index % a.urls.len();
+    let offset = a.heartbeat.mul_f64((a.index as f64 * 0.618_033_988) % 1.0);
+    while !*stop.borrow() {
+        fleet.attempts.fetch_add(1, Ordering::Relaxed);
+        let url = &a.urls[server];
+        let ws = rk3sd::agent::connect_tunnel(
+            url,
+            a.tls.clone(),
+            &a.secret,
+            &name,
+            &password,
+            &["127.0.0.1".to_string()],
+        )
+        .await;
+        let mut ws = match ws {
+            Ok(ws) => ws,
+            Err(e) => {
+                fleet.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                *fleet.last_error.lock().unwrap() = e.to_string();
+                server = (server + 1) % a.urls.len();
+                // As the agent: a server shedding load says when to come back.
+                let wait = e.retry_after().unwrap_or_else(|| backoff.step());
+                tokio::select! { _ = stop.changed() => {}, _ = tokio::time::sleep(wait) => {} }
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let info = rk3sd::nodeinfo::collect(vec!["127.0.0.1".into()], Default::default());
+        let status = serde_json::to_string(&AgentMessage::NodeStatus {
+            info: Box::new(info),
+        })
+        .unwrap();
+        let mut seq = 0u64;
+        let mut sent: std::collections::HashMap<u64, Instant> = Default::default();
+        let mut up = false;
+        let beat = |seq: u64| {
+            Message::text(serde_json::to_string(&AgentMessage::Heartbeat { seq }).unwrap())
+        };
+        // The first heartbeat right behind the status: its ack says both
+        // were stored.
+        seq += 1;
+        sent.insert(seq, Instant::now());
+        let ok = ws.send(Message::text(status)).await.is_ok() && ws.send(beat(seq)).await.is_ok();
+        if ok {
+            let (mut tx, mut rx) = ws.split();
+            // Spread over the interval, as real agents drift apart.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + offset, a.heartbeat);
+            // Pings as the agent sends them: on a tunnel quiet for half
+            // the keepalive.
+            let keepalive = rk3sd::tunnels::keepalive_for(a.heartbeat);
+            let mut ping = tokio::time::interval(keepalive / 5);
+            let (mut last_rx, mut last_ping) = (Instant::now(), Instant::now());
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = ping.tick() => {
+                        if last_rx.elapsed() > keepalive {
+                            break;
+                        }
+                        if last_rx.elapsed() >= keepalive / 2 && last_ping.elapsed() >= keepalive / 2 {
+                            last_ping = Instant::now();
+                            if tx.send(Message::Ping(Default::default())).await.is_err() { break; }
+                        }
+                    }
+                    _ = tick.tick() => {
+                        seq += 1;
+                        sent.insert(seq, Instant::now());
+                        if tx.send(beat(seq)).await.is_err() { break; }
+                    }
+                    f = rx.next() => match f {
+                        Some(Ok(Message::Text(t))) => {
+                            last_rx = Instant::now();
+                            let Ok(ServerMessage::HeartbeatAck { seq }) = serde_json::from_str(t.as_str()) else { continue };
+                            let Some(t0) = sent.remove(&seq) else { continue };
+                            if !up {
+                                up = true;
+                                permit = None;
+                                fleet.up.fetch_add(1, Ordering::Relaxed);
+                                fleet.on_server[server.min(1)].fetch_add(1, Ordering::Relaxed);
+                            } else if fleet.measuring.load(Ordering::Relaxed) {
+                                fleet.rtts.lock().unwrap().push(t0.elapsed());
+                            }
+                        }
+                        Some(Ok(_)) => last_rx = Instant::now(),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        if up {
+            fleet.up.fetch_sub(1, Ordering::Relaxed);
+            fleet.on_server[server.min(1)].fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(permit.take());
+        // As the agent: a session that lived a while earns a fast retry;
+        // the next attempt goes to the other server first.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff.reset();
+        }
+        server = (server + 1) % a.urls.len();
+        tokio::select! { _ = stop.changed() => {}, _ = tokio::time::sleep(backoff.step()) => {} }
+    }
+}
+
+/// Wait (bounded) until `want` agents are up; the time it took, or None.
+async fn all_up(fleet: &Fleet, want: usize, since: Instant, limit: Duration) -> Option<Duration> {
+    loop {
+        if fleet.up.load(Ordering::Relaxed) >= want {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Heartbeats over `steady`, with the CPU the servers used meanwhile.
+async fn steady_state(
+    fleet: &Fleet,
+    pids: &[u32],
+    steady: Duration,
+    heartbeat: Duration,
+    label: &str,
+) {
+    fleet.take_rtts();
+    let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+    fleet.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(steady).await;
+    fleet.measuring.store(false, Ordering::Relaxed);
+    let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / steady.as_secs_f64();
+    let v = fleet.take_rtts();
+    println!(
+        "{label}: heartbeat every {} ms, {} s, {} samples",
+        heartbeat.as_millis(),
+        steady.as_secs(),
+        v.len()
+    );
+    println!(
+        "  heartbeat RTT p50 / p99 / max: {:.2} / {:.2} / {:.2} ms",
+        ms(pct(&v, 0.5)),
+        ms(pct(&v, 0.99)),
+        ms(v.last().copied().unwrap_or_default())
+    );
+    println!("  server CPU: {:.1} % of one core", cpu * 100.0);
+    for p in pids {
+        let (rss, hwm) = rss_kib(*p);
+        println!(
+            "  server {p} RSS: {:.1} MiB (peak {:.1} MiB), {:.1} KiB per agent",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0,
+            rss as f64 / fleet.up.load(Ordering::Relaxed).max(1) as f64
+        );
+    }
+}
+
 fn main() {
     rk3sd::raise_nofile_limit();
     let a = args();
     let dir = tempdir();
     let hb = format!("{}ms", a.heartbeat.as_millis());
-    let server = Server::start(
-        &dir.path().join("server"),
-        &[
-            "--disable-agent",
-            "--heartbeat-interval",
-            &hb,
-            "--node-monitor-grace-period",
-            "40s",
-            "--node-monitor-period",
-            "5s",
+    let flags = [
+        "--disable-agent",
+        "--heartbeat-interval",
+        &hb,
+        "--node-monitor-grace-period",
+        "40s",
+        "--node-monitor-period",
+        "5s",
+    ];
+    let pg = a.postgres.then(Postgres::start);
+    let url = pg.as_ref().map(|p| p.url("bench"));
+    let env: Vec<(&str, &str)> = match &url {
+        Some(u) => vec![
+            ("RK3S_DATASTORE_ENDPOINT", u.as_str()),
+            ("RK3S_TOKEN", "bench-cluster-secret-0123"),
         ],
-    );
-    let (idle_rss, _) = rss_kib(server.pid());
+        None => vec![],
+    };
+    let mut servers = vec![Server::start_with_env(&dir.path().join("s1"), &flags, &env)];
+    if a.postgres {
+        let mut f2 = flags.to_vec();
+        f2.extend(["--node-name", "server-2"]);
+        servers.push(Server::start_with_env(&dir.path().join("s2"), &f2, &env));
+    }
+    let idle: Vec<u64> = servers.iter().map(|s| rss_kib(s.pid()).0).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let tls = Arc::new(rk3sd::certs::client_config_pinned(&server.ca_pem()).unwrap());
-    let secret = server.token().rsplit(':').next().unwrap().to_string();
-    let url = server.url();
-    let rtts: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = tokio_util_stop();
-    let start = Instant::now();
-    let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
+    let tls = Arc::new(rk3sd::certs::client_config_pinned(&servers[0].ca_pem()).unwrap());
+    let secret = servers[0].token().rsplit(':').next().unwrap().to_string();
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let fleet = Arc::new(Fleet::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
     let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency));
+    let limit = Duration::from_secs(300);
     rt.block_on(async {
-        for i in 0..a.agents {
-            let (tls, secret, url, rtts, measuring, stop, reg_tx, sem) =
-                (tls.clone(), secret.clone(), url.clone(), rtts.clone(), measuring.clone(), stop.clone(), reg_tx.clone(), sem.clone());
-            let hb_every = a.heartbeat;
-            tokio::spawn(async move {
-                let name = format!("bench-{i:05}");
-                let password = rk3sd::nodepassword::generate();
-                let permit = sem.acquire_owned().await.unwrap();
-                let mut ws = None;
-                let mut last_err = String::new();
-                for _ in 0..5 {
-                    match rk3sd::agent::connect_tunnel(&url, tls.clone(), &secret, &name, &password, &["127.0.0.1".to_string()]).await {
-                        Ok(w) => {
-                            ws = Some(w);
-                            break;
-                        }
-                        Err(e) => {
-                            last_err = e.to_string();
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-                let Some(mut ws) = ws else {
-                    let _ = reg_tx.send(Err(last_err));
-                    return;
-                };
-                let info = rk3sd::nodeinfo::collect(vec!["127.0.0.1".into()], Default::default());
-                let status = serde_json::to_string(&AgentMessage::NodeStatus { info: Box::new(info) }).unwrap();
-                if ws.send(Message::text(status)).await.is_err() {
-                    let _ = reg_tx.send(Err("send failed".into()));
-                    return;
-                }
-                drop(permit);
-                let _ = reg_tx.send(Ok(start.elapsed()));
-                let (mut tx, mut rx) = ws.split();
-                // Spread heartbeats over the interval, as real agents drift apart.
-                let offset = hb_every.mul_f64((i as f64 * 0.618_033_988) % 1.0);
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, hb_every);
-                let mut sent: std::collections::HashMap<u64, Instant> = Default::default();
-                let mut seq = 0u64;
-                loop {
-                    tokio::select! {
-                        _ = stop.notified() => break,
-                        _ = tick.tick() => {
-                            seq += 1;
-                            sent.insert(seq, Instant::now());
-                            let m = serde_json::to_string(&AgentMessage::Heartbeat { seq }).unwrap();
-                            if tx.send(Message::text(m)).await.is_err() { break; }
-                        }
-                        f = rx.next() => match f {
-                            Some(Ok(Message::Text(t))) => {
-                                if let Ok(ServerMessage::HeartbeatAck { seq }) = serde_json::from_str(t.as_str()) {
-                                    if let Some(t0) = sent.remove(&seq) {
-                                        if measuring.load(std::sync::atomic::Ordering::Relaxed) {
-                                            rtts.lock().unwrap().push(t0.elapsed());
-                                        }
-                                    }
-                                }
-                            }
-                            Some(Ok(_)) => {}
-                            _ => break,
-                        }
-                    }
-                }
-            });
+        let start = Instant::now();
+        let cpu0: f64 = servers.iter().map(|s| cpu_secs(s.pid())).sum();
+        for index in 0..a.agents {
+            let spec = AgentSpec {
+                index,
+                urls: urls.clone(),
+                tls: tls.clone(),
+                secret: secret.clone(),
+                heartbeat: a.heartbeat,
+            };
+            tokio::spawn(agent(spec, fleet.clone(), sem.clone(), stop_rx.clone()));
         }
-        drop(reg_tx);
-        let mut ok = 0;
-        let mut failed = Vec::new();
-        let mut last = Duration::ZERO;
-        // Each agent reports once (it keeps its sender while it runs).
-        for _ in 0..a.agents {
-            let Some(r) = reg_rx.recv().await else { break };
-            match r {
-                Ok(t) => {
-                    ok += 1;
-                    last = last.max(t);
-                }
-                Err(e) => failed.push(e),
-            }
+        let cold = all_up(&fleet, a.agents, start, limit).await;
+        let cpu = servers.iter().map(|s| cpu_secs(s.pid())).sum::<f64>() - cpu0;
+        println!(
+            "agents: {}, servers: {} ({}), first-connection concurrency {}",
+            a.agents,
+            servers.len(),
+            if a.postgres { "PostgreSQL" } else { "SQLite" },
+            a.concurrency
+        );
+        match cold {
+            Some(t) => println!(
+                "cold start: all up after {:.2} s, server CPU {:.1} s",
+                t.as_secs_f64(),
+                cpu
+            ),
+            None => println!(
+                "cold start: only {} up after {} s (last error: {})",
+                fleet.up.load(Ordering::Relaxed),
+                limit.as_secs(),
+                fleet.last_error.lock().unwrap()
+            ),
         }
-        let tunnels_up = last;
-        // Registered = the server stored every Node.
-        let all = wait_for(Duration::from_secs(120), || {
-            let o = server.ctl(&["status", "-o", "json"]);
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-            (v["node_count"].as_u64()? as usize >= ok).then(|| start.elapsed())
-        });
-        let registered = all.expect("server did not store every node within 120 s");
-        println!("agents:                 {} ({} failed{})", a.agents, failed.len(), failed.first().map(|e| format!(": {e}")).unwrap_or_default());
-        println!("all tunnels up after:   {:.2} s", tunnels_up.as_secs_f64());
-        println!("all nodes stored after: {:.2} s", registered.as_secs_f64());
-        measuring.store(true, std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(a.steady).await;
-        measuring.store(false, std::sync::atomic::Ordering::Relaxed);
-        let (rss, hwm) = rss_kib(server.pid());
-        let mut v = rtts.lock().unwrap().clone();
-        v.sort();
-        println!("heartbeat interval:     {} ms, steady state {} s, {} samples", a.heartbeat.as_millis(), a.steady.as_secs(), v.len());
-        println!("heartbeat RTT p50:      {:.2} ms", pct(&v, 0.50).as_secs_f64() * 1000.0);
-        println!("heartbeat RTT p99:      {:.2} ms", pct(&v, 0.99).as_secs_f64() * 1000.0);
-        println!("heartbeat RTT max:      {:.2} ms", v.last().copied().unwrap_or_default().as_secs_f64() * 1000.0);
-        println!("server RSS idle:        {:.1} MiB", idle_rss as f64 / 1024.0);
-        println!("server RSS connected:   {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, hwm as f64 / 1024.0);
-        stop.notify_waiters();
-    });
-}
+        println!(
+            "  connection attempts: {}, failed: {}",
+            fleet.attempts.load(Ordering::Relaxed),
+            fleet.failed_attempts.load(Ordering::Relaxed)
+        );
+        let stored = servers[0].ctl(&["status", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap_or_default();
+        println!("  nodes stored: {}", v["node_count"]);
+        for (s, rss) in servers.iter().zip(&idle) {
+            println!(
+                "  server {} RSS before agents: {:.1} MiB",
+                s.pid(),
+                *rss as f64 / 1024.0
+            );
+        }
+        let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+        steady_state(&fleet, &pids, a.steady, a.heartbeat, "steady state").await;
 
-fn tokio_util_stop() -> Arc<tokio::sync::Notify> {
-    Arc::new(tokio::sync::Notify::new())
+        if a.restart {
+            let attempts0 = fleet.attempts.load(Ordering::Relaxed);
+            let failed0 = fleet.failed_attempts.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let code = servers[0].stop();
+            let stopped = t.elapsed();
+            if code.is_none() {
+                servers[0].kill();
+            }
+            let t = Instant::now();
+            servers[0].restart();
+            let serving = t.elapsed();
+            let bench0 = cpu_secs(std::process::id());
+            let back = all_up(&fleet, a.agents, t, limit).await;
+            println!(
+                "  CPU until all up: server {:.1} s, the bench's agents {:.1} s",
+                cpu_secs(servers[0].pid()),
+                cpu_secs(std::process::id()) - bench0
+            );
+            println!(
+                "server restart: stopped in {:.2} s (exit {:?}), serving again {:.2} s after start",
+                stopped.as_secs_f64(),
+                code,
+                serving.as_secs_f64()
+            );
+            match back {
+                Some(d) => println!(
+                    "  all {} agents up again {:.2} s after the restart began",
+                    a.agents,
+                    d.as_secs_f64()
+                ),
+                None => println!(
+                    "  only {} up after {} s",
+                    fleet.up.load(Ordering::Relaxed),
+                    limit.as_secs()
+                ),
+            }
+            println!(
+                "  connection attempts: {}, failed: {} (last error: {})",
+                fleet.attempts.load(Ordering::Relaxed) - attempts0,
+                fleet.failed_attempts.load(Ordering::Relaxed) - failed0,
+                fleet.last_error.lock().unwrap()
+            );
+            let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+            steady_state(&fleet, &pids, a.steady, a.heartbeat, "after the restart").await;
+        }
+
+        if a.postgres {
+            let moved = fleet.on_server[1].load(Ordering::Relaxed);
+            let t = Instant::now();
+            servers[1].kill();
+            let back = all_up(&fleet, a.agents, t, limit).await;
+            println!("server 2 killed with {moved} agents on it:");
+            match back {
+                Some(d) => println!(
+                    "  all {} agents up on server 1 after {:.2} s",
+                    a.agents,
+                    d.as_secs_f64()
+                ),
+                None => println!(
+                    "  only {} up after {} s",
+                    fleet.up.load(Ordering::Relaxed),
+                    limit.as_secs()
+                ),
+            }
+            // Past a grace period, from the survivor's view: none Unknown.
+            tokio::time::sleep(Duration::from_secs(45)).await;
+            let o = servers[0].ctl(&["node", "list", "-o", "json"]);
+            let nodes: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let list = nodes.as_array().cloned().unwrap_or_default();
+            let unknown = list.iter().filter(|n| n["status"] != "Ready").count();
+            println!("  45 s later: {} nodes, {} not Ready", list.len(), unknown);
+            let pids = vec![servers[0].pid()];
+            steady_state(&fleet, &pids, a.steady, a.heartbeat, "one server left").await;
+        }
+
+        if !a.soak.is_zero() {
+            let pid = servers[0].pid();
+            let t = Instant::now();
+            let (rss0, _) = rss_kib(pid);
+            let fds0 = open_fds(pid);
+            let mut cpu_prev = cpu_secs(pid);
+            println!(
+                "soak: {} s, a sample every {} s",
+                a.soak.as_secs(),
+                a.sample.as_secs()
+            );
+            println!(
+                "  {:>6} {:>10} {:>8} {:>8} {:>10} {:>6}",
+                "secs", "RSS MiB", "fds", "CPU %", "p99 ms", "up"
+            );
+            fleet.take_rtts();
+            fleet.measuring.store(true, Ordering::Relaxed);
+            while t.elapsed() < a.soak {
+                tokio::time::sleep(a.sample.min(a.soak)).await;
+                let cpu = cpu_secs(pid);
+                let v = fleet.take_rtts();
+                println!(
+                    "  {:>6} {:>10.1} {:>8} {:>8.1} {:>10.2} {:>6}",
+                    t.elapsed().as_secs(),
+                    rss_kib(pid).0 as f64 / 1024.0,
+                    open_fds(pid),
+                    (cpu - cpu_prev) / a.sample.as_secs_f64() * 100.0,
+                    ms(pct(&v, 0.99)),
+                    fleet.up.load(Ordering::Relaxed)
+                );
+                cpu_prev = cpu;
+            }
+            fleet.measuring.store(false, Ordering::Relaxed);
+            let (rss1, _) = rss_kib(pid);
+            println!(
+                "  RSS growth: {:+.1} MiB, open fds: {} -> {}",
+                (rss1 as f64 - rss0 as f64) / 1024.0,
+                fds0,
+                open_fds(pid)
+            );
+        }
+        let _ = stop_tx.send(true);
+    });
+    drop(servers);
+    drop(pg);
 }

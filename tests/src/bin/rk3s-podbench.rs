@@ -15,7 +15,7 @@
 //!    CPU over `--idle-secs` with `--pods` pods running.
 
 use rk3s_tests::pods::{ctr, with_busybox, Containers};
-use rk3s_tests::{arg, Agent, Server, WatchEvents, RUNTIME};
+use rk3s_tests::{arg, cpu_secs, Agent, Server, WatchEvents, RUNTIME};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -165,18 +165,6 @@ impl std::fmt::Display for Rss {
             mib(self.file)
         )
     }
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 fn containerd_pid(agent_dir: &Path) -> Option<u32> {

@@ -12,7 +12,7 @@
 //! 3. the server's CPU while idle with those pods (controllers resyncing,
 //!    nothing to do), over `--idle-secs`.
 
-use rk3s_tests::{arg, tempdir, Server, WatchEvents};
+use rk3s_tests::{arg, cpu_secs, tempdir, Server, WatchEvents};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,19 +41,6 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) {
         r.status(),
         r.text().await.unwrap_or_default()
     );
-}
-
-/// Seconds of CPU the process has used (user + system).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 /// Wait until `want` pods of namespace `ns` are bound, from one watch:
