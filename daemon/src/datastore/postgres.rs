@@ -431,6 +431,25 @@ async fn commit(
                 value,
                 expected,
             } => {
+                // The usual case in one round trip (heartbeats are most
+                // writes): update at the expected revision and log it in
+                // one statement. Only when no row matched is the reason
+                // read, below.
+                let next = rev + 1;
+                let done = tx
+                    .query_opt(
+                        "WITH upd AS (UPDATE rk3s_current SET mod_revision = $2, value = $3 \
+                         WHERE key = $1 AND mod_revision = $4 RETURNING create_revision) \
+                         INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
+                         SELECT $2, $1, 1, create_revision, $3 FROM upd RETURNING revision",
+                        &[key, &next, value, expected],
+                    )
+                    .await?;
+                if done.is_some() {
+                    rev = next;
+                    results.push(Ok(Reply::Rev(rev)));
+                    continue;
+                }
                 match tx
                     .query_opt(
                         "SELECT create_revision, mod_revision FROM rk3s_current WHERE key = $1",
