@@ -135,3 +135,19 @@ impl From<PasswordError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_load_is_a_429_status_with_retry_after() {
+        let e = ApiError::TooManyRequests {
+            message: "too many registrations in progress; try again later".into(),
+            retry_after: 7,
+        };
+        let resp = e.to_status();
+        assert_eq!(resp.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "7");
+    }
+}

@@ -16,6 +16,7 @@ pub mod datastore;
 pub mod deploy;
 pub mod error;
 pub mod fsutil;
+pub mod gate;
 pub mod https;
 pub mod ipam;
 pub mod kubeconfig;

@@ -383,7 +383,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         membership: membership.clone(),
         ipam: cfg.ipam,
         auth,
-        registrations: crate::registration::Gate::new(
+        registrations: crate::gate::Gate::new(
             cfg.max_registrations_inflight,
             Duration::from_secs(6),
         ),

@@ -44,7 +44,7 @@ pub struct Supervisor {
     /// Authorization, the token issuer, and what they follow.
     pub auth: Arc<crate::auth::Auth>,
     /// Registrations in progress (`--max-registrations-inflight`).
-    pub registrations: crate::registration::Gate,
+    pub registrations: crate::gate::Gate,
 }
 
 impl Supervisor {
