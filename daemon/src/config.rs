@@ -921,6 +921,15 @@ mod tests {
             .to_string();
         assert!(e.contains("--node-monitor-grace-period"), "{e}");
 
+        std::fs::write(&main, "max-registrations-inflight = 0\n").unwrap();
+        let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--max-registrations-inflight") && e.contains("at least 1"),
+            "{e}"
+        );
+
         std::fs::write(&main, "this is not toml").unwrap();
         let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
             .unwrap_err()

@@ -243,6 +243,19 @@ async fn all_up(fleet: &Fleet, want: usize, since: Instant, limit: Duration) -> 
     }
 }
 
+/// How `all_up` ended: after how long, or how many made it.
+fn report_up(fleet: &Fleet, what: &str, took: Option<Duration>, limit: Duration) {
+    match took {
+        Some(d) => println!("{what} after {:.2} s", d.as_secs_f64()),
+        None => println!(
+            "{what}: not reached, only {} up after {} s (last error: {})",
+            fleet.up.load(Ordering::Relaxed),
+            limit.as_secs(),
+            fleet.last_error.lock().unwrap()
+        ),
+    }
+}
+
 /// Heartbeats over `steady`, with the CPU the servers used meanwhile.
 async fn steady_state(
     fleet: &Fleet,
@@ -346,19 +359,8 @@ fn main() {
             if a.postgres { "PostgreSQL" } else { "SQLite" },
             a.concurrency
         );
-        match cold {
-            Some(t) => println!(
-                "cold start: all up after {:.2} s, server CPU {:.1} s",
-                t.as_secs_f64(),
-                cpu
-            ),
-            None => println!(
-                "cold start: only {} up after {} s (last error: {})",
-                fleet.up.load(Ordering::Relaxed),
-                limit.as_secs(),
-                fleet.last_error.lock().unwrap()
-            ),
-        }
+        report_up(&fleet, "cold start: all up", cold, limit);
+        println!("  server CPU {cpu:.1} s");
         println!(
             "  connection attempts: {}, failed: {}",
             fleet.attempts.load(Ordering::Relaxed),
@@ -402,18 +404,12 @@ fn main() {
                 code,
                 serving.as_secs_f64()
             );
-            match back {
-                Some(d) => println!(
-                    "  all {} agents up again {:.2} s after the restart began",
-                    a.agents,
-                    d.as_secs_f64()
-                ),
-                None => println!(
-                    "  only {} up after {} s",
-                    fleet.up.load(Ordering::Relaxed),
-                    limit.as_secs()
-                ),
-            }
+            report_up(
+                &fleet,
+                "  all up again, counted from the restart,",
+                back,
+                limit,
+            );
             println!(
                 "  connection attempts: {}, failed: {} (last error: {})",
                 fleet.attempts.load(Ordering::Relaxed) - attempts0,
@@ -430,18 +426,7 @@ fn main() {
             servers[1].kill();
             let back = all_up(&fleet, a.agents, t, limit).await;
             println!("server 2 killed with {moved} agents on it:");
-            match back {
-                Some(d) => println!(
-                    "  all {} agents up on server 1 after {:.2} s",
-                    a.agents,
-                    d.as_secs_f64()
-                ),
-                None => println!(
-                    "  only {} up after {} s",
-                    fleet.up.load(Ordering::Relaxed),
-                    limit.as_secs()
-                ),
-            }
+            report_up(&fleet, "  all up on server 1", back, limit);
             // Past a grace period, from the survivor's view: none Unknown.
             tokio::time::sleep(Duration::from_secs(45)).await;
             let o = servers[0].ctl(&["node", "list", "-o", "json"]);
