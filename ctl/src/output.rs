@@ -13,7 +13,7 @@ pub enum Format {
 pub fn structured<T: Serialize>(v: &T, f: Format) -> String {
     match f {
         Format::Json | Format::Table => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
-        Format::Yaml => serde_yaml::to_string(v).unwrap_or_default(),
+        Format::Yaml => serde_saphyr::to_string(v).unwrap_or_default(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! user), so a mistaken chmod still does not open it.
 
 use crate::agent::AgentState;
-use crate::error::ApiError;
+use crate::registry::KubeError;
 use crate::supervisor::Supervisor;
 use crate::{fsutil, nodes};
 use axum::extract::{Path, Query, State};
@@ -119,17 +119,20 @@ pub async fn serve(listener: Listener, backend: Backend, cancel: CancellationTok
                 let _ = stream.write_all(resp.as_bytes()).await;
                 return;
             }
-            crate::https::serve_connection(stream, app, cancel).await;
+            // Root only, so no body or time limit beyond the header timeout:
+            // a password rotation legitimately waits on its node.
+            let header_timeout = crate::https::Limits::default().header_timeout;
+            crate::https::serve_connection(stream, app, header_timeout, cancel).await;
         });
     }
     tracker.close();
     tracker.wait().await;
 }
 
-/// Admin handlers' error: an [`ApiError`] rendered as an admin error body.
-struct AdminError(ApiError);
+/// Admin handlers' error: an [`KubeError`] rendered as an admin error body.
+struct AdminError(KubeError);
 
-impl<E: Into<ApiError>> From<E> for AdminError {
+impl<E: Into<KubeError>> From<E> for AdminError {
     fn from(e: E) -> Self {
         Self(e.into())
     }
@@ -143,10 +146,10 @@ impl IntoResponse for AdminError {
 
 type R = Result<Response, AdminError>;
 
-fn server_only(b: &Backend) -> Result<&Arc<Supervisor>, ApiError> {
+fn server_only(b: &Backend) -> Result<&Arc<Supervisor>, KubeError> {
     match b {
         Backend::Server(sv) => Ok(sv),
-        Backend::Agent(..) => Err(ApiError::AgentMode),
+        Backend::Agent(..) => Err(KubeError::AgentMode),
     }
 }
 
@@ -266,14 +269,14 @@ async fn rotate_sa_key(State(b): State<Backend>, Query(q): Query<RotateKeyQuery>
     let grace = match q.grace.as_deref() {
         None | Some("") => DEFAULT_KEY_GRACE,
         Some(g) => crate::config::parse_duration(g)
-            .map_err(|e| ApiError::BadRequest(format!("--grace {g:?}: {e}")))?,
+            .map_err(|e| KubeError::BadRequest(format!("--grace {g:?}: {e}")))?,
     };
     let key_id = sv
         .auth
         .tokens
         .rotate(&sv.objects.store, grace)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| KubeError::Internal(e.to_string()))?;
     let until = chrono::Utc::now() + chrono::Duration::seconds(grace.as_secs() as i64);
     tracing::info!(key_id, "service-account signing key rotated");
     Ok(Json(rk3s_api::admin::KeyRotateResult {
@@ -284,14 +287,15 @@ async fn rotate_sa_key(State(b): State<Backend>, Query(q): Query<RotateKeyQuery>
 }
 
 async fn fallback(uri: axum::http::Uri) -> Response {
-    ApiError::NotFound(format!(
+    KubeError::NotFoundMessage(format!(
         "no admin route {} (is rk3sctl newer than rk3sd?)",
         uri.path()
     ))
     .to_admin()
 }
 
-fn router(b: Backend) -> Router {
+/// The admin API; public so the parser harness can drive it in memory.
+pub fn router(b: Backend) -> Router {
     Router::new()
         .route(routes::STATUS, get(status))
         .route(routes::NODES, get(list_nodes))

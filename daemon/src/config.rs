@@ -230,6 +230,18 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_registrations_inflight: Option<usize>,
+    /// Time a client has on :6443 to finish its TLS handshake and send a request's headers, and that a kept-alive connection may sit idle between requests [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_header_timeout: Option<String>,
+    /// Deadline for a request that is not long-running (watches, upgrades and followed logs are), body included; past it the answer is 504 Timeout [default: 60s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+    /// Largest request body accepted; larger ones get 413 without being read [default: 3145728, kube-apiserver's limit].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<usize>,
     /// Pod network: each node gets a block of it as its pod CIDR [default: 10.42.0.0/16].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -497,6 +509,8 @@ pub struct ServerConfig {
     pub compaction_interval: Duration,
     pub compaction_keep: u64,
     pub max_registrations_inflight: usize,
+    /// `--request-header-timeout`, `--request-timeout`, `--max-request-body-bytes`.
+    pub limits: HttpLimits,
     /// `--service-account-max-token-expiration`.
     pub max_token_expiration: Option<Duration>,
     /// `--cluster-cidr`, `--node-cidr-mask-size`.
@@ -620,6 +634,55 @@ fn cluster_timings(a: &ServerArgs) -> Result<crate::cluster::Timings, ConfigErro
     Ok(t)
 }
 
+/// What one client may take of :6443 (served by `https`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpLimits {
+    /// `--request-header-timeout`: to finish the TLS handshake, to send a
+    /// request's headers, and to start the next request on a kept-alive
+    /// connection.
+    pub header_timeout: Duration,
+    /// `--request-timeout`: a request that is not long-running (a watch, an
+    /// upgrade, a followed log) must be read and answered within this.
+    pub request_timeout: Duration,
+    /// `--max-request-body-bytes`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    /// kube-apiserver's: 60 s per request, 3 MiB per body; Go's servers
+    /// give headers 10 s in K3s's supervisor.
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 3 * 1024 * 1024,
+        }
+    }
+}
+
+fn http_limits(a: &ServerArgs) -> Result<HttpLimits, ConfigError> {
+    let d = HttpLimits::default();
+    let max_body_bytes = a.max_request_body_bytes.unwrap_or(d.max_body_bytes);
+    if max_body_bytes < 64 * 1024 {
+        return Err(ConfigError::Invalid {
+            origin: "--max-request-body-bytes".into(),
+            message: format!(
+                "{max_body_bytes} is too small: kubectl's own objects need at least 65536"
+            ),
+        });
+    }
+    Ok(HttpLimits {
+        // parse_duration refuses zero and negatives.
+        header_timeout: duration_of(
+            "request-header-timeout",
+            &a.request_header_timeout,
+            d.header_timeout,
+        )?,
+        request_timeout: duration_of("request-timeout", &a.request_timeout, d.request_timeout)?,
+        max_body_bytes,
+    })
+}
+
 impl ServerConfig {
     pub fn resolve(cli: &ServerArgs) -> Result<Self, ConfigError> {
         let a: ServerArgs = layered("server", cli, cli.common.config.as_deref())?;
@@ -643,8 +706,10 @@ impl ServerConfig {
                 message: "must be at least 1".into(),
             });
         }
+        let limits = http_limits(&a)?;
         Ok(Self {
             max_registrations_inflight: inflight,
+            limits,
             node: node_settings(&a.common, &data_dir)?,
             token: token_from("token", &a.common.token, &a.common.token_file)?,
             agent_token: token_from("agent-token", &a.agent_token, &a.agent_token_file)?,
@@ -929,6 +994,34 @@ mod tests {
             e.contains("--max-registrations-inflight") && e.contains("at least 1"),
             "{e}"
         );
+
+        for (line, flag, says) in [
+            (
+                "request-timeout = \"0s\"\n",
+                "--request-timeout",
+                "positive",
+            ),
+            (
+                "request-header-timeout = \"soon\"\n",
+                "--request-header-timeout",
+                "soon",
+            ),
+            (
+                "max-request-body-bytes = 100\n",
+                "--max-request-body-bytes",
+                "too small",
+            ),
+        ] {
+            std::fs::write(&main, line).unwrap();
+            let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains(says), "{e}");
+        }
+        std::fs::write(&main, "request-timeout = \"90s\"\n").unwrap();
+        let c = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()])).unwrap();
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(90));
+        assert_eq!(c.limits.max_body_bytes, 3 * 1024 * 1024);
 
         std::fs::write(&main, "this is not toml").unwrap();
         let e = ServerConfig::resolve(&server_cli(&["--config", main.to_str().unwrap()]))

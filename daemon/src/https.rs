@@ -1,9 +1,17 @@
 //! Serving an axum router over TLS (the API port) or a Unix socket (the
 //! admin socket), with limits that keep one bad client from hurting others:
-//! TLS handshake and header timeouts and a bounded header buffer.
+//! a TLS handshake and header timeout (which also closes idle keep-alive
+//! connections: hyper starts it whenever a connection waits for its next
+//! request), a bounded header buffer, a body size limit and a deadline for
+//! every request that is not long-running, each a flag ([`Limits`]).
 
 use crate::apiserver::authn::Caller;
+use crate::registry::KubeError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
@@ -13,21 +21,25 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests with more header bytes than this are refused (431/400).
 const MAX_HEADER_BUF: usize = 64 * 1024;
 
+pub use crate::config::HttpLimits as Limits;
+
 /// Serve one connection until it ends or `cancel` fires (then gracefully).
-pub async fn serve_connection<S>(stream: S, app: Router, cancel: CancellationToken)
-where
+pub async fn serve_connection<S>(
+    stream: S,
+    app: Router,
+    header_timeout: Duration,
+    cancel: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BUF);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
@@ -51,8 +63,14 @@ pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    limits: Limits,
     cancel: CancellationToken,
 ) {
+    // The body limit is ours (a `Status`, and the flag's size), not axum's
+    // plain-text 2 MB default.
+    let app = app
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(limits, limit_request));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
     loop {
@@ -71,7 +89,7 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         let (acceptor, app, cancel) = (acceptor.clone(), app.clone(), cancel.clone());
         tracker.spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     // The client certificate (if any) is the caller's identity.
                     let caller = stream
@@ -82,7 +100,7 @@ pub async fn serve_tls(
                         .map(|c| Caller::from_cert(c.as_ref()))
                         .unwrap_or_default();
                     let app = app.layer(axum::Extension(caller));
-                    serve_connection(stream, app, cancel).await
+                    serve_connection(stream, app, limits.header_timeout, cancel).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -91,4 +109,63 @@ pub async fn serve_tls(
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+}
+
+/// Watches, upgrades (tunnels, exec, port-forward) and followed logs run
+/// for as long as the client wants; upstream's `--request-timeout` spares
+/// them the same way.
+fn long_running(req: &Request) -> bool {
+    let query = req.uri().query().unwrap_or("");
+    let flag = |name: &str| {
+        query.split('&').any(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, v)| k == name && (v == "true" || v == "1"))
+        })
+    };
+    req.headers().contains_key(http::header::UPGRADE)
+        || req.uri().path().contains("/watch/")
+        || flag("watch")
+        || flag("follow")
+}
+
+/// The body limit and the request deadline, answered as upstream's
+/// `Status` objects (413 RequestEntityTooLarge, 504 Timeout).
+async fn limit_request(
+    axum::extract::State(limits): axum::extract::State<Limits>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let max = limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return KubeError::TooLarge(max).into_response();
+    }
+    if long_running(&req) {
+        return next.run(req).await;
+    }
+    let work = async {
+        // Read the body here, bounded, so a chunked upload cannot exceed the
+        // limit either and a slow one counts against the deadline.
+        let (parts, body) = req.into_parts();
+        let bytes = match http_body_util::Limited::new(body, max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return KubeError::TooLarge(max).into_response()
+            }
+            Err(e) => {
+                return KubeError::BadRequest(format!("reading the request body: {e}"))
+                    .into_response()
+            }
+        };
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await
+    };
+    match tokio::time::timeout(limits.request_timeout, work).await {
+        Ok(resp) => resp,
+        Err(_) => KubeError::Timeout.into_response(),
+    }
 }

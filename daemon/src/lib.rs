@@ -14,7 +14,6 @@ pub mod config;
 pub mod controllers;
 pub mod datastore;
 pub mod deploy;
-pub mod error;
 pub mod fsutil;
 pub mod gate;
 pub mod https;
@@ -39,6 +38,7 @@ pub mod systemd;
 pub mod token;
 pub mod tunnel;
 pub mod tunnels;
+pub mod yaml;
 
 use anyhow::Context;
 use std::sync::Arc;

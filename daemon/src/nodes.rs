@@ -2,10 +2,10 @@
 //! password. The admin socket calls these; the Kubernetes API's Node delete
 //! will call the same `forget`.
 
-use crate::error::ApiError;
 use crate::lifecycle::{self, lease_ref, node_ref, ready_status, ANNOTATION_CONNECTED_TO};
 use crate::nodepassword::{self, secrets};
 use crate::objects::parse_time;
+use crate::registry::KubeError;
 use crate::supervisor::Supervisor;
 use rk3s_api::admin::{Address, Condition, ForgetResult, NodeDetail, NodeSummary, RotateResult};
 use rk3s_api::tunnel::{SecretString, ServerMessage};
@@ -74,7 +74,7 @@ fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummar
     }
 }
 
-pub async fn list(sv: &Supervisor) -> Result<Vec<NodeSummary>, ApiError> {
+pub async fn list(sv: &Supervisor) -> Result<Vec<NodeSummary>, KubeError> {
     let (_, nodes) = sv.objects.list("nodes", None).await?;
     let (_, leases) = sv
         .objects
@@ -90,13 +90,13 @@ pub async fn list(sv: &Supervisor) -> Result<Vec<NodeSummary>, ApiError> {
         .collect())
 }
 
-fn not_found(name: &str) -> ApiError {
-    ApiError::NotFound(format!(
+fn not_found(name: &str) -> KubeError {
+    KubeError::NotFoundMessage(format!(
         "node {name:?} not found; `rk3sctl node list` shows the known nodes"
     ))
 }
 
-pub async fn show(sv: &Supervisor, name: &str) -> Result<NodeDetail, ApiError> {
+pub async fn show(sv: &Supervisor, name: &str) -> Result<NodeDetail, KubeError> {
     let node = sv
         .objects
         .get(&node_ref(name))
@@ -163,11 +163,11 @@ pub async fn show(sv: &Supervisor, name: &str) -> Result<NodeDetail, ApiError> {
 
 /// Delete the node, its Lease and its password secret, and close its
 /// tunnel. A connected node is refused unless `force`.
-pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetResult, ApiError> {
+pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetResult, KubeError> {
     if !force {
         let lease = sv.objects.get(&lease_ref(name)).await?;
         if !connected_server(sv, name, lease.as_ref()).is_empty() {
-            return Err(ApiError::Conflict(format!(
+            return Err(KubeError::ConflictMessage(format!(
                 "node {name:?} is connected; stop its agent first, or use --force (it will re-register at once if its agent keeps running)"
             )));
         }
@@ -207,12 +207,12 @@ const ROTATION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Rotate a connected node's password: record the new hash as pending,
 /// send the password, and swap only once the agent confirms it is on disk.
-pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult, ApiError> {
+pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult, KubeError> {
     if sv.objects.get(&node_ref(name)).await?.is_none() {
         return Err(not_found(name));
     }
     let session = sv.tunnels.get(name).ok_or_else(|| {
-        ApiError::Conflict(format!(
+        KubeError::ConflictMessage(format!(
             "node {name:?} is not connected to this server ({}); its agent must be online to receive a new password",
             sv.server_name
         ))
@@ -221,7 +221,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
     let pw = password.clone();
     let new_hash = secrets::blocking(move || nodepassword::hash(&pw)).await;
     if !secrets::set_pending(&sv.objects, name, &new_hash).await? {
-        return Err(ApiError::NotFound(format!(
+        return Err(KubeError::NotFoundMessage(format!(
             "node {name:?} has no password secret"
         )));
     }
@@ -232,7 +232,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
         password: SecretString(password),
     };
     let unconfirmed = || {
-        ApiError::Unavailable(format!(
+        KubeError::Unavailable(format!(
             "node {name:?} did not confirm the new password; nothing is lost: the rotation completes or is rolled back when the node next connects"
         ))
     };
@@ -260,7 +260,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
         }
         Ok(Ok(Err(agent_error))) => {
             secrets::settle(&sv.objects, &r, Some(&new_hash), None).await?;
-            Err(ApiError::Internal(format!(
+            Err(KubeError::Internal(format!(
                 "node {name:?} could not store the new password ({agent_error}); it keeps its current password"
             )))
         }

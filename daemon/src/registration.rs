@@ -2,9 +2,9 @@
 //! Order of checks: token (401), headers (400), websocket upgrade (400),
 //! node password (403); only then is the connection upgraded.
 
-use crate::error::ApiError;
 use crate::names::validate_node_name;
 use crate::nodepassword::secrets::{verify_or_create, PasswordError};
+use crate::registry::KubeError;
 use crate::supervisor::Supervisor;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 /// Basic auth `node:<secret>` (or `server:<secret>`) against the cluster
 /// token or the agent token, in constant time.
-pub fn check_token(sv: &Supervisor, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn check_token(sv: &Supervisor, headers: &HeaderMap) -> Result<(), KubeError> {
     let unauthorized = || {
-        ApiError::Unauthorized(
+        KubeError::Unauthorized(
             "not authorized: the token is missing or does not match the server's".into(),
         )
     };
@@ -64,13 +64,13 @@ pub async fn connect(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match admit(&sv, &headers).await {
-        Err(e) => e.to_status(),
+        Err(e) => e.into_response(),
         Ok(node) => match ws {
-            Err(rejection) => ApiError::BadRequest(format!(
+            Err(rejection) => KubeError::BadRequest(format!(
                 "{} requires a websocket upgrade: {rejection}",
                 rk3s_api::routes::CONNECT
             ))
-            .to_status(),
+            .into_response(),
             Ok(ws) => ws
                 .max_message_size(MAX_MESSAGE_BYTES)
                 .max_frame_size(MAX_MESSAGE_BYTES)
@@ -120,7 +120,7 @@ async fn issue(
 ) -> Response {
     let node = match admit(sv, headers).await {
         Ok(n) => n,
-        Err(e) => return e.to_status(),
+        Err(e) => return e.into_response(),
     };
     let (cn, orgs) = subject(&node);
     match sv.pki.issue_client_cert(csr, &cn, orgs) {
@@ -129,25 +129,24 @@ async fn issue(
             pem,
         )
             .into_response(),
-        Err(e) => {
-            ApiError::BadRequest(format!("cannot sign the certificate request: {e}")).to_status()
-        }
+        Err(e) => KubeError::BadRequest(format!("cannot sign the certificate request: {e}"))
+            .into_response(),
     }
 }
 
 /// Everything before the upgrade; returns the admitted node name.
-async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, ApiError> {
+async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, KubeError> {
     check_token(sv, headers)?;
     let name = header(headers, HEADER_NODE_NAME)
-        .ok_or_else(|| ApiError::BadRequest("node name not set (header Rk3s-Node-Name)".into()))?;
+        .ok_or_else(|| KubeError::BadRequest("node name not set (header Rk3s-Node-Name)".into()))?;
     let password = header(headers, HEADER_NODE_PASSWORD).ok_or_else(|| {
-        ApiError::BadRequest("node password not set (header Rk3s-Node-Password)".into())
+        KubeError::BadRequest("node password not set (header Rk3s-Node-Password)".into())
     })?;
-    validate_node_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    validate_node_name(name).map_err(|e| KubeError::BadRequest(e.to_string()))?;
     if let Some(ips) = header(headers, HEADER_NODE_IP) {
         for ip in ips.split(',') {
             if ip.trim().parse::<std::net::IpAddr>().is_err() {
-                return Err(ApiError::BadRequest(format!(
+                return Err(KubeError::BadRequest(format!(
                     "invalid node IP {:?} in header Rk3s-Node-IP",
                     ip.trim()
                 )));
@@ -155,12 +154,12 @@ async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, ApiE
         }
     }
     if password.len() > 256 {
-        return Err(ApiError::BadRequest(
+        return Err(KubeError::BadRequest(
             "node password is longer than 256 characters".into(),
         ));
     }
     if !sv.is_ready() {
-        return Err(ApiError::Unavailable(
+        return Err(KubeError::Unavailable(
             "server is starting; try again".into(),
         ));
     }
@@ -171,15 +170,16 @@ async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, ApiE
         .registrations
         .enter()
         .await
-        .map_err(|wait| ApiError::TooManyRequests {
+        .map_err(|wait| KubeError::TooManyRequests {
             message: "too many registrations in progress; try again later".into(),
-            retry_after: wait.as_secs().clamp(1, u32::MAX as u64) as u32,
+            cause: None,
+            retry_after: Some(wait.as_secs().clamp(1, u32::MAX as u64) as u32),
         })?;
     match verify_or_create(&sv.objects, name, password).await {
         Ok(()) => Ok(name.to_string()),
         Err(PasswordError::Mismatch { node }) => {
             tracing::warn!(node = %node, "registration refused: node password does not match the stored hash");
-            Err(ApiError::Forbidden(format!(
+            Err(KubeError::Forbidden(format!(
                 "unable to verify password for node {node}: hash does not match. \
                  Another host may be using this node name, or the agent's password file \
                  (/etc/rancher/node/password, or <node-config-dir>/password) was lost or replaced. \
@@ -189,7 +189,7 @@ async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, ApiE
         }
         Err(e) => {
             tracing::error!(node = name, error = %e, "registration refused: cannot verify node password");
-            Err(ApiError::Unavailable(format!(
+            Err(KubeError::Unavailable(format!(
                 "cannot verify the node password right now ({e}); try again"
             )))
         }

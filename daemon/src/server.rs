@@ -101,7 +101,7 @@ async fn apiservers(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     match registration::check_token(&sv, &headers) {
-        Err(e) => e.to_status(),
+        Err(e) => e.into_response(),
         Ok(()) => axum::Json(sv.membership.servers()).into_response(),
     }
 }
@@ -114,11 +114,11 @@ async fn cacerts(State(sv): State<Arc<Supervisor>>) -> impl IntoResponse {
 }
 
 async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
-    crate::error::ApiError::NotFound(format!(
+    crate::registry::KubeError::NotFoundMessage(format!(
         "the server could not find the requested resource ({})",
         uri.path()
     ))
-    .to_status()
+    .into_response()
 }
 
 pub fn router(sv: Arc<Supervisor>) -> Router {
@@ -395,6 +395,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         listener,
         tls,
         router(sv.clone()),
+        cfg.limits,
         http_cancel.clone(),
     ));
     let admin_cancel = shutdown.child_token();

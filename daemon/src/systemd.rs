@@ -1,57 +1,46 @@
 //! systemd, where it is the source of truth: readiness, progress and the
-//! watchdog over `$NOTIFY_SOCKET` (the sd_notify datagram protocol, spoken
-//! directly), and logind's shutdown inhibitor over D-Bus (zbus) for a
-//! graceful node shutdown. Without systemd every call is a quiet no-op.
+//! watchdog over `$NOTIFY_SOCKET` (the sd-notify crate), and logind's
+//! shutdown inhibitor over D-Bus (zbus) for a graceful node shutdown.
+//! Without systemd every call is a quiet no-op.
 
-use std::os::unix::net::UnixDatagram;
+use sd_notify::NotifyState;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Send one notification (`READY=1`, `STATUS=...`); false without systemd.
-pub fn notify(state: &str) -> bool {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return false;
-    };
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return false;
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        // Abstract namespace socket.
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
-    };
-    sent.is_ok()
+/// Send notifications; quiet without systemd (no `$NOTIFY_SOCKET`). A
+/// failed send is only logged at debug: systemd's view of us is advisory
+/// and must never stop the daemon.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// STATUS= ends at a newline in the protocol; keep the status one line.
+fn one_line(status: &str) -> String {
+    status.replace('\n', " ")
 }
 
 pub fn ready(status: &str) {
-    notify(&format!("READY=1\nSTATUS={status}"));
+    notify(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
 }
 
 pub fn status(status: &str) {
-    notify(&format!("STATUS={status}"));
+    notify(&[NotifyState::Status(&one_line(status))]);
 }
 
 pub fn stopping(status: &str) {
-    notify(&format!("STOPPING=1\nSTATUS={status}"));
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&one_line(status)),
+    ]);
 }
 
-/// The watchdog period systemd expects pings within, if it is on for us.
+/// The watchdog period systemd expects pings within, if it is on for us
+/// (`WATCHDOG_USEC`, and `WATCHDOG_PID` naming this process if set).
 pub fn watchdog_period() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-    {
-        if pid != std::process::id() {
-            return None;
-        }
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
+    sd_notify::watchdog_enabled().filter(|p| !p.is_zero())
 }
 
 /// Ping the watchdog at half its period from the async runtime, for as
@@ -73,7 +62,7 @@ where
             _ = tick.tick() => {}
         }
         if healthy().await {
-            notify("WATCHDOG=1");
+            notify(&[NotifyState::Watchdog]);
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::tunnels::{RotationReply, Session};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Why a session ended, for the log.
@@ -48,20 +48,20 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
     let mut servers = sv.membership.watch_servers();
     servers.mark_unchanged();
     let end = 'outer: {
-        if let Err(e) = send(&mut ws, &hello).await {
+        if let Err(e) = send(&mut ws, &hello, keepalive).await {
             break 'outer End::Transport(e);
         }
         loop {
             tokio::select! {
                 _ = session.cancel.cancelled() => break 'outer End::Cancelled,
                 Some(msg) = rx.recv() => {
-                    if let Err(e) = send(&mut ws, &msg).await {
+                    if let Err(e) = send(&mut ws, &msg, keepalive).await {
                         break 'outer End::Transport(e);
                     }
                 }
                 Ok(()) = servers.changed() => {
                     let list = servers.borrow_and_update().clone();
-                    if let Err(e) = send(&mut ws, &ServerMessage::Servers { servers: list }).await {
+                    if let Err(e) = send(&mut ws, &ServerMessage::Servers { servers: list }, keepalive).await {
                         break 'outer End::Transport(e);
                     }
                 }
@@ -71,8 +71,8 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
                         break 'outer End::Silent;
                     }
                     if quiet > keepalive {
-                        if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                            break 'outer End::Transport(e.to_string());
+                        if let Err(e) = send_frame(&mut ws, Message::Ping(Default::default()), keepalive).await {
+                            break 'outer End::Transport(e);
                         }
                     }
                 }
@@ -127,11 +127,22 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
     }
 }
 
-async fn send(ws: &mut WebSocket, msg: &ServerMessage) -> Result<(), String> {
+/// Send one frame, giving up after `limit`: an agent that stops reading
+/// would otherwise park this session in a full socket buffer, where its
+/// silence check cannot run.
+async fn send_frame(ws: &mut WebSocket, frame: Message, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, ws.send(frame)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the agent read nothing for {} ms; closing its tunnel",
+            limit.as_millis()
+        )),
+    }
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerMessage, limit: Duration) -> Result<(), String> {
     let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
-    ws.send(Message::Text(text.into()))
-        .await
-        .map_err(|e| e.to_string())
+    send_frame(ws, Message::Text(text.into()), limit).await
 }
 
 async fn handle(
@@ -158,6 +169,7 @@ async fn handle(
                     &ServerMessage::Error {
                         message: "node status not stored; retrying on next heartbeat".into(),
                     },
+                    sv.keepalive_timeout,
                 )
                 .await;
             } else {
@@ -184,9 +196,13 @@ async fn handle(
                 tracing::warn!(node, error = %e, "could not record heartbeat");
                 return Ok(());
             }
-            send(ws, &ServerMessage::HeartbeatAck { seq })
-                .await
-                .map_err(End::Transport)?;
+            send(
+                ws,
+                &ServerMessage::HeartbeatAck { seq },
+                sv.keepalive_timeout,
+            )
+            .await
+            .map_err(End::Transport)?;
         }
         AgentMessage::PasswordAck { rotation_id } => reply_rotation(session, &rotation_id, Ok(())),
         AgentMessage::PasswordNack { rotation_id, error } => {
@@ -198,7 +214,7 @@ async fn handle(
             if let Err(e) = lifecycle::shutting_down(&sv.objects, node, &reason).await {
                 tracing::warn!(node, error = %e, "could not mark the node as shutting down");
             }
-            send(ws, &ServerMessage::ShutdownAck)
+            send(ws, &ServerMessage::ShutdownAck, sv.keepalive_timeout)
                 .await
                 .map_err(End::Transport)?;
         }

@@ -603,6 +603,93 @@ fn quantities_durations_addresses_and_schedules() {
     );
 }
 
+#[test]
+fn config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    fuzz(
+        "config file",
+        &[
+            b"token = \"secret\"\nnode-label = [\"a=b\", \"c=d\"]\nhttps-listen-port = 6443\n",
+            b"server = \"https://10.0.0.1:6443\"\nnode-monitor-grace-period = \"40s\"\ncluster-cidr = \"10.42.0.0/16\"\nrequest-timeout = \"1m\"\n",
+            b"[table]\nkey = 1\n",
+        ],
+        &[
+            "=", "\"", "'", "[", "]", "{", "}", "\n", "#", "token", "server", "data-dir",
+            "node-label", "cluster-cidr", "service-cidr", "request-timeout",
+            "max-request-body-bytes", "kubelet-arg", "1e9", "-1", "true",
+        ],
+        |b| {
+            std::fs::write(&path, b).unwrap();
+            let mut server = rk3sd::config::ServerArgs::default();
+            server.common.config = Some(path.clone());
+            server.common.data_dir = Some(dir.path().join("data"));
+            let _ = rk3sd::config::ServerConfig::resolve(&server);
+            let mut agent = rk3sd::config::AgentArgs::default();
+            agent.common.config = Some(path.clone());
+            agent.common.data_dir = Some(dir.path().join("data"));
+            let _ = rk3sd::config::AgentConfig::resolve(&agent);
+        },
+    );
+}
+
+/// The admin socket's requests, raw bytes through hyper and the real
+/// router (an agent's, which needs no server behind it).
+#[test]
+fn admin_requests() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = || {
+        rk3sd::admin::Backend::Agent(
+            std::sync::Arc::new(rk3sd::agent::AgentState::default()),
+            std::sync::Arc::new(rk3sd::admin::AgentInfo {
+                started: Instant::now(),
+                server_url: "https://10.0.0.1:6443".into(),
+            }),
+        )
+    };
+    fuzz(
+        "admin request",
+        &[
+            b"GET /v1/status HTTP/1.1\r\nHost: rk3s\r\n\r\n",
+            b"DELETE /v1/nodes/node-a?force=true HTTP/1.1\r\nHost: rk3s\r\n\r\n",
+            b"POST /v1/service-account-key/rotate?grace=1h HTTP/1.1\r\nHost: rk3s\r\nContent-Length: 0\r\n\r\n",
+            b"GET /v1/nodes/a%2Fb HTTP/1.1\r\nHost: rk3s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ],
+        &[
+            "\r\n", "?", "&", "=", "%", "%ff", "%2F", "/", "force=", "grace=", "true",
+            "Content-Length: ", "Transfer-Encoding: chunked", "HTTP/1.0", "/v1/nodes/",
+            "/rotate-password",
+        ],
+        |b| {
+            let app = rk3sd::admin::router(backend());
+            rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut client, server) = tokio::io::duplex(64 * 1024);
+                let serve = rk3sd::https::serve_connection(
+                    server,
+                    app,
+                    Duration::from_millis(200),
+                    tokio_util::sync::CancellationToken::new(),
+                );
+                let talk = async {
+                    let _ = client.write_all(b).await;
+                    let _ = client.shutdown().await;
+                    let mut out = Vec::new();
+                    let _ = client.read_to_end(&mut out).await;
+                };
+                // Not spawned: a panic in a handler must reach catch_unwind.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    tokio::join!(serve, talk)
+                })
+                .await;
+            });
+        },
+    );
+}
+
 /// The harness finds what it is here for: a parser that cuts a string at
 /// a byte offset panics inside a multi-byte character.
 #[test]

@@ -86,7 +86,7 @@ pub async fn middleware(
                 .await
             {
                 Some((u, _)) => Some((*u).clone()),
-                None => return KubeError::Unauthorized.into_response(),
+                None => return KubeError::unauthorized().into_response(),
             },
             None => None,
         },
@@ -95,7 +95,7 @@ pub async fn middleware(
         if PUBLIC.contains(&path.as_str()) {
             return next.run(req).await;
         }
-        return KubeError::Unauthorized.into_response();
+        return KubeError::unauthorized().into_response();
     };
     let user = match impersonate(&sv, user, req.headers()) {
         Ok(u) => u,

@@ -431,7 +431,7 @@ async fn apply_object(
             )],
         });
     };
-    let applied: Value = serde_yaml::from_slice(body)
+    let applied: Value = crate::yaml::from_slice(body)
         .map_err(|e| KubeError::BadRequest(format!("error decoding YAML: {e}")))?;
     if !applied.is_object() {
         return Err(KubeError::BadRequest(

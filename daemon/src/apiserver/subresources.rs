@@ -247,7 +247,8 @@ pub async fn eviction(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Respo
                     .unwrap_or(0);
                 return Err(KubeError::TooManyRequests {
                     message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
-                    cause: format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {healthy} currently"),
+                    cause: Some(format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {healthy} currently")),
+                    retry_after: None,
                 });
             }
             // Spend one disruption before deleting, as upstream does.

@@ -96,10 +96,10 @@ pub fn scan(dir: &Path) -> Vec<ManifestFile> {
 pub fn parse(content: &[u8]) -> Result<Vec<Value>, String> {
     let text = std::str::from_utf8(content).map_err(|e| format!("not UTF-8 text: {e}"))?;
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let n = i + 1;
-        let v: Value =
-            serde::Deserialize::deserialize(doc).map_err(|e| format!("document {n}: {e}"))?;
+    for doc in crate::yaml::documents(text) {
+        let n = doc.number;
+        let v = crate::yaml::parse_document(doc.text, doc.line_offset)
+            .map_err(|e| format!("document {n}: {e}"))?;
         match v {
             Value::Null => continue,
             Value::Object(_) => {}

@@ -1,5 +1,7 @@
-//! Kubernetes `Status` errors, shaped exactly as the apiserver shapes them so
-//! kubectl prints its usual messages. One `match` decides code and reason.
+//! The one error every HTTP surface returns (the Kubernetes API, the
+//! supervisor's registration routes and the admin socket), shaped exactly as
+//! the apiserver shapes its `Status` so kubectl prints its usual messages.
+//! One `match` ([`KubeError::parts`]) decides code and reason for all three.
 //! Validation produces [`FieldError`]s, which become a 422 `Invalid` whose
 //! `details.causes` name each field path, as upstream's.
 
@@ -50,10 +52,18 @@ pub enum KubeError {
         name: String,
         errors: Vec<FieldError>,
     },
+    /// A not-found whose message the caller wrote (the admin socket adds
+    /// what to run next, which upstream's fixed wording has no room for).
+    #[error("{0}")]
+    NotFoundMessage(String),
+    /// A conflict whose message the caller wrote.
+    #[error("{0}")]
+    ConflictMessage(String),
     #[error("{0}")]
     BadRequest(String),
-    #[error("Unauthorized")]
-    Unauthorized,
+    /// The API says just "Unauthorized"; the supervisor says which token.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -64,8 +74,25 @@ pub enum KubeError {
     NoRoute,
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Refused for load or by a disruption budget. `retry_after` becomes
+    /// the Retry-After header and `details.retryAfterSeconds`, as upstream's.
     #[error("{message}")]
-    TooManyRequests { message: String, cause: String },
+    TooManyRequests {
+        message: String,
+        cause: Option<String>,
+        retry_after: Option<u32>,
+    },
+    /// A body over `--max-request-body-bytes`.
+    #[error("Request entity too large: limit is {0}")]
+    TooLarge(usize),
+    /// A request past `--request-timeout`.
+    #[error(
+        "Timeout: request did not complete within requested timeout - context deadline exceeded"
+    )]
+    Timeout,
+    /// An admin command for servers sent to an agent's socket.
+    #[error("this host runs an agent; run node commands on a server")]
+    AgentMode,
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -75,14 +102,17 @@ pub enum KubeError {
 impl KubeError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
-            KubeError::NotFound(_) | KubeError::NoRoute => (StatusCode::NOT_FOUND, "NotFound"),
-            KubeError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            KubeError::Conflict(..) | KubeError::ApplyConflict { .. } => {
-                (StatusCode::CONFLICT, "Conflict")
+            KubeError::NotFound(_) | KubeError::NotFoundMessage(_) | KubeError::NoRoute => {
+                (StatusCode::NOT_FOUND, "NotFound")
             }
+            KubeError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+            KubeError::Conflict(..)
+            | KubeError::ConflictMessage(_)
+            | KubeError::ApplyConflict { .. }
+            | KubeError::AgentMode => (StatusCode::CONFLICT, "Conflict"),
             KubeError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             KubeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            KubeError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            KubeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             KubeError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             KubeError::Expired(_) => (StatusCode::GONE, "Expired"),
             KubeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
@@ -91,12 +121,47 @@ impl KubeError {
             }
             KubeError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             KubeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            KubeError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            KubeError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             KubeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
 
     pub fn code(&self) -> StatusCode {
         self.parts().0
+    }
+
+    /// The API's own 401, which names nothing about the credential.
+    pub fn unauthorized() -> Self {
+        KubeError::Unauthorized("Unauthorized".into())
+    }
+
+    /// The admin socket's machine-readable code (`rk3s_api::admin::ErrorBody`);
+    /// its status code still comes from [`KubeError::parts`].
+    pub fn admin_code(&self) -> &'static str {
+        match self {
+            KubeError::AgentMode => "agent_mode",
+            _ => match self.parts().1 {
+                "NotFound" => "not_found",
+                "AlreadyExists" | "Conflict" => "conflict",
+                "Invalid" | "BadRequest" => "bad_request",
+                "Unauthorized" => "unauthorized",
+                "Forbidden" => "forbidden",
+                "TooManyRequests" => "too_many_requests",
+                "ServiceUnavailable" | "Timeout" => "unavailable",
+                "RequestEntityTooLarge" => "too_large",
+                _ => "internal",
+            },
+        }
+    }
+
+    /// The admin socket's error body.
+    pub fn to_admin(&self) -> Response {
+        let body = rk3s_api::admin::ErrorBody {
+            code: self.admin_code().into(),
+            message: self.to_string(),
+        };
+        (self.code(), axum::Json(body)).into_response()
     }
 
     /// The Status object (also used inside watch ERROR events).
@@ -132,8 +197,18 @@ impl KubeError {
                 .collect();
             s["details"] = json!({"name": sub.name, "group": sub.group, "kind": sub.resource, "causes": causes});
         }
-        if let KubeError::TooManyRequests { cause, .. } = self {
-            s["details"] = json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]});
+        if let KubeError::TooManyRequests {
+            cause, retry_after, ..
+        } = self
+        {
+            let mut details = json!({});
+            if let Some(cause) = cause {
+                details["causes"] = json!([{"reason": "DisruptionBudget", "message": cause}]);
+            }
+            if let Some(secs) = retry_after {
+                details["retryAfterSeconds"] = json!(secs);
+            }
+            s["details"] = details;
         }
         if let KubeError::Invalid { kind, name, errors } = self {
             let (kind, group) = kind.split_once('.').unwrap_or((kind, ""));
@@ -327,7 +402,38 @@ impl std::fmt::Display for FieldError {
 
 impl IntoResponse for KubeError {
     fn into_response(self) -> Response {
-        (self.code(), axum::Json(self.status_object())).into_response()
+        let mut resp = (self.code(), axum::Json(self.status_object())).into_response();
+        if let KubeError::TooManyRequests {
+            retry_after: Some(secs),
+            ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, secs.into());
+        }
+        resp
+    }
+}
+
+/// Storage errors that concern no one object (the supervisor's and admin
+/// socket's reads): the same classes as [`KubeError::from_store`].
+impl From<ObjectError> for KubeError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Store(ref s @ DatastoreError::NotFound(_)) => {
+                KubeError::NotFoundMessage(s.to_string())
+            }
+            ObjectError::Store(
+                ref s @ (DatastoreError::AlreadyExists(_) | DatastoreError::Conflict { .. }),
+            ) => KubeError::ConflictMessage(s.to_string()),
+            e => KubeError::from_store(e, Subject::default()),
+        }
+    }
+}
+
+impl From<DatastoreError> for KubeError {
+    fn from(e: DatastoreError) -> Self {
+        ObjectError::Store(e).into()
     }
 }
 
@@ -363,6 +469,34 @@ mod tests {
             KubeError::Expired("too old".into()).status_object()["code"],
             410
         );
+    }
+
+    #[test]
+    fn a_refusal_for_load_is_a_429_status_with_retry_after() {
+        let e = KubeError::TooManyRequests {
+            message: "too many registrations in progress; try again later".into(),
+            cause: None,
+            retry_after: Some(7),
+        };
+        let s = e.status_object();
+        assert_eq!(s["reason"], "TooManyRequests");
+        assert_eq!(s["details"]["retryAfterSeconds"], 7);
+        let resp = e.into_response();
+        assert_eq!(resp.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn storage_errors_without_an_object_keep_their_message_and_class() {
+        let e: KubeError = DatastoreError::NotFound("/registry/minions/a".into()).into();
+        assert_eq!(e.code(), StatusCode::NOT_FOUND);
+        assert!(e.to_string().contains("/registry/minions/a"), "{e}");
+        assert_eq!(e.admin_code(), "not_found");
+        assert_eq!(KubeError::AgentMode.admin_code(), "agent_mode");
+        assert_eq!(KubeError::AgentMode.code(), StatusCode::CONFLICT);
+        let u: KubeError = DatastoreError::Unavailable("db down".into()).into();
+        assert_eq!(u.admin_code(), "unavailable");
+        assert_eq!(u.code(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
