@@ -236,7 +236,11 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
             "node {name:?} did not confirm the new password; nothing is lost: the rotation completes or is rolled back when the node next connects"
         ))
     };
-    session.tx.send(msg).await.map_err(|_| unconfirmed())?;
+    session
+        .tx
+        .send(Box::new(msg))
+        .await
+        .map_err(|_| unconfirmed())?;
     let r = secrets::secret_ref(name);
     match tokio::time::timeout(ROTATION_TIMEOUT, reply).await {
         Ok(Ok(Ok(()))) => {

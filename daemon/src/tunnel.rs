@@ -22,7 +22,7 @@ enum End {
 
 /// Run one node's session until it ends.
 pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String) {
-    let (tx, mut rx) = mpsc::channel::<ServerMessage>(16);
+    let (tx, mut rx) = mpsc::channel::<Box<ServerMessage>>(16);
     let session = sv.tunnels.insert(&node, tx, &sv.shutdown);
     tracing::info!(node = %node, "tunnel connected");
     let hello = ServerMessage::Hello {
@@ -90,7 +90,10 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
                         Ok(m) => m,
                         Err(e) => break 'outer End::Protocol(format!("invalid message: {e}")),
                     };
-                    if let Err(e) = handle(&sv, &session, &node, (&mut registered, &mut beats), msg, &mut ws).await {
+                    // Boxed: the handlers' futures (datastore writes) are
+                    // many KiB; inline they would make every idle session
+                    // that big, for as long as it lives.
+                    if let Err(e) = Box::pin(handle(&sv, &session, &node, (&mut registered, &mut beats), msg, &mut ws)).await {
                         break 'outer e;
                     }
                 }

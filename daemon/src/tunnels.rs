@@ -15,7 +15,9 @@ pub type RotationReply = Result<(), String>;
 
 pub struct Session {
     pub(crate) id: u64,
-    pub tx: mpsc::Sender<ServerMessage>,
+    /// Boxed: tokio allocates a channel's first block of 32 slots up
+    /// front, which for the bare enum was 4 KiB per connected agent.
+    pub tx: mpsc::Sender<Box<ServerMessage>>,
     pub(crate) cancel: CancellationToken,
     pub connected_at: Instant,
     pub(crate) rotations: Mutex<HashMap<String, oneshot::Sender<RotationReply>>>,
@@ -77,7 +79,7 @@ impl Tunnels {
     pub(crate) fn insert(
         &self,
         node: &str,
-        tx: mpsc::Sender<ServerMessage>,
+        tx: mpsc::Sender<Box<ServerMessage>>,
         parent: &CancellationToken,
     ) -> Arc<Session> {
         let s = Arc::new(Session {

@@ -405,25 +405,24 @@ async fn commit(
     for req in batch {
         let r = match &req.op {
             Op::Create { key, value } => {
-                if tx
-                    .query_opt("SELECT 1 FROM rk3s_current WHERE key = $1", &[key])
-                    .await?
-                    .is_some()
-                {
-                    Err(DatastoreError::AlreadyExists(key.clone()))
-                } else {
-                    rev += 1;
-                    tx.execute(
-                        "INSERT INTO rk3s_log (revision, key, kind, create_revision, value) VALUES ($1, $2, 0, $1, $3)",
-                        &[&rev, key, value],
+                // One round trip: the insert is skipped when the key exists
+                // (no error, so the batch's transaction goes on), and the
+                // log entry is written only for a row that was inserted.
+                let next = rev + 1;
+                let created = tx
+                    .query_opt(
+                        "WITH ins AS (INSERT INTO rk3s_current (key, create_revision, mod_revision, value) \
+                         VALUES ($1, $2, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING key) \
+                         INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
+                         SELECT $2, $1, 0, $2, $3 FROM ins RETURNING revision",
+                        &[key, &next, value],
                     )
                     .await?;
-                    tx.execute(
-                        "INSERT INTO rk3s_current (key, create_revision, mod_revision, value) VALUES ($1, $2, $2, $3)",
-                        &[key, &rev, value],
-                    )
-                    .await?;
+                if created.is_some() {
+                    rev = next;
                     Ok(Reply::Rev(rev))
+                } else {
+                    Err(DatastoreError::AlreadyExists(key.clone()))
                 }
             }
             Op::Update {

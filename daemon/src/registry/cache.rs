@@ -21,9 +21,71 @@ pub struct Change {
     pub object: Arc<Value>,
 }
 
+/// Prefixes whose objects are many and seldom read whole: one Node, Lease
+/// and password Secret per node, and Events. They are kept as their stored
+/// JSON and parsed when read. A parsed `Value` costs about ten times its
+/// JSON (every object is a B-tree node of some 640 bytes however few keys
+/// it has), which at ten thousand nodes was most of the server's memory per
+/// agent. Subscribers still get every change parsed.
+const COMPACT: &[&str] = &[
+    "/registry/nodes/",
+    "/registry/leases/",
+    "/registry/secrets/",
+    "/registry/events/",
+];
+
+fn compact(key: &str) -> bool {
+    COMPACT.iter().any(|p| key.starts_with(p))
+}
+
+/// Stored JSON as the cache serves it: with `resourceVersion` set.
+fn with_rv(bytes: &[u8], rev: Revision) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    v["metadata"]["resourceVersion"] = Value::String(rev.to_string());
+    Some(v)
+}
+
+enum Stored {
+    Tree(Arc<Value>),
+    /// The stored JSON and its revision (see [`COMPACT`]).
+    Json(Box<[u8]>, Revision),
+}
+
+struct Entry {
+    stored: Stored,
+    /// Kept beside the object so that replacing or removing a compact
+    /// entry does not parse it again.
+    uid: Option<Box<str>>,
+    owners: Vec<String>,
+}
+
+impl Entry {
+    fn new(key: &str, bytes: &[u8], rev: Revision, v: &Arc<Value>) -> Self {
+        Self {
+            stored: if compact(key) {
+                Stored::Json(bytes.into(), rev)
+            } else {
+                Stored::Tree(v.clone())
+            },
+            uid: uid(v).map(Into::into),
+            owners: owner_uids(v),
+        }
+    }
+
+    /// The object, shared for parsed kinds and parsed afresh for compact
+    /// ones (None only if stored JSON stopped parsing, which the datastore
+    /// rules out).
+    fn value(&self) -> Option<Arc<Value>> {
+        match &self.stored {
+            Stored::Tree(v) => Some(v.clone()),
+            Stored::Json(b, rev) => with_rv(b, *rev).map(Arc::new),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Entry>,
     by_uid: HashMap<String, String>,
     /// owner uid → keys of objects naming it in ownerReferences.
     dependents: HashMap<String, HashSet<String>>,
@@ -48,29 +110,32 @@ pub fn owner_uids(v: &Value) -> Vec<String> {
 impl Inner {
     fn remove(&mut self, key: &str) {
         if let Some(old) = self.objects.remove(key) {
-            if let Some(u) = uid(&old) {
-                self.by_uid.remove(u);
+            if let Some(u) = &old.uid {
+                self.by_uid.remove(&**u);
             }
-            for o in owner_uids(&old) {
-                if let Some(s) = self.dependents.get_mut(&o) {
+            for o in &old.owners {
+                if let Some(s) = self.dependents.get_mut(o) {
                     s.remove(key);
                     if s.is_empty() {
-                        self.dependents.remove(&o);
+                        self.dependents.remove(o);
                     }
                 }
             }
         }
     }
 
-    fn insert(&mut self, key: String, v: Arc<Value>) {
+    fn insert(&mut self, key: String, e: Entry) {
         self.remove(&key);
-        if let Some(u) = uid(&v) {
+        if let Some(u) = &e.uid {
             self.by_uid.insert(u.to_string(), key.clone());
         }
-        for o in owner_uids(&v) {
-            self.dependents.entry(o).or_default().insert(key.clone());
+        for o in &e.owners {
+            self.dependents
+                .entry(o.clone())
+                .or_default()
+                .insert(key.clone());
         }
-        self.objects.insert(key, v);
+        self.objects.insert(key, e);
     }
 }
 
@@ -107,7 +172,8 @@ impl Cache {
             .expect("cache lock")
             .objects
             .get(key)
-            .map(|v| (**v).clone())
+            .and_then(Entry::value)
+            .map(|v| (*v).clone())
     }
 
     pub fn exists_uid(&self, uid: &str) -> bool {
@@ -123,7 +189,7 @@ impl Cache {
     pub fn by_uid(&self, uid: &str) -> Option<(String, Arc<Value>)> {
         let inner = self.inner.read().expect("cache lock");
         let key = inner.by_uid.get(uid)?;
-        Some((key.clone(), inner.objects.get(key)?.clone()))
+        Some((key.clone(), inner.objects.get(key)?.value()?))
     }
 
     /// Objects whose ownerReferences name `owner_uid` (shared, not copied:
@@ -135,7 +201,7 @@ impl Cache {
             .get(owner_uid)
             .into_iter()
             .flatten()
-            .filter_map(|k| Some((k.clone(), inner.objects.get(k)?.clone())))
+            .filter_map(|k| Some((k.clone(), inner.objects.get(k)?.value()?)))
             .collect()
     }
 
@@ -157,16 +223,17 @@ impl Cache {
             .objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, e)| Some((k, e.value()?)))
             .filter(|(_, v)| keep(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v))
             .collect()
     }
 
-    fn load(&self, rev: Revision, items: Vec<(String, Value)>) {
+    fn load(&self, rev: Revision, items: Vec<(String, Entry)>) {
         let mut inner = self.inner.write().expect("cache lock");
         *inner = Inner::default();
-        for (k, v) in items {
-            inner.insert(k, Arc::new(v));
+        for (k, e) in items {
+            inner.insert(k, e);
         }
         inner.revision = rev;
     }
@@ -174,11 +241,6 @@ impl Cache {
     /// Fill and follow the datastore until `stop`; re-lists after a
     /// compaction or a lost watch.
     pub async fn run(&self, objects: Objects, stop: CancellationToken) {
-        let with_rv = |bytes: &[u8], rev: Revision| {
-            let mut v: Value = serde_json::from_slice(bytes).ok()?;
-            v["metadata"]["resourceVersion"] = Value::String(rev.to_string());
-            Some(v)
-        };
         crate::datastore::follow(
             &objects.store,
             "/registry/",
@@ -186,7 +248,11 @@ impl Cache {
             |rev, kvs| {
                 let items = kvs
                     .into_iter()
-                    .filter_map(|kv| Some((kv.key, with_rv(&kv.value, kv.mod_revision)?)))
+                    .filter_map(|kv| {
+                        let v = Arc::new(with_rv(&kv.value, kv.mod_revision)?);
+                        let e = Entry::new(&kv.key, &kv.value, kv.mod_revision, &v);
+                        Some((kv.key, e))
+                    })
                     .collect();
                 self.load(rev, items);
                 self.synced.send_replace(true);
@@ -199,7 +265,10 @@ impl Cache {
                     let mut inner = self.inner.write().expect("cache lock");
                     match ev.kind {
                         EventKind::Delete => inner.remove(&ev.key),
-                        _ => inner.insert(ev.key.clone(), v.clone()),
+                        _ => {
+                            let e = Entry::new(&ev.key, &ev.value, ev.revision, &v);
+                            inner.insert(ev.key.clone(), e)
+                        }
                     }
                     inner.revision = ev.revision;
                 }
@@ -211,5 +280,71 @@ impl Cache {
             },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(key: &str, v: Value, rev: Revision) -> Entry {
+        let bytes = serde_json::to_vec(&v).unwrap();
+        Entry::new(key, &bytes, rev, &Arc::new(v))
+    }
+
+    #[test]
+    fn compact_kinds_read_back_as_stored_and_keep_their_indexes() {
+        let cache = Cache::default();
+        let node =
+            json!({"metadata": {"name": "a", "uid": "n1"}, "spec": {"podCIDR": "10.42.0.0/24"}});
+        let lease = json!({"metadata": {"name": "a", "uid": "l1",
+            "ownerReferences": [{"uid": "n1", "kind": "Node", "name": "a"}]}});
+        let pod = json!({"metadata": {"name": "p", "uid": "p1"}});
+        cache.load(
+            9,
+            vec![
+                (
+                    "/registry/nodes/a".into(),
+                    entry("/registry/nodes/a", node, 7),
+                ),
+                (
+                    "/registry/leases/kube-node-lease/a".into(),
+                    entry("/registry/leases/kube-node-lease/a", lease, 8),
+                ),
+                (
+                    "/registry/pods/d/p".into(),
+                    entry("/registry/pods/d/p", pod, 9),
+                ),
+            ],
+        );
+        {
+            let inner = cache.inner.read().unwrap();
+            assert!(matches!(
+                inner.objects["/registry/nodes/a"].stored,
+                Stored::Json(..)
+            ));
+            assert!(matches!(
+                inner.objects["/registry/pods/d/p"].stored,
+                Stored::Tree(_)
+            ));
+        }
+        let n = cache.get("/registry/nodes/a").unwrap();
+        assert_eq!(n["spec"]["podCIDR"], "10.42.0.0/24");
+        assert_eq!(n["metadata"]["resourceVersion"], "7");
+        let (k, _) = cache.by_uid("n1").unwrap();
+        assert_eq!(k, "/registry/nodes/a");
+        let deps = cache.dependents("n1");
+        assert_eq!(deps.len(), 1);
+        assert_eq!(deps[0].1["metadata"]["resourceVersion"], "8");
+        assert_eq!(cache.list("/registry/").len(), 3);
+        // Removing a compact entry clears its indexes without parsing it.
+        cache
+            .inner
+            .write()
+            .unwrap()
+            .remove("/registry/leases/kube-node-lease/a");
+        assert!(cache.dependents("n1").is_empty());
+        assert!(!cache.exists_uid("l1"));
     }
 }
