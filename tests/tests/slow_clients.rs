@@ -40,6 +40,17 @@ fn read_all(s: &mut impl Read) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Send `request` (possibly cut short) on a fresh connection; the whole
+/// answer and its JSON body.
+fn exchange(server: &Server, request: &[u8]) -> (String, serde_json::Value) {
+    let mut s = tls(server);
+    s.write_all(request).unwrap();
+    s.flush().unwrap();
+    let answer = read_all(&mut s);
+    let status = body_of(&answer);
+    (answer, status)
+}
+
 /// The JSON body of a raw HTTP/1.1 answer.
 fn body_of(answer: &str) -> serde_json::Value {
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
@@ -152,12 +163,8 @@ fn bodies_over_the_limit_get_413_and_a_slow_body_gets_504() {
     );
     // A declared 100 MB body is refused from its headers alone: nothing is
     // sent after them, and the answer still comes.
-    let mut s = tls(&server);
-    s.write_all(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n").unwrap();
-    s.flush().unwrap();
-    let answer = read_all(&mut s);
+    let (answer, status) = exchange(&server, b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    let status = body_of(&answer);
     assert_eq!(status["kind"], "Status", "{answer}");
     assert_eq!(status["reason"], "RequestEntityTooLarge");
     assert_eq!(
@@ -188,17 +195,21 @@ fn bodies_over_the_limit_get_413_and_a_slow_body_gets_504() {
         let data = "y".repeat(900 * 1024);
         let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "big"}, "data": {"k": data}});
-        let r = http.post(&url).json(&cm).send().await.unwrap();
+        // A new client: the refused upload's connection is closed by the
+        // server, and a pooled reuse of it would race that close.
+        let r = server
+            .admin_http()
+            .post(&url)
+            .json(&cm)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     });
 
     // A body that never finishes arriving: 504 Timeout at the deadline.
-    let mut s = tls(&server);
-    s.write_all(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"apiVersion\"").unwrap();
-    s.flush().unwrap();
-    let answer = read_all(&mut s);
+    let (answer, status) = exchange(&server, b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"apiVersion\"");
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
-    let status = body_of(&answer);
     assert_eq!(status["reason"], "Timeout", "{answer}");
     assert_eq!(status["code"], 504);
     serves_others(&server);

@@ -173,7 +173,8 @@ impl Cache {
             .objects
             .get(key)
             .and_then(Entry::value)
-            .map(|v| (*v).clone())
+            // A compact entry was just parsed for us: take it, do not copy.
+            .map(|v| Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     pub fn exists_uid(&self, uid: &str) -> bool {
