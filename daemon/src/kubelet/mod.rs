@@ -7,8 +7,10 @@
 //! eight at a time: sandbox, containers, restarts, status. A pod being
 //! deleted is stopped in a task of its own (its grace period), torn down,
 //! and then deleted for good by the kubelet, as upstream's does; sandboxes
-//! of pods that no longer exist are removed.
+//! of pods that no longer exist are removed. Under a hard eviction
+//! threshold, pods are evicted one at a time (`eviction`).
 
+pub mod eviction;
 pub mod hooks;
 pub mod logs;
 pub mod node_status;
@@ -189,12 +191,14 @@ pub async fn run(
     if let Err(e) = std::fs::create_dir_all(&p.pods_root) {
         tracing::warn!(dir = %p.pods_root.display(), error = %e, "kubelet: cannot create the pods directory");
     }
+    let observed = Arc::new(eviction::Observed::default());
     tokio::spawn(node_status::run(
         api.clone(),
         cri_.clone(),
         p.node.clone(),
         p.pods_root.clone(),
         p.settings.clone(),
+        observed.clone(),
         cancel.child_token(),
     ));
     tokio::spawn(logs::run(
@@ -211,6 +215,29 @@ pub async fn run(
         cancel.child_token(),
     ));
     let node = Arc::new(node);
+    let evicting = eviction::Evicting::default();
+    let watched = desired.clone();
+    let evictor = eviction::Evictor {
+        api: api.clone(),
+        cri: cri_.clone(),
+        node: node.clone(),
+        settings: p.settings.clone(),
+        evicting: evicting.clone(),
+        observed,
+    };
+    tokio::spawn(eviction::run(
+        evictor,
+        move || {
+            watched
+                .pods
+                .lock()
+                .expect("pods")
+                .values()
+                .cloned()
+                .collect()
+        },
+        cancel.child_token(),
+    ));
     let mut tracked: HashMap<String, pods::Tracked> = HashMap::new();
     // Pods being stopped, each in a task of its own: a grace period must
     // not hold up the other pods.
@@ -242,6 +269,19 @@ pub async fn run(
                     });
                 }
                 continue;
+            }
+            // Being evicted: left alone until its status says Failed, or
+            // this pass would start it again.
+            {
+                let mut ev = evicting.lock().expect("evicting");
+                if ev.contains(&uid) {
+                    let failed =
+                        pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+                    if !failed {
+                        continue;
+                    }
+                    ev.remove(&uid);
+                }
             }
             let st = tracked.remove(&uid).unwrap_or_default();
             work.push((uid, pod, st));

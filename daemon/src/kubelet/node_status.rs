@@ -224,6 +224,7 @@ pub async fn run(
     node: String,
     fs: PathBuf,
     settings: Settings,
+    observed: std::sync::Arc<super::eviction::Observed>,
     cancel: CancellationToken,
 ) {
     let path = format!("/api/v1/nodes/{node}/status");
@@ -234,7 +235,18 @@ pub async fn run(
         let m = measure(&fs);
         let (capacity, allocatable) = resources(&m, &settings);
         let now = crate::objects::now_rfc3339();
-        let conds = pressures(&m, &settings);
+        // A pressure seen here or by the eviction loop holds for the
+        // transition period.
+        let conds: Vec<_> = pressures(&m, &settings)
+            .into_iter()
+            .map(|(kind, p, ..)| {
+                if p {
+                    observed.saw(&kind);
+                }
+                let p = p || observed.within(&kind, settings.pressure_transition_period);
+                condition(&kind, p)
+            })
+            .collect();
         for (kind, p, reason, _) in &conds {
             let entry = transitions.entry(kind.clone()).or_insert((*p, now.clone()));
             if entry.0 != *p {

@@ -1046,14 +1046,28 @@ fn status(
             .unwrap_or_else(|| now.clone());
         json!({"type": t, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
     };
+    let mut conditions = vec![
+        cond("Initialized", initialized),
+        cond("Ready", ready),
+        cond("ContainersReady", ready),
+        cond("PodScheduled", true),
+    ];
+    // Conditions others own (DisruptionTarget from an eviction or the
+    // taint manager) are carried over: a merge patch replaces the list.
+    conditions.extend(
+        old_conditions
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c.type_.as_str(),
+                    "Initialized" | "Ready" | "ContainersReady" | "PodScheduled"
+                )
+            })
+            .filter_map(|c| serde_json::to_value(c).ok()),
+    );
     let mut out = json!({
         "phase": phase,
-        "conditions": [
-            cond("Initialized", initialized),
-            cond("Ready", ready),
-            cond("ContainersReady", ready),
-            cond("PodScheduled", true),
-        ],
+        "conditions": conditions,
         "hostIP": node.ip,
         "hostIPs": [{"ip": node.ip}],
         "startTime": st.start_time,

@@ -70,6 +70,12 @@ pub struct Settings {
     pub reserved: Reserved,
     /// `eviction-hard`.
     pub eviction: Eviction,
+    /// How often eviction thresholds are checked (`housekeeping-interval`, 10s).
+    pub housekeeping_interval: Duration,
+    /// How long a pressure condition stays True after its signal last
+    /// crossed the threshold (`eviction-pressure-transition-period`, 5m),
+    /// so a node does not flap in and out of pressure.
+    pub pressure_transition_period: Duration,
 }
 
 impl Default for Settings {
@@ -82,6 +88,8 @@ impl Default for Settings {
             status_update_frequency: Duration::from_secs(10),
             reserved: Reserved::default(),
             eviction: Eviction::default(),
+            housekeeping_interval: Duration::from_secs(10),
+            pressure_transition_period: Duration::from_secs(300),
         }
     }
 }
@@ -96,6 +104,8 @@ pub const NAMES: &[&str] = &[
     "kube-reserved",
     "system-reserved",
     "eviction-hard",
+    "housekeeping-interval",
+    "eviction-pressure-transition-period",
 ];
 
 fn bytes(name: &str, v: &str) -> Result<u64, String> {
@@ -213,6 +223,10 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
             "node-status-update-frequency" => s.status_update_frequency = duration(name, v)?,
             "kube-reserved" | "system-reserved" => reserved(name, v, &mut reserved_seen)?,
             "eviction-hard" => s.eviction = eviction(name, v)?,
+            "housekeeping-interval" => s.housekeeping_interval = duration(name, v)?,
+            "eviction-pressure-transition-period" => {
+                s.pressure_transition_period = duration(name, v)?
+            }
             other => {
                 return Err(format!(
                     "unknown kubelet setting {other:?}; rk3s takes {}",
