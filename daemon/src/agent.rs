@@ -519,10 +519,12 @@ pub async fn run(
             .node
             .heartbeat_interval
             .clamp(Duration::from_secs(1), Duration::from_secs(5));
+        let st = state.clone();
         tokio::spawn(loadbalancer::health_checks(
             lb.clone(),
             ca_pem.clone(),
             every,
+            move || st.connected_server.lock().expect("lock").is_some(),
             cancel.child_token(),
         ));
     }
@@ -654,10 +656,44 @@ async fn try_servers(
     name: &str,
     password: &str,
 ) -> (String, Result<(Tunnel, Vec<String>), AgentError>) {
+    let creds = Credentials {
+        tls,
+        secret: params.token.secret(),
+        name,
+        password,
+    };
+    connect_any(lb, &creds, &params.node.node_ips, |url| {
+        state.set(&format!("connecting to {url}"), None)
+    })
+    .await
+}
+
+/// What an agent presents to register.
+pub struct Credentials<'a> {
+    pub tls: Arc<rustls::ClientConfig>,
+    pub secret: &'a str,
+    pub name: &'a str,
+    pub password: &'a str,
+}
+
+/// Register through the first server that takes the agent, in the load
+/// balancer's order (public for the benchmarks, whose simulated agents
+/// must pick servers as real ones do). `node_ips` empty: the address
+/// towards each server. A server that is busy (it answered, with a
+/// Retry-After) is not marked failed, and when every server refused, its
+/// answer is the one returned: an agent waits as told instead of backing
+/// off on the word of a server that is down.
+pub async fn connect_any(
+    lb: &LoadBalancer,
+    creds: &Credentials<'_>,
+    node_ips: &[String],
+    mut trying: impl FnMut(&str),
+) -> (String, Result<(Tunnel, Vec<String>), AgentError>) {
     let mut last = None;
+    let mut busy: Option<(String, AgentError)> = None;
     for url in lb.candidates() {
-        state.set(&format!("connecting to {url}"), None);
-        let mut ips = params.node.node_ips.clone();
+        trying(&url);
+        let mut ips = node_ips.to_vec();
         if ips.is_empty() {
             if let Some(ip) = nodeinfo::local_ip_towards(host_port(&url)).await {
                 ips.push(ip);
@@ -665,10 +701,10 @@ async fn try_servers(
         }
         match connect_tunnel(
             &url,
-            tls.clone(),
-            params.token.secret(),
-            name,
-            password,
+            creds.tls.clone(),
+            creds.secret,
+            creds.name,
+            creds.password,
             &ips,
         )
         .await
@@ -677,12 +713,42 @@ async fn try_servers(
             Err(e @ (AgentError::PasswordRejected { .. } | AgentError::Unauthorized { .. })) => {
                 return (url, Err(e))
             }
+            Err(
+                e @ AgentError::Refused {
+                    retry_after: Some(_),
+                    ..
+                },
+            ) => {
+                tracing::info!(server = %url, error = %e, "server busy; trying the next one");
+                let sooner = match (&busy, &e) {
+                    (
+                        Some((
+                            _,
+                            AgentError::Refused {
+                                retry_after: Some(had),
+                                ..
+                            },
+                        )),
+                        AgentError::Refused {
+                            retry_after: Some(now),
+                            ..
+                        },
+                    ) => now < had,
+                    _ => true,
+                };
+                if sooner {
+                    busy = Some((url, e));
+                }
+            }
             Err(e) => {
                 tracing::info!(server = %url, error = %e, "server unavailable; trying the next one");
                 lb.failed(&url);
                 last = Some((url, Err(e)));
             }
         }
+    }
+    if let Some((url, e)) = busy {
+        return (url, Err(e));
     }
     last.unwrap_or_else(|| {
         (
@@ -932,5 +998,61 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         let other = AgentError::Tunnel("x".into());
         assert_eq!(other.retry_after(), None);
+    }
+
+    /// One server down, the other shedding load: the agent is told to
+    /// wait as the busy one said (not backed off on the dead one's word),
+    /// and the busy one stays ahead of the dead one for the next round.
+    #[tokio::test]
+    async fn a_busy_server_is_waited_for_and_a_dead_one_goes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = certs::Pki::load_or_create(dir.path(), &[]).unwrap();
+        let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let busy_addr = busy.local_addr().unwrap().to_string();
+        let app = axum::Router::new().fallback(|| async {
+            (
+                http::StatusCode::TOO_MANY_REQUESTS,
+                [(http::header::RETRY_AFTER, "7")],
+                r#"{"kind":"Status","message":"too many registrations at once"}"#,
+            )
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::https::serve_tls(
+            busy,
+            pki.server_config().unwrap(),
+            app,
+            Default::default(),
+            cancel.clone(),
+        ));
+        let dead_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        for order in [
+            vec![dead_addr.clone(), busy_addr.clone()],
+            vec![busy_addr.clone(), dead_addr.clone()],
+        ] {
+            let lb = LoadBalancer::in_memory(order, "node-a");
+            let creds = Credentials {
+                tls: Arc::new(certs::client_config_pinned(pki.ca_bundle()).unwrap()),
+                secret: "secret",
+                name: "node-a",
+                password: "pw",
+            };
+            let mut tried = Vec::new();
+            let (url, r) = connect_any(&lb, &creds, &["127.0.0.1".into()], |u| {
+                tried.push(u.to_string())
+            })
+            .await;
+            assert_eq!(tried.len(), 2, "{tried:?}");
+            assert_eq!(url, format!("https://{busy_addr}"));
+            let Err(e) = r else {
+                panic!("a server took the agent")
+            };
+            let wait = e.retry_after().expect("the busy server's Retry-After");
+            assert!(wait >= Duration::from_secs(7), "{wait:?}");
+            assert_eq!(lb.candidates()[0], format!("https://{busy_addr}"));
+        }
+        cancel.cancel();
     }
 }

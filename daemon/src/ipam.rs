@@ -3,7 +3,8 @@
 //! `--node-cidr-mask-size`). The datastore decides who owns a block: a
 //! claim `/rk3s/podcidrs/<n>` created with create-if-absent, so two
 //! servers cannot hand out the same one. A forgotten node's block is
-//! released.
+//! released. Each server keeps what it knows of the claims in memory
+//! ([`Claims`]) and learns the rest from creates that fail.
 
 use crate::datastore::{Datastore, DatastoreError};
 use crate::objects::{self, Objects};
@@ -62,57 +63,143 @@ impl Ipam {
     }
 }
 
-/// The block `node` owns, claiming the first free one if it has none.
-/// `None` when the cluster CIDR is exhausted.
+/// What this server knows of the claims: block → owner. Loaded from the
+/// datastore once, then kept by this server's own claims and releases and
+/// by what its failed creates find. Listing every claim for every new node
+/// made ten thousand registrations read fifty million claims.
+#[derive(Default)]
+pub struct Claims(std::sync::Mutex<Option<Known>>);
+
+struct Known {
+    owners: std::collections::HashMap<u32, String>,
+    /// Where the search for a free block starts.
+    next: u32,
+    loaded: std::time::Instant,
+}
+
+/// An exhausted range is read again from the datastore at most this often
+/// (blocks released by other servers come back).
+const RELOAD_WHEN_FULL: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn block_of(key: &str) -> Option<u32> {
+    key.strip_prefix(PREFIX)?.parse().ok()
+}
+
+async fn load(store: &Datastore) -> Result<Known, DatastoreError> {
+    let (_, claims) = store.list(PREFIX).await?;
+    Ok(Known {
+        owners: claims
+            .iter()
+            .filter_map(|kv| {
+                Some((
+                    block_of(&kv.key)?,
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                ))
+            })
+            .collect(),
+        next: 0,
+        loaded: std::time::Instant::now(),
+    })
+}
+
+impl Claims {
+    fn with<T>(&self, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
+        self.0.lock().expect("claims").as_mut().map(f)
+    }
+
+    /// `node`'s block if known, else a block no one is known to hold
+    /// (marked as the node's while it is being claimed).
+    fn pick(&self, ipam: &Ipam, node: &str) -> Option<Result<u32, u32>> {
+        self.with(|k| {
+            if let Some((n, _)) = k.owners.iter().find(|(_, o)| *o == node) {
+                return Some(Ok(*n));
+            }
+            let blocks = ipam.blocks();
+            let free = (0..blocks)
+                .map(|i| (k.next + i) % blocks)
+                .find(|n| !k.owners.contains_key(n))?;
+            k.owners.insert(free, node.to_string());
+            k.next = (free + 1) % blocks;
+            Some(Err(free))
+        })
+        .flatten()
+    }
+}
+
+/// The block `node` owns, claiming a free one if it has none. `None`
+/// when the cluster CIDR is exhausted.
 pub async fn claim(
     store: &Datastore,
+    claims: &Claims,
     ipam: &Ipam,
     node: &str,
 ) -> Result<Option<String>, DatastoreError> {
-    let (_, claims) = store.list(PREFIX).await?;
-    let mut taken = std::collections::HashSet::new();
-    for kv in &claims {
-        let owner = String::from_utf8_lossy(&kv.value).to_string();
-        let Some(n) = kv
-            .key
-            .strip_prefix(PREFIX)
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if owner == node {
-            return Ok(Some(ipam.block(n)));
+    let mut reloaded = false;
+    // Each round either answers or learns one block's owner.
+    for _ in 0..ipam.blocks() as usize + 3 {
+        let stale = claims
+            .with(|k| k.loaded.elapsed() >= RELOAD_WHEN_FULL)
+            .unwrap_or(true);
+        if claims.0.lock().expect("claims").is_none() {
+            let known = load(store).await?;
+            claims.0.lock().expect("claims").get_or_insert(known);
+            reloaded = true;
         }
-        taken.insert(n);
-    }
-    for n in (0..ipam.blocks()).filter(|n| !taken.contains(n)) {
-        match store
-            .create(&format!("{PREFIX}{n}"), node.as_bytes().to_vec())
-            .await
-        {
-            Ok(_) => return Ok(Some(ipam.block(n))),
-            // Another server claimed it a moment ago.
-            Err(DatastoreError::AlreadyExists(_)) => continue,
-            Err(e) => return Err(e),
+        match claims.pick(ipam, node) {
+            Some(Ok(n)) => return Ok(Some(ipam.block(n))),
+            Some(Err(n)) => match store
+                .create(&format!("{PREFIX}{n}"), node.as_bytes().to_vec())
+                .await
+            {
+                Ok(_) => return Ok(Some(ipam.block(n))),
+                // Another server holds it: learn its owner (it may be this
+                // node, claimed through that server) and look again.
+                Err(DatastoreError::AlreadyExists(_)) => {
+                    let owner = store
+                        .get(&format!("{PREFIX}{n}"))
+                        .await?
+                        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                    claims.with(|k| match owner {
+                        Some(o) => k.owners.insert(n, o),
+                        None => k.owners.remove(&n),
+                    });
+                }
+                Err(e) => {
+                    claims.with(|k| k.owners.remove(&n));
+                    return Err(e);
+                }
+            },
+            // Full as far as this server knows: read the claims again
+            // (once, and not more often than RELOAD_WHEN_FULL).
+            None if !reloaded && stale => {
+                *claims.0.lock().expect("claims") = None;
+            }
+            None => return Ok(None),
         }
     }
     Ok(None)
 }
 
 /// Release the blocks `node` owns.
-pub async fn release(store: &Datastore, node: &str) -> Result<(), DatastoreError> {
-    let (_, claims) = store.list(PREFIX).await?;
-    for kv in claims.iter().filter(|kv| kv.value == node.as_bytes()) {
+pub async fn release(store: &Datastore, claims: &Claims, node: &str) -> Result<(), DatastoreError> {
+    let (_, all) = store.list(PREFIX).await?;
+    for kv in all.iter().filter(|kv| kv.value == node.as_bytes()) {
         match store.delete(&kv.key, Some(kv.mod_revision)).await {
             Ok(_) | Err(DatastoreError::NotFound(_)) | Err(DatastoreError::Conflict { .. }) => {}
             Err(e) => return Err(e),
         }
     }
+    claims.with(|k| k.owners.retain(|_, o| o != node));
     Ok(())
 }
 
 /// Give `node` its pod CIDR if it has none yet.
-pub async fn assign(objects: &Objects, ipam: &Ipam, node: &str) -> objects::Result<()> {
+pub async fn assign(
+    objects: &Objects,
+    claims: &Claims,
+    ipam: &Ipam,
+    node: &str,
+) -> objects::Result<()> {
     let r = crate::lifecycle::node_ref(node);
     let Some(current) = objects.get(&r).await? else {
         return Ok(());
@@ -124,7 +211,7 @@ pub async fn assign(objects: &Objects, ipam: &Ipam, node: &str) -> objects::Resu
     {
         return Ok(());
     }
-    let Some(cidr) = claim(&objects.store, ipam, node).await? else {
+    let Some(cidr) = claim(&objects.store, claims, ipam, node).await? else {
         tracing::warn!(node, cluster_cidr = %ipam.cidr(),
             "no pod CIDR left for this node: the cluster CIDR is exhausted (forget unused nodes or widen --cluster-cidr)");
         cidr_not_available(objects, &current).await?;
@@ -211,21 +298,33 @@ mod tests {
         let backend =
             crate::datastore::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap();
         let store = Datastore::new(std::sync::Arc::new(backend));
-        // Two /30 blocks in a /29.
+        // Two /30 blocks in a /29, two servers each with what it knows.
         let i = Ipam::parse("10.0.0.0/29", 30).unwrap();
+        let (one, two) = (Claims::default(), Claims::default());
         assert_eq!(
-            claim(&store, &i, "a").await.unwrap().as_deref(),
+            claim(&store, &two, &i, "b").await.unwrap().as_deref(),
             Some("10.0.0.0/30")
         );
         assert_eq!(
-            claim(&store, &i, "b").await.unwrap().as_deref(),
+            claim(&store, &one, &i, "a").await.unwrap().as_deref(),
             Some("10.0.0.4/30")
         );
         assert_eq!(
-            claim(&store, &i, "a").await.unwrap().as_deref(),
-            Some("10.0.0.0/30")
+            claim(&store, &one, &i, "a").await.unwrap().as_deref(),
+            Some("10.0.0.4/30")
         );
-        assert_eq!(claim(&store, &i, "c").await.unwrap(), None, "exhausted");
+        // The second server never saw a's claim: its create fails, and it
+        // learns the block is a's.
+        assert_eq!(
+            claim(&store, &two, &i, "a").await.unwrap().as_deref(),
+            Some("10.0.0.4/30")
+        );
+        assert_eq!(
+            claim(&store, &one, &i, "c").await.unwrap(),
+            None,
+            "exhausted"
+        );
+        assert_eq!(claim(&store, &two, &i, "c").await.unwrap(), None);
         // A node that gets none is told so on an Event, counted per try.
         let objects = Objects::new(store.clone());
         let node = objects::Ref::cluster("nodes", "c");
@@ -234,7 +333,7 @@ mod tests {
             .await
             .unwrap();
         for _ in 0..2 {
-            assign(&objects, &i, "c").await.unwrap();
+            assign(&objects, &one, &i, "c").await.unwrap();
         }
         let ev = objects
             .get(&objects::Ref::namespaced(
@@ -251,10 +350,10 @@ mod tests {
         assert_eq!(ev["count"], 2);
         let n = objects.get(&node).await.unwrap().unwrap();
         assert!(n.pointer("/spec/podCIDR").is_none());
-        release(&store, "a").await.unwrap();
+        release(&store, &one, "a").await.unwrap();
         assert_eq!(
-            claim(&store, &i, "c").await.unwrap().as_deref(),
-            Some("10.0.0.0/30")
+            claim(&store, &one, &i, "c").await.unwrap().as_deref(),
+            Some("10.0.0.4/30")
         );
     }
 }

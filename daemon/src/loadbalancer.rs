@@ -59,6 +59,13 @@ pub fn state_file(data_dir: &Path) -> PathBuf {
         .join("rk3s-agent-load-balancer.json")
 }
 
+/// Where in the server list a node starts its rotation.
+fn spread_of(node_name: &str) -> usize {
+    node_name
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+}
+
 fn url_of(addr: &str) -> String {
     format!("https://{addr}")
 }
@@ -99,13 +106,26 @@ impl LoadBalancer {
         if !servers.is_empty() {
             tracing::info!(servers = ?servers, "using the saved server list");
         }
-        let spread = node_name
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         Self {
             fixed: fixed.to_string(),
             file: Some(file),
-            spread,
+            spread: spread_of(node_name),
+            inner: Mutex::new(Inner {
+                servers,
+                health: HashMap::new(),
+                preferred: None,
+            }),
+        }
+    }
+
+    /// A balancer over `servers` (`host:port`, the first one standing for
+    /// the fixed address) that persists nothing: the benchmarks' simulated
+    /// agents pick servers with it as real agents do.
+    pub fn in_memory(servers: Vec<String>, node_name: &str) -> Self {
+        Self {
+            fixed: servers.first().map(|s| url_of(s)).unwrap_or_default(),
+            file: None,
+            spread: spread_of(node_name),
             inner: Mutex::new(Inner {
                 servers,
                 health: HashMap::new(),
@@ -218,12 +238,18 @@ impl LoadBalancer {
     }
 }
 
-/// Health-check every learned server (`GET /ping`) every `every`, so a
-/// reconnect goes to a server that answers.
+/// Health-check every learned server (`GET /ping`) every `every` while
+/// the agent has no tunnel, so a reconnect goes to a server that answers.
+/// While a tunnel is up (`tunnel_up`) nothing is checked: the tunnel's
+/// heartbeats vouch for its server, and the others are tried in a
+/// reconnect's round anyway. Checking them all the time would cost each
+/// server two requests a second per thousand agents, and a TLS handshake
+/// each whenever the interval outlasts the server's idle timeout.
 pub async fn health_checks(
     lb: Arc<LoadBalancer>,
     ca_pem: Vec<u8>,
     every: Duration,
+    tunnel_up: impl Fn() -> bool + Send + 'static,
     cancel: CancellationToken,
 ) {
     let client = match reqwest::Certificate::from_pem(&ca_pem).and_then(|ca| {
@@ -246,6 +272,9 @@ pub async fn health_checks(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if tunnel_up() {
+            continue;
         }
         let urls: Vec<String> = lb.servers().iter().map(|s| url_of(s)).collect();
         let checks = urls.iter().map(|u| {
@@ -319,5 +348,54 @@ mod tests {
             })
             .collect();
         assert!(firsts.len() > 1, "{firsts:?}");
+    }
+
+    /// While a tunnel is up no server is probed; once it is down, all are.
+    #[tokio::test]
+    async fn servers_are_checked_only_while_there_is_no_tunnel() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        let lb = Arc::new(LoadBalancer::in_memory(vec![addr.clone()], "n1"));
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        let cancel = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::certs::Pki::load_or_create(dir.path(), &[]).unwrap();
+        tokio::spawn(health_checks(
+            lb.clone(),
+            pki.ca_bundle().to_vec(),
+            Duration::from_millis(20),
+            move || flag.load(Ordering::SeqCst),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(probes.load(Ordering::SeqCst), 0);
+        up.store(false, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while probes.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(probes.load(Ordering::SeqCst) > 0, "never probed");
+        // The probe failed (no TLS there): the server ranks as failed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lb.inner.lock().unwrap().health.get(&url_of(&addr)) != Some(&Health::Failed)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            lb.inner.lock().unwrap().health.get(&url_of(&addr)),
+            Some(&Health::Failed)
+        );
+        cancel.cancel();
     }
 }

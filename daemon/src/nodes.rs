@@ -174,7 +174,7 @@ pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetRe
     }
     let tunnel_closed = sv.tunnels.close(name);
     let node_deleted = sv.objects.delete(&node_ref(name)).await?.is_some();
-    if let Err(e) = crate::ipam::release(&sv.objects.store, name).await {
+    if let Err(e) = crate::ipam::release(&sv.objects.store, &sv.pod_cidrs, name).await {
         tracing::warn!(node = name, error = %e, "could not release the node's pod CIDR");
     }
     let lease_deleted = sv.objects.delete(&lease_ref(name)).await?.is_some();

@@ -382,6 +382,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         embedded_agent: embedded.clone(),
         membership: membership.clone(),
         ipam: cfg.ipam,
+        pod_cidrs: Default::default(),
         auth,
         registrations: crate::gate::Gate::new(
             cfg.max_registrations_inflight,

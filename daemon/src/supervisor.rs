@@ -41,6 +41,8 @@ pub struct Supervisor {
     pub membership: Arc<Membership>,
     /// Pod CIDRs for nodes.
     pub ipam: crate::ipam::Ipam,
+    /// The pod CIDR claims this server knows of.
+    pub pod_cidrs: crate::ipam::Claims,
     /// Authorization, the token issuer, and what they follow.
     pub auth: Arc<crate::auth::Auth>,
     /// Registrations in progress (`--max-registrations-inflight`).

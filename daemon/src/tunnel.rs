@@ -177,7 +177,9 @@ async fn handle(
                 .await;
             } else {
                 *registered = true;
-                if let Err(e) = crate::ipam::assign(&sv.objects, &sv.ipam, node).await {
+                if let Err(e) =
+                    crate::ipam::assign(&sv.objects, &sv.pod_cidrs, &sv.ipam, node).await
+                {
                     tracing::warn!(node, error = %e, "could not assign the node's pod CIDR; retrying with its next status");
                 }
             }

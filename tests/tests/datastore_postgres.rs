@@ -21,6 +21,7 @@ async fn postgres_conformance() {
     conformance::watch_is_ordered_and_replays_from_revision(store(&pg, "c3").await).await;
     conformance::a_watcher_that_falls_behind_catches_up_from_the_log(store(&pg, "c4").await).await;
     conformance::compaction_refuses_old_watch_and_keeps_newest(store(&pg, "c5").await).await;
+    conformance::racing_writes_in_one_batch_keep_their_meaning(store(&pg, "c6").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

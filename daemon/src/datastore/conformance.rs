@@ -137,3 +137,96 @@ pub async fn compaction_refuses_old_watch_and_keeps_newest(s: Datastore) {
     // Current values are untouched by compaction.
     assert_eq!(s.get("/registry/k/a").await.unwrap().unwrap().value, b"99");
 }
+
+/// Writes racing in one batch: of updates at the same revision exactly
+/// one wins and the rest conflict naming its revision; a second create of
+/// a key and a delete at a stale revision fail as alone; every applied
+/// write is watched once, in strictly increasing revision order.
+pub async fn racing_writes_in_one_batch_keep_their_meaning(s: Datastore) {
+    let base = s.create("/registry/r/hot", b"0".to_vec()).await.unwrap();
+    let doomed = s.create("/registry/r/doomed", b"d".to_vec()).await.unwrap();
+    let mut w = s.watch("/registry/r/", doomed).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 4 {
+                0 => (
+                    "update",
+                    s.update("/registry/r/hot", format!("u{i}").into_bytes(), base)
+                        .await,
+                ),
+                1 => (
+                    "create",
+                    s.create(&format!("/registry/r/k{i}"), b"v".to_vec()).await,
+                ),
+                2 => (
+                    "dup",
+                    s.create("/registry/r/doomed", b"again".to_vec()).await,
+                ),
+                _ => (
+                    "stale-delete",
+                    s.delete("/registry/r/doomed", Some(doomed - 1))
+                        .await
+                        .map(|(r, _)| r),
+                ),
+            }
+        }));
+    }
+    let mut applied = Vec::new();
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (what, r) = t.await.unwrap();
+        match (what, r) {
+            ("update", Ok(rev)) => {
+                winners.push(rev);
+                applied.push(rev);
+            }
+            ("update", Err(DatastoreError::Conflict { expected, .. })) => {
+                assert_eq!(expected, base)
+            }
+            ("create", Ok(rev)) => applied.push(rev),
+            ("dup", Err(DatastoreError::AlreadyExists(_))) => {}
+            ("stale-delete", Err(DatastoreError::Conflict { actual, .. })) => {
+                assert_eq!(actual, doomed)
+            }
+            (what, r) => panic!("{what}: unexpected {r:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "updates at one revision: exactly one wins"
+    );
+    let hot = s.get("/registry/r/hot").await.unwrap().unwrap();
+    assert_eq!(hot.mod_revision, winners[0]);
+    // A later conflicting update names the winner's revision.
+    match s.update("/registry/r/hot", b"late".to_vec(), base).await {
+        Err(DatastoreError::Conflict { actual, .. }) => assert_eq!(actual, winners[0]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.get("/registry/r/doomed").await.unwrap().unwrap().value,
+        b"d"
+    );
+    applied.sort();
+    assert_eq!(applied.len(), 11, "ten creates and one update");
+    let mut seen = Vec::new();
+    while seen.len() < applied.len() {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+            .await
+            .expect("every applied write is watched")
+            .unwrap()
+            .unwrap();
+        if let Some(last) = seen.last() {
+            assert!(
+                e.revision > *last,
+                "out of order: {} after {last}",
+                e.revision
+            );
+        }
+        seen.push(e.revision);
+    }
+    assert_eq!(seen, applied);
+    assert!(s.current_revision().await.unwrap() >= *applied.last().unwrap());
+}

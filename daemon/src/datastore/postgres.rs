@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, Notify};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 const CHANNEL: &str = "rk3s_events";
 const MAX_BATCH: usize = 256;
@@ -323,18 +323,85 @@ fn prefix_bounds(prefix: &str) -> (String, String) {
     )
 }
 
+/// The writer's connection with its statements, prepared once: parsing
+/// and planning each statement anew was a good part of PostgreSQL's time,
+/// and preparing on the fly costs a round trip of its own.
+struct WriteConn {
+    client: Client,
+    lock: Statement,
+    create: Statement,
+    update: Statement,
+    delete: Statement,
+    state: Statement,
+    finish: Statement,
+}
+
+impl WriteConn {
+    async fn new(client: Client) -> std::result::Result<Self, tokio_postgres::Error> {
+        let lock = client
+            .prepare("SELECT value FROM rk3s_meta WHERE name = 'revision' FOR UPDATE")
+            .await?;
+        // Each write is one statement: the change and its log entry, made
+        // only when the key is (or is not) there at the expected revision.
+        let create = client
+            .prepare(
+                "WITH ins AS (INSERT INTO rk3s_current (key, create_revision, mod_revision, value) \
+                 VALUES ($1, $2, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING key) \
+                 INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
+                 SELECT $2, $1, 0, $2, $3 FROM ins RETURNING revision",
+            )
+            .await?;
+        let update = client
+            .prepare(
+                "WITH upd AS (UPDATE rk3s_current SET mod_revision = $2, value = $3 \
+                 WHERE key = $1 AND mod_revision = $4 RETURNING create_revision) \
+                 INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
+                 SELECT $2, $1, 1, create_revision, $3 FROM upd RETURNING revision",
+            )
+            .await?;
+        let delete = client
+            .prepare(
+                "WITH del AS (DELETE FROM rk3s_current WHERE key = $1 \
+                 AND ($3::BIGINT IS NULL OR mod_revision = $3) \
+                 RETURNING create_revision, mod_revision, value), \
+                 ins AS (INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
+                 SELECT $2, $1, 2, create_revision, value FROM del) \
+                 SELECT create_revision, mod_revision, value FROM del",
+            )
+            .await?;
+        let state = client
+            .prepare("SELECT mod_revision FROM rk3s_current WHERE key = $1")
+            .await?;
+        let finish = client
+            .prepare(
+                "WITH u AS (UPDATE rk3s_meta SET value = $1 WHERE name = 'revision') \
+                 SELECT pg_notify($2, $3)",
+            )
+            .await?;
+        Ok(Self {
+            client,
+            lock,
+            create,
+            update,
+            delete,
+            state,
+            finish,
+        })
+    }
+}
+
 /// Group commit: one transaction per batch, revisions assigned under the
 /// `rk3s_meta` row lock. The connection is re-made when it breaks (one
 /// attempt per `RECONNECT_EVERY`); while it cannot be, writes fail with
 /// `Unavailable` after that attempt.
-async fn writer(
-    endpoint: Arc<Endpoint>,
-    mut client: Option<Client>,
-    mut rx: mpsc::Receiver<Request>,
-) {
+async fn writer(endpoint: Arc<Endpoint>, client: Option<Client>, mut rx: mpsc::Receiver<Request>) {
+    let mut conn = match client {
+        Some(c) => WriteConn::new(c).await.ok(),
+        None => None,
+    };
     let mut last_attempt: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
-        if client.as_ref().is_none_or(Client::is_closed) {
+        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             // At most one attempt per RECONNECT_EVERY; a write arriving
             // sooner waits for the next one rather than failing unasked
             // (PostgreSQL may be back: the reads may already have seen it).
@@ -342,10 +409,14 @@ async fn writer(
                 tokio::time::sleep(RECONNECT_EVERY.saturating_sub(t.elapsed())).await;
             }
             last_attempt = Some(Instant::now());
-            match endpoint.connect().await {
+            let made = match endpoint.connect().await {
+                Ok(c) => WriteConn::new(c).await.map_err(|e| describe(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            match made {
                 Ok(c) => {
                     tracing::info!("PostgreSQL write connection re-established");
-                    client = Some(c);
+                    conn = Some(c);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "PostgreSQL unreachable; failing writes until it returns")
@@ -359,7 +430,7 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let outcome = match client.as_mut().filter(|c| !c.is_closed()) {
+        let outcome = match conn.as_mut().filter(|c| !c.client.is_closed()) {
             None => Err("no connection to PostgreSQL".to_string()),
             Some(c) => match tokio::time::timeout(OP_TIMEOUT, commit(c, &batch)).await {
                 Ok(Ok(results)) => Ok(results),
@@ -367,7 +438,7 @@ async fn writer(
                 Err(_) => {
                     // A half-finished transaction on a wedged connection:
                     // drop it; PostgreSQL rolls back what did not commit.
-                    client = None;
+                    conn = None;
                     Err(format!("no answer within {}s", OP_TIMEOUT.as_secs()))
                 }
             },
@@ -388,159 +459,135 @@ async fn writer(
     }
 }
 
+/// One batch in one transaction. The writes are sent together (tokio-postgres
+/// pipelines statements issued at once, and PostgreSQL runs them in order),
+/// each at the revision it gets if every write before it succeeds. A write
+/// that does not apply (the key exists, is gone, or moved on) leaves its
+/// revision unused: revisions only ever grow, as watchers need, but may
+/// skip, as kine's do. Waiting for each write's answer before sending the
+/// next made the batch as long as its round trips, and this single writer,
+/// holding the cluster-wide revision lock, the bottleneck of every server.
 async fn commit(
-    client: &mut Client,
+    conn: &mut WriteConn,
     batch: &[Request],
 ) -> std::result::Result<Vec<Result<Reply>>, tokio_postgres::Error> {
+    let WriteConn {
+        client,
+        lock,
+        create,
+        update,
+        delete,
+        state,
+        finish,
+    } = conn;
     let tx = client.transaction().await?;
-    let mut rev: Revision = tx
-        .query_one(
-            "SELECT value FROM rk3s_meta WHERE name = 'revision' FOR UPDATE",
-            &[],
-        )
-        .await?
-        .get(0);
-    let start = rev;
+    let start: Revision = tx.query_one(&*lock, &[]).await?.get(0);
+    enum Sent {
+        Write(Revision, Option<tokio_postgres::Row>),
+        Compact,
+    }
+    let revs: Vec<Revision> = (1..=batch.len() as i64).map(|i| start + i).collect();
+    let (create, update, delete) = (&*create, &*update, &*delete);
+    let writes = batch.iter().zip(&revs).map(|(req, rev)| {
+        let tx = &tx;
+        async move {
+            let row = match &req.op {
+                Op::Create { key, value } => tx.query_opt(create, &[key, rev, value]).await?,
+                Op::Update {
+                    key,
+                    value,
+                    expected,
+                } => tx.query_opt(update, &[key, rev, value, expected]).await?,
+                Op::Delete { key, expected } => tx.query_opt(delete, &[key, rev, expected]).await?,
+                Op::Compact { .. } => return Ok(Sent::Compact),
+            };
+            Ok::<_, tokio_postgres::Error>(Sent::Write(*rev, row))
+        }
+    });
+    let sent = futures_util::future::try_join_all(writes).await?;
+    let mut head = start;
     let mut results = Vec::with_capacity(batch.len());
-    for req in batch {
-        let r = match &req.op {
-            Op::Create { key, value } => {
-                // One round trip: the insert is skipped when the key exists
-                // (no error, so the batch's transaction goes on), and the
-                // log entry is written only for a row that was inserted.
-                let next = rev + 1;
-                let created = tx
-                    .query_opt(
-                        "WITH ins AS (INSERT INTO rk3s_current (key, create_revision, mod_revision, value) \
-                         VALUES ($1, $2, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING key) \
-                         INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
-                         SELECT $2, $1, 0, $2, $3 FROM ins RETURNING revision",
-                        &[key, &next, value],
-                    )
-                    .await?;
-                if created.is_some() {
-                    rev = next;
-                    Ok(Reply::Rev(rev))
-                } else {
-                    Err(DatastoreError::AlreadyExists(key.clone()))
-                }
+    for (req, sent) in batch.iter().zip(sent) {
+        let r = match (sent, &req.op) {
+            (Sent::Write(rev, Some(_)), Op::Create { .. } | Op::Update { .. }) => {
+                head = rev;
+                Ok(Reply::Rev(rev))
             }
-            Op::Update {
-                key,
-                value,
-                expected,
-            } => {
-                // The usual case in one round trip (heartbeats are most
-                // writes): update at the expected revision and log it in
-                // one statement. Only when no row matched is the reason
-                // read, below.
-                let next = rev + 1;
-                let done = tx
-                    .query_opt(
-                        "WITH upd AS (UPDATE rk3s_current SET mod_revision = $2, value = $3 \
-                         WHERE key = $1 AND mod_revision = $4 RETURNING create_revision) \
-                         INSERT INTO rk3s_log (revision, key, kind, create_revision, value) \
-                         SELECT $2, $1, 1, create_revision, $3 FROM upd RETURNING revision",
-                        &[key, &next, value, expected],
-                    )
-                    .await?;
-                if done.is_some() {
-                    rev = next;
-                    results.push(Ok(Reply::Rev(rev)));
-                    continue;
-                }
-                match tx
-                    .query_opt(
-                        "SELECT create_revision, mod_revision FROM rk3s_current WHERE key = $1",
-                        &[key],
-                    )
-                    .await?
-                {
+            (Sent::Write(rev, Some(row)), Op::Delete { key, .. }) => {
+                head = rev;
+                Ok(Reply::Deleted(
+                    rev,
+                    KeyValue {
+                        key: key.clone(),
+                        value: row.get(2),
+                        create_revision: row.get(0),
+                        mod_revision: row.get(1),
+                    },
+                ))
+            }
+            (Sent::Write(_, None), Op::Create { key, .. }) => {
+                Err(DatastoreError::AlreadyExists(key.clone()))
+            }
+            // Why it did not apply, as the key stands now.
+            (Sent::Write(_, None), Op::Update { key, expected, .. }) => {
+                match tx.query_opt(&*state, &[key]).await? {
                     None => Err(DatastoreError::NotFound(key.clone())),
-                    Some(row) => {
-                        let (create, modr): (i64, i64) = (row.get(0), row.get(1));
-                        if modr != *expected {
-                            Err(DatastoreError::Conflict {
-                                key: key.clone(),
-                                expected: *expected,
-                                actual: modr,
-                            })
-                        } else {
-                            rev += 1;
-                            tx.execute(
-                                "INSERT INTO rk3s_log (revision, key, kind, create_revision, value) VALUES ($1, $2, 1, $3, $4)",
-                                &[&rev, key, &create, value],
-                            )
-                            .await?;
-                            tx.execute("UPDATE rk3s_current SET mod_revision = $2, value = $3 WHERE key = $1", &[key, &rev, value])
-                                .await?;
-                            Ok(Reply::Rev(rev))
-                        }
-                    }
+                    Some(row) => Err(DatastoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        actual: row.get(0),
+                    }),
                 }
             }
-            Op::Delete { key, expected } => {
-                match tx
-                    .query_opt("SELECT create_revision, mod_revision, value FROM rk3s_current WHERE key = $1", &[key])
-                    .await?
-                {
+            (Sent::Write(_, None), Op::Delete { key, expected }) => {
+                match tx.query_opt(&*state, &[key]).await? {
                     None => Err(DatastoreError::NotFound(key.clone())),
-                    Some(row) => {
-                        let (create, modr, value): (i64, i64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
-                        if expected.is_some_and(|e| e != modr) {
-                            Err(DatastoreError::Conflict { key: key.clone(), expected: expected.unwrap_or(0), actual: modr })
-                        } else {
-                            rev += 1;
-                            tx.execute(
-                                "INSERT INTO rk3s_log (revision, key, kind, create_revision, value) VALUES ($1, $2, 2, $3, $4)",
-                                &[&rev, key, &create, &value],
-                            )
-                            .await?;
-                            tx.execute("DELETE FROM rk3s_current WHERE key = $1", &[key]).await?;
-                            Ok(Reply::Deleted(
-                                rev,
-                                KeyValue { key: key.clone(), value, create_revision: create, mod_revision: modr },
-                            ))
-                        }
-                    }
+                    Some(row) => Err(DatastoreError::Conflict {
+                        key: key.clone(),
+                        expected: expected.unwrap_or(0),
+                        actual: row.get(0),
+                    }),
                 }
             }
-            Op::Compact { keep } => {
-                let target = (rev - *keep as i64).max(0);
-                let old: i64 = tx
-                    .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
-                    .await?
-                    .get(0);
-                if target <= old {
-                    Ok(Reply::Compacted(CompactStats {
-                        compacted_to: old,
-                        events_deleted: 0,
-                    }))
-                } else {
-                    let n = tx
-                        .execute("DELETE FROM rk3s_log WHERE revision <= $1", &[&target])
-                        .await?;
-                    tx.execute(
-                        "UPDATE rk3s_meta SET value = $1 WHERE name = 'compacted'",
-                        &[&target],
-                    )
-                    .await?;
-                    Ok(Reply::Compacted(CompactStats {
-                        compacted_to: target,
-                        events_deleted: n,
-                    }))
-                }
-            }
+            // Compactions go after the batch's writes, from its new head.
+            _ => Ok(Reply::Compacted(CompactStats {
+                compacted_to: 0,
+                events_deleted: 0,
+            })),
         };
         results.push(r);
     }
-    if rev != start {
-        tx.execute(
-            "UPDATE rk3s_meta SET value = $1 WHERE name = 'revision'",
-            &[&rev],
-        )
-        .await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
+    for (req, res) in batch.iter().zip(results.iter_mut()) {
+        let Op::Compact { keep } = &req.op else {
+            continue;
+        };
+        let target = (head - *keep as i64).max(0);
+        let old: i64 = tx
+            .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
+            .await?
+            .get(0);
+        *res = if target <= old {
+            Ok(Reply::Compacted(CompactStats {
+                compacted_to: old,
+                events_deleted: 0,
+            }))
+        } else {
+            let n = tx
+                .execute("DELETE FROM rk3s_log WHERE revision <= $1", &[&target])
+                .await?;
+            tx.execute(
+                "UPDATE rk3s_meta SET value = $1 WHERE name = 'compacted'",
+                &[&target],
+            )
+            .await?;
+            Ok(Reply::Compacted(CompactStats {
+                compacted_to: target,
+                events_deleted: n,
+            }))
+        };
+    }
+    if head != start {
+        tx.query_one(&*finish, &[&head, &CHANNEL, &head.to_string()])
             .await?;
     }
     tx.commit().await?;

@@ -526,6 +526,12 @@ mod tests {
         conformance::compaction_refuses_old_watch_and_keeps_newest(s).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_writes_in_one_batch_keep_their_meaning() {
+        let (_d, s) = store();
+        conformance::racing_writes_in_one_batch_keep_their_meaning(s).await;
+    }
+
     #[tokio::test]
     async fn revision_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();

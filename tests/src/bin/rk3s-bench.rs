@@ -8,7 +8,9 @@
 //! Each simulated agent does what `rk3sd agent` does on the wire: the full
 //! registration (token, node password), its node status, heartbeats, and
 //! on a lost tunnel the agent's own jittered backoff (`agent::Backoff`),
-//! trying the other server first when there are two. An agent counts as
+//! picking servers with the agent's own code (`agent::connect_any` over a
+//! `LoadBalancer`: the other server first, a busy one's Retry-After
+//! obeyed, a dead one last). An agent counts as
 //! up when its first heartbeat is acknowledged: the server has then
 //! stored its Node and renewed its Lease.
 //!
@@ -87,7 +89,9 @@ fn ms(d: Duration) -> f64 {
 struct Fleet {
     /// Agents whose current tunnel has had a heartbeat acknowledged.
     up: AtomicUsize,
+    /// Registrations tried, one per server.
     attempts: AtomicUsize,
+    /// Rounds over the servers that ended without a tunnel.
     failed_attempts: AtomicUsize,
     last_error: Mutex<String>,
     measuring: AtomicBool,
@@ -124,33 +128,41 @@ async fn agent(
     let password = rk3sd::nodepassword::generate();
     let mut backoff = rk3sd::agent::Backoff::new(BACKOFF_MAX);
     let mut permit = Some(first_permit.acquire_owned().await.unwrap());
-    // Agents split over the servers; a failure moves to the next one.
-    let mut server = a.index % a.urls.len();
+    // Servers picked as the agent picks them: its load balancer's order,
+    // busy servers' Retry-After, failed servers last.
+    let lb = rk3sd::loadbalancer::LoadBalancer::in_memory(
+        a.urls
+            .iter()
+            .map(|u| u.trim_start_matches("https://").to_string())
+            .collect(),
+        &name,
+    );
+    let creds = rk3sd::agent::Credentials {
+        tls: a.tls.clone(),
+        secret: &a.secret,
+        name: &name,
+        password: &password,
+    };
+    let ips = ["127.0.0.1".to_string()];
     let offset = a.heartbeat.mul_f64((a.index as f64 * 0.618_033_988) % 1.0);
     while !*stop.borrow() {
-        fleet.attempts.fetch_add(1, Ordering::Relaxed);
-        let url = &a.urls[server];
-        let ws = rk3sd::agent::connect_tunnel(
-            url,
-            a.tls.clone(),
-            &a.secret,
-            &name,
-            &password,
-            &["127.0.0.1".to_string()],
-        )
+        let (url, ws) = rk3sd::agent::connect_any(&lb, &creds, &ips, |_| {
+            fleet.attempts.fetch_add(1, Ordering::Relaxed);
+        })
         .await;
         let mut ws = match ws {
-            Ok(ws) => ws,
+            Ok((ws, _)) => ws,
             Err(e) => {
                 fleet.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 *fleet.last_error.lock().unwrap() = e.to_string();
-                server = (server + 1) % a.urls.len();
                 // As the agent: a server shedding load says when to come back.
                 let wait = e.retry_after().unwrap_or_else(|| backoff.step());
                 tokio::select! { _ = stop.changed() => {}, _ = tokio::time::sleep(wait) => {} }
                 continue;
             }
         };
+        lb.connected(&url);
+        let server = a.urls.iter().position(|u| *u == url).unwrap_or(0);
         let started = Instant::now();
         let info = rk3sd::nodeinfo::collect(vec!["127.0.0.1".into()], Default::default());
         let status = serde_json::to_string(&AgentMessage::NodeStatus {
@@ -221,11 +233,11 @@ async fn agent(
         }
         drop(permit.take());
         // As the agent: a session that lived a while earns a fast retry;
-        // the next attempt goes to the other server first.
+        // the next attempt goes to another server first.
+        lb.failed(&url);
         if started.elapsed() > Duration::from_secs(10) {
             backoff.reset();
         }
-        server = (server + 1) % a.urls.len();
         tokio::select! { _ = stop.changed() => {}, _ = tokio::time::sleep(backoff.step()) => {} }
     }
 }
@@ -308,6 +320,10 @@ fn main() {
         "40s",
         "--node-monitor-period",
         "5s",
+        // Room for every node's /24 (K3s's default /16 holds 256), as an
+        // operator of this many nodes would give.
+        "--cluster-cidr",
+        "10.64.0.0/10",
     ];
     let pg = a.postgres.then(Postgres::start);
     let url = pg.as_ref().map(|p| p.url("bench"));
@@ -362,7 +378,7 @@ fn main() {
         report_up(&fleet, "cold start: all up", cold, limit);
         println!("  server CPU {cpu:.1} s");
         println!(
-            "  connection attempts: {}, failed: {}",
+            "  connection attempts: {}, rounds without a tunnel: {}",
             fleet.attempts.load(Ordering::Relaxed),
             fleet.failed_attempts.load(Ordering::Relaxed)
         );
@@ -411,7 +427,7 @@ fn main() {
                 limit,
             );
             println!(
-                "  connection attempts: {}, failed: {} (last error: {})",
+                "  connection attempts: {}, rounds without a tunnel: {} (last error: {})",
                 fleet.attempts.load(Ordering::Relaxed) - attempts0,
                 fleet.failed_attempts.load(Ordering::Relaxed) - failed0,
                 fleet.last_error.lock().unwrap()
