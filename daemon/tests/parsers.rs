@@ -1,7 +1,8 @@
 //! Every parser that bytes from the network or from files reach, fed
 //! mutated inputs: none may panic (a panic in a request's task is a bug
-//! even when tokio contains it). cargo-fuzz needs a nightly toolchain, so
-//! this is a small deterministic mutator of its own: seeds per parser,
+//! even when tokio contains it). The suite must build on stable, so this
+//! is a small deterministic mutator of its own (the coverage-guided
+//! targets, which need nightly, are in `fuzz/`): seeds per parser,
 //! byte flips, inserted tokens (multi-byte characters among them, for byte
 //! slicing of strings), deletions, duplications and splices, chained so
 //! that inputs drift far from the seeds.
