@@ -1009,21 +1009,40 @@ mod tests {
         let pki = certs::Pki::load_or_create(dir.path(), &[]).unwrap();
         let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let busy_addr = busy.local_addr().unwrap().to_string();
-        let app = axum::Router::new().fallback(|| async {
-            (
-                http::StatusCode::TOO_MANY_REQUESTS,
-                [(http::header::RETRY_AFTER, "7")],
-                r#"{"kind":"Status","message":"too many registrations at once"}"#,
-            )
-        });
+        // A server that answers every request 429 with Retry-After: 7.
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config().unwrap());
         let cancel = CancellationToken::new();
-        tokio::spawn(crate::https::serve_tls(
-            busy,
-            pki.server_config().unwrap(),
-            app,
-            Default::default(),
-            cancel.clone(),
-        ));
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = busy.accept() => r.unwrap(),
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = r#"{"kind":"Status","message":"too many registrations at once"}"#;
+                    let reply = format!(
+                        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(reply.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
         let dead_addr = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
