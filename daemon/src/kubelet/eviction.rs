@@ -32,6 +32,9 @@ use tokio_util::sync::CancellationToken;
 /// the node's own plumbing and are not evicted.
 const CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
+/// Attempts at writing an evicted pod's status, a second apart.
+const STATUS_TRIES: u32 = 10;
+
 /// The eviction signals rk3s measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -439,9 +442,18 @@ async fn evict(
         }
     }
     let now = crate::objects::now_rfc3339();
-    api.patch_pod_status(&ns, &name, &evicted_status(pod, message, &now))
-        .await
-        .map_err(|e| e.to_string())?;
+    // The containers are already stopped: without this status the pod
+    // loop would start them again, so a failed write is retried (the
+    // servers may be failing over) before giving up.
+    let status = evicted_status(pod, message, &now);
+    let mut tries = 0;
+    while let Err(e) = api.patch_pod_status(&ns, &name, &status).await {
+        tries += 1;
+        if tries >= STATUS_TRIES {
+            return Err(e.to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
     let event = json!({
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": format!("{name}."), "namespace": ns},
