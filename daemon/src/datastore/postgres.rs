@@ -471,127 +471,115 @@ async fn commit(
     conn: &mut WriteConn,
     batch: &[Request],
 ) -> std::result::Result<Vec<Result<Reply>>, tokio_postgres::Error> {
-    let WriteConn {
-        client,
-        lock,
-        create,
-        update,
-        delete,
-        state,
-        finish,
-    } = conn;
-    let tx = client.transaction().await?;
-    let start: Revision = tx.query_one(&*lock, &[]).await?.get(0);
-    enum Sent {
-        Write(Revision, Option<tokio_postgres::Row>),
-        Compact,
-    }
-    let revs: Vec<Revision> = (1..=batch.len() as i64).map(|i| start + i).collect();
-    let (create, update, delete) = (&*create, &*update, &*delete);
-    let writes = batch.iter().zip(&revs).map(|(req, rev)| {
+    let tx = conn.client.transaction().await?;
+    let start: Revision = tx.query_one(&conn.lock, &[]).await?.get(0);
+    let (create, update, delete) = (&conn.create, &conn.update, &conn.delete);
+    let writes = batch.iter().zip(start + 1..).map(|(req, rev)| {
         let tx = &tx;
         async move {
+            // None: not a write, or a write that did not apply.
             let row = match &req.op {
-                Op::Create { key, value } => tx.query_opt(create, &[key, rev, value]).await?,
+                Op::Create { key, value } => tx.query_opt(create, &[key, &rev, value]).await?,
                 Op::Update {
                     key,
                     value,
                     expected,
-                } => tx.query_opt(update, &[key, rev, value, expected]).await?,
-                Op::Delete { key, expected } => tx.query_opt(delete, &[key, rev, expected]).await?,
-                Op::Compact { .. } => return Ok(Sent::Compact),
+                } => tx.query_opt(update, &[key, &rev, value, expected]).await?,
+                Op::Delete { key, expected } => {
+                    tx.query_opt(delete, &[key, &rev, expected]).await?
+                }
+                Op::Compact { .. } => None,
             };
-            Ok::<_, tokio_postgres::Error>(Sent::Write(*rev, row))
+            Ok::<_, tokio_postgres::Error>((rev, row))
         }
     });
     let sent = futures_util::future::try_join_all(writes).await?;
-    let mut head = start;
+    // The last write that applied; compactions count back from it.
+    let head = sent
+        .iter()
+        .filter(|(_, row)| row.is_some())
+        .map(|(rev, _)| *rev)
+        .max()
+        .unwrap_or(start);
     let mut results = Vec::with_capacity(batch.len());
-    for (req, sent) in batch.iter().zip(sent) {
-        let r = match (sent, &req.op) {
-            (Sent::Write(rev, Some(_)), Op::Create { .. } | Op::Update { .. }) => {
-                head = rev;
-                Ok(Reply::Rev(rev))
+    for (req, (rev, row)) in batch.iter().zip(sent) {
+        let r = match (&req.op, row) {
+            (Op::Create { .. } | Op::Update { .. }, Some(_)) => Ok(Reply::Rev(rev)),
+            (Op::Delete { key, .. }, Some(row)) => Ok(Reply::Deleted(
+                rev,
+                KeyValue {
+                    key: key.clone(),
+                    value: row.get(2),
+                    create_revision: row.get(0),
+                    mod_revision: row.get(1),
+                },
+            )),
+            (Op::Create { key, .. }, None) => Err(DatastoreError::AlreadyExists(key.clone())),
+            (Op::Update { key, expected, .. }, None) => {
+                not_applied(&tx, &conn.state, key, *expected).await?
             }
-            (Sent::Write(rev, Some(row)), Op::Delete { key, .. }) => {
-                head = rev;
-                Ok(Reply::Deleted(
-                    rev,
-                    KeyValue {
-                        key: key.clone(),
-                        value: row.get(2),
-                        create_revision: row.get(0),
-                        mod_revision: row.get(1),
-                    },
-                ))
+            (Op::Delete { key, expected }, None) => {
+                not_applied(&tx, &conn.state, key, expected.unwrap_or(0)).await?
             }
-            (Sent::Write(_, None), Op::Create { key, .. }) => {
-                Err(DatastoreError::AlreadyExists(key.clone()))
-            }
-            // Why it did not apply, as the key stands now.
-            (Sent::Write(_, None), Op::Update { key, expected, .. }) => {
-                match tx.query_opt(&*state, &[key]).await? {
-                    None => Err(DatastoreError::NotFound(key.clone())),
-                    Some(row) => Err(DatastoreError::Conflict {
-                        key: key.clone(),
-                        expected: *expected,
-                        actual: row.get(0),
-                    }),
-                }
-            }
-            (Sent::Write(_, None), Op::Delete { key, expected }) => {
-                match tx.query_opt(&*state, &[key]).await? {
-                    None => Err(DatastoreError::NotFound(key.clone())),
-                    Some(row) => Err(DatastoreError::Conflict {
-                        key: key.clone(),
-                        expected: expected.unwrap_or(0),
-                        actual: row.get(0),
-                    }),
-                }
-            }
-            // Compactions go after the batch's writes, from its new head.
-            _ => Ok(Reply::Compacted(CompactStats {
-                compacted_to: 0,
-                events_deleted: 0,
-            })),
+            (Op::Compact { keep }, _) => Ok(Reply::Compacted(compact(&tx, head, *keep).await?)),
         };
         results.push(r);
     }
-    for (req, res) in batch.iter().zip(results.iter_mut()) {
-        let Op::Compact { keep } = &req.op else {
-            continue;
-        };
-        let target = (head - *keep as i64).max(0);
-        let old: i64 = tx
-            .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
-            .await?
-            .get(0);
-        *res = if target <= old {
-            Ok(Reply::Compacted(CompactStats {
-                compacted_to: old,
-                events_deleted: 0,
-            }))
-        } else {
-            let n = tx
-                .execute("DELETE FROM rk3s_log WHERE revision <= $1", &[&target])
-                .await?;
-            tx.execute(
-                "UPDATE rk3s_meta SET value = $1 WHERE name = 'compacted'",
-                &[&target],
-            )
-            .await?;
-            Ok(Reply::Compacted(CompactStats {
-                compacted_to: target,
-                events_deleted: n,
-            }))
-        };
-    }
     if head != start {
-        tx.query_one(&*finish, &[&head, &CHANNEL, &head.to_string()])
+        tx.query_one(&conn.finish, &[&head, &CHANNEL, &head.to_string()])
             .await?;
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Why an update or delete at `expected` did not apply, as the key
+/// stands now.
+async fn not_applied(
+    tx: &tokio_postgres::Transaction<'_>,
+    state: &Statement,
+    key: &str,
+    expected: Revision,
+) -> std::result::Result<Result<Reply>, tokio_postgres::Error> {
+    Ok(Err(match tx.query_opt(state, &[&key]).await? {
+        None => DatastoreError::NotFound(key.to_string()),
+        Some(row) => DatastoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            actual: row.get(0),
+        },
+    }))
+}
+
+/// Drop log entries more than `keep` revisions behind `head`.
+async fn compact(
+    tx: &tokio_postgres::Transaction<'_>,
+    head: Revision,
+    keep: u64,
+) -> std::result::Result<CompactStats, tokio_postgres::Error> {
+    let target = (head - keep as i64).max(0);
+    let old: i64 = tx
+        .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
+        .await?
+        .get(0);
+    if target <= old {
+        return Ok(CompactStats {
+            compacted_to: old,
+            events_deleted: 0,
+        });
+    }
+    let n = tx
+        .execute("DELETE FROM rk3s_log WHERE revision <= $1", &[&target])
+        .await?;
+    tx.execute(
+        "UPDATE rk3s_meta SET value = $1 WHERE name = 'compacted'",
+        &[&target],
+    )
+    .await?;
+    Ok(CompactStats {
+        compacted_to: target,
+        events_deleted: n,
+    })
 }
 
 async fn read_events(
