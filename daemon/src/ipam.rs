@@ -63,18 +63,50 @@ impl Ipam {
     }
 }
 
-/// What this server knows of the claims: block → owner. Loaded from the
-/// datastore once, then kept by this server's own claims and releases and
-/// by what its failed creates find. Listing every claim for every new node
-/// made ten thousand registrations read fifty million claims.
+/// What this server knows of the claims. Loaded from the datastore once,
+/// then kept by this server's own claims and releases and by what its
+/// failed creates find. Listing every claim for every new node made ten
+/// thousand registrations read fifty million claims.
 #[derive(Default)]
 pub struct Claims(std::sync::Mutex<Option<Known>>);
 
+#[derive(Default)]
 struct Known {
+    /// Block → owner, and owner → block, kept together by `set`/`unset`.
     owners: std::collections::HashMap<u32, String>,
+    blocks: std::collections::HashMap<String, u32>,
     /// Where the search for a free block starts.
     next: u32,
-    loaded: std::time::Instant,
+    loaded: Option<std::time::Instant>,
+}
+
+impl Known {
+    fn set(&mut self, n: u32, owner: String) {
+        self.unset(n);
+        self.blocks.insert(owner.clone(), n);
+        self.owners.insert(n, owner);
+    }
+
+    fn unset(&mut self, n: u32) {
+        if let Some(o) = self.owners.remove(&n) {
+            self.blocks.remove(&o);
+        }
+    }
+
+    /// `node`'s block if known, else a block no one is known to hold
+    /// (set to the node's while it is being claimed).
+    fn pick(&mut self, ipam: &Ipam, node: &str) -> Option<Result<u32, u32>> {
+        if let Some(n) = self.blocks.get(node) {
+            return Some(Ok(*n));
+        }
+        let blocks = ipam.blocks();
+        let free = (0..blocks)
+            .map(|i| (self.next + i) % blocks)
+            .find(|n| !self.owners.contains_key(n))?;
+        self.set(free, node.to_string());
+        self.next = (free + 1) % blocks;
+        Some(Err(free))
+    }
 }
 
 /// An exhausted range is read again from the datastore at most this often
@@ -87,42 +119,21 @@ fn block_of(key: &str) -> Option<u32> {
 
 async fn load(store: &Datastore) -> Result<Known, DatastoreError> {
     let (_, claims) = store.list(PREFIX).await?;
-    Ok(Known {
-        owners: claims
-            .iter()
-            .filter_map(|kv| {
-                Some((
-                    block_of(&kv.key)?,
-                    String::from_utf8_lossy(&kv.value).into_owned(),
-                ))
-            })
-            .collect(),
-        next: 0,
-        loaded: std::time::Instant::now(),
-    })
+    let mut known = Known {
+        loaded: Some(std::time::Instant::now()),
+        ..Default::default()
+    };
+    for kv in &claims {
+        if let Some(n) = block_of(&kv.key) {
+            known.set(n, String::from_utf8_lossy(&kv.value).into_owned());
+        }
+    }
+    Ok(known)
 }
 
 impl Claims {
-    fn with<T>(&self, f: impl FnOnce(&mut Known) -> T) -> Option<T> {
-        self.0.lock().expect("claims").as_mut().map(f)
-    }
-
-    /// `node`'s block if known, else a block no one is known to hold
-    /// (marked as the node's while it is being claimed).
-    fn pick(&self, ipam: &Ipam, node: &str) -> Option<Result<u32, u32>> {
-        self.with(|k| {
-            if let Some((n, _)) = k.owners.iter().find(|(_, o)| *o == node) {
-                return Some(Ok(*n));
-            }
-            let blocks = ipam.blocks();
-            let free = (0..blocks)
-                .map(|i| (k.next + i) % blocks)
-                .find(|n| !k.owners.contains_key(n))?;
-            k.owners.insert(free, node.to_string());
-            k.next = (free + 1) % blocks;
-            Some(Err(free))
-        })
-        .flatten()
+    fn known(&self) -> std::sync::MutexGuard<'_, Option<Known>> {
+        self.0.lock().expect("claims")
     }
 }
 
@@ -137,15 +148,13 @@ pub async fn claim(
     let mut reloaded = false;
     // Each round either answers or learns one block's owner.
     for _ in 0..ipam.blocks() as usize + 3 {
-        let stale = claims
-            .with(|k| k.loaded.elapsed() >= RELOAD_WHEN_FULL)
-            .unwrap_or(true);
-        if claims.0.lock().expect("claims").is_none() {
+        if claims.known().is_none() {
             let known = load(store).await?;
-            claims.0.lock().expect("claims").get_or_insert(known);
+            claims.known().get_or_insert(known);
             reloaded = true;
         }
-        match claims.pick(ipam, node) {
+        let picked = claims.known().as_mut().and_then(|k| k.pick(ipam, node));
+        match picked {
             Some(Ok(n)) => return Ok(Some(ipam.block(n))),
             Some(Err(n)) => match store
                 .create(&format!("{PREFIX}{n}"), node.as_bytes().to_vec())
@@ -159,22 +168,33 @@ pub async fn claim(
                         .get(&format!("{PREFIX}{n}"))
                         .await?
                         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-                    claims.with(|k| match owner {
-                        Some(o) => k.owners.insert(n, o),
-                        None => k.owners.remove(&n),
-                    });
+                    if let Some(k) = claims.known().as_mut() {
+                        match owner {
+                            Some(o) => k.set(n, o),
+                            None => k.unset(n),
+                        }
+                    }
                 }
                 Err(e) => {
-                    claims.with(|k| k.owners.remove(&n));
+                    if let Some(k) = claims.known().as_mut() {
+                        k.unset(n);
+                    }
                     return Err(e);
                 }
             },
-            // Full as far as this server knows: read the claims again
-            // (once, and not more often than RELOAD_WHEN_FULL).
-            None if !reloaded && stale => {
-                *claims.0.lock().expect("claims") = None;
+            None => {
+                // Full as far as this server knows: read the claims again
+                // (once, and not more often than RELOAD_WHEN_FULL).
+                let mut known = claims.known();
+                let stale = known
+                    .as_ref()
+                    .and_then(|k| k.loaded)
+                    .is_none_or(|t| t.elapsed() >= RELOAD_WHEN_FULL);
+                if reloaded || !stale {
+                    return Ok(None);
+                }
+                *known = None;
             }
-            None => return Ok(None),
         }
     }
     Ok(None)
@@ -189,7 +209,11 @@ pub async fn release(store: &Datastore, claims: &Claims, node: &str) -> Result<(
             Err(e) => return Err(e),
         }
     }
-    claims.with(|k| k.owners.retain(|_, o| o != node));
+    if let Some(k) = claims.known().as_mut() {
+        if let Some(n) = k.blocks.get(node).copied() {
+            k.unset(n);
+        }
+    }
     Ok(())
 }
 
