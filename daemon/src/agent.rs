@@ -690,7 +690,7 @@ pub async fn connect_any(
     mut trying: impl FnMut(&str),
 ) -> (String, Result<(Tunnel, Vec<String>), AgentError>) {
     let mut last = None;
-    let mut busy: Option<(String, AgentError)> = None;
+    let mut busy: Option<(Duration, String, AgentError)> = None;
     for url in lb.candidates() {
         trying(&url);
         let mut ips = node_ips.to_vec();
@@ -715,29 +715,14 @@ pub async fn connect_any(
             }
             Err(
                 e @ AgentError::Refused {
-                    retry_after: Some(_),
+                    retry_after: Some(wait),
                     ..
                 },
             ) => {
                 tracing::info!(server = %url, error = %e, "server busy; trying the next one");
-                let sooner = match (&busy, &e) {
-                    (
-                        Some((
-                            _,
-                            AgentError::Refused {
-                                retry_after: Some(had),
-                                ..
-                            },
-                        )),
-                        AgentError::Refused {
-                            retry_after: Some(now),
-                            ..
-                        },
-                    ) => now < had,
-                    _ => true,
-                };
-                if sooner {
-                    busy = Some((url, e));
+                // The busy server that asked for the shortest wait.
+                if busy.as_ref().is_none_or(|(had, ..)| wait < *had) {
+                    busy = Some((wait, url, e));
                 }
             }
             Err(e) => {
@@ -747,7 +732,7 @@ pub async fn connect_any(
             }
         }
     }
-    if let Some((url, e)) = busy {
+    if let Some((_, url, e)) = busy {
         return (url, Err(e));
     }
     last.unwrap_or_else(|| {
