@@ -16,7 +16,7 @@
 //! condition keeps the scheduler away meanwhile.
 
 use super::node_status::{measure, Measured};
-use super::pods::{NodeCtx, LABEL_UID};
+use super::pods::{containers_of, sandboxes_of, NodeCtx, LABEL_UID};
 use super::settings::{Settings, Threshold};
 use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
@@ -198,15 +198,12 @@ pub fn message(m: &Met, victim: &Usage) -> String {
     out
 }
 
-/// Sum of the containers' requests of `resource`, in bytes.
+/// The container's request of `resource`, in bytes.
 fn requested(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> u64 {
     c.resources
         .as_ref()
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get(resource))
-        .and_then(|q| crate::quantity::milli(&q.0))
-        .map(|m| (m.max(0) / 1000) as u64)
-        .unwrap_or(0)
+        .and_then(|r| super::resources::quantity(&r.requests, resource))
+        .map_or(0, |m| (m.max(0) / 1000) as u64)
 }
 
 /// Bytes and inodes under `dir` (not following links; another
@@ -298,10 +295,6 @@ async fn usages(cri_: &Cri, node: &NodeCtx, pods: &[&Pod], signal: Signal) -> Ve
         .map(|p| {
             let uid = uid_of(p);
             let spec = p.spec.clone().unwrap_or_default();
-            let resource = match signal {
-                Signal::Memory => "memory",
-                _ => "ephemeral-storage",
-            };
             let containers: Vec<(String, u64, u64)> = spec
                 .containers
                 .iter()
@@ -315,9 +308,10 @@ async fn usages(cri_: &Cri, node: &NodeCtx, pods: &[&Pod], signal: Signal) -> Ve
                         Signal::NodeFs => layer,
                         Signal::NodeFsInodes => layer_inodes,
                     };
+                    // Nobody requests inodes.
                     let req = match signal {
                         Signal::NodeFsInodes => 0,
-                        _ => requested(c, resource),
+                        _ => requested(c, signal.resource()),
                     };
                     (c.name.clone(), used, req)
                 })
@@ -392,21 +386,11 @@ async fn evict(
     );
     let mut rt = cri_.runtime.clone();
     let e = |s: tonic::Status| s.message().to_string();
-    let selector: HashMap<String, String> = [(LABEL_UID.to_string(), uid.clone())].into();
-    let containers = rt
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: selector.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(e)?
-        .into_inner()
-        .containers;
     // The dead containers stay, as upstream's do, so the status shows how
     // they ended; the pod's deletion removes them.
-    for c in containers
+    for c in containers_of(&mut rt, &uid)
+        .await
+        .map_err(e)?
         .iter()
         .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
     {
@@ -417,18 +401,7 @@ async fn evict(
         .await
         .map_err(e)?;
     }
-    let sandboxes = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter {
-                label_selector: selector,
-                ..Default::default()
-            }),
-        })
-        .await
-        .map_err(e)?
-        .into_inner()
-        .items;
-    for s in sandboxes {
+    for s in sandboxes_of(&mut rt, &uid).await.map_err(e)? {
         rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: s.id,
         })

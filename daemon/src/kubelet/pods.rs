@@ -308,10 +308,14 @@ impl Seen {
     }
 }
 
-type Runtime = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+pub(super) type Runtime =
+    cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
 /// The containers of the pod with `uid`, every attempt.
-async fn containers_of(rt: &mut Runtime, uid: &str) -> Result<Vec<cri::Container>, tonic::Status> {
+pub(super) async fn containers_of(
+    rt: &mut Runtime,
+    uid: &str,
+) -> Result<Vec<cri::Container>, tonic::Status> {
     let filter = cri::ContainerFilter {
         label_selector: labels(&[(LABEL_UID, uid)]),
         ..Default::default()
@@ -323,7 +327,10 @@ async fn containers_of(rt: &mut Runtime, uid: &str) -> Result<Vec<cri::Container
 }
 
 /// The sandboxes of the pod with `uid`.
-async fn sandboxes_of(rt: &mut Runtime, uid: &str) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
+pub(super) async fn sandboxes_of(
+    rt: &mut Runtime,
+    uid: &str,
+) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
     let filter = cri::PodSandboxFilter {
         label_selector: labels(&[(LABEL_UID, uid)]),
         ..Default::default()

@@ -11,7 +11,8 @@ const CPU_PERIOD: i64 = 100_000;
 
 pub use crate::quantity::milli;
 
-fn quantity(
+/// A quantity from a requests or limits map, in thousandths.
+pub fn quantity(
     map: &Option<
         std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     >,
