@@ -272,17 +272,13 @@ pub async fn run(
             }
             // Being evicted: left alone until its status says Failed, or
             // this pass would start it again.
-            {
-                let mut ev = evicting.lock().expect("evicting");
-                if ev.contains(&uid) {
-                    let failed =
-                        pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
-                    if !failed {
-                        continue;
-                    }
-                    ev.remove(&uid);
-                }
+            let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+            let mut ev = evicting.lock().expect("evicting");
+            if !failed && ev.contains(&uid) {
+                continue;
             }
+            ev.remove(&uid);
+            drop(ev);
             let st = tracked.remove(&uid).unwrap_or_default();
             work.push((uid, pod, st));
         }

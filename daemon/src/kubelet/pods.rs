@@ -1061,17 +1061,12 @@ fn status(
     ];
     // Conditions others own (DisruptionTarget from an eviction or the
     // taint manager) are carried over: a merge patch replaces the list.
-    conditions.extend(
-        old_conditions
-            .iter()
-            .filter(|c| {
-                !matches!(
-                    c.type_.as_str(),
-                    "Initialized" | "Ready" | "ContainersReady" | "PodScheduled"
-                )
-            })
-            .filter_map(|c| serde_json::to_value(c).ok()),
-    );
+    let others: Vec<Value> = old_conditions
+        .iter()
+        .filter(|c| !conditions.iter().any(|own| own["type"] == c.type_.as_str()))
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    conditions.extend(others);
     let mut out = json!({
         "phase": phase,
         "conditions": conditions,
