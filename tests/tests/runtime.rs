@@ -1124,3 +1124,164 @@ fn disk_pressure_evicts_the_pod_using_the_most_disk() {
     assert_eq!(ev["source"]["component"], "kubelet");
     delete_all(&k, &["quiet", "filler"]);
 }
+
+/// A one-layer image tagged `name` whose layer is busybox plus `extra`
+/// bytes of filler; its config differs by `name`, so each is an image of
+/// its own even where the layers are shared.
+fn image_archive(name: &str, extra: usize) -> Vec<u8> {
+    use rk3sd::runtime::images::{docker_archive, LayerFile, LayerLink};
+    let bin = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    // Not zeros: nothing along the way may store it sparse.
+    let filler: Vec<u8> = (0..extra).map(|i| (i % 251) as u8).collect();
+    let mut files = vec![LayerFile {
+        path: "bin/busybox",
+        data: &bin,
+        mode: 0o755,
+    }];
+    if extra > 0 {
+        files.push(LayerFile {
+            path: "filler",
+            data: &filler,
+            mode: 0o644,
+        });
+    }
+    let links: Vec<LayerLink> = ["sh", "sleep", "dd"]
+        .iter()
+        .map(|l| LayerLink {
+            path: Box::leak(format!("bin/{l}").into_boxed_str()),
+            target: "busybox",
+        })
+        .collect();
+    docker_archive(name, &files, &links, &[], &["echo", name]).unwrap()
+}
+
+/// The image names containerd at `socket` holds (namespace k8s.io).
+fn image_names(socket: &std::path::Path) -> Vec<String> {
+    ctr(socket, &["images", "ls", "-q"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A node whose images live on a 128 MiB tmpfs (about 10 % used) runs
+/// a pod of an image imported by hand (not pinned). A 20 MiB image, also
+/// not pinned, takes it to about 40 %, and then the pod writes 30 MiB into
+/// its emptyDir: about 65 %. Whatever `kubelet_args` make the kubelet
+/// remove unused images at that point must remove that image and only
+/// it: the air-gap image (pinned, used by no container), the pause image
+/// and the pod's image stay, and the pod keeps running, not evicted.
+/// Nothing crosses a threshold while `ctr` imports, so no image can go
+/// half-imported (`image-minimum-gc-age` is 0). `event`: a warning the
+/// node must have got.
+fn unused_image_goes_and_the_rest_stays(cidr: &str, kubelet_args: &[&str], event: Option<&str>) {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    let _fs = Tmpfs::mount(&dir.join("data/agent"), "128m");
+    let mut args = vec![
+        "--cluster-cidr",
+        cidr,
+        "--kubelet-arg=image-minimum-gc-age=0s",
+    ];
+    args.extend_from_slice(kubelet_args);
+    let (server, _containers, k) = ready_node(&dir, &args);
+    let socket = rk3sd::runtime::containerd::Paths::new(&dir.join("data")).socket;
+    let import = |name: &str, extra: usize| {
+        let file = t
+            .path()
+            .join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        std::fs::write(&file, image_archive(name, extra)).unwrap();
+        ctr(&socket, &["images", "import", file.to_str().unwrap()]);
+        std::fs::remove_file(&file).unwrap();
+    };
+    let used = "docker.io/library/used:1";
+    let big = "docker.io/library/big:1";
+    import(used, 0);
+    import(big, 20 << 20);
+    let user = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+        "spec": {"nodeName": "server-0", "hostNetwork": true, "terminationGracePeriodSeconds": 2,
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": used, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1M count=30; sleep 3600"],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}
+    });
+    let f = t.path().join("user.json");
+    std::fs::write(&f, user.to_string()).unwrap();
+    k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let gone = wait_for(Duration::from_secs(60), || {
+        let names = image_names(&socket);
+        (!names.iter().any(|n| n == big)).then_some(names)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the unused image was not removed: {:?}\n{}",
+            image_names(&socket),
+            server.log()
+        )
+    });
+    for kept in [
+        "docker.io/library/busybox:test",
+        rk3sd::runtime::images::PAUSE_IMAGE,
+        used,
+    ] {
+        assert!(
+            gone.iter().any(|n| n == kept),
+            "{kept} was removed: {gone:?}"
+        );
+    }
+    wait_ready(&k, &server, "user");
+    // Past a few more passes: nothing else goes, the pod stays.
+    std::thread::sleep(Duration::from_secs(3));
+    let pod: Value = serde_json::from_str(&k.ok(&["get", "pod", "user", "-o", "json"])).unwrap();
+    assert_eq!(pod["status"]["phase"], "Running", "{}", pod["status"]);
+    assert!(pod["status"]["reason"].is_null(), "{}", pod["status"]);
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{}",
+        pod["status"]
+    );
+    assert_eq!(image_names(&socket).len(), gone.len(), "{gone:?}");
+    if let Some(reason) = event {
+        let events: Value = serde_json::from_str(&k.ok(&["get", "events", "-o", "json"])).unwrap();
+        let ev = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["reason"] == reason)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {reason} event: {events}"));
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["involvedObject"]["kind"], "Node");
+        assert_eq!(ev["involvedObject"]["name"], "server-0");
+        assert_eq!(ev["source"]["component"], "kubelet");
+    }
+}
+
+#[test]
+fn image_gc_removes_unused_unpinned_images_over_the_high_threshold() {
+    // Down to 40 % would need more than the 20 MiB image: it goes, and
+    // the node is told the rest could not be found.
+    unused_image_goes_and_the_rest_stays(
+        "10.63.0.0/16",
+        &[
+            "--kubelet-arg=image-gc-high-threshold=50",
+            "--kubelet-arg=image-gc-low-threshold=40",
+            "--kubelet-arg=image-gc-period=1s",
+        ],
+        Some("FreeDiskSpaceFailed"),
+    );
+}
+
+#[test]
+fn disk_pressure_removes_unused_images_before_evicting_pods() {
+    // Periodic GC off: only the eviction loop's reclaim can remove it.
+    unused_image_goes_and_the_rest_stays(
+        "10.64.0.0/16",
+        &[
+            "--kubelet-arg=image-gc-high-threshold=100",
+            "--kubelet-arg=eviction-hard=nodefs.available<45%",
+            "--kubelet-arg=housekeeping-interval=1s",
+        ],
+        None,
+    );
+}

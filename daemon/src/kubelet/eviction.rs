@@ -7,6 +7,8 @@
 //! resource than they requested first, then lower priority, then (memory)
 //! the most used above the request or (disk) the most used. Critical pods
 //! (priority of `system-cluster-critical` and above) are never picked.
+//! Under a disk signal, unused images are removed first (`image_gc`'s
+//! rules) and a pod is evicted only if that was not enough.
 //!
 //! An evicted pod is not deleted: its containers are killed at once (hard
 //! thresholds have no grace period), its sandbox stopped and its volumes
@@ -457,6 +459,8 @@ pub struct Evictor {
     pub settings: Settings,
     pub evicting: Evicting,
     pub observed: Arc<Observed>,
+    /// For the node-level reclaim before a disk eviction.
+    pub images: Arc<super::image_gc::ImageGc>,
 }
 
 /// The eviction loop (see the module's comment). `pods` gives the pods
@@ -473,6 +477,7 @@ pub async fn run(
         settings,
         evicting,
         observed,
+        images,
     } = ev;
     loop {
         tokio::select! {
@@ -484,9 +489,27 @@ pub async fn run(
         for (signal, ..) in &met {
             observed.saw(signal.condition());
         }
-        let Some(worst) = met.into_iter().next() else {
+        let Some(mut worst) = met.into_iter().next() else {
             continue;
         };
+        // Disk: unused images go before any pod, and a pod is evicted only
+        // if the threshold still holds after (upstream's node-level reclaim).
+        if worst.0 != Signal::Memory {
+            match images.delete_unused().await {
+                Ok(0) => {}
+                Ok(freed) => {
+                    tracing::info!(freed, "under disk pressure: removed unused images");
+                    let after = signals_met(&measure(&node.pods_root), &settings);
+                    match after.into_iter().next() {
+                        Some(still) => worst = still,
+                        None => continue,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "under disk pressure: removing unused images failed")
+                }
+            }
+        }
         let all = pods();
         let skip = evicting.lock().expect("evicting").clone();
         let chosen = candidates(&all, &skip);

@@ -8,10 +8,13 @@
 //! deleted is stopped in a task of its own (its grace period), torn down,
 //! and then deleted for good by the kubelet, as upstream's does; sandboxes
 //! of pods that no longer exist are removed. Under a hard eviction
-//! threshold, pods are evicted one at a time (`eviction`).
+//! threshold, unused images are removed first and then pods are evicted
+//! one at a time (`eviction`); unused images are also collected when the
+//! image filesystem fills up (`image_gc`).
 
 pub mod eviction;
 pub mod hooks;
+pub mod image_gc;
 pub mod logs;
 pub mod node_status;
 pub mod pods;
@@ -215,6 +218,18 @@ pub async fn run(
         cancel.child_token(),
     ));
     let node = Arc::new(node);
+    let images = Arc::new(image_gc::ImageGc::new(
+        cri_.clone(),
+        p.cri_socket.clone(),
+        &p.settings,
+    ));
+    tokio::spawn(image_gc::run(
+        images.clone(),
+        api.clone(),
+        p.node.clone(),
+        p.settings.image_gc_period,
+        cancel.child_token(),
+    ));
     let evicting = eviction::Evicting::default();
     let watched = desired.clone();
     let evictor = eviction::Evictor {
@@ -224,6 +239,7 @@ pub async fn run(
         settings: p.settings.clone(),
         evicting: evicting.clone(),
         observed,
+        images,
     };
     tokio::spawn(eviction::run(
         evictor,

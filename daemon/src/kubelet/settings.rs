@@ -76,6 +76,16 @@ pub struct Settings {
     /// crossed the threshold (`eviction-pressure-transition-period`, 5m),
     /// so a node does not flap in and out of pressure.
     pub pressure_transition_period: Duration,
+    /// Image GC starts once the image filesystem is this full, in percent
+    /// (`image-gc-high-threshold`, 85; 100 turns it off)...
+    pub image_gc_high: u8,
+    /// ...and removes images until it is back to this (`image-gc-low-threshold`, 80).
+    pub image_gc_low: u8,
+    /// Images first seen more recently are kept (`image-minimum-gc-age`, 2m).
+    pub image_min_age: Duration,
+    /// How often image GC runs: upstream's fixed `ImageGCPeriod` (5m),
+    /// a setting here so tests need not wait (`image-gc-period`).
+    pub image_gc_period: Duration,
 }
 
 impl Default for Settings {
@@ -90,6 +100,10 @@ impl Default for Settings {
             eviction: Eviction::default(),
             housekeeping_interval: Duration::from_secs(10),
             pressure_transition_period: Duration::from_secs(300),
+            image_gc_high: 85,
+            image_gc_low: 80,
+            image_min_age: Duration::from_secs(120),
+            image_gc_period: Duration::from_secs(300),
         }
     }
 }
@@ -106,7 +120,17 @@ pub const NAMES: &[&str] = &[
     "eviction-hard",
     "housekeeping-interval",
     "eviction-pressure-transition-period",
+    "image-gc-high-threshold",
+    "image-gc-low-threshold",
+    "image-minimum-gc-age",
+    "image-gc-period",
 ];
+
+fn percent(name: &str, v: &str) -> Result<u8, String> {
+    v.parse().ok().filter(|p| *p <= 100).ok_or_else(|| {
+        format!("{name}: {v:?} must be a whole percentage between 0 and 100, inclusive")
+    })
+}
 
 fn bytes(name: &str, v: &str) -> Result<u64, String> {
     milli(v)
@@ -227,6 +251,14 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
             "eviction-pressure-transition-period" => {
                 s.pressure_transition_period = duration(name, v)?
             }
+            "image-gc-high-threshold" => s.image_gc_high = percent(name, v)?,
+            "image-gc-low-threshold" => s.image_gc_low = percent(name, v)?,
+            // Zero is allowed: any unused image may go.
+            "image-minimum-gc-age" => {
+                s.image_min_age = humantime::parse_duration(v)
+                    .map_err(|_| format!("{name}: {v:?} is not a duration (like 2m or 0s)"))?
+            }
+            "image-gc-period" => s.image_gc_period = duration(name, v)?,
             other => {
                 return Err(format!(
                     "unknown kubelet setting {other:?}; rk3s takes {}",
@@ -236,6 +268,12 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
         }
     }
     s.reserved = reserved_seen;
+    if s.image_gc_low >= s.image_gc_high {
+        return Err(format!(
+            "image-gc-low-threshold ({}) must be less than image-gc-high-threshold ({})",
+            s.image_gc_low, s.image_gc_high
+        ));
+    }
     Ok(s)
 }
 
@@ -253,6 +291,8 @@ mod tests {
         assert_eq!(s.log_max_size, 10 << 20);
         assert_eq!(s.log_max_files, 5);
         assert_eq!(s.max_pods, 110);
+        assert_eq!((s.image_gc_high, s.image_gc_low), (85, 80));
+        assert_eq!(s.image_min_age, Duration::from_secs(120));
         assert_eq!(
             s.eviction.memory_available,
             Some(Threshold::Bytes(100 << 20))
@@ -278,8 +318,24 @@ mod tests {
         assert_eq!(s.eviction.memory_available, Some(Threshold::Bytes(1 << 30)));
         assert_eq!(s.eviction.nodefs_available, Some(Threshold::Fraction(0.05)));
         assert_eq!(s.eviction.nodefs_inodes_free, None);
+        let g = p(&[
+            "image-gc-high-threshold=70",
+            "image-gc-low-threshold=60",
+            "image-minimum-gc-age=0s",
+            "image-gc-period=1s",
+        ])
+        .unwrap();
+        assert_eq!((g.image_gc_high, g.image_gc_low), (70, 60));
+        assert_eq!(g.image_min_age, Duration::ZERO);
+        assert_eq!(g.image_gc_period, Duration::from_secs(1));
         for (bad, says) in [
-            ("image-gc-high-threshold=80", "unknown kubelet setting"),
+            ("image-gc-hi-threshold=80", "unknown kubelet setting"),
+            ("image-gc-high-threshold=101", "between 0 and 100"),
+            (
+                "image-gc-low-threshold=85",
+                "must be less than image-gc-high-threshold (85)",
+            ),
+            ("image-minimum-gc-age=soon", "image-minimum-gc-age"),
             ("max-pods=lots", "max-pods"),
             ("container-log-max-files=1", "at least 2"),
             ("eviction-hard=memory.available>1Gi", "signal<threshold"),

@@ -248,6 +248,29 @@ pub async fn import(ctr: &Path, socket: &Path, file: &Path) -> Result<Vec<String
     Ok(names)
 }
 
+/// The names of the pinned images (labelled by [`import`]). containerd
+/// 1.6's CRI does not report the label, so image GC asks here.
+pub async fn pinned(ctr: &Path, socket: &Path) -> Result<Vec<String>, String> {
+    let os = std::ffi::OsStr::new;
+    let out = ctr_k8s(
+        ctr,
+        socket,
+        &[
+            os("images"),
+            os("ls"),
+            os("-q"),
+            os(r#"labels."io.cri-containerd.pinned"==pinned"#),
+        ],
+    )
+    .await?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
