@@ -6,7 +6,7 @@
 //! taints are tolerated, nodeSelector and required node affinity match,
 //! the pods' requests fit the allocatable cpu, memory and pod count, the
 //! host ports are free, required pod (anti-)affinity holds. Scores: least
-//! requested resources, preferred node affinity weights, and fewest pods
+//! requested resources (upstream's non-zero requests), preferred node affinity weights, and fewest pods
 //! of the same owner (replicas spread). The queue is ordered by priority,
 //! then age. An unschedulable pod gets PodScheduled=False with upstream's
 //! message (`0/3 nodes are available: ...`) and a FailedScheduling Event,
@@ -46,6 +46,9 @@ const RETRY: Duration = Duration::from_secs(5);
 struct Usage<'a> {
     cpu_milli: i128,
     memory: i128,
+    /// What scoring counts of the same pods (see `nonzero_requests`).
+    scored_cpu_milli: i128,
+    scored_memory: i128,
     pods: i64,
     ports: HashSet<(String, i32, String)>,
     /// Pods there: namespace and labels, for pod (anti-)affinity.
@@ -62,6 +65,9 @@ impl<'a> Usage<'a> {
         let (cpu, mem) = requests(p);
         self.cpu_milli += cpu;
         self.memory += mem;
+        let (cpu, mem) = nonzero_requests(p);
+        self.scored_cpu_milli += cpu;
+        self.scored_memory += mem;
         self.pods += 1;
         self.ports.extend(host_ports(p));
         self.placed.push((
@@ -88,13 +94,30 @@ struct Candidate {
 /// cpu (milli) and memory (bytes) a pod asks for: the larger of its
 /// containers' sum and its largest init container, as upstream counts.
 fn requests(p: &Pod) -> (i128, i128) {
+    pod_requests(p, false)
+}
+
+/// What scoring counts instead (upstream's non-zero requests): 100m cpu
+/// and 200Mi memory for each container that asks for none, so pods that
+/// ask for nothing still spread over the nodes.
+fn nonzero_requests(p: &Pod) -> (i128, i128) {
+    pod_requests(p, true)
+}
+
+fn pod_requests(p: &Pod, nonzero: bool) -> (i128, i128) {
     let get = |c: &k8s_openapi::api::core::v1::Container, k: &str| -> i128 {
-        c.resources
+        let v = c
+            .resources
             .as_ref()
             .and_then(|r| r.requests.as_ref())
             .and_then(|m| m.get(k))
             .and_then(|q| milli(&q.0))
-            .unwrap_or(0)
+            .unwrap_or(0);
+        match (nonzero && v == 0, k) {
+            (true, "cpu") => 100,
+            (true, _) => (200 << 20) * 1000,
+            (false, _) => v,
+        }
     };
     let Some(spec) = p.spec.as_ref() else {
         return (0, 0);
@@ -376,10 +399,7 @@ fn unfit(
 fn score(p: &Pod, c: &Candidate, usage: &HashMap<String, Usage<'_>>) -> i128 {
     let none = Usage::default();
     let used = usage.get(&c.name).unwrap_or(&none);
-    let (cpu, mem) = requests(p);
-    // Upstream counts 100m/200Mi for a container that asks for nothing.
-    let cpu = if cpu == 0 { 100 } else { cpu };
-    let mem = if mem == 0 { 200 << 20 } else { mem };
+    let (cpu, mem) = nonzero_requests(p);
     let free = |used: i128, alloc: i128| {
         if alloc <= 0 {
             0
@@ -387,8 +407,9 @@ fn score(p: &Pod, c: &Candidate, usage: &HashMap<String, Usage<'_>>) -> i128 {
             ((alloc - used).max(0) * 100) / alloc
         }
     };
-    let least =
-        (free(used.cpu_milli + cpu, c.alloc_cpu) + free(used.memory + mem, c.alloc_memory)) / 2;
+    let least = (free(used.scored_cpu_milli + cpu, c.alloc_cpu)
+        + free(used.scored_memory + mem, c.alloc_memory))
+        / 2;
     let preferred: i128 = p
         .spec
         .as_ref()
@@ -903,6 +924,30 @@ mod tests {
         );
         let (third, _) = owned("o3", "rs-2");
         assert!(score(&third, &nodes[0], &usage) > score(&third, &nodes[1], &usage));
+    }
+
+    #[test]
+    fn pods_that_request_nothing_still_spread() {
+        let nodes = [node("a", "4", json!({})), node("b", "4", json!({}))];
+        let bare = |name: &str| {
+            let v = json!({"metadata": {"name": name, "namespace": "d"},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}});
+            (pod(v.clone()), v)
+        };
+        let (first, v1) = bare("p1");
+        let mut usage = HashMap::new();
+        usage
+            .entry("a".to_string())
+            .or_insert_with(Usage::default)
+            .add(&first, &v1);
+        let (next, _) = bare("p2");
+        assert!(
+            score(&next, &nodes[1], &usage) > score(&next, &nodes[0], &usage),
+            "a node holding a pod that asks for nothing still scores lower"
+        );
+        // Fitting still counts real requests only: nothing.
+        assert_eq!(usage["a"].cpu_milli, 0);
+        assert_eq!(usage["a"].scored_cpu_milli, 100);
     }
 
     #[test]
