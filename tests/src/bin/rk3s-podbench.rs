@@ -3,22 +3,29 @@
 //!
 //! cargo build --release --workspace
 //! target/release/rk3s-podbench [--pods 30] [--many 100] [--idle-secs 30]
+//!                               [--agents 2] [--across 100]
 //!
 //! A server without a node (`--disable-agent`) and one agent running
 //! containerd, so the agent process is the kubelet (plus its tunnel and
 //! load balancer). In the same run:
 //! 1. baseline: `ctr run -d` of the same image in the agent's containerd,
-//!    `--pods` times one after the other (no sandbox, no network);
+//!    `--pods` times one after the other, then as many at once (no
+//!    sandbox, no network);
 //! 2. pods one after the other: create → Running, as the pod watch sees it;
 //! 3. a burst: `--pods` pods created at once, each create → Running;
 //! 4. the agent's RSS with no pods and with `--many` pods running, and its
-//!    CPU over `--idle-secs` with `--pods` pods running.
+//!    CPU over `--idle-secs` with `--pods` pods running;
+//! 5. across nodes: network-namespace hosts, a server that is a node and
+//!    `--agents` agents; `--across` pods created at once next to as many
+//!    `ctr run -d` at once over the same containerds (`--agents 0` skips).
 
+use rk3s_tests::netns::Net;
 use rk3s_tests::pods::{ctr, with_busybox, Containers};
 use rk3s_tests::{arg, cpu_secs, Agent, Server, WatchEvents, RUNTIME};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -41,10 +48,11 @@ fn pod(name: &str) -> Value {
                 "command": ["sleep", "3600"]}]}})
 }
 
-/// When each pod was first seen Running, from one watch.
+/// When each pod was first seen Running, and on which node, from one watch.
 #[derive(Default)]
 struct Running {
     at: Mutex<HashMap<String, Instant>>,
+    node: Mutex<HashMap<String, String>>,
     changed: Notify,
 }
 
@@ -61,6 +69,8 @@ async fn follow(http: reqwest::Client, base: String, running: Arc<Running>) {
         let o = &ev["object"];
         if o["status"]["phase"] == "Running" {
             let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let node = o["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+            running.node.lock().unwrap().insert(name.clone(), node);
             running
                 .at
                 .lock()
@@ -128,6 +138,51 @@ async fn delete_all(http: &reqwest::Client, base: &str) {
     }
 }
 
+/// `count` `ctr run -d` started at once, spread over the containerds at
+/// `sockets`: each one's time, then they are removed.
+fn ctr_at_once(sockets: &[PathBuf], count: usize) -> Vec<Duration> {
+    let threads: Vec<_> = (0..count)
+        .map(|i| {
+            let socket = sockets[i % sockets.len()].clone();
+            std::thread::spawn(move || {
+                let id = format!("bench-ctr-{i}");
+                let t0 = Instant::now();
+                ctr(
+                    &socket,
+                    &["run", "-d", "--null-io", IMAGE, &id, "sleep", "3600"],
+                );
+                t0.elapsed()
+            })
+        })
+        .collect();
+    let lat = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    ctr_remove(sockets, count);
+    lat
+}
+
+/// Kill and remove `bench-ctr-0..count`, spread over `sockets` as
+/// [`ctr_at_once`] spreads them.
+fn ctr_remove(sockets: &[PathBuf], count: usize) {
+    let socket = |i: usize| &sockets[i % sockets.len()];
+    for i in 0..count {
+        ctr(
+            socket(i),
+            &["task", "kill", "-s", "KILL", &format!("bench-ctr-{i}")],
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..count {
+        let id = format!("bench-ctr-{i}");
+        // Already gone once its process was reaped; that is fine.
+        let _ = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(socket(i))
+            .args(["--namespace", "k8s.io", "task", "rm", "-f", &id])
+            .output();
+        ctr(socket(i), &["container", "rm", &id]);
+    }
+}
+
 /// Resident memory of `pid` in KiB: all of it, its anonymous part (heap,
 /// stacks: the process's own), and the file-backed part (mapped code of
 /// the binary and libraries, shared with any other process running them).
@@ -181,8 +236,149 @@ fn containerd_pid(agent_dir: &Path) -> Option<u32> {
         .ok()
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(one_node());
+    drop(rt);
+    let agents: usize = arg("--agents", 2);
+    if agents > 0 {
+        across_nodes(agents, arg("--across", 100));
+    }
+}
+
+/// Move this thread into network namespace `ns`; threads and processes it
+/// starts later are in it too.
+fn enter_netns(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on a descriptor we own; it only changes this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// `count` pods created at once on a cluster of network-namespace hosts:
+/// a server that is a node too and `agents` agents, each with its own
+/// containerd and pod CIDR, next to `count` `ctr run -d` at once spread
+/// over the same containerds.
+fn across_nodes(agents: usize, count: usize) {
+    let mut net = Net::new();
+    let t = rk3s_tests::tempdir();
+    let server_ns = net.host("s", "10.77.0.11");
+    let sdir = t.path().join("s");
+    with_busybox(&sdir);
+    let server = Server::start_in(
+        Some(&server_ns),
+        &sdir,
+        &[
+            RUNTIME,
+            "--bind-address",
+            "10.77.0.11",
+            "--https-listen-port",
+            "6443",
+            "--node-name",
+            "s",
+            "--kubelet-arg=max-pods=250",
+        ],
+        &[],
+    );
+    let mut nodes = vec![];
+    let mut sockets = vec![sdir.join("data/agent/run/containerd/containerd.sock")];
+    let mut guards = vec![Containers::of(&sdir.join("data"))];
+    for i in 0..agents {
+        let name = format!("n{i}");
+        let ns = net.host(&name, &format!("10.77.0.{}", 21 + i));
+        let dir = t.path().join(&name);
+        with_busybox(&dir);
+        sockets.push(dir.join("data/agent/run/containerd/containerd.sock"));
+        guards.push(Containers::of(&dir.join("data")));
+        nodes.push(Agent::start_in(
+            Some(&ns),
+            &dir,
+            &name,
+            vec![
+                RUNTIME.into(),
+                "--server".into(),
+                "https://10.77.0.11:6443".into(),
+                "--token-file".into(),
+                server.token_file().display().to_string(),
+                "--node-name".into(),
+                name.clone(),
+                "--kubelet-arg=max-pods=250".into(),
+            ],
+            &[],
+        ));
+    }
+    for name in std::iter::once("s".to_string()).chain((0..agents).map(|i| format!("n{i}"))) {
+        assert!(
+            server.wait_status(&name, "Ready", Duration::from_secs(180)),
+            "node {name} never became Ready:\n{}",
+            server.log()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let ctr_lat = ctr_at_once(&sockets, count);
+
+    // The API is on the server host's address: talk to it from there.
+    let http = server.admin_http();
+    let pids: Vec<u32> = nodes.iter().map(Agent::pid).collect();
+    let (pods, total, spread, rss) = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&server_ns);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let base = "https://10.77.0.11:6443".to_string();
+                let running = Arc::new(Running::default());
+                let watch = tokio::spawn(follow(http.clone(), base.clone(), running.clone()));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let names: Vec<String> = (0..count).map(|i| format!("across-{i}")).collect();
+                let t0 = Instant::now();
+                let mut starts = HashMap::new();
+                for name in &names {
+                    starts.insert(name.clone(), create(&http, &base, name).await);
+                }
+                until_running(&running, &names).await;
+                let total = t0.elapsed();
+                let lat: Vec<Duration> = names
+                    .iter()
+                    .map(|nm| running.at.lock().unwrap()[nm] - starts[nm])
+                    .collect();
+                let mut spread = BTreeMap::new();
+                for node in running.node.lock().unwrap().values() {
+                    *spread.entry(node.clone()).or_insert(0) += 1;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let rss: Vec<String> = pids.iter().map(|p| rss_kib(*p).to_string()).collect();
+                watch.abort();
+                delete_all(&http, &base).await;
+                (lat, total, spread, rss)
+            })
+        })
+        .join()
+        .unwrap()
+    });
+    println!(
+        "{count} pods at once across {} nodes (per node: {spread:?}):",
+        agents + 1
+    );
+    println!(
+        "  ctr run -d, {count} at once   p50 {:7.1}  p99 {:7.1}",
+        pct(&ctr_lat, 0.5),
+        pct(&ctr_lat, 0.99)
+    );
+    println!(
+        "  pods, {count} at once         p50 {:7.1}  p99 {:7.1}  all Running after {:.1} s  ratio p99 {:.2}x",
+        pct(&pods, 0.5),
+        pct(&pods, 0.99),
+        total.as_secs_f64(),
+        pct(&pods, 0.99) / pct(&ctr_lat, 0.99)
+    );
+    println!("  agents' RSS with the pods running: {}", rss.join("; "));
+    drop(guards);
+}
+
+async fn one_node() {
     let n: usize = arg("--pods", 30);
     let many: usize = arg("--many", 100);
     let idle_secs: u64 = arg("--idle-secs", 30);
@@ -210,7 +406,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle = rss_kib(agent.pid());
 
-    // 1. ctr run, one after the other.
+    // 1. ctr run, one after the other, then the same number at once.
     let mut ctr_lat = Vec::new();
     for i in 0..n {
         let id = format!("bench-ctr-{i}");
@@ -221,20 +417,8 @@ async fn main() {
         );
         ctr_lat.push(t0.elapsed());
     }
-    for i in 0..n {
-        let id = format!("bench-ctr-{i}");
-        ctr(&socket, &["task", "kill", "-s", "KILL", &id]);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for i in 0..n {
-        let id = format!("bench-ctr-{i}");
-        let _ = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args(["--namespace", "k8s.io", "task", "rm", "-f", &id])
-            .output();
-        ctr(&socket, &["container", "rm", &id]);
-    }
+    ctr_remove(std::slice::from_ref(&socket), n);
+    let ctr_burst = ctr_at_once(std::slice::from_ref(&socket), n);
 
     let http = server.admin_http();
     let base = server.url();
@@ -295,6 +479,11 @@ async fn main() {
         pct(&ctr_lat, 0.99)
     );
     println!(
+        "  ctr run -d, {n} at once     p50 {:7.1}  p99 {:7.1}",
+        pct(&ctr_burst, 0.5),
+        pct(&ctr_burst, 0.99)
+    );
+    println!(
         "  pods one at a time        p50 {:7.1}  p99 {:7.1}  ratio p50 {:.2}x",
         pct(&seq, 0.5),
         pct(&seq, 0.99),
@@ -305,6 +494,10 @@ async fn main() {
         pct(&burst, 0.5),
         pct(&burst, 0.99),
         burst_total.as_secs_f64()
+    );
+    println!(
+        "  burst ratio p99 {:.2}x of ctr's burst",
+        pct(&burst, 0.99) / pct(&ctr_burst, 0.99)
     );
     println!(
         "{many} pods created at once: all Running after {:.1} s",
