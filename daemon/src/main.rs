@@ -6,6 +6,28 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc reserves a 1 GiB arena at the first allocation and on Linux
+/// commits it at once; what is freed in it then stays resident while the
+/// process idles (an idle agent: 15 MiB of anonymous memory, 3 MiB with
+/// commit on demand; docs/benchmarks.md). The option counts only before
+/// that first allocation, which Rust's runtime makes before `main`, so it
+/// is set from an ELF constructor. `MIMALLOC_ARENA_EAGER_COMMIT` in the
+/// environment still wins.
+#[used]
+#[link_section = ".init_array"]
+static ARENA_COMMIT_ON_DEMAND: extern "C" fn() = {
+    extern "C" fn commit_on_demand() {
+        // mimalloc's `mi_option_arena_eager_commit` (mimalloc.h); the
+        // bindings leave it out.
+        const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            // SAFETY: sets an option value; runs before any allocation.
+            unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+        }
+    }
+    commit_on_demand
+};
+
 fn main() -> std::process::ExitCode {
     rk3sd::hide_secret_args();
     rk3sd::raise_nofile_limit();
