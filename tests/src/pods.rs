@@ -29,6 +29,17 @@ impl Drop for Containers {
         };
         // The node's kubelet may still be running and restart what was
         // killed: a few rounds, until nothing is left.
+        // Sandboxes' network namespaces: containerd removes them only when
+        // the sandbox is stopped through CRI, which a test's end does not
+        // do, so they would pile up in /run/netns.
+        let mut netns = std::collections::BTreeSet::new();
+        if let Ok(o) = run(&["containers", "ls", "-q"]) {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                if let Ok(o) = run(&["containers", "info", id]) {
+                    netns.extend(cni_netns(&String::from_utf8_lossy(&o.stdout)));
+                }
+            }
+        }
         for _ in 0..3 {
             let Ok(o) = run(&["tasks", "ls", "-q"]) else {
                 return;
@@ -48,6 +59,12 @@ impl Drop for Containers {
                 let _ = run(&["tasks", "delete", "--force", id]);
                 let _ = run(&["containers", "delete", id]);
             }
+        }
+        netns.extend(kill_orphaned_shims(&self.0));
+        for name in netns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &name])
+                .output();
         }
         // Its pod network's bridge (named after the data dir: one per test).
         if let Some(data_dir) = self.0.ancestors().nth(4) {
@@ -77,6 +94,79 @@ impl Drop for Containers {
             }
         }
     }
+}
+
+/// Shims of the containerd at `socket` that are still running: after the
+/// test killed that containerd's agent (and with it containerd), nothing
+/// can stop them through it. Their processes are killed; returns the CNI
+/// network namespaces those processes were in.
+fn kill_orphaned_shims(socket: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let needle = format!("-address {}", socket.display());
+    let pids = |dir: &str| -> Vec<u32> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let named: Vec<(u64, String)> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_str()?.to_string();
+                    let ino = std::fs::metadata(e.path()).ok()?.ino();
+                    name.starts_with("cni-").then_some((ino, name))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    for pid in pids("/proc") {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains("containerd-shim") || !cmd.contains(&needle) {
+            continue;
+        }
+        for tid in pids(&format!("/proc/{pid}/task")) {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+                .unwrap_or_default();
+            for child in children.split_whitespace() {
+                if let Ok(ns) = std::fs::metadata(format!("/proc/{child}/ns/net")) {
+                    found.extend(
+                        named
+                            .iter()
+                            .filter(|(ino, _)| *ino == ns.ino())
+                            .map(|(_, n)| n.clone()),
+                    );
+                }
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", child])
+                    .status();
+            }
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    found
+}
+
+/// Names of the CNI network namespaces (`/run/netns/cni-…`) a container's
+/// `ctr containers info` mentions.
+fn cni_netns(info: &str) -> Vec<String> {
+    info.split("/netns/")
+        .skip(1)
+        .filter_map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            name.starts_with("cni-").then_some(name)
+        })
+        .collect()
 }
 
 /// A busybox image from Debian's busybox-static, as a `docker save` archive.
