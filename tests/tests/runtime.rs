@@ -419,6 +419,36 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     assert!(looping.is_some(), "{}", phase("crash"));
     let table = k.ok(&["get", "pod", "crash"]);
     assert!(table.contains("CrashLoopBackOff"), "{table}");
+    // Only the newest dead container and its log stay (upstream's
+    // MaxPerPodContainer = 1): it is the container's last state.
+    let crash_uid = k.ok(&["get", "pod", "crash", "-o", "jsonpath={.metadata.uid}"]);
+    let socket = rk3sd::runtime::containerd::Paths::new(&dir.join("data")).socket;
+    let logs = std::path::PathBuf::from(format!("/var/log/pods/default_crash_{crash_uid}/c"));
+    let kept = wait_for(Duration::from_secs(10), || {
+        let ids = ctr(
+            &socket,
+            &[
+                "containers",
+                "ls",
+                "-q",
+                // The sandbox has the pod's labels too, not a container name.
+                r#"labels."io.kubernetes.pod.name"==crash,labels."io.kubernetes.container.name"==c"#,
+            ],
+        );
+        let files: Vec<String> = std::fs::read_dir(&logs)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        (ids.lines().count() == 1 && files.len() == 1).then_some(files)
+    });
+    let restarts = phase("crash")["containerStatuses"][0]["restartCount"].clone();
+    assert!(
+        kept.as_ref()
+            .is_some_and(|f| f[0] == format!("{restarts}.log")),
+        "dead containers or logs kept after {restarts} restarts: {kept:?}, {:?}",
+        std::fs::read_dir(&logs).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
     let missing = wait_for(READY, || {
         let s = phase("missing");
         (s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull")

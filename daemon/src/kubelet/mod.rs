@@ -10,8 +10,10 @@
 //! of pods that no longer exist are removed. Under a hard eviction
 //! threshold, unused images are removed first and then pods are evicted
 //! one at a time (`eviction`); unused images are also collected when the
-//! image filesystem fills up (`image_gc`).
+//! image filesystem fills up (`image_gc`), and dead containers after each
+//! pass (`container_gc`).
 
+pub mod container_gc;
 pub mod eviction;
 pub mod hooks;
 pub mod image_gc;
@@ -315,6 +317,9 @@ pub async fn run(
             .collect()
             .await;
         tracked.extend(done);
+        if let Some(l) = &listing {
+            container_gc::collect(&cri_, &node, l).await;
+        }
         if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
             tracked.retain(|u, _| live.contains(u));
             let live: std::collections::HashSet<&String> = live.iter().collect();

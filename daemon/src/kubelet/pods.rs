@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub const LABEL_UID: &str = "io.kubernetes.pod.uid";
-const LABEL_NAME: &str = "io.kubernetes.pod.name";
-const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+pub(super) const LABEL_NAME: &str = "io.kubernetes.pod.name";
+pub(super) const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub(super) const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
 
 /// Upstream's crash-loop back-off: 10 s doubling to 5 min, forgotten after
 /// 10 min of clean running.
@@ -375,6 +375,11 @@ impl Listing {
             }
         }
         Ok(l)
+    }
+
+    /// Every container of this node's pods.
+    pub fn containers(&self) -> impl Iterator<Item = &cri::Container> {
+        self.containers.values().flatten()
     }
 }
 
