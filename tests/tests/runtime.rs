@@ -813,6 +813,22 @@ fn probes_gate_readiness_and_restart_failing_containers() {
         (s["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(s)
     });
     assert!(restarted.is_some(), "{}\n{}", status("dies"), server.log());
+    // Running again, it shows how the attempt before ended (`kubectl
+    // describe pod`'s "Last State").
+    let again = wait_for(Duration::from_secs(60), || {
+        let s = status("dies");
+        let cs = s["containerStatuses"][0].clone();
+        (cs["restartCount"].as_i64()? >= 1 && cs["state"]["running"].is_object()).then_some(cs)
+    })
+    .unwrap_or_else(|| panic!("never running again: {}", status("dies")));
+    let last = &again["lastState"]["terminated"];
+    assert!(
+        last["exitCode"].as_i64().is_some_and(|c| c != 0)
+            && last["finishedAt"].is_string()
+            && last["containerID"].is_string()
+            && last["containerID"] != again["containerID"],
+        "{again}"
+    );
     // The healthy one was never restarted.
     assert_eq!(status("probed")["containerStatuses"][0]["restartCount"], 0);
 

@@ -284,9 +284,11 @@ fn mounts(c: &Container, prepared: &volumes::Prepared) -> Result<Vec<cri::Mount>
         .collect()
 }
 
-/// One container as the runtime has it (its latest attempt).
+/// One container as the runtime has it: its latest attempt, and the one
+/// before when that one exited (the container's `lastState`).
 struct Seen {
     status: cri::ContainerStatus,
+    previous: Option<cri::ContainerStatus>,
 }
 
 impl Seen {
@@ -405,42 +407,57 @@ async fn observe(
         ),
     };
     sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-    let mut latest: BTreeMap<String, cri::Container> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, Vec<cri::Container>> = BTreeMap::new();
     for c in containers {
         let Some(n) = c.labels.get(LABEL_CONTAINER).cloned() else {
             continue;
         };
-        if latest.get(&n).is_none_or(|l| l.created_at < c.created_at) {
-            latest.insert(n, c);
-        }
+        by_name.entry(n).or_default().push(c);
     }
     let mut seen = BTreeMap::new();
     let mut statuses = HashMap::new();
-    for (n, c) in latest {
-        let cached = st
-            .statuses
-            .get(&c.id)
-            .filter(|s| {
-                s.state == c.state && c.state != cri::ContainerState::ContainerCreated as i32
-            })
-            .cloned();
-        let s = match cached {
-            Some(s) => s,
-            None => rt
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: c.id.clone(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .status
-                .unwrap_or_default(),
+    for (n, mut attempts) in by_name {
+        attempts.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        let exited = |c: &&cri::Container| c.state == cri::ContainerState::ContainerExited as i32;
+        let previous = match attempts.get(1).filter(exited) {
+            Some(p) => Some(status_of(&mut rt, p, st, &mut statuses).await?),
+            None => None,
         };
-        statuses.insert(c.id.clone(), s.clone());
-        seen.insert(n, Seen { status: s });
+        let status = status_of(&mut rt, &attempts[0], st, &mut statuses).await?;
+        seen.insert(n, Seen { status, previous });
     }
     st.statuses = statuses;
     Ok((sandboxes, seen))
+}
+
+/// A container's status: the one seen last pass while its state is the
+/// same (a running or exited container's status does not change), else
+/// asked for. Kept in `now` for the next pass.
+async fn status_of(
+    rt: &mut Runtime,
+    c: &cri::Container,
+    st: &Tracked,
+    now: &mut HashMap<String, cri::ContainerStatus>,
+) -> Result<cri::ContainerStatus, tonic::Status> {
+    let cached = st
+        .statuses
+        .get(&c.id)
+        .filter(|s| s.state == c.state && c.state != cri::ContainerState::ContainerCreated as i32)
+        .cloned();
+    let s = match cached {
+        Some(s) => s,
+        None => rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: c.id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .unwrap_or_default(),
+    };
+    now.insert(c.id.clone(), s.clone());
+    Ok(s)
 }
 
 /// The pod's termination grace period in seconds (upstream's default 30).
@@ -933,10 +950,19 @@ async fn start_if_needed(
         })
         .await
     {
+        // The attempt it replaced is now the one before.
+        let previous = seen.get(&c.name).and_then(|old| {
+            if old.exited() {
+                Some(old.status.clone())
+            } else {
+                old.previous.clone()
+            }
+        });
         seen.insert(
             c.name.clone(),
             Seen {
                 status: r.into_inner().status.unwrap_or_default(),
+                previous,
             },
         );
     }
@@ -947,19 +973,24 @@ fn state_of(s: &Seen) -> Value {
     if s.running() {
         json!({"running": {"startedAt": rfc3339_ns(st.started_at)}})
     } else if s.exited() {
-        let reason = if !st.reason.is_empty() {
-            st.reason.clone()
-        } else if st.exit_code == 0 {
-            "Completed".into()
-        } else {
-            "Error".into()
-        };
-        json!({"terminated": {"exitCode": st.exit_code, "reason": reason,
-            "startedAt": rfc3339_ns(st.started_at), "finishedAt": rfc3339_ns(st.finished_at),
-            "containerID": format!("containerd://{}", st.id)}})
+        terminated(st)
     } else {
         json!({"waiting": {"reason": "ContainerCreating"}})
     }
+}
+
+/// An exited container's state as the API shows it.
+fn terminated(st: &cri::ContainerStatus) -> Value {
+    let reason = if !st.reason.is_empty() {
+        st.reason.clone()
+    } else if st.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    json!({"terminated": {"exitCode": st.exit_code, "reason": reason,
+        "startedAt": rfc3339_ns(st.started_at), "finishedAt": rfc3339_ns(st.finished_at),
+        "containerID": format!("containerd://{}", st.id)}})
 }
 
 fn container_statuses(
@@ -992,7 +1023,12 @@ fn container_statuses(
                         v["lastState"] = state_of(p);
                     }
                 }
-                (None, Some(s)) => v["state"] = state_of(s),
+                (None, Some(s)) => {
+                    v["state"] = state_of(s);
+                    if let Some(p) = &s.previous {
+                        v["lastState"] = terminated(p);
+                    }
+                }
                 (None, None) => v["state"] = json!({"waiting": {"reason": "ContainerCreating"}}),
             }
             v
