@@ -98,25 +98,25 @@ fn requests(p: &Pod) -> (i128, i128) {
 }
 
 /// What scoring counts instead (upstream's non-zero requests): 100m cpu
-/// and 200Mi memory for each container that asks for none, so pods that
-/// ask for nothing still spread over the nodes.
+/// and 200Mi memory for each container that leaves the request out, so
+/// pods that ask for nothing still spread over the nodes.
 fn nonzero_requests(p: &Pod) -> (i128, i128) {
     pod_requests(p, true)
 }
 
 fn pod_requests(p: &Pod, nonzero: bool) -> (i128, i128) {
     let get = |c: &k8s_openapi::api::core::v1::Container, k: &str| -> i128 {
-        let v = c
+        let asked = c
             .resources
             .as_ref()
             .and_then(|r| r.requests.as_ref())
-            .and_then(|m| m.get(k))
-            .and_then(|q| milli(&q.0))
-            .unwrap_or(0);
-        match (nonzero && v == 0, k) {
-            (true, "cpu") => 100,
-            (true, _) => (200 << 20) * 1000,
-            (false, _) => v,
+            .and_then(|m| m.get(k));
+        // Only a request left out gets the default; an explicit zero stays.
+        match (asked, nonzero, k) {
+            (Some(q), _, _) => milli(&q.0).unwrap_or(0),
+            (None, true, "cpu") => 100,
+            (None, true, _) => (200 << 20) * 1000,
+            (None, false, _) => 0,
         }
     };
     let Some(spec) = p.spec.as_ref() else {
@@ -948,6 +948,11 @@ mod tests {
         // Fitting still counts real requests only: nothing.
         assert_eq!(usage["a"].cpu_milli, 0);
         assert_eq!(usage["a"].scored_cpu_milli, 100);
+        // An explicit zero is not a left-out request.
+        let zero = pod(json!({"metadata": {"name": "z", "namespace": "d"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"requests": {"cpu": "0", "memory": "0"}}}]}}));
+        assert_eq!(nonzero_requests(&zero), (0, 0));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use k8s_cri::v1 as cri;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,8 @@ pub struct ImageGc {
     low: u8,
     min_age: Duration,
     records: Mutex<HashMap<String, Record>>,
+    /// Whether a detection ran yet.
+    looked: AtomicBool,
 }
 
 impl ImageGc {
@@ -110,20 +113,22 @@ impl ImageGc {
             low: s.image_gc_low,
             min_age: s.image_min_age,
             records: Mutex::default(),
+            looked: AtomicBool::new(false),
         }
     }
 
     /// Names of pinned images: the label, read with `ctr`, and the pause
-    /// image, which every sandbox needs whatever a runtime reports.
-    async fn pinned_names(&self) -> HashSet<String> {
+    /// image, which every sandbox needs whatever a runtime reports. Not
+    /// knowing which images are pinned is an error: nothing is removed.
+    async fn pinned_names(&self) -> Result<HashSet<String>, String> {
         let mut names: HashSet<String> = HashSet::from([PAUSE_IMAGE.to_string()]);
-        if let Some(ctr) = crate::runtime::containerd::which("ctr") {
-            match crate::runtime::images::pinned(&ctr, &self.socket).await {
-                Ok(n) => names.extend(n),
-                Err(e) => tracing::debug!(error = %e, "image GC: pinned labels not readable"),
-            }
-        }
-        names
+        let ctr = crate::runtime::containerd::which("ctr")
+            .ok_or("ctr (package containerd) is not on PATH: pinned images cannot be told apart")?;
+        let pinned = crate::runtime::images::pinned(&ctr, &self.socket)
+            .await
+            .map_err(|e| format!("reading pinned images: {e}"))?;
+        names.extend(pinned);
+        Ok(names)
     }
 
     /// List images and containers, refresh what is known of each image,
@@ -155,8 +160,16 @@ impl ImageGc {
                 spec.into_iter().chain([c.image_ref.clone()])
             })
             .collect();
-        let pinned = self.pinned_names().await;
+        let pinned = self.pinned_names().await?;
         let mut records = self.records.lock().expect("image records");
+        // Images there before the first look have an unknown age: old
+        // enough (upstream's first detection dates them in the past).
+        let first_look = !self.looked.swap(true, Ordering::Relaxed);
+        let detected = if first_look {
+            now.checked_sub(self.min_age).unwrap_or(now)
+        } else {
+            now
+        };
         records.retain(|id, _| images.iter().any(|i| &i.id == id));
         let mut out = Vec::new();
         for i in &images {
@@ -166,7 +179,7 @@ impl ImageGc {
                     .chain(&i.repo_digests)
             };
             let r = records.entry(i.id.clone()).or_insert(Record {
-                first_detected: now,
+                first_detected: detected,
                 last_used: None,
             });
             if names().any(|n| used.contains(n)) {
@@ -187,9 +200,10 @@ impl ImageGc {
         Ok(out)
     }
 
-    /// Remove unused images until `want` bytes are freed; what was freed.
-    /// A removal that fails is reported with what was freed anyway.
-    async fn free(&self, want: u64) -> Result<u64, String> {
+    /// Remove unused images until `want` bytes are freed: what was freed,
+    /// and the removals that failed (the others still count). An error
+    /// only when the runtime could not be asked.
+    async fn free(&self, want: u64) -> Result<(u64, Option<String>), String> {
         let now = Instant::now();
         let candidates = self.detect(now).await?;
         let mut freed = 0;
@@ -214,19 +228,23 @@ impl ImageGc {
                 Err(s) => errors.push(format!("{}: {}", c.id, s.message())),
             }
         }
-        if errors.is_empty() {
-            Ok(freed)
-        } else {
-            Err(format!(
+        let failed = (!errors.is_empty()).then(|| {
+            format!(
                 "wanted to free {want} bytes, but freed {freed} bytes space with errors in image deletion: {}",
                 errors.join("; ")
-            ))
-        }
+            )
+        });
+        Ok((freed, failed))
     }
 
-    /// Every unused image the rules allow (the eviction loop's reclaim).
+    /// Every unused image the rules allow (the eviction loop's reclaim):
+    /// the bytes freed, failures logged.
     pub async fn delete_unused(&self) -> Result<u64, String> {
-        self.free(u64::MAX).await
+        let (freed, failed) = self.free(u64::MAX).await?;
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "removing unused images under disk pressure");
+        }
+        Ok(freed)
     }
 
     /// Capacity and available bytes of the image filesystem.
@@ -271,7 +289,10 @@ impl ImageGc {
             low = self.low,
             "image filesystem over the high threshold; removing unused images down to the low threshold"
         );
-        let freed = self.free(want).await.map_err(GcError::Runtime)?;
+        let (freed, failed) = self.free(want).await.map_err(GcError::Runtime)?;
+        if let Some(e) = failed {
+            return Err(GcError::Runtime(e));
+        }
         if freed < want {
             return Err(GcError::NotEnough(format!(
                 "Failed to garbage collect required amount of images. Attempted to free {want} bytes, but only found {freed} bytes eligible to free."
@@ -320,10 +341,15 @@ pub async fn run(
         return;
     }
     let mut failed_before = false;
+    let mut first = true;
     loop {
+        // The first pass at once, as upstream's: a node restarted on a
+        // full disk need not wait a period.
+        let wait = if first { Duration::ZERO } else { period };
+        first = false;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         match gc.collect().await {
             Ok(_) => failed_before = false,

@@ -419,8 +419,9 @@ async fn observe(
     for (n, mut attempts) in by_name {
         attempts.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         let exited = |c: &&cri::Container| c.state == cri::ContainerState::ContainerExited as i32;
+        // Only for lastState: failing to read it must not fail the sync.
         let previous = match attempts.get(1).filter(exited) {
-            Some(p) => Some(status_of(&mut rt, p, st, &mut statuses).await?),
+            Some(p) => status_of(&mut rt, p, st, &mut statuses).await.ok(),
             None => None,
         };
         let status = status_of(&mut rt, &attempts[0], st, &mut statuses).await?;

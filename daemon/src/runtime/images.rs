@@ -194,6 +194,8 @@ async fn ctr_k8s(ctr: &Path, socket: &Path, args: &[&std::ffi::OsStr]) -> Result
         .arg(socket)
         .args(["--namespace", "k8s.io"])
         .args(args)
+        // A caller that gives up (a timeout) does not leave ctr running.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| format!("running {}: {e}", ctr.display()))?;
@@ -249,20 +251,20 @@ pub async fn import(ctr: &Path, socket: &Path, file: &Path) -> Result<Vec<String
 }
 
 /// The names of the pinned images (labelled by [`import`]). containerd
-/// 1.6's CRI does not report the label, so image GC asks here.
+/// 1.6's CRI does not report the label, so image GC asks here; a runtime
+/// that does not answer within 30 s is an error.
 pub async fn pinned(ctr: &Path, socket: &Path) -> Result<Vec<String>, String> {
     let os = std::ffi::OsStr::new;
-    let out = ctr_k8s(
-        ctr,
-        socket,
-        &[
-            os("images"),
-            os("ls"),
-            os("-q"),
-            os(r#"labels."io.cri-containerd.pinned"==pinned"#),
-        ],
-    )
-    .await?;
+    let args = [
+        os("images"),
+        os("ls"),
+        os("-q"),
+        os(r#"labels."io.cri-containerd.pinned"==pinned"#),
+    ];
+    let listed = ctr_k8s(ctr, socket, &args);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), listed)
+        .await
+        .map_err(|_| "ctr images ls did not answer within 30 s".to_string())??;
     Ok(out
         .lines()
         .map(str::trim)
