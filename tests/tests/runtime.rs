@@ -97,6 +97,15 @@ fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
         "{cfg}"
     );
     let socket = dir.join("data/agent/run/containerd/containerd.sock");
+    // The runtime reports the same sandbox image back (image GC keeps it).
+    let reported = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let cri = rk3sd::runtime::cri::Cri::connect(&socket).await.unwrap();
+        cri.sandbox_image().await
+    });
+    assert_eq!(
+        reported.as_deref(),
+        Some(rk3sd::runtime::images::PAUSE_IMAGE)
+    );
     let listed = wait_for(Duration::from_secs(30), || {
         let l = ctr(&socket, &["images", "ls"]);
         (l.contains("docker.io/library/busybox:test") && l.contains("mirrored-pause")).then_some(l)

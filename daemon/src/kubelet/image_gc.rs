@@ -118,10 +118,14 @@ impl ImageGc {
     }
 
     /// Names of pinned images: the label, read with `ctr`, and the pause
-    /// image, which every sandbox needs whatever a runtime reports. Not
-    /// knowing which images are pinned is an error: nothing is removed.
+    /// image (rk3s's, and whatever the runtime's config names, as a user's
+    /// containerd template may), which every sandbox needs whatever a
+    /// runtime reports; sandboxes are not containers, so nothing else
+    /// keeps it. Not knowing which images are pinned is an error: nothing
+    /// is removed.
     async fn pinned_names(&self) -> Result<HashSet<String>, String> {
         let mut names: HashSet<String> = HashSet::from([PAUSE_IMAGE.to_string()]);
+        names.extend(self.cri.sandbox_image().await);
         let ctr = crate::runtime::containerd::which("ctr")
             .ok_or("ctr (package containerd) is not on PATH: pinned images cannot be told apart")?;
         let pinned = crate::runtime::images::pinned(&ctr, &self.socket)

@@ -101,9 +101,55 @@ impl Cri {
     }
 }
 
+impl Cri {
+    /// The sandbox (pause) image the runtime is configured with, from its
+    /// verbose `Status` (containerd reports its CRI config there as JSON;
+    /// `None` when a runtime does not).
+    pub async fn sandbox_image(&self) -> Option<String> {
+        let s = self
+            .runtime
+            .clone()
+            .status(StatusRequest { verbose: true })
+            .await
+            .ok()?
+            .into_inner();
+        sandbox_image_of(&s.info)
+    }
+}
+
+/// `sandboxImage` of the JSON config in a verbose `Status`'s info.
+fn sandbox_image_of(info: &std::collections::HashMap<String, String>) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_str(info.get("config")?).ok()?;
+    config["sandboxImage"]
+        .as_str()
+        .filter(|i| !i.is_empty())
+        .map(str::to_string)
+}
+
 /// CRI `Status` as the node's conditions need it.
 #[derive(Debug, Default, PartialEq)]
 pub struct CriStatus {
     pub runtime: Vec<String>,
     pub network: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_image_comes_from_the_verbose_config() {
+        let info = |config: &str| {
+            std::collections::HashMap::from([("config".to_string(), config.to_string())])
+        };
+        assert_eq!(
+            sandbox_image_of(&info(
+                r#"{"sandboxImage":"registry.local/pause:3.9","x":1}"#
+            )),
+            Some("registry.local/pause:3.9".into())
+        );
+        assert_eq!(sandbox_image_of(&info(r#"{"sandboxImage":""}"#)), None);
+        assert_eq!(sandbox_image_of(&info("not json")), None);
+        assert_eq!(sandbox_image_of(&Default::default()), None);
+    }
 }
