@@ -1029,10 +1029,11 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // Quietly: the containers' cleanup may have unmounted it already.
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
-            .status();
+            .output();
     }
 }
 
