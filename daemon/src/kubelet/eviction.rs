@@ -429,21 +429,9 @@ async fn evict(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid},
-        "reason": "Evicted", "message": message, "type": "Warning",
-        "source": {"component": "kubelet", "host": node.name},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        "reportingComponent": "kubelet", "reportingInstance": node.name,
-    });
-    if let Err(err) = api
-        .post(&format!("/api/v1/namespaces/{ns}/events"), &event)
-        .await
-    {
-        tracing::debug!(pod = %name, error = %err, "eviction event not recorded");
-    }
+    let involved =
+        json!({"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid});
+    super::events::warning(api, &node.name, involved, "Evicted", message).await;
     Ok(())
 }
 

@@ -267,8 +267,9 @@ impl ImageGc {
             .and_then(|f| f.fs_id.as_ref())
             .map(|id| PathBuf::from(&id.mountpoint))
             .ok_or("the runtime reports no image filesystem")?;
-        let m = super::node_status::measure(&mount);
-        Ok((m.fs_total, m.fs_available))
+        let f = super::node_status::fs_stats(&mount)
+            .ok_or_else(|| format!("cannot stat the image filesystem {}", mount.display()))?;
+        Ok((f.total, f.available))
     }
 
     /// One pass: free down to the low threshold when over the high one.
@@ -314,21 +315,10 @@ pub enum GcError {
     NotEnough(String),
 }
 
-/// A Warning event on this node, as the kubelet records its own.
+/// A Warning event on this node.
 async fn node_event(api: &Api, node: &str, reason: &str, message: &str) {
-    let now = crate::objects::now_rfc3339();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{node}."), "namespace": "default"},
-        "involvedObject": {"kind": "Node", "name": node, "uid": node},
-        "reason": reason, "message": message, "type": "Warning",
-        "source": {"component": "kubelet", "host": node},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        "reportingComponent": "kubelet", "reportingInstance": node,
-    });
-    if let Err(e) = api.post("/api/v1/namespaces/default/events", &event).await {
-        tracing::debug!(reason, error = %e, "node event not recorded");
-    }
+    let involved = json!({"kind": "Node", "name": node, "uid": node});
+    super::events::warning(api, node, involved, reason, message).await;
 }
 
 /// The GC loop: a pass every `period` until `cancel`. High threshold 100

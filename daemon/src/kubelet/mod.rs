@@ -14,6 +14,7 @@
 //! pass (`container_gc`).
 
 pub mod container_gc;
+pub mod events;
 pub mod eviction;
 pub mod hooks;
 pub mod image_gc;

@@ -48,6 +48,32 @@ fn meminfo(key: &str, text: &str) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
+/// Space and inodes of one filesystem.
+pub struct FsStats {
+    pub total: u64,
+    pub available: u64,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+}
+
+/// statvfs of the filesystem holding `path`; `None` if it cannot be read.
+pub fn fs_stats(path: &Path) -> Option<FsStats> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a
+    // NUL-terminated string that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some(FsStats {
+        total: st.f_blocks as u64 * frsize,
+        available: st.f_bavail as u64 * frsize,
+        inodes_total: st.f_files as u64,
+        inodes_free: st.f_ffree as u64,
+    })
+}
+
 /// Measure the host; `fs` is a path on the filesystem pods and images use.
 pub fn measure(fs: &Path) -> Measured {
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -59,17 +85,11 @@ pub fn measure(fs: &Path) -> Measured {
         memory_available: meminfo("MemAvailable", &mem).unwrap_or(0),
         ..Default::default()
     };
-    if let Ok(c) = std::ffi::CString::new(fs.as_os_str().as_encoded_bytes()) {
-        // SAFETY: statvfs writes into the zeroed struct we own; the path is
-        // a NUL-terminated string that outlives the call.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0 {
-            let frsize = st.f_frsize as u64;
-            m.fs_total = st.f_blocks as u64 * frsize;
-            m.fs_available = st.f_bavail as u64 * frsize;
-            m.inodes_total = st.f_files as u64;
-            m.inodes_free = st.f_ffree as u64;
-        }
+    if let Some(f) = fs_stats(fs) {
+        m.fs_total = f.total;
+        m.fs_available = f.available;
+        m.inodes_total = f.inodes_total;
+        m.inodes_free = f.inodes_free;
     }
     m.pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
