@@ -4,7 +4,7 @@
 //! traffic goes only between the namespaces made here. Needs root and
 //! iproute2. Everything is deleted on drop.
 
-use crate::{Proc, Server};
+use crate::{Agent, Proc, Server, RUNTIME};
 use std::path::Path;
 use std::process::Command;
 
@@ -45,6 +45,45 @@ pub fn start_ha_server(
         &args,
         &[("RK3S_DATASTORE_ENDPOINT", pg_url), ("RK3S_TOKEN", secret)],
     )
+}
+
+/// A server that runs pods (its own containerd), named `name`, in
+/// namespace `ns` on `ip`:6443; `extra` flags appended.
+pub fn node_server(ns: &str, dir: &Path, ip: &str, name: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        RUNTIME,
+        "--bind-address",
+        ip,
+        "--https-listen-port",
+        "6443",
+        "--node-name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_in(Some(ns), dir, &args, &[])
+}
+
+/// An agent that runs pods, named `name`, in namespace `ns`, joining
+/// `server` (a [`node_server`] on `server_ip`); `extra` flags appended.
+pub fn node_agent(
+    ns: &str,
+    dir: &Path,
+    name: &str,
+    server: &Server,
+    server_ip: &str,
+    extra: &[&str],
+) -> Agent {
+    let mut args: Vec<String> = vec![
+        RUNTIME.into(),
+        "--server".into(),
+        format!("https://{server_ip}:6443"),
+        "--token-file".into(),
+        server.token_file().display().to_string(),
+        "--node-name".into(),
+        name.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Agent::start_in(Some(ns), dir, name, args, &[])
 }
 
 /// haproxy in namespace `ns` on `LB_IP`:6443, TCP to servers 1..=n with

@@ -4,7 +4,7 @@
 //! CIDRs via their addresses, and pods reach each other by pod IP without
 //! being masqueraded. Needs root (containerd, namespaces).
 
-use rk3s_tests::netns::Net;
+use rk3s_tests::netns::{node_agent, node_server, Net};
 use rk3s_tests::pods::*;
 use rk3s_tests::*;
 use serde_json::{json, Value};
@@ -70,17 +70,12 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
         .collect();
     let sdir = t.path().join("s1");
     with_busybox(&sdir);
-    let server = Server::start_in(
-        Some(&hosts[0]),
+    let server = node_server(
+        &hosts[0],
         &sdir,
+        "10.77.0.11",
+        "s1",
         &[
-            RUNTIME,
-            "--bind-address",
-            "10.77.0.11",
-            "--https-listen-port",
-            "6443",
-            "--node-name",
-            "s1",
             // A stopped node is Unknown (and tainted) within seconds.
             "--node-monitor-grace-period",
             "10s",
@@ -89,7 +84,6 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
             "--heartbeat-interval",
             "2s",
         ],
-        &[],
     );
     let _cs = Containers::of(&sdir.join("data"));
     let mut agents = vec![];
@@ -98,22 +92,13 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
         let dir = t.path().join(name);
         with_busybox(&dir);
         guards.push(Containers::of(&dir.join("data")));
-        agents.push(Agent::start_in(
-            Some(&hosts[i]),
+        agents.push(node_agent(
+            &hosts[i],
             &dir,
             name,
-            vec![
-                RUNTIME.into(),
-                "--server".into(),
-                "https://10.77.0.11:6443".into(),
-                "--token-file".into(),
-                server.token_file().display().to_string(),
-                "--node-name".into(),
-                name.to_string(),
-                "--heartbeat-interval".into(),
-                "2s".into(),
-            ],
-            &[],
+            &server,
+            "10.77.0.11",
+            &["--heartbeat-interval", "2s"],
         ));
     }
     let k =

@@ -19,7 +19,7 @@
 //!    `--agents` agents; `--across` pods created at once next to as many
 //!    `ctr run -d` at once over the same containerds (`--agents 0` skips).
 
-use rk3s_tests::netns::Net;
+use rk3s_tests::netns::{node_agent, node_server, Net};
 use rk3s_tests::pods::{ctr, with_busybox, Containers};
 use rk3s_tests::{arg, cpu_secs, Agent, Server, WatchEvents, RUNTIME};
 use serde_json::{json, Value};
@@ -107,6 +107,29 @@ async fn create(http: &reqwest::Client, base: &str, name: &str) -> Instant {
         .unwrap();
     assert!(r.status().is_success(), "create {name}: {}", r.status());
     t0
+}
+
+/// Pods `{prefix}-0..count` created one right after the other, without
+/// waiting; once all run: each one's create → Running, and the time from
+/// the first create until the last was Running.
+async fn at_once(
+    http: &reqwest::Client,
+    base: &str,
+    running: &Running,
+    prefix: &str,
+    count: usize,
+) -> (Vec<Duration>, Duration) {
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let t0 = Instant::now();
+    let mut starts = HashMap::new();
+    for name in &names {
+        starts.insert(name.clone(), create(http, base, name).await);
+    }
+    until_running(running, &names).await;
+    let total = t0.elapsed();
+    let at = running.at.lock().unwrap();
+    let each = names.iter().map(|n| at[n] - starts[n]).collect();
+    (each, total)
 }
 
 async fn delete_all(http: &reqwest::Client, base: &str) {
@@ -265,20 +288,12 @@ fn across_nodes(agents: usize, count: usize) {
     let server_ns = net.host("s", "10.77.0.11");
     let sdir = t.path().join("s");
     with_busybox(&sdir);
-    let server = Server::start_in(
-        Some(&server_ns),
+    let server = node_server(
+        &server_ns,
         &sdir,
-        &[
-            RUNTIME,
-            "--bind-address",
-            "10.77.0.11",
-            "--https-listen-port",
-            "6443",
-            "--node-name",
-            "s",
-            "--kubelet-arg=max-pods=250",
-        ],
-        &[],
+        "10.77.0.11",
+        "s",
+        &["--kubelet-arg=max-pods=250"],
     );
     let mut nodes = vec![];
     let mut sockets = vec![sdir.join("data/agent/run/containerd/containerd.sock")];
@@ -290,21 +305,13 @@ fn across_nodes(agents: usize, count: usize) {
         with_busybox(&dir);
         sockets.push(dir.join("data/agent/run/containerd/containerd.sock"));
         guards.push(Containers::of(&dir.join("data")));
-        nodes.push(Agent::start_in(
-            Some(&ns),
+        nodes.push(node_agent(
+            &ns,
             &dir,
             &name,
-            vec![
-                RUNTIME.into(),
-                "--server".into(),
-                "https://10.77.0.11:6443".into(),
-                "--token-file".into(),
-                server.token_file().display().to_string(),
-                "--node-name".into(),
-                name.clone(),
-                "--kubelet-arg=max-pods=250".into(),
-            ],
-            &[],
+            &server,
+            "10.77.0.11",
+            &["--kubelet-arg=max-pods=250"],
         ));
     }
     for name in std::iter::once("s".to_string()).chain((0..agents).map(|i| format!("n{i}"))) {
@@ -332,18 +339,7 @@ fn across_nodes(agents: usize, count: usize) {
                 let running = Arc::new(Running::default());
                 let watch = tokio::spawn(follow(http.clone(), base.clone(), running.clone()));
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let names: Vec<String> = (0..count).map(|i| format!("across-{i}")).collect();
-                let t0 = Instant::now();
-                let mut starts = HashMap::new();
-                for name in &names {
-                    starts.insert(name.clone(), create(&http, &base, name).await);
-                }
-                until_running(&running, &names).await;
-                let total = t0.elapsed();
-                let lat: Vec<Duration> = names
-                    .iter()
-                    .map(|nm| running.at.lock().unwrap()[nm] - starts[nm])
-                    .collect();
+                let (lat, total) = at_once(&http, &base, &running, "across", count).await;
                 let mut spread = BTreeMap::new();
                 for node in running.node.lock().unwrap().values() {
                     *spread.entry(node.clone()).or_insert(0) += 1;
@@ -437,18 +433,7 @@ async fn one_node() {
     delete_all(&http, &base).await;
 
     // 3. A burst.
-    let names: Vec<String> = (0..n).map(|i| format!("burst-{i}")).collect();
-    let b0 = Instant::now();
-    let mut starts = HashMap::new();
-    for name in &names {
-        starts.insert(name.clone(), create(&http, &base, name).await);
-    }
-    until_running(&running, &names).await;
-    let burst_total = b0.elapsed();
-    let burst: Vec<Duration> = names
-        .iter()
-        .map(|nm| running.at.lock().unwrap()[nm] - starts[nm])
-        .collect();
+    let (burst, burst_total) = at_once(&http, &base, &running, "burst", n).await;
 
     // 4. Idle CPU with these pods running.
     let (apid, cpid) = (agent.pid(), containerd_pid(&adir));
@@ -460,13 +445,7 @@ async fn one_node() {
     delete_all(&http, &base).await;
 
     // 5. RSS with many pods.
-    let names: Vec<String> = (0..many).map(|i| format!("many-{i}")).collect();
-    let m0 = Instant::now();
-    for name in &names {
-        create(&http, &base, name).await;
-    }
-    until_running(&running, &names).await;
-    let many_total = m0.elapsed();
+    let (_, many_total) = at_once(&http, &base, &running, "many", many).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_many = rss_kib(apid);
     watch.abort();
