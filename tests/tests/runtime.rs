@@ -500,6 +500,82 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
         Some(Value::from("Succeeded")),
         "{reached:?}"
     );
+    // A finished pod's sandbox is stopped: its address goes back to
+    // host-local, while its status keeps showing it (as upstream's).
+    let reserved = |ip: &str| dir.join("data/agent/cni/networks/rk3s").join(ip).exists();
+    assert!(reserved(&ip), "no host-local reservation for {ip}");
+    let pinger_ip = phase("pinger")["podIP"].as_str().unwrap_or("").to_string();
+    assert!(pinger_ip.starts_with("10.42.0."), "{}", phase("pinger"));
+    let released = wait_for(Duration::from_secs(20), || {
+        (!reserved(&pinger_ip)).then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "the finished pod's address {pinger_ip} is still reserved"
+    );
+    assert_eq!(phase("pinger")["podIP"], pinger_ip.as_str());
+
+    // A pod whose sandbox dies gets a new one: its container is stopped
+    // and started again in it, the old address is released. After a
+    // second death the first sandbox, which no kept container refers to
+    // any more, is removed.
+    let socket = rk3sd::runtime::containerd::Paths::new(&dir.join("data")).socket;
+    let sandboxes = || {
+        let ids = ctr(
+            &socket,
+            &[
+                "containers",
+                "ls",
+                "-q",
+                r#"labels."io.kubernetes.pod.name"==target,labels."io.cri-containerd.kind"==sandbox"#,
+            ],
+        );
+        ids.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let mut old_ip = ip.clone();
+    for round in 1..=2 {
+        let before = sandboxes();
+        let tasks = ctr(&socket, &["tasks", "ls"]);
+        let newest = before
+            .iter()
+            .find(|id| {
+                tasks
+                    .lines()
+                    .any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING"))
+            })
+            .cloned();
+        let pause = newest.unwrap_or_else(|| panic!("no running sandbox among {before:?}"));
+        ctr(&socket, &["tasks", "kill", "-s", "SIGKILL", &pause]);
+        let back = wait_for(Duration::from_secs(60), || {
+            let s = phase("target");
+            let cs = &s["containerStatuses"][0];
+            (cs["restartCount"] == round && cs["ready"] == true && s["podIP"] != old_ip.as_str())
+                .then_some(s)
+        });
+        let s = back.unwrap_or_else(|| {
+            panic!(
+                "round {round}: not running again in a new sandbox: {}\n{}",
+                phase("target"),
+                sandboxes().join(" ")
+            )
+        });
+        assert!(
+            s["containerStatuses"][0]["lastState"]["terminated"].is_object(),
+            "{s}"
+        );
+        assert!(
+            wait_for(Duration::from_secs(20), || (!reserved(&old_ip))
+                .then_some(()))
+            .is_some(),
+            "round {round}: the dead sandbox's address {old_ip} is still reserved"
+        );
+        old_ip = s["podIP"].as_str().unwrap().to_string();
+    }
+    // Kept: the ready sandbox and the one holding the previous attempt.
+    let kept = wait_for(Duration::from_secs(20), || {
+        (sandboxes().len() == 2).then_some(())
+    });
+    assert!(kept.is_some(), "sandboxes of the pod: {:?}", sandboxes());
 
     // A hostPort answers on the node's addresses (portmap), and the
     // container's limits are in its cgroup.

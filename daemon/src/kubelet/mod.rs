@@ -23,6 +23,7 @@ pub mod node_status;
 pub mod pods;
 pub mod probes;
 pub mod resources;
+pub mod sandbox;
 pub mod settings;
 pub mod volumes;
 
@@ -320,6 +321,7 @@ pub async fn run(
         tracked.extend(done);
         if let Some(l) = &listing {
             container_gc::collect(&cri_, &node, l).await;
+            sandbox::collect(&cri_, l).await;
         }
         if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
             tracked.retain(|u, _| live.contains(u));

@@ -3,7 +3,7 @@
 //! status kubectl reads. Everything is found again from CRI labels on
 //! every sync, so a restarted agent adopts the containers it left running.
 
-use super::{probes, resources, volumes};
+use super::{probes, resources, sandbox, volumes};
 use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
@@ -40,6 +40,9 @@ pub struct Tracked {
     statuses: HashMap<String, cri::ContainerStatus>,
     /// The ready sandbox's id and address.
     sandbox_ip: Option<(String, String)>,
+    /// When the containers still running in a dead sandbox were told to
+    /// stop, so that it can be replaced.
+    replacing: Option<Instant>,
 }
 
 /// The node facts a pod needs.
@@ -355,33 +358,44 @@ pub struct Listing {
 impl Listing {
     pub async fn fetch(cri_: &Cri) -> Result<Self, tonic::Status> {
         let mut rt = cri_.runtime.clone();
-        let mut l = Listing::default();
         let sandboxes = rt
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
             .await?
             .into_inner()
             .items;
-        for s in sandboxes {
-            if let Some(u) = s.labels.get(LABEL_UID).cloned() {
-                l.sandboxes.entry(u).or_default().push(s);
-            }
-        }
         let containers = rt
             .list_containers(cri::ListContainersRequest { filter: None })
             .await?
             .into_inner()
             .containers;
+        Ok(Self::from_parts(sandboxes, containers))
+    }
+
+    /// Group what the runtime listed by pod uid; anything without rk3s's
+    /// pod labels is not the kubelet's and is left out.
+    pub fn from_parts(sandboxes: Vec<cri::PodSandbox>, containers: Vec<cri::Container>) -> Self {
+        let mut l = Listing::default();
+        for s in sandboxes {
+            if let Some(u) = s.labels.get(LABEL_UID).cloned() {
+                l.sandboxes.entry(u).or_default().push(s);
+            }
+        }
         for c in containers {
             if let Some(u) = c.labels.get(LABEL_UID).cloned() {
                 l.containers.entry(u).or_default().push(c);
             }
         }
-        Ok(l)
+        l
     }
 
     /// Every container of this node's pods.
     pub fn containers(&self) -> impl Iterator<Item = &cri::Container> {
         self.containers.values().flatten()
+    }
+
+    /// The sandboxes of this node's pods, one list per pod.
+    pub fn sandboxes(&self) -> impl Iterator<Item = &[cri::PodSandbox]> {
+        self.sandboxes.values().map(Vec::as_slice)
     }
 }
 
@@ -597,11 +611,27 @@ pub async fn sync(
         .iter()
         .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
         .cloned();
+    // A dead sandbox is replaced once what still runs in it has stopped.
+    // Upstream's "Never": a pod whose sandbox died after its containers
+    // ran gets no new one; its containers end and so does the pod.
+    let ran_before = !sandboxes.is_empty() && !seen.is_empty();
+    let no_new = ready_sandbox.is_none() && !terminal && {
+        let stopped = replaceable(cri_, pod, &seen, st).await;
+        !stopped || (ran_before && policy == "Never")
+    };
     let sandbox = match (ready_sandbox, terminal) {
-        (Some(s), _) => Some(s.id),
-        (None, true) => None,
+        (Some(s), false) => Some(s.id),
+        (_, true) => {
+            sandbox::finish(cri_, &sandboxes).await;
+            None
+        }
+        (None, false) if no_new => None,
         (None, false) => {
-            let attempt = sandboxes.len() as u32;
+            if !sandboxes.is_empty() {
+                sandbox::retire(cri_, &sandboxes).await;
+            }
+            st.replacing = None;
+            let attempt = sandbox::next_attempt(&sandboxes);
             let config = sandbox_config(pod, node, attempt);
             let _ = std::fs::create_dir_all(&config.log_directory);
             match cri_
@@ -655,6 +685,14 @@ pub async fn sync(
                     String::new()
                 }
             }),
+        // A finished pod keeps the address it had, as upstream's status
+        // does, though its sandbox is stopped and the address free.
+        (None, _) if terminal => st
+            .sandbox_ip
+            .as_ref()
+            .map(|(_, ip)| ip.clone())
+            .or_else(|| pod.status.as_ref()?.pod_ip.clone())
+            .unwrap_or_default(),
         (None, _) => String::new(),
     };
     // Init containers one at a time, then the containers.
@@ -732,6 +770,46 @@ pub async fn sync(
         &pod_ip,
         &policy,
     ))
+}
+
+/// Whether a pod whose sandbox is not ready can get a new one now: only
+/// once none of its containers runs any more. Those still running (in the
+/// dead sandbox) are told to stop, within the pod's grace period, in the
+/// background so the pass goes on; the pod waits for them.
+async fn replaceable(
+    cri_: &Cri,
+    pod: &Pod,
+    seen: &BTreeMap<String, Seen>,
+    st: &mut Tracked,
+) -> bool {
+    let running: Vec<(&String, &Seen)> = seen.iter().filter(|(_, s)| s.running()).collect();
+    if running.is_empty() {
+        return true;
+    }
+    let grace = grace_of(pod);
+    if sandbox::stop_pending(st.replacing, grace) {
+        return false;
+    }
+    tracing::info!(pod = %pod.metadata.name.clone().unwrap_or_default(), "pod sandbox is gone; stopping its containers to start them in a new one");
+    st.replacing = Some(Instant::now());
+    let pod_ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    let specs = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default();
+    for (name, s) in running {
+        let (cri_, id, ip) = (cri_.clone(), s.status.id.clone(), pod_ip.clone());
+        let spec = specs.iter().find(|c| &c.name == name).cloned();
+        tokio::spawn(async move {
+            let _ = super::hooks::stop(&cri_, &id, spec.as_ref(), &ip, grace).await;
+        });
+    }
+    false
 }
 
 /// Run the container's probes; a failed startup or liveness probe stops
