@@ -232,6 +232,39 @@ fn rss_kib(pid: u32) -> Rss {
     }
 }
 
+/// Where the resident memory of `pid` sits, from its smaps: the binary's
+/// own mappings by permission (code, read-only data, relocated data), other
+/// files (shared libraries), and anonymous memory. Tells code that the
+/// kernel mapped in from allocations the process made.
+fn rss_by_mapping(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 5 && fields[0].contains('-') && !line.ends_with(" kB") {
+            let (perms, path) = (fields[1], fields.get(5).copied().unwrap_or(""));
+            current = if !exe.is_empty() && path == exe {
+                format!("binary {perms}")
+            } else if path.starts_with('/') {
+                "other files".to_string()
+            } else {
+                "anonymous".to_string()
+            };
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kib: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            *by.entry(current.clone()).or_default() += kib;
+        }
+    }
+    by.iter()
+        .map(|(k, v)| format!("{k} {:.1}", *v as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl std::fmt::Display for Rss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |k: u64| k as f64 / 1024.0;
@@ -448,6 +481,7 @@ async fn one_node() {
     let (_, many_total) = at_once(&http, &base, &running, "many", many).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_many = rss_kib(apid);
+    let rss_many_by = rss_by_mapping(apid);
     watch.abort();
     delete_all(&http, &base).await;
 
@@ -483,6 +517,7 @@ async fn one_node() {
         many_total.as_secs_f64()
     );
     println!("agent RSS: {rss_idle} with 0 pods, {rss_n} with {n}, {rss_many} with {many}");
+    println!("  with {many} pods, by mapping (MiB): {rss_many_by}");
     println!(
         "idle CPU over {idle_secs} s with {n} pods: agent {a_cpu:.2} %, containerd {c_cpu:.2} % (of one core)"
     );
