@@ -28,10 +28,28 @@ static ARENA_COMMIT_ON_DEMAND: extern "C" fn() = {
     commit_on_demand
 };
 
+/// An agent returns freed memory to the system at once instead of after
+/// mimalloc's 10 ms delay, which is only checked when it allocates again:
+/// a mostly idle kubelet kept the pages of each sync pass's transient
+/// runtime listing resident (about 2 MiB at 100 pods; docs/benchmarks.md).
+/// The server keeps the delay for its allocation-heavy API work.
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn purge_at_once_in_agents(cli: &rk3sd::config::Cli) {
+    // mimalloc's `mi_option_purge_delay` (mimalloc.h); the bindings leave
+    // it out.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    let agent = matches!(cli.command, rk3sd::config::Command::Agent(_));
+    if agent && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an option value mimalloc reads at each purge.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
     rk3sd::hide_secret_args();
     rk3sd::raise_nofile_limit();
     let cli = rk3sd::config::Cli::parse();
+    purge_at_once_in_agents(&cli);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
