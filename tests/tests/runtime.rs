@@ -661,6 +661,108 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     );
 }
 
+#[test]
+fn pid_pressure_evicts_the_pod_with_the_most_processes() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    // pid.available under 100 % of pid_max always holds, so every pass
+    // evicts a pod; the first pass comes 30 s after the kubelet starts,
+    // when both pods run, and the next one 30 s after that.
+    let (server, _containers, k) = ready_node(
+        &dir,
+        &[
+            "--cluster-cidr",
+            "10.63.0.0/16",
+            "--kubelet-arg=eviction-hard=pid.available<100%",
+            "--kubelet-arg=housekeeping-interval=30s",
+            "--kubelet-arg=node-status-update-frequency=1s",
+        ],
+    );
+    let image = "docker.io/library/busybox:test";
+    let pod = |name: &str, command: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "server-0", "hostNetwork": true, "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", command]}]}
+        })
+    };
+    // 21 processes against 1.
+    let many = pod(
+        "many",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do sleep 3600 & done; wait",
+    );
+    let one = pod("one", "exec sleep 3600");
+    for (name, p) in [("many", many), ("one", one)] {
+        let f = t.path().join(format!("{name}.json"));
+        std::fs::write(&f, p.to_string()).unwrap();
+        k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    }
+    let status = |n: &str| -> Value {
+        serde_json::from_str::<Value>(&k.ok(&["get", "pod", n, "-o", "json"])).unwrap()["status"]
+            .clone()
+    };
+    let both = wait_for(Duration::from_secs(25), || {
+        (status("many")["phase"] == "Running" && status("one")["phase"] == "Running").then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "both pods must run before the first eviction pass: {} {}",
+        status("many"),
+        status("one")
+    );
+    let pressure = wait_for(Duration::from_secs(10), || {
+        let n = node(&server, "server-0")?;
+        let c = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PIDPressure")?
+            .clone();
+        (c["status"] == "True").then_some(c)
+    });
+    assert!(pressure.is_some(), "no PIDPressure on the node");
+    let evicted = wait_for(Duration::from_secs(40), || {
+        let s = status("many");
+        (s["reason"] == "Evicted").then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the pod with the most processes was not evicted: {}\n{}",
+            status("many"),
+            server.log()
+        )
+    });
+    // The other one is still running: it goes at the next pass, not this one.
+    let other = status("one");
+    assert_eq!(
+        other["phase"], "Running",
+        "the wrong pod went first: {other}"
+    );
+    assert_eq!(evicted["phase"], "Failed", "{evicted}");
+    let msg = evicted["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("The node was low on resource: pids. Threshold quantity: ")
+            && !msg.contains("Container"),
+        "{msg}"
+    );
+    // Picked for its processes, not by a tie: the kubelet counted them
+    // (the shell and its 20 sleeps).
+    let log = server.log();
+    let used: Option<u64> = log
+        .lines()
+        .find(|l| l.contains("pod evicted") && l.contains("pod=many"))
+        .and_then(|l| {
+            l.split("used=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+    assert!(used.is_some_and(|n| n >= 21), "counted {used:?}:\n{log}");
+    delete_all(&k, &["many", "one"]);
+}
+
 /// A server in `dir` whose node runs containerd with the busybox image,
 /// once the node is Ready on it; the guard removes the test's containers.
 fn ready_node(dir: &std::path::Path, extra: &[&str]) -> (Server, Containers, Kubectl) {

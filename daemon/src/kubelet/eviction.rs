@@ -1,11 +1,13 @@
 //! Hard eviction, as upstream's eviction manager does it.
 //!
 //! Every `housekeeping-interval` the kubelet measures the node's signals
-//! (`memory.available`, `nodefs.available`, `nodefs.inodesFree`) against
-//! `eviction-hard`. While one is under its threshold it ends one pod per
-//! pass, picked in upstream's order: pods using more of the starved
-//! resource than they requested first, then lower priority, then (memory)
-//! the most used above the request or (disk) the most used. Critical pods
+//! (`memory.available`, `nodefs.available`, `nodefs.inodesFree`,
+//! `pid.available`) against `eviction-hard`. While one is under its
+//! threshold it ends one pod per pass, picked in upstream's order: pods
+//! using more of the starved resource than they requested first, then
+//! lower priority, then (memory) the most used above the request or (disk)
+//! the most used; for processes, which nobody requests, lower priority
+//! then the most processes (`processes`). Critical pods
 //! (priority of `system-cluster-critical` and above) are never picked.
 //! Under a disk signal, unused images are removed first (`image_gc`'s
 //! rules) and a pod is evicted only if that was not enough.
@@ -43,6 +45,7 @@ pub enum Signal {
     Memory,
     NodeFs,
     NodeFsInodes,
+    Pids,
 }
 
 impl Signal {
@@ -52,6 +55,7 @@ impl Signal {
             Signal::Memory => "memory",
             Signal::NodeFs => "ephemeral-storage",
             Signal::NodeFsInodes => "inodes",
+            Signal::Pids => "pids",
         }
     }
 }
@@ -84,7 +88,13 @@ impl Signal {
         match self {
             Signal::Memory => "MemoryPressure",
             Signal::NodeFs | Signal::NodeFsInodes => "DiskPressure",
+            Signal::Pids => "PIDPressure",
         }
+    }
+
+    /// Whether images taking the disk can relieve it.
+    fn is_disk(self) -> bool {
+        matches!(self, Signal::NodeFs | Signal::NodeFsInodes)
     }
 }
 
@@ -118,6 +128,12 @@ pub fn signals_met(m: &Measured, s: &Settings) -> Vec<Met> {
             m.inodes_total,
             e.nodefs_inodes_free,
         ),
+        met(
+            Signal::Pids,
+            m.pid_max.saturating_sub(m.pids_used),
+            m.pid_max,
+            e.pid_available,
+        ),
     ]
     .into_iter()
     .flatten()
@@ -141,19 +157,21 @@ impl Usage {
     }
 }
 
-/// Upstream's ranking (`rankMemoryPressure`, `rankDiskPressureFunc`):
-/// the first pod is the one to evict.
+/// Upstream's ranking (`rankMemoryPressure`, `rankDiskPressureFunc`,
+/// `rankPIDPressure`): the first pod is the one to evict.
 pub fn rank(signal: Signal, pods: &mut [Usage]) {
+    // Nobody requests processes: no pod is over a request.
+    let exceeds = |u: &Usage| signal != Signal::Pids && u.exceeds();
     pods.sort_by(|a, b| {
-        b.exceeds()
-            .cmp(&a.exceeds())
+        exceeds(b)
+            .cmp(&exceeds(a))
             .then(a.priority.cmp(&b.priority))
             .then_with(|| match signal {
                 Signal::Memory => {
                     let above = |u: &Usage| u.used as i128 - u.requested as i128;
                     above(b).cmp(&above(a))
                 }
-                Signal::NodeFs | Signal::NodeFsInodes => b.used.cmp(&a.used),
+                Signal::NodeFs | Signal::NodeFsInodes | Signal::Pids => b.used.cmp(&a.used),
             })
             .then_with(|| a.uid.cmp(&b.uid))
     });
@@ -178,7 +196,7 @@ fn quantity(n: u64) -> String {
 pub fn message(m: &Met, victim: &Usage) -> String {
     let (signal, threshold, available) = *m;
     let amount = |n: u64| match signal {
-        Signal::NodeFsInodes => n.to_string(),
+        Signal::NodeFsInodes | Signal::Pids => n.to_string(),
         _ => quantity(n),
     };
     let mut out = format!(
@@ -187,7 +205,10 @@ pub fn message(m: &Met, victim: &Usage) -> String {
         amount(threshold),
         amount(available)
     );
-    for (name, used, requested) in &victim.containers {
+    // Upstream names containers over their request only for memory and
+    // ephemeral storage.
+    let per_container = matches!(signal, Signal::Memory | Signal::NodeFs);
+    for (name, used, requested) in victim.containers.iter().filter(|_| per_container) {
         if used > requested {
             out.push_str(&format!(
                 "Container {name} was using {}, request is {}, has larger consumption of {}. ",
@@ -293,6 +314,10 @@ pub fn candidates<'a>(pods: &'a [Pod], skip: &HashSet<String>) -> Vec<&'a Pod> {
 /// the containers' writable layers, their logs and the pod's volumes.
 async fn usages(cri_: &Cri, node: &NodeCtx, pods: &[&Pod], signal: Signal) -> Vec<Usage> {
     let stats = container_stats(cri_).await;
+    let processes = match signal {
+        Signal::Pids => super::processes::per_container(cri_).await,
+        _ => HashMap::new(),
+    };
     pods.iter()
         .map(|p| {
             let uid = uid_of(p);
@@ -305,21 +330,23 @@ async fn usages(cri_: &Cri, node: &NodeCtx, pods: &[&Pod], signal: Signal) -> Ve
                         .get(&(uid.clone(), c.name.clone()))
                         .copied()
                         .unwrap_or_default();
+                    let key = (uid.clone(), c.name.clone());
                     let used = match signal {
                         Signal::Memory => mem,
                         Signal::NodeFs => layer,
                         Signal::NodeFsInodes => layer_inodes,
+                        Signal::Pids => processes.get(&key).copied().unwrap_or(0),
                     };
-                    // Nobody requests inodes.
+                    // Nobody requests inodes or processes.
                     let req = match signal {
-                        Signal::NodeFsInodes => 0,
+                        Signal::NodeFsInodes | Signal::Pids => 0,
                         _ => requested(c, signal.resource()),
                     };
                     (c.name.clone(), used, req)
                 })
                 .collect();
             let mut used: u64 = containers.iter().map(|c| c.1).sum();
-            if signal != Signal::Memory {
+            if signal.is_disk() {
                 let ns = p.metadata.namespace.clone().unwrap_or_default();
                 let name = p.metadata.name.clone().unwrap_or_default();
                 let (vb, vi) = du(&node.pod_dir(&uid));
@@ -482,7 +509,7 @@ pub async fn run(
         };
         // Disk: unused images go before any pod, and a pod is evicted only
         // if the threshold still holds after (upstream's node-level reclaim).
-        if worst.0 != Signal::Memory {
+        if worst.0.is_disk() {
             match images.delete_unused().await {
                 Ok(0) => {}
                 Ok(freed) => {
@@ -517,7 +544,9 @@ pub async fn run(
             .insert(victim.uid.clone());
         let name = pod.metadata.name.clone().unwrap_or_default();
         match evict(&api, &cri_, &node, pod, &msg).await {
-            Ok(()) => tracing::warn!(pod = %name, message = %msg, "pod evicted"),
+            Ok(()) => {
+                tracing::warn!(pod = %name, used = victim.used, message = %msg, "pod evicted")
+            }
             Err(e) => {
                 tracing::warn!(pod = %name, error = %e, "eviction failed; trying again next pass");
                 evicting.lock().expect("evicting").remove(&victim.uid);
@@ -560,6 +589,16 @@ mod tests {
         assert_eq!(v[0].uid, "a");
         rank(Signal::Memory, &mut v);
         assert_eq!(v[0].uid, "b");
+        // Processes: nobody requests them, so priority first, then the
+        // most processes.
+        let mut v = vec![
+            u("many-prio", 10, 50, 0),
+            u("few", 0, 2, 0),
+            u("many", 0, 40, 0),
+        ];
+        rank(Signal::Pids, &mut v);
+        let order: Vec<&str> = v.iter().map(|u| u.uid.as_str()).collect();
+        assert_eq!(order, ["many", "few", "many-prio"]);
     }
 
     #[test]
@@ -575,6 +614,12 @@ mod tests {
         assert_eq!(
             message(&(Signal::Memory, 100 << 20, 1536), &within),
             "The node was low on resource: memory. Threshold quantity: 100Mi, available: 1536. "
+        );
+        // Counts, and no container lines (upstream has them only for
+        // memory and ephemeral storage).
+        assert_eq!(
+            message(&(Signal::Pids, 1000, 900), &victim),
+            "The node was low on resource: pids. Threshold quantity: 1000, available: 900. "
         );
     }
 
@@ -592,6 +637,16 @@ mod tests {
         };
         // 100Mi available is not under 100Mi; 99 of 1000 is under 10 %.
         assert_eq!(signals_met(&m, &s), vec![(Signal::NodeFs, 100, 99)]);
+        // pid.available counts tasks against pid_max; not set by default.
+        let pids = Measured {
+            pid_max: 1000,
+            pids_used: 950,
+            ..Default::default()
+        };
+        assert!(signals_met(&pids, &s).is_empty());
+        let s =
+            crate::kubelet::settings::parse(&["eviction-hard=pid.available<10%".into()]).unwrap();
+        assert_eq!(signals_met(&pids, &s), vec![(Signal::Pids, 100, 50)]);
     }
 
     #[test]

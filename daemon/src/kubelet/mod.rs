@@ -22,6 +22,7 @@ pub mod logs;
 pub mod node_status;
 pub mod pods;
 pub mod probes;
+pub mod processes;
 pub mod resources;
 pub mod sandbox;
 pub mod settings;
