@@ -693,10 +693,8 @@ fn pid_pressure_evicts_the_pod_with_the_most_processes() {
         "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do sleep 3600 & done; wait",
     );
     let one = pod("one", "exec sleep 3600");
-    for (name, p) in [("many", many), ("one", one)] {
-        let f = t.path().join(format!("{name}.json"));
-        std::fs::write(&f, p.to_string()).unwrap();
-        k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    for p in [many, one] {
+        k.ok_stdin(&["apply", "-f", "-"], &p.to_string());
     }
     let status = |n: &str| -> Value {
         serde_json::from_str::<Value>(&k.ok(&["get", "pod", n, "-o", "json"])).unwrap()["status"]
@@ -972,15 +970,8 @@ fn probes_gate_readiness_and_restart_failing_containers() {
                     echo line $i 0123456789012345678901234567890123456789; \
                     [ $((i % 50)) = 0 ] && sleep 0.2; done"]}]}
     });
-    for (name, pod) in [
-        ("probed", probed),
-        ("dies", dies),
-        ("hooked", hooked),
-        ("chatty", chatty),
-    ] {
-        let f = t.path().join(format!("{name}.json"));
-        std::fs::write(&f, pod.to_string()).unwrap();
-        k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    for pod in [probed, dies, hooked, chatty] {
+        k.ok_stdin(&["apply", "-f", "-"], &pod.to_string());
     }
     let status = |n: &str| -> Value {
         serde_json::from_str::<Value>(&k.ok(&["get", "pod", n, "-o", "json"])).unwrap()["status"]
@@ -1253,10 +1244,8 @@ fn disk_pressure_evicts_the_pod_using_the_most_disk() {
         "filler",
         "echo small > /scratch/f; sleep 3; dd if=/dev/zero of=/scratch/fill bs=1M count=64; sleep 3600",
     );
-    for (name, p) in [("quiet", quiet), ("filler", filler)] {
-        let f = t.path().join(format!("{name}.json"));
-        std::fs::write(&f, p.to_string()).unwrap();
-        k.ok(&["apply", "-f", f.to_str().unwrap()]);
+    for p in [quiet, filler] {
+        k.ok_stdin(&["apply", "-f", "-"], &p.to_string());
     }
     wait_ready(&k, &server, "quiet");
     let status = |n: &str| -> Value {
