@@ -326,11 +326,8 @@ async fn usages(cri_: &Cri, node: &NodeCtx, pods: &[&Pod], signal: Signal) -> Ve
                 .containers
                 .iter()
                 .map(|c| {
-                    let (mem, layer, layer_inodes) = stats
-                        .get(&(uid.clone(), c.name.clone()))
-                        .copied()
-                        .unwrap_or_default();
                     let key = (uid.clone(), c.name.clone());
+                    let (mem, layer, layer_inodes) = stats.get(&key).copied().unwrap_or_default();
                     let used = match signal {
                         Signal::Memory => mem,
                         Signal::NodeFs => layer,
@@ -431,11 +428,7 @@ async fn evict(
         .map_err(e)?;
     }
     for s in sandboxes_of(&mut rt, &uid).await.map_err(e)? {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: s.id,
-        })
-        .await
-        .map_err(e)?;
+        super::sandbox::stop(cri_, &s.id).await.map_err(e)?;
     }
     let volumes = node.pod_dir(&uid).join("volumes");
     if let Err(err) = std::fs::remove_dir_all(&volumes) {

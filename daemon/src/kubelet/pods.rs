@@ -494,9 +494,7 @@ pub async fn teardown(
 ) -> Result<(), tonic::Status> {
     let mut rt = cri_.runtime.clone();
     let containers = containers_of(&mut rt, uid).await?;
-    let pod_ip = pod
-        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
-        .unwrap_or_default();
+    let pod_ip = pod.and_then(recorded_ip).unwrap_or_default();
     let specs: Vec<Container> = pod
         .and_then(|p| p.spec.as_ref())
         .map(|s| s.containers.clone())
@@ -520,16 +518,8 @@ pub async fn teardown(
         })
         .await?;
     }
-    let sandboxes = sandboxes_of(&mut rt, uid).await?;
-    for s in sandboxes {
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: s.id.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: s.id,
-        })
-        .await?;
+    for s in sandboxes_of(&mut rt, uid).await? {
+        sandbox::remove(cri_, &s.id).await?;
     }
     Ok(())
 }
@@ -607,55 +597,19 @@ pub async fn sync(
     st.start_time
         .get_or_insert_with(crate::objects::now_rfc3339);
     let mut waiting: HashMap<String, (String, String)> = HashMap::new();
-    let ready_sandbox = sandboxes
-        .iter()
-        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
-        .cloned();
-    // A dead sandbox is replaced once what still runs in it has stopped.
-    // Upstream's "Never": a pod whose sandbox died after its containers
-    // ran gets no new one; its containers end and so does the pod.
-    let ran_before = !sandboxes.is_empty() && !seen.is_empty();
-    let no_new = ready_sandbox.is_none() && !terminal && {
-        let stopped = replaceable(cri_, pod, &seen, st).await;
-        !stopped || (ran_before && policy == "Never")
-    };
-    let sandbox = match (ready_sandbox, terminal) {
-        (Some(s), false) => Some(s.id),
-        (_, true) => {
+    let sandbox = match sandboxes.iter().find(|s| sandbox::ready(s)) {
+        _ if terminal => {
             sandbox::finish(cri_, &sandboxes).await;
             None
         }
-        (None, false) if no_new => None,
-        (None, false) => {
-            if !sandboxes.is_empty() {
-                sandbox::retire(cri_, &sandboxes).await;
-            }
-            st.replacing = None;
-            let attempt = sandbox::next_attempt(&sandboxes);
-            let config = sandbox_config(pod, node, attempt);
-            let _ = std::fs::create_dir_all(&config.log_directory);
-            match cri_
-                .runtime
-                .clone()
-                .run_pod_sandbox(cri::RunPodSandboxRequest {
-                    config: Some(config),
-                    runtime_handler: String::new(),
-                })
-                .await
-            {
-                Ok(r) => Some(r.into_inner().pod_sandbox_id),
-                Err(s) => {
-                    for c in &spec.containers {
-                        waiting.insert(
-                            c.name.clone(),
-                            ("ContainerCreating".into(), s.message().to_string()),
-                        );
-                    }
-                    tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %s.message(), "pod sandbox not created");
-                    None
-                }
-            }
-        }
+        Some(s) => Some(s.id.clone()),
+        // A dead sandbox is replaced once what still runs in it has
+        // stopped (`replaceable` asks it to). Upstream's "Never": a pod
+        // whose sandbox died after its containers ran gets no new one;
+        // its containers end and so does the pod.
+        None if !replaceable(cri_, pod, &seen, st).await => None,
+        None if policy == "Never" && !sandboxes.is_empty() && !seen.is_empty() => None,
+        None => create_sandbox(cri_, pod, node, &sandboxes, st, &mut waiting).await,
     };
     // A sandbox keeps its address: asked for once per sandbox.
     let known_ip = sandbox
@@ -691,7 +645,7 @@ pub async fn sync(
             .sandbox_ip
             .as_ref()
             .map(|(_, ip)| ip.clone())
-            .or_else(|| pod.status.as_ref()?.pod_ip.clone())
+            .or_else(|| recorded_ip(pod))
             .unwrap_or_default(),
         (None, _) => String::new(),
     };
@@ -772,6 +726,49 @@ pub async fn sync(
     ))
 }
 
+/// A new sandbox for the pod, once every earlier one is stopped (a dead
+/// one's address is released only then). None when the runtime refused:
+/// the containers then wait with its message.
+async fn create_sandbox(
+    cri_: &Cri,
+    pod: &Pod,
+    node: &NodeCtx,
+    earlier: &[cri::PodSandbox],
+    st: &mut Tracked,
+    waiting: &mut HashMap<String, (String, String)>,
+) -> Option<String> {
+    sandbox::retire(cri_, earlier).await;
+    st.replacing = None;
+    let config = sandbox_config(pod, node, sandbox::next_attempt(earlier));
+    let _ = std::fs::create_dir_all(&config.log_directory);
+    let r = cri_
+        .runtime
+        .clone()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await;
+    match r {
+        Ok(r) => Some(r.into_inner().pod_sandbox_id),
+        Err(s) => {
+            for c in pod.spec.iter().flat_map(|s| &s.containers) {
+                waiting.insert(
+                    c.name.clone(),
+                    ("ContainerCreating".into(), s.message().to_string()),
+                );
+            }
+            tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %s.message(), "pod sandbox not created");
+            None
+        }
+    }
+}
+
+/// The address the pod's status last recorded.
+fn recorded_ip(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.pod_ip.clone()
+}
+
 /// Whether a pod whose sandbox is not ready can get a new one now: only
 /// once none of its containers runs any more. Those still running (in the
 /// dead sandbox) are told to stop, within the pod's grace period, in the
@@ -792,19 +789,15 @@ async fn replaceable(
     }
     tracing::info!(pod = %pod.metadata.name.clone().unwrap_or_default(), "pod sandbox is gone; stopping its containers to start them in a new one");
     st.replacing = Some(Instant::now());
-    let pod_ip = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .unwrap_or_default();
-    let specs = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.clone())
-        .unwrap_or_default();
+    let pod_ip = recorded_ip(pod).unwrap_or_default();
     for (name, s) in running {
         let (cri_, id, ip) = (cri_.clone(), s.status.id.clone(), pod_ip.clone());
-        let spec = specs.iter().find(|c| &c.name == name).cloned();
+        let spec = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .find(|c| &c.name == name)
+            .cloned();
         tokio::spawn(async move {
             let _ = super::hooks::stop(&cri_, &id, spec.as_ref(), &ip, grace).await;
         });

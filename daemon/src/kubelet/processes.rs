@@ -2,8 +2,8 @@
 //! eviction signal. CRI v1's container stats carry no process count, so
 //! it is read where the kernel keeps it: the `pids.current` of the
 //! container's cgroup, found through the cgroup of its init process
-//! (`/proc/<pid>/cgroup`), which works for cgroup v1 and v2 and for either
-//! cgroup driver.
+//! (`/proc/<pid>/cgroup`; the pid from the runtime), which works for
+//! cgroup v1 and v2 and for either cgroup driver.
 
 use super::pods::{LABEL_CONTAINER, LABEL_UID};
 use crate::runtime::cri::Cri;
@@ -36,22 +36,8 @@ pub async fn per_container(cri_: &Cri) -> HashMap<(String, String), u64> {
         else {
             continue;
         };
-        let Ok(status) = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: c.id.clone(),
-                verbose: true,
-            })
-            .await
-        else {
-            continue;
-        };
-        let pid = status
-            .into_inner()
-            .info
-            .get("info")
-            .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
-            .and_then(|v| v["pid"].as_u64());
-        if let Some(n) = pid.and_then(|p| tasks_in_cgroup_of(p as u32)) {
+        let pid = cri_.container_pid(&c.id).await;
+        if let Some(n) = pid.and_then(tasks_in_cgroup_of) {
             out.insert((uid.clone(), name.clone()), n);
         }
     }

@@ -17,7 +17,7 @@ use k8s_cri::v1 as cri;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-fn ready(s: &cri::PodSandbox) -> bool {
+pub fn ready(s: &cri::PodSandbox) -> bool {
     s.state == cri::PodSandboxState::SandboxReady as i32
 }
 
@@ -32,11 +32,43 @@ pub fn next_attempt(sandboxes: &[cri::PodSandbox]) -> u32 {
     sandboxes.iter().map(|s| attempt(s) + 1).max().unwrap_or(0)
 }
 
+/// Stop sandbox `id`: the runtime kills what still runs in it and tears
+/// down its network, which releases its address. A stopped one may be
+/// stopped again.
+pub async fn stop(cri_: &Cri, id: &str) -> Result<(), tonic::Status> {
+    cri_.runtime
+        .clone()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Stop sandbox `id` and remove it.
+pub async fn remove(cri_: &Cri, id: &str) -> Result<(), tonic::Status> {
+    stop(cri_, id).await?;
+    cri_.runtime
+        .clone()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Stop sandbox `id`; a failure is logged and the next pass tries again.
+async fn stop_logged(cri_: &Cri, id: &str) {
+    if let Err(e) = stop(cri_, id).await {
+        tracing::warn!(sandbox = %id, error = %e.message(), "pod sandbox not stopped; trying again next pass");
+    }
+}
+
 /// Stop the finished pod's sandboxes that still run. Its containers have
-/// all exited by then; the runtime tears down the network.
+/// all exited by then.
 pub async fn finish(cri_: &Cri, sandboxes: &[cri::PodSandbox]) {
     for s in sandboxes.iter().filter(|s| ready(s)) {
-        stop(cri_, &s.id).await;
+        stop_logged(cri_, &s.id).await;
     }
 }
 
@@ -44,20 +76,7 @@ pub async fn finish(cri_: &Cri, sandboxes: &[cri::PodSandbox]) {
 /// not: for one that died, this is what releases its address.
 pub async fn retire(cri_: &Cri, sandboxes: &[cri::PodSandbox]) {
     for s in sandboxes {
-        stop(cri_, &s.id).await;
-    }
-}
-
-async fn stop(cri_: &Cri, id: &str) {
-    let r = cri_
-        .runtime
-        .clone()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
-        })
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(sandbox = %id, error = %e.message(), "pod sandbox not stopped; trying again next pass");
+        stop_logged(cri_, &s.id).await;
     }
 }
 
@@ -91,19 +110,7 @@ pub fn dead(listing: &Listing) -> Vec<&cri::PodSandbox> {
 /// Remove what [`dead`] picks.
 pub async fn collect(cri_: &Cri, listing: &Listing) {
     for s in dead(listing) {
-        let mut rt = cri_.runtime.clone();
-        let r = async {
-            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: s.id.clone(),
-            })
-            .await?;
-            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: s.id.clone(),
-            })
-            .await
-        }
-        .await;
-        if let Err(e) = r {
+        if let Err(e) = remove(cri_, &s.id).await {
             tracing::debug!(sandbox = %s.id, error = %e.message(), "dead sandbox not removed; trying again next pass");
         }
     }

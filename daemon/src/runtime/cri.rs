@@ -3,7 +3,7 @@
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{StatusRequest, VersionRequest};
+use k8s_cri::v1::{ContainerStatusRequest, StatusRequest, VersionRequest};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -99,9 +99,7 @@ impl Cri {
         }
         Ok(out)
     }
-}
 
-impl Cri {
     /// The sandbox (pause) image the runtime is configured with, from its
     /// verbose `Status` (containerd reports its CRI config there as JSON;
     /// `None` when a runtime does not).
@@ -115,6 +113,29 @@ impl Cri {
             .into_inner();
         sandbox_image_of(&s.info)
     }
+
+    /// The host pid of container `id`'s init process, from its verbose
+    /// status (`None` when the runtime does not report one).
+    pub async fn container_pid(&self, id: &str) -> Option<u32> {
+        let s = self
+            .runtime
+            .clone()
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: true,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        pid_of(&s.info)
+    }
+}
+
+/// `pid` of the JSON under `info` in a verbose `ContainerStatus` (as
+/// containerd reports it).
+fn pid_of(info: &std::collections::HashMap<String, String>) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
+    v["pid"].as_u64()?.try_into().ok().filter(|p| *p > 0)
 }
 
 /// `sandboxImage` of the JSON config in a verbose `Status`'s info.
@@ -151,5 +172,15 @@ mod tests {
         assert_eq!(sandbox_image_of(&info(r#"{"sandboxImage":""}"#)), None);
         assert_eq!(sandbox_image_of(&info("not json")), None);
         assert_eq!(sandbox_image_of(&Default::default()), None);
+    }
+
+    #[test]
+    fn the_container_pid_comes_from_the_verbose_info() {
+        let info = |v: &str| std::collections::HashMap::from([("info".to_string(), v.to_string())]);
+        assert_eq!(pid_of(&info(r#"{"pid":4242,"sandboxID":"x"}"#)), Some(4242));
+        // Not started yet, or not containerd's shape.
+        assert_eq!(pid_of(&info(r#"{"pid":0}"#)), None);
+        assert_eq!(pid_of(&info("[]")), None);
+        assert_eq!(pid_of(&Default::default()), None);
     }
 }
