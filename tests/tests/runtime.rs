@@ -519,7 +519,6 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     // and started again in it, the old address is released. After a
     // second death the first sandbox, which no kept container refers to
     // any more, is removed.
-    let socket = rk3sd::runtime::containerd::Paths::new(&dir.join("data")).socket;
     let sandboxes = || {
         let ids = ctr(
             &socket,
@@ -609,7 +608,6 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
         .unwrap()
         .trim_start_matches("containerd://")
         .to_string();
-    let socket = dir.join("data/agent/run/containerd/containerd.sock");
     let info: Value = serde_json::from_str(&ctr(&socket, &["containers", "info", &cid])).unwrap();
     let res = &info["Spec"]["linux"]["resources"];
     assert_eq!(res["memory"]["limit"], 64 << 20, "{res}");
@@ -645,7 +643,6 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
         (!k.run(&["get", "pod", "web"]).status.success()).then_some(())
     });
     assert!(gone.is_some(), "the pod was not deleted:\n{}", server.log());
-    let socket = dir.join("data/agent/run/containerd/containerd.sock");
     let left = ctr(&socket, &["containers", "ls"]);
     assert!(
         !left.contains(id.trim_start_matches("containerd://")),
