@@ -19,16 +19,18 @@ pub async fn per_container(cri_: &Cri) -> HashMap<(String, String), u64> {
     let running = cri::ContainerStateValue {
         state: cri::ContainerState::ContainerRunning as i32,
     };
-    let Ok(list) = rt
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                state: Some(running),
-                ..Default::default()
-            }),
-        })
-        .await
-    else {
-        return HashMap::new();
+    let req = cri::ListContainersRequest {
+        filter: Some(cri::ContainerFilter {
+            state: Some(running),
+            ..Default::default()
+        }),
+    };
+    let list = match rt.list_containers(req).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e.message(), "cannot list running containers to count their processes");
+            return HashMap::new();
+        }
     };
     let mut out = HashMap::new();
     for c in list.into_inner().containers {
@@ -37,8 +39,14 @@ pub async fn per_container(cri_: &Cri) -> HashMap<(String, String), u64> {
             continue;
         };
         let pid = cri_.container_pid(&c.id).await;
-        if let Some(n) = pid.and_then(tasks_in_cgroup_of) {
-            out.insert((uid.clone(), name.clone()), n);
+        match pid.and_then(tasks_in_cgroup_of) {
+            Some(n) => {
+                out.insert((uid.clone(), name.clone()), n);
+            }
+            // Counted as none, so the ranking may not see it: say why.
+            None => {
+                tracing::info!(container = %c.id, pid = ?pid, "process count not readable (no pid from the runtime, or no pids.current in its cgroup)")
+            }
         }
     }
     out
