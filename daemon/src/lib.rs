@@ -28,6 +28,7 @@ pub mod nodeinfo;
 pub mod nodepassword;
 pub mod nodes;
 pub mod objects;
+pub mod placement;
 pub mod quantity;
 pub mod registration;
 pub mod registry;

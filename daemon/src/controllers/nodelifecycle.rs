@@ -15,8 +15,8 @@
 
 use super::client::{deleting, s, time, to_utc, Client};
 use super::replicaset::terminal;
-use super::scheduler::tolerates;
 use crate::datastore::EventKind;
+use crate::placement::tolerates;
 use crate::registry::cache::Cache;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod, Taint};

@@ -14,14 +14,14 @@
 
 use super::client::{controller_uid, deleting, s, Client};
 use crate::datastore::EventKind;
-use crate::quantity::milli;
+use crate::placement::{
+    host_ports, node_affinity_holds, nonzero_requests, ports_clash, requests, term_holds,
+    tolerates, Allocatable,
+};
 use crate::registry::cache::{Cache, Change};
 use crate::registry::core::{bind_pod_from, Bound};
 use crate::registry::validation::selector_matches;
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, Pod, PodAffinityTerm, Taint,
-    Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodAffinityTerm, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -86,75 +86,7 @@ struct Candidate {
     spec: NodeSpec,
     ready: bool,
     labels: BTreeMap<String, String>,
-    alloc_cpu: i128,
-    alloc_memory: i128,
-    alloc_pods: i64,
-}
-
-/// cpu (milli) and memory (bytes) a pod asks for: the larger of its
-/// containers' sum and its largest init container, as upstream counts.
-fn requests(p: &Pod) -> (i128, i128) {
-    pod_requests(p, false)
-}
-
-/// What scoring counts instead (upstream's non-zero requests): 100m cpu
-/// and 200Mi memory for each container that leaves the request out, so
-/// pods that ask for nothing still spread over the nodes.
-fn nonzero_requests(p: &Pod) -> (i128, i128) {
-    pod_requests(p, true)
-}
-
-fn pod_requests(p: &Pod, nonzero: bool) -> (i128, i128) {
-    let get = |c: &k8s_openapi::api::core::v1::Container, k: &str| -> i128 {
-        let asked = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|m| m.get(k));
-        // Only a request left out gets the default; an explicit zero stays.
-        match (asked, nonzero, k) {
-            (Some(q), _, _) => milli(&q.0).unwrap_or(0),
-            (None, true, "cpu") => 100,
-            (None, true, _) => (200 << 20) * 1000,
-            (None, false, _) => 0,
-        }
-    };
-    let Some(spec) = p.spec.as_ref() else {
-        return (0, 0);
-    };
-    let sum = |k: &str| spec.containers.iter().map(|c| get(c, k)).sum::<i128>();
-    let init = |k: &str| {
-        spec.init_containers
-            .iter()
-            .flatten()
-            .map(|c| get(c, k))
-            .max()
-            .unwrap_or(0)
-    };
-    (
-        sum("cpu").max(init("cpu")),
-        (sum("memory").max(init("memory"))) / 1000,
-    )
-}
-
-fn host_ports(p: &Pod) -> Vec<(String, i32, String)> {
-    p.spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|port| {
-            let hp = port.host_port.filter(|h| *h > 0)?;
-            Some((
-                port.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
-                hp,
-                port.protocol.clone().unwrap_or_else(|| "TCP".into()),
-            ))
-        })
-        .collect()
-}
-
-fn ports_clash(a: &(String, i32, String), b: &(String, i32, String)) -> bool {
-    a.1 == b.1 && a.2 == b.2 && (a.0 == b.0 || a.0 == "0.0.0.0" || b.0 == "0.0.0.0")
+    alloc: Allocatable,
 }
 
 fn terminal(p: &Pod) -> bool {
@@ -164,92 +96,12 @@ fn terminal(p: &Pod) -> bool {
     )
 }
 
-pub fn tolerates(tolerations: &[Toleration], t: &Taint) -> bool {
-    tolerations.iter().any(|tol| {
-        let effect_ok = tol
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == t.effect);
-        let key_ok = match tol.key.as_deref() {
-            None | Some("") => tol.operator.as_deref() == Some("Exists"),
-            Some(k) => k == t.key,
-        };
-        let value_ok = match tol.operator.as_deref() {
-            Some("Exists") => true,
-            _ => tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or(""),
-        };
-        effect_ok && key_ok && value_ok
-    })
-}
-
-fn requirement_holds(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let v = labels.get(&r.key);
-    let vals = r.values.clone().unwrap_or_default();
-    let num = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => v.is_some_and(|v| vals.contains(v)),
-        "NotIn" => !v.is_some_and(|v| vals.contains(v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
-        "Gt" => v
-            .and_then(|v| num(v))
-            .zip(vals.first().and_then(|x| num(x)))
-            .is_some_and(|(a, b)| a > b),
-        "Lt" => v
-            .and_then(|v| num(v))
-            .zip(vals.first().and_then(|x| num(x)))
-            .is_some_and(|(a, b)| a < b),
-        _ => false,
-    }
-}
-
-fn term_holds(t: &NodeSelectorTerm, c: &Candidate) -> bool {
-    let fields: BTreeMap<String, String> = [("metadata.name".to_string(), c.name.clone())].into();
-    t.match_expressions
-        .iter()
-        .flatten()
-        .all(|r| requirement_holds(r, &c.labels))
-        && t.match_fields
-            .iter()
-            .flatten()
-            .all(|r| requirement_holds(r, &fields))
-}
-
-fn node_affinity_holds(p: &Pod, c: &Candidate) -> bool {
-    let spec = p.spec.as_ref().expect("pending pods have a spec");
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| c.labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    selector_ok && required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_holds(t, c)))
-}
-
 /// Whether a pod of `spec` may go on `node` by nodeSelector, required node
 /// affinity and NoSchedule/NoExecute taints (resources aside): what the
 /// DaemonSet controller asks of every node.
 pub fn node_accepts(spec: &k8s_openapi::api::core::v1::PodSpec, node: &Node) -> bool {
-    let c = Candidate {
-        name: node.metadata.name.clone().unwrap_or_default(),
-        spec: node.spec.clone().unwrap_or_default(),
-        ready: true,
-        labels: node.metadata.labels.clone().unwrap_or_default(),
-        alloc_cpu: 0,
-        alloc_memory: 0,
-        alloc_pods: 0,
-    };
-    let pod = Pod {
-        spec: Some(spec.clone()),
-        ..Default::default()
-    };
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
     let tolerations = spec.tolerations.clone().unwrap_or_default();
     let node_spec = node.spec.clone().unwrap_or_default();
     let unschedulable = Taint {
@@ -257,7 +109,7 @@ pub fn node_accepts(spec: &k8s_openapi::api::core::v1::PodSpec, node: &Node) -> 
         effect: "NoSchedule".into(),
         ..Default::default()
     };
-    node_affinity_holds(&pod, &c)
+    node_affinity_holds(spec, &name, &labels)
         && (node_spec.unschedulable != Some(true) || tolerates(&tolerations, &unschedulable))
         && node_spec
             .taints
@@ -331,7 +183,7 @@ fn unfit(
             t.value.as_deref().unwrap_or("")
         )]);
     }
-    if !node_affinity_holds(p, c) {
+    if !node_affinity_holds(spec, &c.name, &c.labels) {
         return Some(vec![
             "node(s) didn't match Pod's node affinity/selector".into()
         ]);
@@ -340,13 +192,13 @@ fn unfit(
     let used = usage.get(&c.name).unwrap_or(&none);
     let (cpu, mem) = requests(p);
     let mut short = Vec::new();
-    if used.pods + 1 > c.alloc_pods {
+    if used.pods + 1 > c.alloc.pods {
         short.push("Too many pods".to_string());
     }
-    if cpu > 0 && used.cpu_milli + cpu > c.alloc_cpu {
+    if cpu > 0 && used.cpu_milli + cpu > c.alloc.cpu_milli {
         short.push("Insufficient cpu".to_string());
     }
-    if mem > 0 && used.memory + mem > c.alloc_memory {
+    if mem > 0 && used.memory + mem > c.alloc.memory {
         short.push("Insufficient memory".to_string());
     }
     if !short.is_empty() {
@@ -407,8 +259,8 @@ fn score(p: &Pod, c: &Candidate, usage: &HashMap<String, Usage<'_>>) -> i128 {
             ((alloc - used).max(0) * 100) / alloc
         }
     };
-    let least = (free(used.scored_cpu_milli + cpu, c.alloc_cpu)
-        + free(used.scored_memory + mem, c.alloc_memory))
+    let least = (free(used.scored_cpu_milli + cpu, c.alloc.cpu_milli)
+        + free(used.scored_memory + mem, c.alloc.memory))
         / 2;
     let preferred: i128 = p
         .spec
@@ -421,7 +273,7 @@ fn score(p: &Pod, c: &Candidate, usage: &HashMap<String, Usage<'_>>) -> i128 {
         })
         .into_iter()
         .flatten()
-        .filter(|t| term_holds(&t.preference, c))
+        .filter(|t| term_holds(&t.preference, &c.name, &c.labels))
         .map(|t| t.weight as i128)
         .sum();
     let owner = p
@@ -457,7 +309,6 @@ fn candidate(v: &Value) -> Option<Candidate> {
         .or_else(|| typed("/status/capacity"))
         .and_then(|a| BTreeMap::deserialize(a).ok())
         .unwrap_or_default();
-    let q = |k: &str| alloc.get(k).and_then(|q| milli(&q.0));
     Some(Candidate {
         name: v.pointer("/metadata/name")?.as_str()?.to_string(),
         spec: typed("/spec")
@@ -471,9 +322,7 @@ fn candidate(v: &Value) -> Option<Candidate> {
         labels: typed("/metadata/labels")
             .and_then(|x| BTreeMap::deserialize(x).ok())
             .unwrap_or_default(),
-        alloc_cpu: q("cpu").unwrap_or(0),
-        alloc_memory: q("memory").unwrap_or(0) / 1000,
-        alloc_pods: (q("pods").unwrap_or(110_000) / 1000) as i64,
+        alloc: Allocatable::from_list(&alloc),
     })
 }
 
@@ -847,41 +696,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tolerations_match_taints() {
-        let taint = Taint {
-            key: "dedicated".into(),
-            value: Some("gpu".into()),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        };
-        let tol = |k: Option<&str>, op: &str, v: Option<&str>, e: Option<&str>| Toleration {
-            key: k.map(Into::into),
-            operator: Some(op.into()),
-            value: v.map(Into::into),
-            effect: e.map(Into::into),
-            ..Default::default()
-        };
-        assert!(tolerates(
-            &[tol(Some("dedicated"), "Equal", Some("gpu"), None)],
-            &taint
-        ));
-        assert!(tolerates(
-            &[tol(Some("dedicated"), "Exists", None, Some("NoSchedule"))],
-            &taint
-        ));
-        assert!(tolerates(&[tol(None, "Exists", None, None)], &taint));
-        assert!(!tolerates(
-            &[tol(Some("dedicated"), "Equal", Some("cpu"), None)],
-            &taint
-        ));
-        assert!(!tolerates(
-            &[tol(Some("dedicated"), "Exists", None, Some("NoExecute"))],
-            &taint
-        ));
-        assert!(!tolerates(&[], &taint));
-    }
-
     fn pod(v: Value) -> Pod {
         serde_json::from_value(v).unwrap()
     }
@@ -948,11 +762,6 @@ mod tests {
         // Fitting still counts real requests only: nothing.
         assert_eq!(usage["a"].cpu_milli, 0);
         assert_eq!(usage["a"].scored_cpu_milli, 100);
-        // An explicit zero is not a left-out request.
-        let zero = pod(json!({"metadata": {"name": "z", "namespace": "d"},
-            "spec": {"containers": [{"name": "c", "image": "i",
-                "resources": {"requests": {"cpu": "0", "memory": "0"}}}]}}));
-        assert_eq!(nonzero_requests(&zero), (0, 0));
     }
 
     #[test]
