@@ -142,8 +142,6 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
         .fallback(not_found)
 }
 
-/// The `default/kubernetes` Service; its Endpoints follow the live servers
-/// (see `cluster::endpoints_loop`).
 /// The two PriorityClasses every cluster has, as upstream bootstraps them.
 async fn ensure_priority_classes(objects: &Objects) -> anyhow::Result<()> {
     for (name, value, what) in [

@@ -674,18 +674,16 @@ impl Kubectl {
 
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        succeeded(args, self.run(args))
     }
 
     /// Run with `input` on stdin and require success; returns stdout.
     pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        succeeded(args, self.run_stdin(args, input))
+    }
+
+    /// Run with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
         let mut child = self
             .command(args)
@@ -700,14 +698,7 @@ impl Kubectl {
             .unwrap()
             .write_all(input.as_bytes())
             .unwrap();
-        let o = child.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        child.wait_with_output().unwrap()
     }
 
     /// Run and require failure; returns stderr.
@@ -720,6 +711,17 @@ impl Kubectl {
         );
         stderr(&o)
     }
+}
+
+/// The stdout of kubectl run with `args`, which must have succeeded.
+fn succeeded(args: &[&str], o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
 }
 
 /// A kubeconfig at `path` for `url` (verified with `ca_pem`) that

@@ -681,4 +681,48 @@ fn object_model_with_kubectl_127_and_133() {
             && pcs.contains("system-cluster-critical"),
         "{pcs}"
     );
+    // Priority admission: a pod's priority comes from its class, or the
+    // global default class; an unknown class or a priority that
+    // disagrees with the class is refused with upstream's message.
+    let pod = |name: &str, extra: &str| {
+        format!("{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {{\"name\": \"{name}\"}}, \"spec\": {{{extra}\"containers\": [{{\"name\": \"c\", \"image\": \"busybox:1\"}}]}}}}")
+    };
+    k.ok_stdin(
+        &["create", "-f", "-"],
+        &pod("vital", "\"priorityClassName\": \"system-node-critical\", "),
+    );
+    let vital = json(&k, &["get", "pod", "vital"]);
+    assert_eq!(vital["spec"]["priority"], 2_000_001_000, "{vital}");
+    assert_eq!(vital["spec"]["preemptionPolicy"], "PreemptLowerPriority");
+    let refused = |text: &str| {
+        let o = k.run_stdin(&["create", "-f", "-"], text);
+        assert!(!o.status.success(), "{}", stdout(&o));
+        stderr(&o)
+    };
+    let e = refused(&pod("ghost", "\"priorityClassName\": \"no-such\", "));
+    assert!(
+        e.contains("(Forbidden)")
+            && e.contains(
+                "pods \"ghost\" is forbidden: no PriorityClass with name no-such was found"
+            ),
+        "{e}"
+    );
+    let e = refused(&pod("claims", "\"priority\": 7, "));
+    assert!(
+        e.contains("pods \"claims\" is forbidden: the integer value of priority (7) must not be provided in pod spec; priority admission controller computed 0 from the given PriorityClass name"),
+        "{e}"
+    );
+    k.ok(&[
+        "create",
+        "priorityclass",
+        "everyday",
+        "--value=1000",
+        "--global-default=true",
+    ]);
+    k.ok_stdin(&["create", "-f", "-"], &pod("plain", ""));
+    let plain = json(&k, &["get", "pod", "plain"]);
+    assert_eq!(plain["spec"]["priority"], 1000, "{plain}");
+    assert_eq!(plain["spec"]["priorityClassName"], "everyday");
+    k.ok(&["delete", "priorityclass", "everyday"]);
+    k.ok(&["delete", "pod", "vital", "plain", "--wait=false"]);
 }

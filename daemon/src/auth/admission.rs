@@ -4,6 +4,10 @@
 //!   account must exist, and unless automounting is off the pod gets the
 //!   projected `kube-api-access-<suffix>` volume (token, `ca.crt` from
 //!   `kube-root-ca.crt`, namespace) mounted in every container.
+//! - Priority (pods): `priority` and `preemptionPolicy` come from the
+//!   pod's `priorityClassName`, or from the global default class when it
+//!   names none (priority 0 without one); a class that does not exist, or
+//!   a priority given that differs from the class's, is refused.
 //! - NodeRestriction: a node may not change its own taints or the
 //!   `node-restriction.kubernetes.io/` labels.
 //! - RBAC escalation: a Role or ClusterRole may only grant what its writer
@@ -262,11 +266,86 @@ fn node_restriction(node: &str, old: &Value, new: &Value) -> Result<(), KubeErro
     Ok(())
 }
 
+const PRIORITY_CLASSES: &str = "scheduling.k8s.io/priorityclasses";
+
+impl Admit {
+    /// The PriorityClass a pod without a class name gets: the global
+    /// default with the lowest value, as upstream picks among several.
+    async fn default_priority_class(&self) -> Result<Option<Value>, KubeError> {
+        let (_, classes) = self
+            .objects
+            .list(PRIORITY_CLASSES, None)
+            .await
+            .map_err(|e| KubeError::Internal(e.to_string()))?;
+        Ok(classes
+            .into_iter()
+            .filter(|c| c["globalDefault"] == true)
+            .min_by_key(|c| c["value"].as_i64().unwrap_or(0)))
+    }
+
+    /// Upstream's Priority plugin on a new pod (see the module's comment).
+    async fn admit_priority(&self, pod: &mut Value) -> Result<(), KubeError> {
+        if !pod["spec"].is_object() {
+            return Ok(());
+        }
+        let forbidden = |pod: &Value, why: String| {
+            KubeError::Forbidden(format!("pods {:?} is forbidden: {why}", name_of(pod)))
+        };
+        let named = pod["spec"]["priorityClassName"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        let class = match &named {
+            Some(name) => {
+                let r = Ref::cluster(PRIORITY_CLASSES, name);
+                match self.objects.get(&r).await {
+                    Ok(Some(c)) => Some(c),
+                    Ok(None) => {
+                        return Err(forbidden(
+                            pod,
+                            format!("no PriorityClass with name {name} was found"),
+                        ))
+                    }
+                    Err(e) => return Err(KubeError::Internal(e.to_string())),
+                }
+            }
+            None => self.default_priority_class().await?,
+        };
+        let value = class
+            .as_ref()
+            .and_then(|c| c["value"].as_i64())
+            .unwrap_or(0);
+        let spec = &mut pod["spec"];
+        if let Some(given) = spec["priority"].as_i64().filter(|g| *g != value) {
+            return Err(forbidden(pod, format!("the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name")));
+        }
+        spec["priority"] = json!(value);
+        if let Some(c) = &class {
+            spec["priorityClassName"] = c["metadata"]["name"].clone();
+        }
+        let policy = class
+            .as_ref()
+            .and_then(|c| c["preemptionPolicy"].as_str())
+            .map(str::to_string);
+        if let Some(policy) = policy {
+            if let Some(given) = spec["preemptionPolicy"].as_str().filter(|g| *g != policy) {
+                let why = format!("the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name");
+                return Err(forbidden(pod, why));
+            }
+            pod["spec"]["preemptionPolicy"] = json!(policy);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Admission for Admit {
     async fn mutate(&self, w: &Write<'_>, obj: &mut Value) -> Result<(), KubeError> {
         match (w.rt.group.as_str(), w.rt.resource.as_str(), w.old) {
-            ("", "pods", None) => self.admit_pod(w.namespace.unwrap_or(""), obj).await,
+            ("", "pods", None) => {
+                self.admit_pod(w.namespace.unwrap_or(""), obj).await?;
+                self.admit_priority(obj).await
+            }
             _ => Ok(()),
         }
     }
