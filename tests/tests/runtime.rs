@@ -467,6 +467,59 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     });
     assert!(missing.is_some(), "{}", phase("missing"));
 
+    // Pods bound by hand that do not fit the node are refused at
+    // admission, as upstream's kubelet refuses them: they end Failed with
+    // the reason, and nothing of them reaches the runtime.
+    let mut greedy: Value =
+        serde_json::from_str(&pod_json("greedy", "true", "Never", image)).unwrap();
+    greedy["spec"]["containers"][0]["resources"] = serde_json::json!({"requests": {"cpu": "1000"}});
+    apply("greedy", greedy.to_string());
+    let mut picky: Value =
+        serde_json::from_str(&pod_json("picky", "true", "Never", image)).unwrap();
+    picky["spec"]["nodeSelector"] = serde_json::json!({"disktype": "nvme"});
+    apply("picky", picky.to_string());
+    let refused = |n: &str| {
+        wait_for(Duration::from_secs(20), || {
+            let s = phase(n);
+            (s["phase"] == "Failed").then_some(s)
+        })
+        .unwrap_or_else(|| panic!("{n} was not refused: {}\n{}", phase(n), server.log()))
+    };
+    let g = refused("greedy");
+    assert_eq!(g["reason"], "OutOfcpu", "{g}");
+    let msg = g["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with(
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 0, capacity: "
+        ),
+        "{msg}"
+    );
+    assert!(g.get("containerStatuses").is_none(), "{g}");
+    let p = refused("picky");
+    assert_eq!(
+        (&p["reason"], &p["message"]),
+        (
+            &Value::from("NodeAffinity"),
+            &Value::from("Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector")
+        )
+    );
+    let table = k.ok(&["get", "pod", "greedy"]);
+    assert!(table.contains("OutOfcpu"), "{table}");
+    let events = k.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=greedy",
+        "-o",
+        "json",
+    ]);
+    assert!(events.contains("\"reason\": \"OutOfcpu\""), "{events}");
+    for n in ["greedy", "picky"] {
+        let selector = format!(r#"labels."io.kubernetes.pod.name"=={n}"#);
+        let held = ctr(&socket, &["containers", "ls", "-q", &selector]);
+        assert!(held.trim().is_empty(), "the runtime holds {n}: {held}");
+    }
+
     // Pods on the pod network get addresses from the node's pod CIDR and
     // reach each other.
     let cidr = node(&server, "server-0").unwrap()["spec"]["podCIDR"]
@@ -654,6 +707,7 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
         &k,
         &[
             "fails", "done", "missing", "target", "pinger", "run-ok", "run-7", "crash", "served",
+            "greedy", "picky",
         ],
     );
 }
@@ -662,9 +716,12 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
 fn pid_pressure_evicts_the_pod_with_the_most_processes() {
     let t = tempdir();
     let dir = t.path().join("s");
-    // pid.available under 100 % of pid_max always holds, so every pass
-    // evicts a pod; the first pass comes 30 s after the kubelet starts,
-    // when both pods run, and the next one 30 s after that.
+    // pid.available under 100 % of pid_max always holds, so the node has
+    // PIDPressure from the start and every eviction pass evicts a pod; the
+    // first pass comes 30 s after the kubelet starts, when both pods run,
+    // and the next one 30 s after that. Under pressure only critical pods
+    // are admitted, so both are critical: they still go, ranked by
+    // priority and then by processes, as upstream's kubelet ranks them.
     let (server, _containers, k) = ready_node(
         &dir,
         &[
@@ -680,6 +737,7 @@ fn pid_pressure_evicts_the_pod_with_the_most_processes() {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"nodeName": "server-0", "hostNetwork": true, "terminationGracePeriodSeconds": 1,
+                "priorityClassName": "system-node-critical",
                 "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
                     "command": ["sh", "-c", command]}]}
         })
@@ -755,7 +813,26 @@ fn pid_pressure_evicts_the_pod_with_the_most_processes() {
                 .ok()
         });
     assert!(used.is_some_and(|n| n >= 21), "counted {used:?}:\n{log}");
-    delete_all(&k, &["many", "one"]);
+    // A pod that is not critical is refused while the pressure lasts: it
+    // ends Failed without ever reaching the runtime.
+    let mut late = pod("late", "exec sleep 3600");
+    late["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("priorityClassName");
+    k.ok_stdin(&["apply", "-f", "-"], &late.to_string());
+    let refused = wait_for(Duration::from_secs(20), || {
+        let s = status("late");
+        (s["phase"] == "Failed").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("the pod was not refused: {}", status("late")));
+    assert_eq!(refused["reason"], "Evicted", "{refused}");
+    assert_eq!(
+        refused["message"],
+        "Pod was rejected: The node had condition: [PIDPressure]. "
+    );
+    assert!(refused.get("containerStatuses").is_none(), "{refused}");
+    delete_all(&k, &["many", "one", "late"]);
 }
 
 /// A server in `dir` whose node runs containerd with the busybox image,

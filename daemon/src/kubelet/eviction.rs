@@ -7,8 +7,10 @@
 //! using more of the starved resource than they requested first, then
 //! lower priority, then (memory) the most used above the request or (disk)
 //! the most used; for processes, which nobody requests, lower priority
-//! then the most processes (`processes`). Critical pods
-//! (priority of `system-cluster-critical` and above) are never picked.
+//! then the most processes (`processes`). Critical pods (priority of
+//! `system-cluster-critical` and above) rank last by their priority but
+//! may still go, as upstream's do: it spares only critical static pods,
+//! and rk3s has no static pods.
 //! Under a disk signal, unused images are removed first (`image_gc`'s
 //! rules) and a pod is evicted only if that was not enough.
 //!
@@ -31,10 +33,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
-
-/// Upstream's `scheduling.SystemCriticalPriority`: pods at or above it are
-/// the node's own plumbing and are not evicted.
-const CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
 /// Attempts at writing an evicted pod's status, a second apart.
 const STATUS_TRIES: u32 = 10;
@@ -295,7 +293,7 @@ fn uid_of(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-/// Pods that may be evicted: running ones, not being deleted, not critical.
+/// Pods that may be evicted: running ones, not being deleted.
 pub fn candidates<'a>(pods: &'a [Pod], skip: &HashSet<String>) -> Vec<&'a Pod> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -305,7 +303,6 @@ pub fn candidates<'a>(pods: &'a [Pod], skip: &HashSet<String>) -> Vec<&'a Pod> {
                 Some("Succeeded" | "Failed")
             )
         })
-        .filter(|p| p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0) < CRITICAL_PRIORITY)
         .filter(|p| !skip.contains(&uid_of(p)))
         .collect()
 }
@@ -643,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn critical_terminal_and_deleting_pods_are_not_candidates() {
+    fn terminal_and_deleting_pods_are_not_candidates_and_critical_ones_are() {
         let pod = |name: &str, priority: i32, phase: &str, deleting: bool| -> Pod {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "uid": name,
@@ -655,7 +652,12 @@ mod tests {
         };
         let pods = vec![
             pod("ok", 0, "Running", false),
-            pod("critical", CRITICAL_PRIORITY, "Running", false),
+            pod(
+                "critical",
+                super::super::admission::CRITICAL_PRIORITY,
+                "Running",
+                false,
+            ),
             pod("done", 0, "Succeeded", false),
             pod("going", 0, "Running", true),
             pod("busy", 0, "Running", false),
@@ -665,7 +667,7 @@ mod tests {
             .iter()
             .map(|p| p.metadata.name.clone().unwrap())
             .collect();
-        assert_eq!(names, ["ok"]);
+        assert_eq!(names, ["ok", "critical"]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! authorizer limits it to this node's pods and their objects. It lists
 //! and watches `pods?fieldSelector=spec.nodeName=<node>`, and every second
 //! (and on each change) syncs every pod against the runtime (`pods`),
-//! eight at a time: sandbox, containers, restarts, status. A pod being
+//! eight at a time: sandbox, containers, restarts, status. A pod it has
+//! not run yet must first pass admission (`admission`): node pressure,
+//! then the scheduler's fit rules; a refused one ends Failed. A pod being
 //! deleted is stopped in a task of its own (its grace period), torn down,
 //! and then deleted for good by the kubelet, as upstream's does; sandboxes
 //! of pods that no longer exist are removed. Under a hard eviction
@@ -13,6 +15,7 @@
 //! image filesystem fills up (`image_gc`), and dead containers after each
 //! pass (`container_gc`).
 
+pub mod admission;
 pub mod container_gc;
 pub mod events;
 pub mod eviction;
@@ -31,9 +34,9 @@ pub mod volumes;
 use crate::apiclient::{self, Api, Identity};
 use crate::runtime::cri::Cri;
 use futures_util::stream::{self, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use rk3s_api::tunnel::RuntimeInfo;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -243,7 +246,7 @@ pub async fn run(
         node: node.clone(),
         settings: p.settings.clone(),
         evicting: evicting.clone(),
-        observed,
+        observed: observed.clone(),
         images,
     };
     tokio::spawn(eviction::run(
@@ -260,6 +263,10 @@ pub async fn run(
         cancel.child_token(),
     ));
     let mut tracked: HashMap<String, pods::Tracked> = HashMap::new();
+    // Pods that passed admission (or were running before a restart): only
+    // these are started.
+    let mut admitted: std::collections::HashSet<String> = Default::default();
+    let pressure_period = p.settings.pressure_transition_period;
     // Pods being stopped, each in a task of its own: a grace period must
     // not hold up the other pods.
     let terminating: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
@@ -278,7 +285,11 @@ pub async fn run(
             .collect();
         let live: std::collections::HashSet<String> =
             snapshot.iter().map(|(u, _)| u.clone()).collect();
+        // One list of sandboxes and containers for the whole pass (a
+        // failed list falls back to asking per pod).
+        let listing = pods::Listing::fetch(&cri_).await.ok();
         let mut work = Vec::new();
+        let mut newcomers = Vec::new();
         for (uid, pod) in snapshot {
             if pod.metadata.deletion_timestamp.is_some() {
                 if terminating.lock().expect("terminating").insert(uid.clone()) {
@@ -300,12 +311,39 @@ pub async fn run(
             }
             ev.remove(&uid);
             drop(ev);
+            if !admitted.contains(&uid) {
+                // What the runtime already holds for a pod was admitted
+                // before a restart: it is adopted, not judged again. A
+                // finished pod with nothing here has nothing to sync. The
+                // rest wait for a listing to tell them apart.
+                let Some(l) = &listing else { continue };
+                if tracked.contains_key(&uid) || l.knows(&uid) {
+                    admitted.insert(uid.clone());
+                } else {
+                    if !terminal(&pod) {
+                        newcomers.push((uid, pod));
+                    }
+                    continue;
+                }
+            }
             let st = tracked.remove(&uid).unwrap_or_default();
             work.push((uid, pod, st));
         }
-        // One list of sandboxes and containers for the whole pass (a
-        // failed list falls back to asking per pod).
-        let listing = pods::Listing::fetch(&cri_).await.ok();
+        if !newcomers.is_empty() {
+            let conditions: Vec<&str> = admission::PRESSURES
+                .into_iter()
+                .filter(|c| observed.within(c, pressure_period))
+                .collect();
+            let others: Vec<Pod> = work
+                .iter()
+                .filter(|(_, pod, _)| !terminal(pod))
+                .map(|(_, pod, _)| pod.clone())
+                .collect();
+            for (uid, pod) in admit(&api, &node, others, newcomers, &conditions).await {
+                admitted.insert(uid.clone());
+                work.push((uid, pod, pods::Tracked::default()));
+            }
+        }
         // Pods are independent: sync several at once, as upstream's pod
         // workers do, so a burst of new pods does not start one by one.
         let done: Vec<(String, pods::Tracked)> = stream::iter(work)
@@ -326,10 +364,81 @@ pub async fn run(
         }
         if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
             tracked.retain(|u, _| live.contains(u));
+            admitted.retain(|u| live.contains(u));
             let live: std::collections::HashSet<&String> = live.iter().collect();
             remove_orphans(&cri_, &node, &live).await;
         }
     }
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Judge the pods this kubelet has not started yet, oldest first as
+/// upstream does, each against `others` (the admitted pods that have not
+/// ended) and the ones admitted before it; returns the admitted ones. A
+/// refused pod is ended at once with the reason. Without the Node object
+/// nobody is judged this pass: a failing API is no reason to refuse a pod.
+async fn admit(
+    api: &Api,
+    node: &pods::NodeCtx,
+    mut others: Vec<Pod>,
+    mut newcomers: Vec<(String, Pod)>,
+    conditions: &[&str],
+) -> Vec<(String, Pod)> {
+    let node_object = match api
+        .get(&format!("/api/v1/nodes/{}?resourceVersion=0", node.name))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|v| serde_json::from_value::<Node>(v).map_err(|e| e.to_string()))
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "kubelet: cannot read the node to admit new pods; trying again");
+            return Vec::new();
+        }
+    };
+    newcomers.sort_by(|a, b| {
+        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        created(&a.1).cmp(&created(&b.1))
+    });
+    let mut admitted = Vec::new();
+    for (uid, pod) in newcomers {
+        let verdict = {
+            let running: Vec<&Pod> = others.iter().collect();
+            admission::admit(&pod, &node_object, &running, conditions)
+        };
+        let Some(rejection) = verdict else {
+            others.push(pod.clone());
+            admitted.push((uid, pod));
+            continue;
+        };
+        let (ns, name) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        // Not written: the pod is judged again next pass.
+        if let Err(e) = api.patch_pod_status(&ns, &name, &rejection.status()).await {
+            tracing::debug!(pod = %name, error = %e, "kubelet: rejection not written; retrying");
+            continue;
+        }
+        tracing::warn!(namespace = %ns, pod = %name, reason = %rejection.reason, message = %rejection.message, "pod rejected by admission");
+        let involved =
+            json!({"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid});
+        events::warning(
+            api,
+            &node.name,
+            involved,
+            &rejection.reason,
+            &rejection.message,
+        )
+        .await;
+    }
+    admitted
 }
 
 /// Stop a deleted pod within its grace period, remove its files, and

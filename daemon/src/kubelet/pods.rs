@@ -388,6 +388,11 @@ impl Listing {
         l
     }
 
+    /// Whether the runtime holds a sandbox or a container of the pod.
+    pub fn knows(&self, uid: &str) -> bool {
+        self.sandboxes.contains_key(uid) || self.containers.contains_key(uid)
+    }
+
     /// Every container of this node's pods.
     pub fn containers(&self) -> impl Iterator<Item = &cri::Container> {
         self.containers.values().flatten()
