@@ -35,6 +35,7 @@ pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod supervisor;
+pub mod sysctls;
 pub mod systemd;
 pub mod token;
 pub mod tunnel;

@@ -1218,7 +1218,14 @@ fn probes_gate_readiness_and_restart_failing_containers() {
 #[test]
 fn security_context_is_enforced() {
     let t = tempdir();
-    let (server, _containers, k) = ready_node(&t.path().join("s"), &[]);
+    let (server, _containers, k) = ready_node(
+        &t.path().join("s"),
+        &[
+            "--cluster-cidr",
+            "10.66.0.0/16",
+            "--kubelet-arg=allowed-unsafe-sysctls=kernel.msg*",
+        ],
+    );
     let image = "docker.io/library/busybox:test";
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sec"},
@@ -1234,14 +1241,15 @@ fn security_context_is_enforced() {
     k.ok_stdin(&["create", "-f", "-"], &pod.to_string());
     wait_ready(&k, &server, "sec");
     let uid = k.ok(&["get", "pod", "sec", "-o", "jsonpath={.metadata.uid}"]);
-    let logs = |c: &str| {
-        let path = format!("/var/log/pods/default_sec_{uid}/{c}/0.log");
+    let output = |pod: &str, uid: &str, c: &str, marker: &str| {
+        let path = format!("/var/log/pods/default_{pod}_{uid}/{c}/0.log");
         wait_for(Duration::from_secs(20), || {
             let out = std::fs::read_to_string(&path).ok()?;
-            out.contains("rootfs=").then_some(out)
+            out.contains(marker).then_some(out)
         })
         .unwrap_or_else(|| panic!("no output from {c} in {path}"))
     };
+    let logs = |c: &str| output("sec", &uid, c, "rootfs=");
     let user = logs("user");
     assert!(user.contains("uid=1234 gid=5678"), "{user}");
     assert!(user.contains("rootfs=readonly"), "{user}");
@@ -1250,7 +1258,71 @@ fn security_context_is_enforced() {
     let caps = logs("caps");
     assert!(caps.contains("CapEff:\t0000000000001000"), "{caps}");
     assert!(caps.contains("rootfs=writable"), "{caps}");
-    delete_all(&k, &["sec"]);
+
+    // Sysctls: a safe one and an allowed unsafe one are set in the pod's
+    // own namespaces, not the node's; others refuse the pod at admission.
+    let host = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_string();
+    let port_start = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let (host_port_start, host_msgmax) = (host(port_start), host("/proc/sys/kernel/msgmax"));
+    let sysctl_pod = |name: &str, host_network: bool, sysctls: Value| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "server-0", "hostNetwork": host_network, "terminationGracePeriodSeconds": 1,
+                "securityContext": {"sysctls": sysctls},
+                "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "echo port=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start) msgmax=$(cat /proc/sys/kernel/msgmax) done; exec sleep 3600"]}]}
+        })
+        .to_string()
+    };
+    let tuned = sysctl_pod(
+        "tuned",
+        false,
+        serde_json::json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"},
+            {"name": "kernel.msgmax", "value": "12345"}]),
+    );
+    k.ok_stdin(&["create", "-f", "-"], &tuned);
+    wait_ready(&k, &server, "tuned");
+    let tuned_uid = k.ok(&["get", "pod", "tuned", "-o", "jsonpath={.metadata.uid}"]);
+    let seen = output("tuned", &tuned_uid, "c", "done");
+    assert!(seen.contains("port=80 msgmax=12345"), "{seen}");
+    assert_eq!(
+        host(port_start),
+        host_port_start,
+        "the node's own value changed"
+    );
+    assert_eq!(host("/proc/sys/kernel/msgmax"), host_msgmax);
+    // Not allowed on this node: refused by the kubelet's admission.
+    let sem = sysctl_pod(
+        "semaphores",
+        false,
+        serde_json::json!([{"name": "kernel.sem", "value": "250 32000 32 128"}]),
+    );
+    k.ok_stdin(&["create", "-f", "-"], &sem);
+    let refused = wait_for(Duration::from_secs(20), || {
+        let s: Value =
+            serde_json::from_str(&k.ok(&["get", "pod", "semaphores", "-o", "json"])).ok()?;
+        (s["status"]["phase"] == "Failed").then_some(s["status"].clone())
+    })
+    .unwrap_or_else(|| panic!("the pod was not refused:\n{}", server.log()));
+    assert_eq!(refused["reason"], "SysctlForbidden", "{refused}");
+    assert_eq!(
+        refused["message"],
+        "Pod was rejected: forbidden sysctl: \"kernel.sem\" not allowlisted"
+    );
+    // The node's own network namespace: refused by the API already.
+    let on_host_net = sysctl_pod(
+        "hostcookies",
+        true,
+        serde_json::json!([{"name": "net.ipv4.tcp_syncookies", "value": "1"}]),
+    );
+    let o = k.run_stdin(&["create", "-f", "-"], &on_host_net);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("spec.securityContext.sysctls[0].name: Invalid value: \"net.ipv4.tcp_syncookies\": may not be specified when 'hostNetwork' is true"),
+        "{}",
+        stderr(&o)
+    );
+    delete_all(&k, &["sec", "tuned", "semaphores"]);
 }
 
 /// A tmpfs mounted at a path for a test's life (lazily unmounted after,

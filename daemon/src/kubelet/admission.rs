@@ -8,7 +8,9 @@
 //!    tolerate the memory-pressure taint. "Under pressure" is what the
 //!    node's conditions say: a signal seen under its threshold within the
 //!    transition period.
-//! 2. **General predicates** (the scheduler's own filters, run again): the
+//! 2. **Sysctls**: the pod's `securityContext.sysctls` must be allowed
+//!    (`sysctls`).
+//! 3. **General predicates** (the scheduler's own filters, run again): the
 //!    pod's OS, its requests against allocatable cpu, memory and pod count
 //!    minus the pods already admitted, nodeSelector and required node
 //!    affinity, free host ports, and the node's NoExecute taints.
@@ -22,6 +24,7 @@
 //! Its controller makes another, as upstream's do.
 
 use crate::placement::{self, Allocatable};
+use crate::sysctls::Allowlist;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use serde_json::{json, Value};
 
@@ -203,9 +206,25 @@ pub fn predicates(pod: &Pod, node: &Node, others: &[&Pod]) -> Option<Rejection> 
     None
 }
 
-/// Both checks, pressure first, as upstream's handlers are ordered.
-pub fn admit(pod: &Pod, node: &Node, others: &[&Pod], conditions: &[&str]) -> Option<Rejection> {
-    under_pressure(pod, conditions).or_else(|| predicates(pod, node, others))
+/// What the node's checks depend on besides the pod and the Node.
+pub struct Judge<'a> {
+    /// The node's pressure conditions now in force.
+    pub conditions: &'a [&'a str],
+    pub sysctls: &'a Allowlist,
+}
+
+impl Judge<'_> {
+    /// Every check, in the order of upstream's handlers: pressure, sysctls,
+    /// then the general predicates.
+    pub fn admit(&self, pod: &Pod, node: &Node, others: &[&Pod]) -> Option<Rejection> {
+        under_pressure(pod, self.conditions)
+            .or_else(|| {
+                self.sysctls
+                    .refuse(pod)
+                    .map(|why| Rejection::new("SysctlForbidden", why))
+            })
+            .or_else(|| predicates(pod, node, others))
+    }
 }
 
 #[cfg(test)]
@@ -362,14 +381,30 @@ mod tests {
     }
 
     #[test]
-    fn pressure_is_checked_before_resources() {
-        let r = admit(&asking("100", "1Mi"), &node(), &[], &["PIDPressure"]).unwrap();
+    fn pressure_then_sysctls_then_resources() {
+        let sysctls = Allowlist::default();
+        let judge = |conditions| Judge {
+            conditions,
+            sysctls: &sysctls,
+        };
+        let mut p = asking("100", "1Mi");
+        let r = judge(&["PIDPressure"]).admit(&p, &node(), &[]).unwrap();
         assert_eq!(r.reason, "Evicted");
         assert_eq!(
-            admit(&asking("100", "1Mi"), &node(), &[], &[])
-                .unwrap()
-                .reason,
+            judge(&[]).admit(&p, &node(), &[]).unwrap().reason,
             "OutOfcpu"
+        );
+        p.spec.as_mut().unwrap().security_context = Some(
+            serde_json::from_value(json!({"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}))
+                .unwrap(),
+        );
+        let r = judge(&[]).admit(&p, &node(), &[]).unwrap();
+        assert_eq!(
+            (r.reason.as_str(), r.message.as_str()),
+            (
+                "SysctlForbidden",
+                "forbidden sysctl: \"kernel.msgmax\" not allowlisted"
+            )
         );
     }
 }

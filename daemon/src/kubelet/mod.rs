@@ -339,7 +339,11 @@ pub async fn run(
                 .filter(|(_, pod, _)| !terminal(pod))
                 .map(|(_, pod, _)| pod.clone())
                 .collect();
-            for (uid, pod) in admit(&api, &node, others, newcomers, &conditions).await {
+            let judge = admission::Judge {
+                conditions: &conditions,
+                sysctls: &p.settings.sysctls,
+            };
+            for (uid, pod) in admit(&api, &node, others, newcomers, &judge).await {
                 admitted.insert(uid.clone());
                 work.push((uid, pod, pods::Tracked::default()));
             }
@@ -388,7 +392,7 @@ async fn admit(
     node: &pods::NodeCtx,
     mut others: Vec<Pod>,
     mut newcomers: Vec<(String, Pod)>,
-    conditions: &[&str],
+    judge: &admission::Judge<'_>,
 ) -> Vec<(String, Pod)> {
     let node_object = match api
         .get(&format!("/api/v1/nodes/{}?resourceVersion=0", node.name))
@@ -410,7 +414,7 @@ async fn admit(
     for (uid, pod) in newcomers {
         let verdict = {
             let running: Vec<&Pod> = others.iter().collect();
-            admission::admit(&pod, &node_object, &running, conditions)
+            judge.admit(&pod, &node_object, &running)
         };
         let Some(rejection) = verdict else {
             others.push(pod.clone());

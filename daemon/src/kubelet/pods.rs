@@ -124,6 +124,8 @@ fn sandbox_config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxCon
                 privileged: resources::privileged(&spec),
                 ..Default::default()
             }),
+            // Admission let only allowed ones through.
+            sysctls: crate::sysctls::of(pod),
             ..Default::default()
         }),
         ..Default::default()

@@ -86,6 +86,9 @@ pub struct Settings {
     /// How often image GC runs: upstream's fixed `ImageGCPeriod` (5m),
     /// a setting here so tests need not wait (`image-gc-period`).
     pub image_gc_period: Duration,
+    /// The sysctls pods may set: upstream's safe ones plus
+    /// `allowed-unsafe-sysctls`.
+    pub sysctls: crate::sysctls::Allowlist,
 }
 
 impl Default for Settings {
@@ -104,6 +107,7 @@ impl Default for Settings {
             image_gc_low: 80,
             image_min_age: Duration::from_secs(120),
             image_gc_period: Duration::from_secs(300),
+            sysctls: crate::sysctls::Allowlist::default(),
         }
     }
 }
@@ -124,6 +128,7 @@ pub const NAMES: &[&str] = &[
     "image-gc-low-threshold",
     "image-minimum-gc-age",
     "image-gc-period",
+    "allowed-unsafe-sysctls",
 ];
 
 fn percent(name: &str, v: &str) -> Result<u8, String> {
@@ -259,6 +264,16 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
                     .map_err(|_| format!("{name}: {v:?} is not a duration (like 2m or 0s)"))?
             }
             "image-gc-period" => s.image_gc_period = duration(name, v)?,
+            "allowed-unsafe-sysctls" => {
+                let listed: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                s.sysctls =
+                    crate::sysctls::Allowlist::new(&listed).map_err(|e| format!("{name}: {e}"))?
+            }
             other => {
                 return Err(format!(
                     "unknown kubelet setting {other:?}; rk3s takes {}",
@@ -328,6 +343,12 @@ mod tests {
         assert_eq!((g.image_gc_high, g.image_gc_low), (70, 60));
         assert_eq!(g.image_min_age, Duration::ZERO);
         assert_eq!(g.image_gc_period, Duration::from_secs(1));
+        let u = p(&["allowed-unsafe-sysctls=kernel.msg*,net.core.somaxconn"]).unwrap();
+        assert_eq!(
+            u.sysctls,
+            crate::sysctls::Allowlist::new(&["kernel.msg*".into(), "net.core.somaxconn".into()])
+                .unwrap()
+        );
         for (bad, says) in [
             ("image-gc-hi-threshold=80", "unknown kubelet setting"),
             ("image-gc-high-threshold=101", "between 0 and 100"),
@@ -341,6 +362,10 @@ mod tests {
             ("eviction-hard=memory.available>1Gi", "signal<threshold"),
             ("eviction-hard=nodefs.available<150%", "percentage"),
             ("kube-reserved=gpu=1", "unknown resource"),
+            (
+                "allowed-unsafe-sysctls=net.core.somaxconn,vm.swappiness",
+                "allowed-unsafe-sysctls: the sysctl \"vm.swappiness\" is not known to be namespaced",
+            ),
             ("max-pods", "name=value"),
         ] {
             let e = p(&[bad]).unwrap_err();

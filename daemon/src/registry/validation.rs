@@ -368,6 +368,43 @@ fn containers(
 }
 
 /// A pod spec at `path` (`spec`, `spec.template.spec`).
+/// `securityContext.sysctls`: well-formed, each once, and none that would
+/// change the node's own namespace (a net sysctl with hostNetwork, an IPC
+/// one with hostIPC), as upstream validates them.
+fn sysctls(path: &str, spec: &PodSpec, errs: &mut Vec<FieldError>) {
+    use crate::sysctls::{normalize, valid_name, Namespace, NAME_FORMAT, NAME_MAX};
+    let Some(list) = spec
+        .security_context
+        .as_ref()
+        .and_then(|c| c.sysctls.as_ref())
+    else {
+        return;
+    };
+    let mut seen = HashSet::new();
+    for (i, s) in list.iter().enumerate() {
+        let p = format!("{path}.securityContext.sysctls[{i}].name");
+        if s.name.is_empty() {
+            errs.push(FieldError::required(&p, ""));
+        } else if !valid_name(&s.name) {
+            let why =
+                format!("must have at most {NAME_MAX} characters and match regex {NAME_FORMAT}");
+            errs.push(FieldError::invalid(&p, &s.name, &why));
+        } else if !seen.insert(s.name.as_str()) {
+            errs.push(FieldError::duplicate(&p, &s.name));
+        }
+        let shared = match Namespace::of(&normalize(&s.name)) {
+            Some(Namespace::Net) if spec.host_network == Some(true) => "hostNetwork",
+            Some(Namespace::Ipc) if spec.host_ipc == Some(true) => "hostIPC",
+            _ => continue,
+        };
+        errs.push(FieldError::invalid(
+            &p,
+            &s.name,
+            &format!("may not be specified when '{shared}' is true"),
+        ));
+    }
+}
+
 pub fn pod_spec(path: &str, spec: &PodSpec, errs: &mut Vec<FieldError>) {
     let mut volumes = HashSet::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
@@ -395,6 +432,7 @@ pub fn pod_spec(path: &str, spec: &PodSpec, errs: &mut Vec<FieldError>) {
         errs,
         &volumes,
     );
+    sysctls(path, spec, errs);
     if let Some(rp) = spec.restart_policy.as_deref() {
         if !["Always", "OnFailure", "Never"].contains(&rp) {
             errs.push(FieldError::not_supported(
@@ -487,6 +525,39 @@ mod tests {
         assert!(e[0]
             .to_string()
             .starts_with("metadata.name: Invalid value: \"Web\": a lowercase RFC 1123 subdomain"));
+    }
+
+    #[test]
+    fn sysctls_are_well_formed_once_and_not_the_nodes() {
+        let spec = |v: serde_json::Value| -> PodSpec { serde_json::from_value(v).unwrap() };
+        let check = |s: &PodSpec| {
+            let mut e = vec![];
+            sysctls("spec", s, &mut e);
+            e.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        };
+        let ok = spec(
+            serde_json::json!({"containers": [], "securityContext": {"sysctls": [
+            {"name": "net.ipv4.tcp_syncookies", "value": "1"}, {"name": "kernel/shm_rmid_forced", "value": "1"}]}}),
+        );
+        assert!(check(&ok).is_empty(), "{:?}", check(&ok));
+        let bad = spec(
+            serde_json::json!({"containers": [], "hostNetwork": true, "securityContext": {"sysctls": [
+            {"name": "", "value": "1"}, {"name": "Net.x", "value": "1"},
+            {"name": "kernel.sem", "value": "1"}, {"name": "kernel.sem", "value": "1"},
+            {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}),
+        );
+        let e = check(&bad);
+        assert_eq!(e[0], "spec.securityContext.sysctls[0].name: Required value");
+        assert!(e[1].starts_with("spec.securityContext.sysctls[1].name: Invalid value: \"Net.x\": must have at most 253 characters and match regex "), "{}", e[1]);
+        assert_eq!(
+            e[2],
+            "spec.securityContext.sysctls[3].name: Duplicate value: \"kernel.sem\""
+        );
+        assert_eq!(
+            e[3],
+            "spec.securityContext.sysctls[4].name: Invalid value: \"net.ipv4.tcp_syncookies\": may not be specified when 'hostNetwork' is true"
+        );
+        assert_eq!(e.len(), 4);
     }
 
     #[test]
