@@ -290,8 +290,14 @@ pub async fn run(
         let listing = pods::Listing::fetch(&cri_).await.ok();
         let mut work = Vec::new();
         let mut newcomers = Vec::new();
+        // Admitted pods being deleted still hold what they asked for
+        // until they have stopped, as upstream counts them.
+        let mut leaving = Vec::new();
         for (uid, pod) in snapshot {
             if pod.metadata.deletion_timestamp.is_some() {
+                if admitted.contains(&uid) && !terminal(&pod) {
+                    leaving.push(pod.clone());
+                }
                 if terminating.lock().expect("terminating").insert(uid.clone()) {
                     let (api, cri_, node, terminating) =
                         (api.clone(), cri_.clone(), node.clone(), terminating.clone());
@@ -336,8 +342,10 @@ pub async fn run(
                 .collect();
             let others: Vec<Pod> = work
                 .iter()
-                .filter(|(_, pod, _)| !terminal(pod))
-                .map(|(_, pod, _)| pod.clone())
+                .map(|(_, pod, _)| pod)
+                .filter(|pod| !terminal(pod))
+                .cloned()
+                .chain(leaving)
                 .collect();
             let judge = admission::Judge {
                 conditions: &conditions,
