@@ -267,6 +267,11 @@ pub async fn run(
     // these are started.
     let mut admitted: std::collections::HashSet<String> = Default::default();
     let pressure_period = p.settings.pressure_transition_period;
+    // The Node admission judges against, read again once it is older than
+    // a status period (upstream's kubelet reads it from an informer): a
+    // read per new pod would add a round trip to every pod start.
+    let mut node_seen: Option<(std::time::Instant, Node)> = None;
+    let node_max_age = p.settings.status_update_frequency;
     // Pods being stopped, each in a task of its own: a grace period must
     // not hold up the other pods.
     let terminating: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
@@ -351,9 +356,25 @@ pub async fn run(
                 conditions: &conditions,
                 sysctls: &p.settings.sysctls,
             };
-            for (uid, pod) in admit(&api, &node, others, newcomers, &judge).await {
-                admitted.insert(uid.clone());
-                work.push((uid, pod, pods::Tracked::default()));
+            let fresh = node_seen
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < node_max_age);
+            if !fresh {
+                match read_node(&api, &node.name).await {
+                    Ok(n) => node_seen = Some((std::time::Instant::now(), n)),
+                    Err(e) => {
+                        tracing::warn!(node = %node.name, error = %e, "kubelet: cannot read the node to admit new pods; trying again");
+                        node_seen = None;
+                    }
+                }
+            }
+            // Without the Node nobody is judged this pass (the others are
+            // still synced): a failing API is no reason to refuse a pod.
+            if let Some((_, node_object)) = &node_seen {
+                for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
+                    admitted.insert(uid.clone());
+                    work.push((uid, pod, pods::Tracked::default()));
+                }
             }
         }
         // Pods are independent: sync several at once, as upstream's pod
@@ -390,30 +411,27 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
+/// This node's Node object.
+async fn read_node(api: &Api, name: &str) -> Result<Node, String> {
+    let v = api
+        .get(&format!("/api/v1/nodes/{name}?resourceVersion=0"))
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
 /// Judge the pods this kubelet has not started yet, oldest first as
-/// upstream does, each against `others` (the admitted pods that have not
-/// ended) and the ones admitted before it; returns the admitted ones. A
-/// refused pod is ended at once with the reason. Without the Node object
-/// nobody is judged this pass: a failing API is no reason to refuse a pod.
+/// upstream does, each against `node_object`, `others` (the admitted pods
+/// that have not ended) and the ones admitted before it; returns the
+/// admitted ones. A refused pod is ended at once with the reason.
 async fn admit(
     api: &Api,
     node: &pods::NodeCtx,
+    node_object: &Node,
     mut others: Vec<Pod>,
     mut newcomers: Vec<(String, Pod)>,
     judge: &admission::Judge<'_>,
 ) -> Vec<(String, Pod)> {
-    let node_object = match api
-        .get(&format!("/api/v1/nodes/{}?resourceVersion=0", node.name))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|v| serde_json::from_value::<Node>(v).map_err(|e| e.to_string()))
-    {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(node = %node.name, error = %e, "kubelet: cannot read the node to admit new pods; trying again");
-            return Vec::new();
-        }
-    };
     newcomers.sort_by(|a, b| {
         let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
         created(&a.1).cmp(&created(&b.1))
@@ -422,7 +440,7 @@ async fn admit(
     for (uid, pod) in newcomers {
         let verdict = {
             let running: Vec<&Pod> = others.iter().collect();
-            judge.admit(&pod, &node_object, &running)
+            judge.admit(&pod, node_object, &running)
         };
         let Some(rejection) = verdict else {
             others.push(pod.clone());
