@@ -41,6 +41,15 @@ impl Allocatable {
     }
 }
 
+/// Whether the pod has finished (Succeeded or Failed): it no longer holds
+/// what it asked for, so neither the scheduler nor the kubelet counts it.
+pub fn finished(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// cpu (milli) and memory (bytes) a pod asks for: the larger of its
 /// containers' sum and its largest init container, as upstream counts.
 pub fn requests(p: &Pod) -> (i128, i128) {

@@ -15,7 +15,7 @@
 use super::client::{controller_uid, deleting, s, Client};
 use crate::datastore::EventKind;
 use crate::placement::{
-    host_ports, node_affinity_holds, nonzero_requests, ports_clash, requests, term_holds,
+    finished, host_ports, node_affinity_holds, nonzero_requests, ports_clash, requests, term_holds,
     tolerates, Allocatable,
 };
 use crate::registry::cache::{Cache, Change};
@@ -87,13 +87,6 @@ struct Candidate {
     ready: bool,
     labels: BTreeMap<String, String>,
     alloc: Allocatable,
-}
-
-fn terminal(p: &Pod) -> bool {
-    matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// Whether a pod of `spec` may go on `node` by nodeSelector, required node
@@ -426,7 +419,7 @@ async fn schedule(
             }
             continue;
         }
-        if terminal(p) {
+        if finished(p) {
             continue;
         }
         usage.entry(node).or_default().add(p, v);

@@ -68,22 +68,13 @@ pub fn critical(pod: &Pod) -> bool {
 }
 
 /// Upstream's `GetPodQOS`: the class the API server recorded, else worked
-/// out from the requests and limits.
+/// out from the requests and limits as the API server works it out.
 fn best_effort(pod: &Pod) -> bool {
-    match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
-        Some(class) if !class.is_empty() => class == "BestEffort",
-        _ => pod.spec.as_ref().is_none_or(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-                .all(|c| {
-                    c.resources.as_ref().is_none_or(|r| {
-                        r.requests.as_ref().is_none_or(|m| m.is_empty())
-                            && r.limits.as_ref().is_none_or(|m| m.is_empty())
-                    })
-                })
-        }),
-    }
+    let class = match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        Some(class) if !class.is_empty() => class,
+        _ => crate::registry::core::qos_class(&pod.spec.clone().unwrap_or_default()),
+    };
+    class == "BestEffort"
 }
 
 /// The eviction manager's check: `conditions` are the node's pressure

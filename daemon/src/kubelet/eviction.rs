@@ -297,12 +297,7 @@ fn uid_of(pod: &Pod) -> String {
 pub fn candidates<'a>(pods: &'a [Pod], skip: &HashSet<String>) -> Vec<&'a Pod> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-        })
+        .filter(|p| !crate::placement::finished(p))
         .filter(|p| !skip.contains(&uid_of(p)))
         .collect()
 }

@@ -32,6 +32,7 @@ pub mod settings;
 pub mod volumes;
 
 use crate::apiclient::{self, Api, Identity};
+use crate::placement::finished;
 use crate::runtime::cri::Cri;
 use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -300,7 +301,7 @@ pub async fn run(
         let mut leaving = Vec::new();
         for (uid, pod) in snapshot {
             if pod.metadata.deletion_timestamp.is_some() {
-                if admitted.contains(&uid) && !terminal(&pod) {
+                if admitted.contains(&uid) && !finished(&pod) {
                     leaving.push(pod.clone());
                 }
                 if terminating.lock().expect("terminating").insert(uid.clone()) {
@@ -331,7 +332,7 @@ pub async fn run(
                 if tracked.contains_key(&uid) || l.knows(&uid) {
                     admitted.insert(uid.clone());
                 } else {
-                    if !terminal(&pod) {
+                    if !finished(&pod) {
                         newcomers.push((uid, pod));
                     }
                     continue;
@@ -348,7 +349,7 @@ pub async fn run(
             let others: Vec<Pod> = work
                 .iter()
                 .map(|(_, pod, _)| pod)
-                .filter(|pod| !terminal(pod))
+                .filter(|pod| !finished(pod))
                 .cloned()
                 .chain(leaving)
                 .collect();
@@ -402,13 +403,6 @@ pub async fn run(
             remove_orphans(&cri_, &node, &live).await;
         }
     }
-}
-
-fn terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// This node's Node object.

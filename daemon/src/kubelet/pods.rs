@@ -597,10 +597,7 @@ pub async fn sync(
         .unwrap_or_else(|| "Always".into());
     let e = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let (sandboxes, mut seen) = observe(cri_, &uid, listing, st).await.map_err(e)?;
-    let terminal = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
+    let terminal = crate::placement::finished(pod);
     st.start_time
         .get_or_insert_with(crate::objects::now_rfc3339);
     let mut waiting: HashMap<String, (String, String)> = HashMap::new();

@@ -108,7 +108,7 @@ fn pod_admission(s: &mut PodSpec) {
 }
 
 /// Guaranteed, Burstable or BestEffort, from requests and limits.
-fn qos_class(s: &PodSpec) -> &'static str {
+pub fn qos_class(s: &PodSpec) -> &'static str {
     let all: Vec<&Container> = s
         .containers
         .iter()
