@@ -684,12 +684,21 @@ fn object_model_with_kubectl_127_and_133() {
     // Priority admission: a pod's priority comes from its class, or the
     // global default class; an unknown class or a priority that
     // disagrees with the class is refused with upstream's message.
-    let pod = |name: &str, extra: &str| {
-        format!("{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {{\"name\": \"{name}\"}}, \"spec\": {{{extra}\"containers\": [{{\"name\": \"c\", \"image\": \"busybox:1\"}}]}}}}")
+    // A pod with `extra` merged into its spec.
+    let pod = |name: &str, extra: Value| {
+        let mut p = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            p["spec"][k] = v.clone();
+        }
+        p.to_string()
     };
     k.ok_stdin(
         &["create", "-f", "-"],
-        &pod("vital", "\"priorityClassName\": \"system-node-critical\", "),
+        &pod(
+            "vital",
+            serde_json::json!({"priorityClassName": "system-node-critical"}),
+        ),
     );
     let vital = json(&k, &["get", "pod", "vital"]);
     assert_eq!(vital["spec"]["priority"], 2_000_001_000, "{vital}");
@@ -699,7 +708,10 @@ fn object_model_with_kubectl_127_and_133() {
         assert!(!o.status.success(), "{}", stdout(&o));
         stderr(&o)
     };
-    let e = refused(&pod("ghost", "\"priorityClassName\": \"no-such\", "));
+    let e = refused(&pod(
+        "ghost",
+        serde_json::json!({"priorityClassName": "no-such"}),
+    ));
     assert!(
         e.contains("(Forbidden)")
             && e.contains(
@@ -707,7 +719,7 @@ fn object_model_with_kubectl_127_and_133() {
             ),
         "{e}"
     );
-    let e = refused(&pod("claims", "\"priority\": 7, "));
+    let e = refused(&pod("claims", serde_json::json!({"priority": 7})));
     assert!(
         e.contains("pods \"claims\" is forbidden: the integer value of priority (7) must not be provided in pod spec; priority admission controller computed 0 from the given PriorityClass name"),
         "{e}"
@@ -719,7 +731,7 @@ fn object_model_with_kubectl_127_and_133() {
         "--value=1000",
         "--global-default=true",
     ]);
-    k.ok_stdin(&["create", "-f", "-"], &pod("plain", ""));
+    k.ok_stdin(&["create", "-f", "-"], &pod("plain", serde_json::json!({})));
     let plain = json(&k, &["get", "pod", "plain"]);
     assert_eq!(plain["spec"]["priority"], 1000, "{plain}");
     assert_eq!(plain["spec"]["priorityClassName"], "everyday");

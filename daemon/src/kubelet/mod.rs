@@ -268,11 +268,10 @@ pub async fn run(
     // these are started.
     let mut admitted: std::collections::HashSet<String> = Default::default();
     let pressure_period = p.settings.pressure_transition_period;
-    // The Node admission judges against, read again once it is older than
-    // a status period (upstream's kubelet reads it from an informer): a
-    // read per new pod would add a round trip to every pod start.
-    let mut node_seen: Option<(std::time::Instant, Node)> = None;
-    let node_max_age = p.settings.status_update_frequency;
+    let mut node_cache = NodeCache {
+        max_age: p.settings.status_update_frequency,
+        seen: None,
+    };
     // Pods being stopped, each in a task of its own: a grace period must
     // not hold up the other pods.
     let terminating: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
@@ -341,7 +340,14 @@ pub async fn run(
             let st = tracked.remove(&uid).unwrap_or_default();
             work.push((uid, pod, st));
         }
-        if !newcomers.is_empty() {
+        // Without the Node nobody is judged this pass (the others are
+        // still synced): a failing API is no reason to refuse a pod.
+        let node_object = if newcomers.is_empty() {
+            None
+        } else {
+            node_cache.get(&api, &node.name).await
+        };
+        if let Some(node_object) = node_object {
             let conditions: Vec<&str> = admission::PRESSURES
                 .into_iter()
                 .filter(|c| observed.within(c, pressure_period))
@@ -357,25 +363,9 @@ pub async fn run(
                 conditions: &conditions,
                 sysctls: &p.settings.sysctls,
             };
-            let fresh = node_seen
-                .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < node_max_age);
-            if !fresh {
-                match read_node(&api, &node.name).await {
-                    Ok(n) => node_seen = Some((std::time::Instant::now(), n)),
-                    Err(e) => {
-                        tracing::warn!(node = %node.name, error = %e, "kubelet: cannot read the node to admit new pods; trying again");
-                        node_seen = None;
-                    }
-                }
-            }
-            // Without the Node nobody is judged this pass (the others are
-            // still synced): a failing API is no reason to refuse a pod.
-            if let Some((_, node_object)) = &node_seen {
-                for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
-                    admitted.insert(uid.clone());
-                    work.push((uid, pod, pods::Tracked::default()));
-                }
+            for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
+                admitted.insert(uid.clone());
+                work.push((uid, pod, pods::Tracked::default()));
             }
         }
         // Pods are independent: sync several at once, as upstream's pod
@@ -405,13 +395,37 @@ pub async fn run(
     }
 }
 
-/// This node's Node object.
-async fn read_node(api: &Api, name: &str) -> Result<Node, String> {
-    let v = api
-        .get(&format!("/api/v1/nodes/{name}?resourceVersion=0"))
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_value(v).map_err(|e| e.to_string())
+/// This node's Node object as admission judges against it, read again
+/// once older than `max_age` (upstream's kubelet reads it from an
+/// informer): a read per new pod would add a round trip to every pod start.
+struct NodeCache {
+    max_age: Duration,
+    seen: Option<(std::time::Instant, Node)>,
+}
+
+impl NodeCache {
+    /// The Node, or None when it cannot be read now (logged).
+    async fn get(&mut self, api: &Api, name: &str) -> Option<&Node> {
+        let fresh = self
+            .seen
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < self.max_age);
+        if !fresh {
+            let read = api
+                .get(&format!("/api/v1/nodes/{name}?resourceVersion=0"))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|v| serde_json::from_value::<Node>(v).map_err(|e| e.to_string()));
+            self.seen = match read {
+                Ok(n) => Some((std::time::Instant::now(), n)),
+                Err(e) => {
+                    tracing::warn!(node = %name, error = %e, "kubelet: cannot read the node to admit new pods; trying again");
+                    None
+                }
+            };
+        }
+        self.seen.as_ref().map(|(_, n)| n)
+    }
 }
 
 /// Judge the pods this kubelet has not started yet, oldest first as
@@ -432,11 +446,7 @@ async fn admit(
     });
     let mut admitted = Vec::new();
     for (uid, pod) in newcomers {
-        let verdict = {
-            let running: Vec<&Pod> = others.iter().collect();
-            judge.admit(&pod, node_object, &running)
-        };
-        let Some(rejection) = verdict else {
+        let Some(rejection) = judge.admit(&pod, node_object, &others) else {
             others.push(pod.clone());
             admitted.push((uid, pod));
             continue;
