@@ -27,17 +27,23 @@ impl Drop for Containers {
                 .args(args)
                 .output()
         };
-        // The node's kubelet may still be running and restart what was
-        // killed: a few rounds, until nothing is left.
+        let data_dir = self.0.ancestors().nth(4).map(Path::to_path_buf);
+        // The node's kubelet would start again what is killed below, making
+        // new sandboxes (a bridge, a network namespace, NAT rules) after
+        // the last sweep: the daemons of this data dir are frozen first.
+        // They are killed at the end, as their `Proc` would do next.
+        let frozen = data_dir.as_deref().map(freeze_daemons).unwrap_or_default();
         // Sandboxes' network namespaces: containerd removes them only when
         // the sandbox is stopped through CRI, which a test's end does not
         // do, so they would pile up in /run/netns.
         let mut netns = std::collections::BTreeSet::new();
+        let mut ids = Vec::new();
         if let Ok(o) = run(&["containers", "ls", "-q"]) {
             for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                 if let Ok(o) = run(&["containers", "info", id]) {
                     netns.extend(cni_netns(&String::from_utf8_lossy(&o.stdout)));
                 }
+                ids.push(id.to_string());
             }
         }
         for _ in 0..3 {
@@ -66,8 +72,11 @@ impl Drop for Containers {
                 .args(["netns", "delete", &name])
                 .output();
         }
+        // The portmap plugin's NAT rules of those sandboxes: left behind,
+        // the next run's hostPort would be forwarded to a dead pod's IP.
+        remove_hostport_rules(&ids);
         // Its pod network's bridge (named after the data dir: one per test).
-        if let Some(data_dir) = self.0.ancestors().nth(4) {
+        if let Some(data_dir) = &data_dir {
             let bridge = rk3sd::runtime::containerd::Paths::new(data_dir).bridge;
             let _ = std::process::Command::new("ip")
                 .args(["link", "delete", &bridge])
@@ -93,7 +102,111 @@ impl Drop for Containers {
                     .status();
             }
         }
+        for pid in frozen {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
+}
+
+/// Stops (SIGSTOP) the `rk3sd` processes started with `--data-dir
+/// <data_dir>`; returns their pids.
+fn freeze_daemons(data_dir: &Path) -> Vec<i32> {
+    let want = data_dir.as_os_str().as_encoded_bytes();
+    let mut frozen = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let ours = args.first().is_some_and(|a| a.ends_with(b"rk3sd"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--data-dir" && w[1] == want);
+        if ours {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            frozen.push(pid);
+        }
+    }
+    frozen
+}
+
+/// Deletes the NAT rules the CNI portmap plugin added for sandboxes `ids`
+/// (their comment names the sandbox) and the chains they jump to.
+fn remove_hostport_rules(ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    for tool in ["iptables", "ip6tables"] {
+        let Ok(o) = std::process::Command::new(tool)
+            .args(["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])
+            .output()
+        else {
+            continue;
+        };
+        for rule in String::from_utf8_lossy(&o.stdout).lines() {
+            if !ids
+                .iter()
+                .any(|id| rule.contains(&format!("id: \\\"{id}\\\"")))
+            {
+                continue;
+            }
+            let Some(chain) = rule.split_whitespace().skip_while(|w| *w != "-j").nth(1) else {
+                continue;
+            };
+            // `-S` quotes the comment for a shell; the same words without
+            // the shell's quoting are the rule's specification.
+            let spec = shell_words(rule.trim_start_matches("-A "));
+            let mut delete = std::process::Command::new(tool);
+            delete.args(["-t", "nat", "-D"]).args(&spec);
+            let _ = delete.output();
+            for flag in ["-F", "-X"] {
+                let _ = std::process::Command::new(tool)
+                    .args(["-t", "nat", flag, chain])
+                    .output();
+            }
+        }
+    }
+}
+
+/// Splits an `iptables -S` line into its arguments: words separated by
+/// spaces, where a double-quoted word may hold spaces and `\"`.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut started) = (false, false);
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            '\\' if quoted => word.extend(chars.next()),
+            ' ' if !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
 }
 
 /// Shims of the containerd at `socket` that are still running: after the
@@ -220,4 +333,16 @@ pub fn ctr(socket: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iptables_rules_split_into_their_arguments() {
+        let rule = r#"-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"rk3s\" id: \"8a83\"" -m multiport --dports 18080 -j CNI-DN-969b"#;
+        let words = super::shell_words(rule);
+        assert_eq!(words[7], r#"dnat name: "rk3s" id: "8a83""#);
+        assert_eq!(words.len(), 14, "{words:?}");
+        assert_eq!(words.last().unwrap(), "CNI-DN-969b");
+    }
 }

@@ -865,7 +865,9 @@ fn ready_node(dir: &std::path::Path, extra: &[&str]) -> (Server, Containers, Kub
 fn pods_get_their_volumes_environment_and_service_account_token() {
     let t = tempdir();
     let dir = t.path().join("s");
-    let (server, _containers, k) = ready_node(&dir, &[]);
+    // Tests run side by side: each pod network its own CIDR, or two
+    // bridges would claim the same subnet (pods_bound… has the default).
+    let (server, _containers, k) = ready_node(&dir, &["--cluster-cidr", "10.65.0.0/16"]);
     k.ok(&[
         "create",
         "configmap",
@@ -1634,7 +1636,7 @@ fn image_gc_removes_unused_unpinned_images_over_the_high_threshold() {
     // more to free, however far the pod's write got): the 20 MiB image
     // goes, and the node is told the rest could not be found.
     unused_image_goes_and_the_rest_stays(
-        "10.63.0.0/16",
+        "10.67.0.0/16",
         &[
             "--kubelet-arg=image-gc-high-threshold=50",
             "--kubelet-arg=image-gc-low-threshold=20",
