@@ -22,6 +22,7 @@ pub mod kubeconfig;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod loadbalancer;
+pub mod memory;
 pub mod names;
 pub mod network;
 pub mod nodeinfo;

@@ -1,22 +1,122 @@
 use clap::Parser;
 
-// The API server's work is mostly building and dropping JSON trees; glibc's
-// malloc spent a fifth of a 10,000-object list in consolidation and free
-// (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// mimalloc reserves a 1 GiB arena at the first allocation and on Linux
-/// commits it at once; what is freed in it then stays resident while the
-/// process idles (an idle agent: 15 MiB of anonymous memory, 3 MiB with
-/// commit on demand; docs/benchmarks.md). The option counts only before
-/// that first allocation, which Rust's runtime makes before `main`, so it
-/// is set from an ELF constructor. `MIMALLOC_ARENA_EAGER_COMMIT` in the
-/// environment still wins.
+/// The allocator, chosen per role before the process's first allocation
+/// (see `CHOOSE_ALLOCATOR`). The server's work is mostly building and
+/// dropping JSON trees, where glibc's malloc spent a fifth of a
+/// 10,000-object list in consolidation and free, so it runs on mimalloc.
+/// An agent holds a few MiB and mostly idles; there mimalloc's pages per
+/// size class and per thread stay resident half empty, and glibc's malloc
+/// holds the same agent in less memory (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: ByRole = ByRole;
+
+/// Set once, before `main`: glibc's malloc instead of mimalloc.
+static SYSTEM: AtomicBool = AtomicBool::new(false);
+
+struct ByRole;
+
+impl ByRole {
+    /// Whether `ptr` came from mimalloc while this process uses glibc's
+    /// malloc: only an allocation made before the choice (by another
+    /// constructor) can be, and it must go back to mimalloc.
+    fn from_mimalloc(ptr: *mut u8) -> bool {
+        // SAFETY: only asks whether the address is in mimalloc's regions.
+        unsafe { libmimalloc_sys::mi_is_in_heap_region(ptr as *const std::ffi::c_void) }
+    }
+}
+
+// SAFETY: every call goes to one of two sound allocators, and a block is
+// always freed or resized by the allocator that made it (the choice is
+// made once, and blocks mimalloc made before it are recognised).
+unsafe impl GlobalAlloc for ByRole {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if SYSTEM.load(Ordering::Relaxed) {
+            System.alloc(layout)
+        } else {
+            mimalloc::MiMalloc.alloc(layout)
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if SYSTEM.load(Ordering::Relaxed) {
+            System.alloc_zeroed(layout)
+        } else {
+            mimalloc::MiMalloc.alloc_zeroed(layout)
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if SYSTEM.load(Ordering::Relaxed) && !Self::from_mimalloc(ptr) {
+            System.dealloc(ptr, layout)
+        } else {
+            mimalloc::MiMalloc.dealloc(ptr, layout)
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !SYSTEM.load(Ordering::Relaxed) {
+            return mimalloc::MiMalloc.realloc(ptr, layout, new_size);
+        }
+        if !Self::from_mimalloc(ptr) {
+            return System.realloc(ptr, layout, new_size);
+        }
+        // Moves an early mimalloc block over to glibc's malloc.
+        let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+        let new = System.alloc(new_layout);
+        if !new.is_null() {
+            std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+            mimalloc::MiMalloc.dealloc(ptr, layout);
+        }
+        new
+    }
+}
+
+/// Runs from `.init_array`, before Rust's runtime makes its first
+/// allocation, with the process's arguments: `rk3sd agent` uses glibc's
+/// malloc, everything else mimalloc. `RK3S_MALLOC=system` or `mimalloc`
+/// in the environment overrides the choice (for comparisons).
+///
+/// On mimalloc, it also keeps mimalloc from committing the 1 GiB arena it
+/// reserves at the first allocation all at once: what was freed in it
+/// stayed resident while the process idled (an idle agent: 15 MiB of
+/// anonymous memory, 3 MiB with commit on demand; docs/benchmarks.md).
+/// The option counts only before that first allocation.
+/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still wins.
 #[used]
 #[link_section = ".init_array"]
-static ARENA_COMMIT_ON_DEMAND: extern "C" fn() = {
-    extern "C" fn commit_on_demand() {
+static CHOOSE_ALLOCATOR: extern "C" fn(
+    libc::c_int,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) = {
+    extern "C" fn choose(
+        argc: libc::c_int,
+        argv: *const *const libc::c_char,
+        _envp: *const *const libc::c_char,
+    ) {
+        // SAFETY: glibc passes the process's argc/argv to constructors;
+        // both are read only within their bounds, and getenv is safe
+        // while nothing sets variables (no other thread exists yet).
+        let (agent, chosen) = unsafe {
+            let arg = |i: isize| std::ffi::CStr::from_ptr(*argv.offset(i)).to_bytes();
+            let agent =
+                argc > 1 && !argv.is_null() && !(*argv.offset(1)).is_null() && arg(1) == b"agent";
+            let env = libc::getenv(c"RK3S_MALLOC".as_ptr());
+            let chosen = (!env.is_null()).then(|| std::ffi::CStr::from_ptr(env).to_bytes());
+            (agent, chosen)
+        };
+        let system = match chosen {
+            Some(b"system") => true,
+            Some(b"mimalloc") => false,
+            _ => agent,
+        };
+        if system {
+            SYSTEM.store(true, Ordering::Relaxed);
+            return;
+        }
         // mimalloc's `mi_option_arena_eager_commit` (mimalloc.h); the
         // bindings leave it out.
         const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
@@ -25,15 +125,16 @@ static ARENA_COMMIT_ON_DEMAND: extern "C" fn() = {
             unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
         }
     }
-    commit_on_demand
+    choose
 };
 
-/// An agent returns freed memory to the system at once instead of after
-/// mimalloc's 10 ms delay, which is only checked when it allocates again:
-/// a mostly idle kubelet kept the pages of each sync pass's transient
-/// runtime listing resident (about 2 MiB at 100 pods; docs/benchmarks.md).
-/// The server keeps the delay for its allocation-heavy API work.
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// An agent told to use mimalloc (`RK3S_MALLOC=mimalloc`) returns freed
+/// memory to the system at once instead of after mimalloc's 10 ms delay,
+/// which is only checked when it allocates again: a mostly idle kubelet
+/// kept the pages of each sync pass's transient runtime listing resident
+/// (about 2 MiB at 100 pods; docs/benchmarks.md). The server keeps the
+/// delay for its allocation-heavy API work. `MIMALLOC_PURGE_DELAY` in the
+/// environment still wins.
 fn purge_at_once_in_agents(cli: &rk3sd::config::Cli) {
     // mimalloc's `mi_option_purge_delay` (mimalloc.h); the bindings leave
     // it out.
@@ -50,6 +151,9 @@ fn main() -> std::process::ExitCode {
     rk3sd::raise_nofile_limit();
     let cli = rk3sd::config::Cli::parse();
     purge_at_once_in_agents(&cli);
+    if SYSTEM.load(Ordering::Relaxed) {
+        rk3sd::memory::on_system_malloc();
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

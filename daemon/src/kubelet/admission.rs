@@ -27,6 +27,7 @@ use crate::placement::{self, Allocatable};
 use crate::sysctls::Allowlist;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Why a pod was not admitted: upstream's reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +108,7 @@ pub fn under_pressure(pod: &Pod, conditions: &[&str]) -> Option<Rejection> {
 /// Upstream's general predicates for `pod` on `node`, which already runs
 /// `others` (the pods admitted before it that have not ended). The first
 /// failure is the one reported, in upstream's order.
-pub fn predicates(pod: &Pod, node: &Node, others: &[Pod]) -> Option<Rejection> {
+pub fn predicates(pod: &Pod, node: &Node, others: &[Arc<Pod>]) -> Option<Rejection> {
     let spec = pod.spec.clone().unwrap_or_default();
     // rk3s runs on Linux only, whatever the node's label says.
     let os_label = pod
@@ -144,7 +145,7 @@ pub fn predicates(pod: &Pod, node: &Node, others: &[Pod]) -> Option<Rejection> {
     let (cpu, memory) = placement::requests(pod);
     let (used_cpu, used_memory) = others
         .iter()
-        .map(placement::requests)
+        .map(|p| placement::requests(p))
         .fold((0, 0), |(c, m), (pc, pm)| (c + pc, m + pm));
     if cpu > 0 && cpu > alloc.cpu_milli - used_cpu {
         return Some(short("cpu", cpu, used_cpu, alloc.cpu_milli));
@@ -166,7 +167,10 @@ pub fn predicates(pod: &Pod, node: &Node, others: &[Pod]) -> Option<Rejection> {
             "node(s) didn't match Pod's node affinity/selector",
         );
     }
-    let taken: Vec<placement::HostPort> = others.iter().flat_map(placement::host_ports).collect();
+    let taken: Vec<placement::HostPort> = others
+        .iter()
+        .flat_map(|p| placement::host_ports(p))
+        .collect();
     if placement::host_ports(pod)
         .iter()
         .any(|want| taken.iter().any(|have| placement::ports_clash(want, have)))
@@ -204,7 +208,7 @@ pub struct Judge<'a> {
 impl Judge<'_> {
     /// Every check, in the order of upstream's handlers: pressure, sysctls,
     /// then the general predicates.
-    pub fn admit(&self, pod: &Pod, node: &Node, others: &[Pod]) -> Option<Rejection> {
+    pub fn admit(&self, pod: &Pod, node: &Node, others: &[Arc<Pod>]) -> Option<Rejection> {
         under_pressure(pod, self.conditions)
             .or_else(|| {
                 self.sysctls
@@ -277,13 +281,13 @@ mod tests {
         let half = asking("1", "256Mi");
         assert_eq!(predicates(&half, &n, &[]), None);
         let big = asking("1500m", "1Mi");
-        let r = predicates(&big, &n, std::slice::from_ref(&half)).unwrap();
+        let r = predicates(&big, &n, &[Arc::new(half.clone())]).unwrap();
         assert_eq!(r.reason, "OutOfcpu");
         assert_eq!(
             r.message,
             "Node didn't have enough resource: cpu, requested: 1500, used: 1000, capacity: 2000"
         );
-        let r = predicates(&asking("100m", "800Mi"), &n, std::slice::from_ref(&half)).unwrap();
+        let r = predicates(&asking("100m", "800Mi"), &n, &[Arc::new(half)]).unwrap();
         assert_eq!(r.reason, "OutOfmemory");
         assert_eq!(
             r.message,
@@ -298,7 +302,16 @@ mod tests {
         let bare = pod(
             json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
         );
-        let r = predicates(&big, &n, &[bare.clone(), bare.clone(), bare]).unwrap();
+        let r = predicates(
+            &big,
+            &n,
+            &[
+                Arc::new(bare.clone()),
+                Arc::new(bare.clone()),
+                Arc::new(bare),
+            ],
+        )
+        .unwrap();
         assert_eq!(
             (r.reason.as_str(), r.message.as_str()),
             (
@@ -330,7 +343,9 @@ mod tests {
         let first = port("a");
         assert_eq!(predicates(&first, &n, &[]), None);
         assert_eq!(
-            predicates(&port("b"), &n, &[first]).unwrap().reason,
+            predicates(&port("b"), &n, &[Arc::new(first)])
+                .unwrap()
+                .reason,
             "NodePorts"
         );
         // NoSchedule taints are the scheduler's business; NoExecute ones

@@ -66,10 +66,22 @@ pub struct KubeletParams {
 /// The pods bound to this node, by uid, as the watch last saw them.
 #[derive(Default)]
 struct Desired {
-    pods: Mutex<HashMap<String, Pod>>,
+    /// Shared with each pass's snapshot: a pass takes references, not
+    /// copies of every pod.
+    pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// Set once a list succeeded: before that, no sandbox is an orphan.
     listed: std::sync::atomic::AtomicBool,
     changed: Notify,
+}
+
+/// A pod from the API as the kubelet keeps it: without its managed
+/// fields, which nothing here reads and which are most of a running pod's
+/// size (a field tree for every status the kubelet wrote).
+fn kept(v: Value) -> Option<(String, Arc<Pod>)> {
+    let uid = uid_of(&v)?;
+    let mut pod: Pod = serde_json::from_value(v).ok()?;
+    pod.metadata.managed_fields = None;
+    Some((uid, Arc::new(pod)))
 }
 
 fn uid_of(v: &Value) -> Option<String> {
@@ -87,10 +99,7 @@ async fn follow(api: Api, node: String, desired: Arc<Desired>, cancel: Cancellat
         };
         let rv = match listed {
             Ok((items, rv)) => {
-                let map = items
-                    .into_iter()
-                    .filter_map(|v| Some((uid_of(&v)?, serde_json::from_value::<Pod>(v).ok()?)))
-                    .collect();
+                let map = items.into_iter().filter_map(kept).collect();
                 *desired.pods.lock().expect("pods") = map;
                 desired
                     .listed
@@ -106,16 +115,14 @@ async fn follow(api: Api, node: String, desired: Arc<Desired>, cancel: Cancellat
         };
         let d = desired.clone();
         let watched = api.watch_pods(&node, &rv, |kind, obj| {
-            let Some(uid) = uid_of(&obj) else { return };
-            let mut pods = d.pods.lock().expect("pods");
             match kind {
                 "DELETED" => {
-                    pods.remove(&uid);
+                    let Some(uid) = uid_of(&obj) else { return };
+                    d.pods.lock().expect("pods").remove(&uid);
                 }
                 "ADDED" | "MODIFIED" => {
-                    if let Ok(p) = serde_json::from_value::<Pod>(obj) {
-                        pods.insert(uid, p);
-                    }
+                    let Some((uid, pod)) = kept(obj) else { return };
+                    d.pods.lock().expect("pods").insert(uid, pod);
                 }
                 _ => return,
             }
@@ -258,7 +265,7 @@ pub async fn run(
                 .lock()
                 .expect("pods")
                 .values()
-                .cloned()
+                .map(|p| Pod::clone(p))
                 .collect()
         },
         cancel.child_token(),
@@ -281,117 +288,122 @@ pub async fn run(
             _ = desired.changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let snapshot: Vec<(String, Pod)> = desired
-            .pods
-            .lock()
-            .expect("pods")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let live: std::collections::HashSet<String> =
-            snapshot.iter().map(|(u, _)| u.clone()).collect();
-        // One list of sandboxes and containers for the whole pass (a
-        // failed list falls back to asking per pod).
-        let listing = pods::Listing::fetch(&cri_).await.ok();
-        let mut work = Vec::new();
-        let mut newcomers = Vec::new();
-        // Admitted pods being deleted still hold what they asked for
-        // until they have stopped, as upstream counts them.
-        let mut leaving = Vec::new();
-        for (uid, pod) in snapshot {
-            if pod.metadata.deletion_timestamp.is_some() {
-                if admitted.contains(&uid) && !finished(&pod) {
-                    leaving.push(pod.clone());
-                }
-                if terminating.lock().expect("terminating").insert(uid.clone()) {
-                    let (api, cri_, node, terminating) =
-                        (api.clone(), cri_.clone(), node.clone(), terminating.clone());
-                    tokio::spawn(async move {
-                        terminate(&api, &cri_, &node, &uid, &pod).await;
-                        terminating.lock().expect("terminating").remove(&uid);
-                    });
-                }
-                continue;
-            }
-            // Being evicted: left alone until its status says Failed, or
-            // this pass would start it again.
-            let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
-            let mut ev = evicting.lock().expect("evicting");
-            if !failed && ev.contains(&uid) {
-                continue;
-            }
-            ev.remove(&uid);
-            drop(ev);
-            if !admitted.contains(&uid) {
-                // What the runtime already holds for a pod was admitted
-                // before a restart: it is adopted, not judged again. A
-                // finished pod with nothing here has nothing to sync. The
-                // rest wait for a listing to tell them apart.
-                let Some(l) = &listing else { continue };
-                if tracked.contains_key(&uid) || l.knows(&uid) {
-                    admitted.insert(uid.clone());
-                } else {
-                    if !finished(&pod) {
-                        newcomers.push((uid, pod));
+        // The pass in a block of its own: what it allocated is freed at
+        // its end, and handed back to the system (`memory`).
+        {
+            let snapshot: Vec<(String, Arc<Pod>)> = desired
+                .pods
+                .lock()
+                .expect("pods")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let live: std::collections::HashSet<String> =
+                snapshot.iter().map(|(u, _)| u.clone()).collect();
+            // One list of sandboxes and containers for the whole pass (a
+            // failed list falls back to asking per pod).
+            let listing = pods::Listing::fetch(&cri_).await.ok();
+            let mut work = Vec::new();
+            let mut newcomers = Vec::new();
+            // Admitted pods being deleted still hold what they asked for
+            // until they have stopped, as upstream counts them.
+            let mut leaving = Vec::new();
+            for (uid, pod) in snapshot {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    if admitted.contains(&uid) && !finished(&pod) {
+                        leaving.push(pod.clone());
+                    }
+                    if terminating.lock().expect("terminating").insert(uid.clone()) {
+                        let (api, cri_, node, terminating) =
+                            (api.clone(), cri_.clone(), node.clone(), terminating.clone());
+                        tokio::spawn(async move {
+                            terminate(&api, &cri_, &node, &uid, &pod).await;
+                            terminating.lock().expect("terminating").remove(&uid);
+                        });
                     }
                     continue;
                 }
-            }
-            let st = tracked.remove(&uid).unwrap_or_default();
-            work.push((uid, pod, st));
-        }
-        // Without the Node nobody is judged this pass (the others are
-        // still synced): a failing API is no reason to refuse a pod.
-        let node_object = if newcomers.is_empty() {
-            None
-        } else {
-            node_cache.get(&api, &node.name).await
-        };
-        if let Some(node_object) = node_object {
-            let conditions: Vec<&str> = admission::PRESSURES
-                .into_iter()
-                .filter(|c| observed.within(c, pressure_period))
-                .collect();
-            let others: Vec<Pod> = work
-                .iter()
-                .map(|(_, pod, _)| pod)
-                .filter(|pod| !finished(pod))
-                .cloned()
-                .chain(leaving)
-                .collect();
-            let judge = admission::Judge {
-                conditions: &conditions,
-                sysctls: &p.settings.sysctls,
-            };
-            for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
-                admitted.insert(uid.clone());
-                work.push((uid, pod, pods::Tracked::default()));
-            }
-        }
-        // Pods are independent: sync several at once, as upstream's pod
-        // workers do, so a burst of new pods does not start one by one.
-        let done: Vec<(String, pods::Tracked)> = stream::iter(work)
-            .map(|(uid, pod, mut st)| {
-                let (api, cri_, node, listing) = (&api, &cri_, &node, listing.as_ref());
-                async move {
-                    sync_one(api, cri_, node, &pod, &mut st, listing).await;
-                    (uid, st)
+                // Being evicted: left alone until its status says Failed, or
+                // this pass would start it again.
+                let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+                let mut ev = evicting.lock().expect("evicting");
+                if !failed && ev.contains(&uid) {
+                    continue;
                 }
-            })
-            .buffer_unordered(PARALLEL_SYNCS)
-            .collect()
-            .await;
-        tracked.extend(done);
-        if let Some(l) = &listing {
-            container_gc::collect(&cri_, &node, l).await;
-            sandbox::collect(&cri_, l).await;
+                ev.remove(&uid);
+                drop(ev);
+                if !admitted.contains(&uid) {
+                    // What the runtime already holds for a pod was admitted
+                    // before a restart: it is adopted, not judged again. A
+                    // finished pod with nothing here has nothing to sync. The
+                    // rest wait for a listing to tell them apart.
+                    let Some(l) = &listing else { continue };
+                    if tracked.contains_key(&uid) || l.knows(&uid) {
+                        admitted.insert(uid.clone());
+                    } else {
+                        if !finished(&pod) {
+                            newcomers.push((uid, pod));
+                        }
+                        continue;
+                    }
+                }
+                let st = tracked.remove(&uid).unwrap_or_default();
+                work.push((uid, pod, st));
+            }
+            // Without the Node nobody is judged this pass (the others are
+            // still synced): a failing API is no reason to refuse a pod.
+            let node_object = if newcomers.is_empty() {
+                None
+            } else {
+                node_cache.get(&api, &node.name).await
+            };
+            if let Some(node_object) = node_object {
+                let conditions: Vec<&str> = admission::PRESSURES
+                    .into_iter()
+                    .filter(|c| observed.within(c, pressure_period))
+                    .collect();
+                let others: Vec<Arc<Pod>> = work
+                    .iter()
+                    .map(|(_, pod, _)| pod)
+                    .filter(|pod| !finished(pod))
+                    .cloned()
+                    .chain(leaving)
+                    .collect();
+                let judge = admission::Judge {
+                    conditions: &conditions,
+                    sysctls: &p.settings.sysctls,
+                };
+                for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
+                    admitted.insert(uid.clone());
+                    work.push((uid, pod, pods::Tracked::default()));
+                }
+            }
+            // Pods are independent: sync several at once, as upstream's pod
+            // workers do, so a burst of new pods does not start one by one.
+            let done: Vec<(String, pods::Tracked)> = stream::iter(work)
+                .map(|(uid, pod, mut st)| {
+                    let (api, cri_, node, listing) = (&api, &cri_, &node, listing.as_ref());
+                    async move {
+                        sync_one(api, cri_, node, &pod, &mut st, listing).await;
+                        (uid, st)
+                    }
+                })
+                .buffer_unordered(PARALLEL_SYNCS)
+                .collect()
+                .await;
+            tracked.extend(done);
+            if let Some(l) = &listing {
+                container_gc::collect(&cri_, &node, l).await;
+                sandbox::collect(&cri_, l).await;
+            }
+            if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
+                tracked.retain(|u, _| live.contains(u));
+                admitted.retain(|u| live.contains(u));
+                let live: std::collections::HashSet<&String> = live.iter().collect();
+                remove_orphans(&cri_, &node, &live).await;
+            }
         }
-        if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
-            tracked.retain(|u, _| live.contains(u));
-            admitted.retain(|u| live.contains(u));
-            let live: std::collections::HashSet<&String> = live.iter().collect();
-            remove_orphans(&cri_, &node, &live).await;
-        }
+        crate::memory::release_freed();
     }
 }
 
@@ -436,10 +448,10 @@ async fn admit(
     api: &Api,
     node: &pods::NodeCtx,
     node_object: &Node,
-    mut others: Vec<Pod>,
-    mut newcomers: Vec<(String, Pod)>,
+    mut others: Vec<Arc<Pod>>,
+    mut newcomers: Vec<(String, Arc<Pod>)>,
     judge: &admission::Judge<'_>,
-) -> Vec<(String, Pod)> {
+) -> Vec<(String, Arc<Pod>)> {
     newcomers.sort_by(|a, b| {
         let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
         created(&a.1).cmp(&created(&b.1))
