@@ -170,7 +170,16 @@ pub async fn claim(
                         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
                     if let Some(k) = claims.known().as_mut() {
                         match owner {
-                            Some(o) => k.set(n, o),
+                            Some(o) => {
+                                // Another server is handing out blocks from
+                                // here at the same time: go on half the
+                                // range away instead of meeting its claims
+                                // one collision at a time.
+                                if o != node {
+                                    k.next = (n + ipam.blocks() / 2) % ipam.blocks();
+                                }
+                                k.set(n, o)
+                            }
                             None => k.unset(n),
                         }
                     }
@@ -217,17 +226,18 @@ pub async fn release(store: &Datastore, claims: &Claims, node: &str) -> Result<(
     Ok(())
 }
 
-/// Give `node` its pod CIDR if it has none yet.
+/// Give the Node `current` (as just read or written) its pod CIDR if it
+/// has none yet.
 pub async fn assign(
     objects: &Objects,
     claims: &Claims,
     ipam: &Ipam,
-    node: &str,
+    current: &Value,
 ) -> objects::Result<()> {
-    let r = crate::lifecycle::node_ref(node);
-    let Some(current) = objects.get(&r).await? else {
+    let Some(node) = current.pointer("/metadata/name").and_then(Value::as_str) else {
         return Ok(());
     };
+    let r = crate::lifecycle::node_ref(node);
     if current
         .pointer("/spec/podCIDR")
         .and_then(Value::as_str)
@@ -238,7 +248,7 @@ pub async fn assign(
     let Some(cidr) = claim(&objects.store, claims, ipam, node).await? else {
         tracing::warn!(node, cluster_cidr = %ipam.cidr(),
             "no pod CIDR left for this node: the cluster CIDR is exhausted (forget unused nodes or widen --cluster-cidr)");
-        cidr_not_available(objects, &current).await?;
+        cidr_not_available(objects, current).await?;
         return Ok(());
     };
     objects
@@ -317,6 +327,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_that_meets_another_servers_claims_goes_on_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            crate::datastore::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap();
+        let store = Datastore::new(std::sync::Arc::new(backend));
+        // Sixteen /28 blocks. Each server reads the claims at its first
+        // claim and then knows only its own and those it collides with.
+        let i = Ipam::parse("10.0.0.0/24", 28).unwrap();
+        let (one, two) = (Claims::default(), Claims::default());
+        assert_eq!(
+            claim(&store, &one, &i, "a0").await.unwrap().as_deref(),
+            Some("10.0.0.0/28")
+        );
+        assert_eq!(
+            claim(&store, &two, &i, "b0").await.unwrap().as_deref(),
+            Some("10.0.0.16/28")
+        );
+        // One's next pick, block 1, is two's: after that collision it goes
+        // on half the range away, where two is not handing out blocks,
+        // rather than right behind two's claims.
+        assert_eq!(
+            claim(&store, &one, &i, "a1").await.unwrap().as_deref(),
+            Some("10.0.0.144/28")
+        );
+        assert_eq!(
+            claim(&store, &one, &i, "a2").await.unwrap().as_deref(),
+            Some("10.0.0.160/28")
+        );
+        assert_eq!(
+            claim(&store, &two, &i, "b1").await.unwrap().as_deref(),
+            Some("10.0.0.32/28")
+        );
+    }
+
+    #[tokio::test]
     async fn claims_are_unique_and_released() {
         let dir = tempfile::tempdir().unwrap();
         let backend =
@@ -352,12 +397,15 @@ mod tests {
         // A node that gets none is told so on an Event, counted per try.
         let objects = Objects::new(store.clone());
         let node = objects::Ref::cluster("nodes", "c");
-        objects
-            .create(&node, json!({"apiVersion": "v1", "kind": "Node"}))
+        let stored = objects
+            .create(
+                &node,
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "c"}}),
+            )
             .await
             .unwrap();
         for _ in 0..2 {
-            assign(&objects, &one, &i, "c").await.unwrap();
+            assign(&objects, &one, &i, &stored).await.unwrap();
         }
         let ev = objects
             .get(&objects::Ref::namespaced(

@@ -229,41 +229,53 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
     set_ready(node, ready);
 }
 
-/// Create or refresh the Node from an agent's report, and make sure its Lease exists.
-pub async fn upsert_node(
+/// Create or refresh the Node from an agent's report, and renew (or
+/// create) its Lease; returns the Node and the Lease as stored (no Lease
+/// when it was created). A Node this call creates
+/// gets the pod CIDR `new_pod_cidr` yields (asked only then), so a first
+/// registration writes the Node once instead of again for its CIDR.
+pub async fn upsert_node<F, Fut>(
     objects: &Objects,
     name: &str,
     info: &NodeInfo,
     server: &str,
-) -> objects::Result<()> {
+    new_pod_cidr: F,
+) -> objects::Result<(Value, Option<Value>)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
     let r = node_ref(name);
-    let updated = objects
-        .modify(&r, |node| {
-            apply_info(node, name, info);
-            true
-        })
-        .await?;
-    if updated.is_none() {
-        let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {}, "spec": {}});
-        node["metadata"]["name"] = json!(name);
-        apply_info(&mut node, name, info);
-        match objects.create(&r, node).await {
-            Ok(_) => {}
-            // Lost a race with another connection of the same node: refresh.
-            Err(objects::ObjectError::Store(crate::datastore::DatastoreError::AlreadyExists(
-                _,
-            ))) => {
-                objects
-                    .modify(&r, |n| {
-                        apply_info(n, name, info);
-                        true
-                    })
-                    .await?;
+    let refresh = |node: &mut Value| {
+        apply_info(node, name, info);
+        true
+    };
+    let stored = match objects.modify(&r, refresh).await? {
+        Some(node) => node,
+        None => {
+            let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {}, "spec": {}});
+            node["metadata"]["name"] = json!(name);
+            if let Some(cidr) = new_pod_cidr().await {
+                node["spec"]["podCIDR"] = json!(cidr);
+                node["spec"]["podCIDRs"] = json!([cidr]);
             }
-            Err(e) => return Err(e),
+            apply_info(&mut node, name, info);
+            match objects.create(&r, node).await {
+                Ok(node) => node,
+                // Lost a race with another connection of the same node: refresh.
+                Err(objects::ObjectError::Store(
+                    crate::datastore::DatastoreError::AlreadyExists(_),
+                )) => objects.modify(&r, refresh).await?.ok_or_else(|| {
+                    objects::ObjectError::Store(crate::datastore::DatastoreError::Unavailable(
+                        format!("node {name} was created and deleted at once; try again"),
+                    ))
+                })?,
+                Err(e) => return Err(e),
+            }
         }
-    }
-    renew_lease(objects, name, Some(server)).await
+    };
+    let lease = renew_lease_read(objects, name, Some(server)).await?;
+    Ok((stored, lease))
 }
 
 /// What a tunnel session remembers between heartbeats so that most of
@@ -276,6 +288,9 @@ pub struct HeartbeatState {
     /// Until when the Node needs no look: its Ready condition was checked
     /// or written by this session.
     node_checked_until: Option<std::time::Instant>,
+    /// Until when a heartbeat needs no renewal: the node status stored
+    /// just now renewed the Lease.
+    renewed_until: Option<std::time::Instant>,
 }
 
 impl HeartbeatState {
@@ -283,6 +298,30 @@ impl HeartbeatState {
     /// agent, the next heartbeat reads again.
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+
+    /// The agent's node status was just stored by [`upsert_node`], with a
+    /// fresh Ready condition and `lease` renewed. An agent sends its first
+    /// heartbeat right behind its status: renewing again then would be a
+    /// second Lease write (and two reads) per registration. Heartbeats
+    /// within `quiet` write nothing, which keeps the Lease's age under
+    /// `quiet` plus one interval; the Node needs no look for half of
+    /// `status_refresh`.
+    pub fn stored(&mut self, lease: Option<Value>, quiet: Duration, status_refresh: Duration) {
+        let now = std::time::Instant::now();
+        self.remember(lease);
+        self.renewed_until = Some(now + quiet);
+        self.node_checked_until = Some(now + status_refresh / 2);
+    }
+
+    fn remember(&mut self, written: Option<Value>) {
+        self.lease = written.map(|mut v| {
+            let rev = objects::revision_of(&v);
+            if let Some(m) = v["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            (v.to_string(), rev)
+        });
     }
 }
 
@@ -372,17 +411,18 @@ pub async fn heartbeat(
     status_refresh: Duration,
     st: &mut HeartbeatState,
 ) -> objects::Result<()> {
+    if st
+        .renewed_until
+        .take()
+        .is_some_and(|t| std::time::Instant::now() < t)
+    {
+        return Ok(());
+    }
     let written = match renew_remembered(objects, name, server, st).await? {
         Some(v) => Some(v),
         None => renew_lease_read(objects, name, Some(server)).await?,
     };
-    st.lease = written.map(|mut v| {
-        let rev = objects::revision_of(&v);
-        if let Some(m) = v["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        (v.to_string(), rev)
-    });
+    st.remember(written);
     // The Node changes only when Ready must come back or its heartbeat
     // time is due; between those, no read. Another server marks it
     // Unknown only once the Lease went stale, which these renewals
