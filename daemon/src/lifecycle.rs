@@ -728,4 +728,67 @@ mod tests {
         apply_info(&mut node, "n", &info);
         assert_eq!(keys(&node), ["dedicated"]);
     }
+
+    #[tokio::test]
+    async fn a_first_status_writes_the_node_once_and_the_next_heartbeat_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            crate::datastore::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap();
+        let objects = Objects::new(crate::datastore::Datastore::new(std::sync::Arc::new(
+            backend,
+        )));
+        let info = NodeInfo {
+            hostname: "n".into(),
+            ..Default::default()
+        };
+        let (node, lease) = upsert_node(&objects, "n", &info, "s1", || async {
+            Some("10.42.0.0/24".to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(node["spec"]["podCIDR"], "10.42.0.0/24", "{node}");
+        let kv = objects
+            .store
+            .get(&node_ref("n").key())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kv.create_revision, kv.mod_revision,
+            "the Node was written once"
+        );
+        assert!(lease.is_none(), "the Lease was created");
+        let created = lease_rv(&objects).await;
+
+        // The heartbeat the agent sends right behind its status renews
+        // nothing; the one after the quiet time does.
+        let mut st = HeartbeatState::default();
+        let quiet = Duration::from_millis(300);
+        st.stored(lease, quiet, Duration::from_secs(60));
+        heartbeat(&objects, "n", "s1", Duration::from_secs(60), &mut st)
+            .await
+            .unwrap();
+        assert_eq!(lease_rv(&objects).await, created);
+        tokio::time::sleep(quiet).await;
+        heartbeat(&objects, "n", "s1", Duration::from_secs(60), &mut st)
+            .await
+            .unwrap();
+        assert_ne!(lease_rv(&objects).await, created);
+
+        // A status for a Node that exists keeps its CIDR and asks for none.
+        let asked = std::cell::Cell::new(false);
+        let (again, lease) = upsert_node(&objects, "n", &info, "s1", || async {
+            asked.set(true);
+            None
+        })
+        .await
+        .unwrap();
+        assert!(!asked.get());
+        assert_eq!(again["spec"]["podCIDR"], "10.42.0.0/24");
+        assert!(lease.is_some(), "the Lease was renewed");
+    }
+
+    async fn lease_rv(objects: &Objects) -> Value {
+        objects.get(&lease_ref("n")).await.unwrap().unwrap()["metadata"]["resourceVersion"].clone()
+    }
 }
