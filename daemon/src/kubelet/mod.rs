@@ -283,127 +283,125 @@ pub async fn run(
     // not hold up the other pods.
     let terminating: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     loop {
+        // The last pass's snapshot, listing and statuses were dropped at
+        // the end of its iteration: hand what they held back before idling.
+        crate::memory::release_freed();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = desired.changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        // The pass in a block of its own: what it allocated is freed at
-        // its end, and handed back to the system (`memory`).
-        {
-            let snapshot: Vec<(String, Arc<Pod>)> = desired
-                .pods
-                .lock()
-                .expect("pods")
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let live: std::collections::HashSet<String> =
-                snapshot.iter().map(|(u, _)| u.clone()).collect();
-            // One list of sandboxes and containers for the whole pass (a
-            // failed list falls back to asking per pod).
-            let listing = pods::Listing::fetch(&cri_).await.ok();
-            let mut work = Vec::new();
-            let mut newcomers = Vec::new();
-            // Admitted pods being deleted still hold what they asked for
-            // until they have stopped, as upstream counts them.
-            let mut leaving = Vec::new();
-            for (uid, pod) in snapshot {
-                if pod.metadata.deletion_timestamp.is_some() {
-                    if admitted.contains(&uid) && !finished(&pod) {
-                        leaving.push(pod.clone());
-                    }
-                    if terminating.lock().expect("terminating").insert(uid.clone()) {
-                        let (api, cri_, node, terminating) =
-                            (api.clone(), cri_.clone(), node.clone(), terminating.clone());
-                        tokio::spawn(async move {
-                            terminate(&api, &cri_, &node, &uid, &pod).await;
-                            terminating.lock().expect("terminating").remove(&uid);
-                        });
-                    }
-                    continue;
+        let snapshot: Vec<(String, Arc<Pod>)> = desired
+            .pods
+            .lock()
+            .expect("pods")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let live: std::collections::HashSet<String> =
+            snapshot.iter().map(|(u, _)| u.clone()).collect();
+        // One list of sandboxes and containers for the whole pass (a
+        // failed list falls back to asking per pod).
+        let listing = pods::Listing::fetch(&cri_).await.ok();
+        let mut work = Vec::new();
+        let mut newcomers = Vec::new();
+        // Admitted pods being deleted still hold what they asked for
+        // until they have stopped, as upstream counts them.
+        let mut leaving = Vec::new();
+        for (uid, pod) in snapshot {
+            if pod.metadata.deletion_timestamp.is_some() {
+                if admitted.contains(&uid) && !finished(&pod) {
+                    leaving.push(pod.clone());
                 }
-                // Being evicted: left alone until its status says Failed, or
-                // this pass would start it again.
-                let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
-                let mut ev = evicting.lock().expect("evicting");
-                if !failed && ev.contains(&uid) {
-                    continue;
+                if terminating.lock().expect("terminating").insert(uid.clone()) {
+                    let (api, cri_, node, terminating) =
+                        (api.clone(), cri_.clone(), node.clone(), terminating.clone());
+                    tokio::spawn(async move {
+                        terminate(&api, &cri_, &node, &uid, &pod).await;
+                        terminating.lock().expect("terminating").remove(&uid);
+                    });
                 }
-                ev.remove(&uid);
-                drop(ev);
-                if !admitted.contains(&uid) {
-                    // What the runtime already holds for a pod was admitted
-                    // before a restart: it is adopted, not judged again. A
-                    // finished pod with nothing here has nothing to sync. The
-                    // rest wait for a listing to tell them apart.
-                    let Some(l) = &listing else { continue };
-                    if tracked.contains_key(&uid) || l.knows(&uid) {
-                        admitted.insert(uid.clone());
-                    } else {
-                        if !finished(&pod) {
-                            newcomers.push((uid, pod));
-                        }
-                        continue;
-                    }
-                }
-                let st = tracked.remove(&uid).unwrap_or_default();
-                work.push((uid, pod, st));
+                continue;
             }
-            // Without the Node nobody is judged this pass (the others are
-            // still synced): a failing API is no reason to refuse a pod.
-            let node_object = if newcomers.is_empty() {
-                None
-            } else {
-                node_cache.get(&api, &node.name).await
-            };
-            if let Some(node_object) = node_object {
-                let conditions: Vec<&str> = admission::PRESSURES
-                    .into_iter()
-                    .filter(|c| observed.within(c, pressure_period))
-                    .collect();
-                let others: Vec<Arc<Pod>> = work
-                    .iter()
-                    .map(|(_, pod, _)| pod)
-                    .filter(|pod| !finished(pod))
-                    .cloned()
-                    .chain(leaving)
-                    .collect();
-                let judge = admission::Judge {
-                    conditions: &conditions,
-                    sysctls: &p.settings.sysctls,
-                };
-                for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
+            // Being evicted: left alone until its status says Failed, or
+            // this pass would start it again.
+            let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+            let mut ev = evicting.lock().expect("evicting");
+            if !failed && ev.contains(&uid) {
+                continue;
+            }
+            ev.remove(&uid);
+            drop(ev);
+            if !admitted.contains(&uid) {
+                // What the runtime already holds for a pod was admitted
+                // before a restart: it is adopted, not judged again. A
+                // finished pod with nothing here has nothing to sync. The
+                // rest wait for a listing to tell them apart.
+                let Some(l) = &listing else { continue };
+                if tracked.contains_key(&uid) || l.knows(&uid) {
                     admitted.insert(uid.clone());
-                    work.push((uid, pod, pods::Tracked::default()));
+                } else {
+                    if !finished(&pod) {
+                        newcomers.push((uid, pod));
+                    }
+                    continue;
                 }
             }
-            // Pods are independent: sync several at once, as upstream's pod
-            // workers do, so a burst of new pods does not start one by one.
-            let done: Vec<(String, pods::Tracked)> = stream::iter(work)
-                .map(|(uid, pod, mut st)| {
-                    let (api, cri_, node, listing) = (&api, &cri_, &node, listing.as_ref());
-                    async move {
-                        sync_one(api, cri_, node, &pod, &mut st, listing).await;
-                        (uid, st)
-                    }
-                })
-                .buffer_unordered(PARALLEL_SYNCS)
-                .collect()
-                .await;
-            tracked.extend(done);
-            if let Some(l) = &listing {
-                container_gc::collect(&cri_, &node, l).await;
-                sandbox::collect(&cri_, l).await;
-            }
-            if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
-                tracked.retain(|u, _| live.contains(u));
-                admitted.retain(|u| live.contains(u));
-                let live: std::collections::HashSet<&String> = live.iter().collect();
-                remove_orphans(&cri_, &node, &live).await;
+            let st = tracked.remove(&uid).unwrap_or_default();
+            work.push((uid, pod, st));
+        }
+        // Without the Node nobody is judged this pass (the others are
+        // still synced): a failing API is no reason to refuse a pod.
+        let node_object = if newcomers.is_empty() {
+            None
+        } else {
+            node_cache.get(&api, &node.name).await
+        };
+        if let Some(node_object) = node_object {
+            let conditions: Vec<&str> = admission::PRESSURES
+                .into_iter()
+                .filter(|c| observed.within(c, pressure_period))
+                .collect();
+            let others: Vec<Arc<Pod>> = work
+                .iter()
+                .map(|(_, pod, _)| pod)
+                .filter(|pod| !finished(pod))
+                .cloned()
+                .chain(leaving)
+                .collect();
+            let judge = admission::Judge {
+                conditions: &conditions,
+                sysctls: &p.settings.sysctls,
+            };
+            for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
+                admitted.insert(uid.clone());
+                work.push((uid, pod, pods::Tracked::default()));
             }
         }
-        crate::memory::release_freed();
+        // Pods are independent: sync several at once, as upstream's pod
+        // workers do, so a burst of new pods does not start one by one.
+        let done: Vec<(String, pods::Tracked)> = stream::iter(work)
+            .map(|(uid, pod, mut st)| {
+                let (api, cri_, node, listing) = (&api, &cri_, &node, listing.as_ref());
+                async move {
+                    sync_one(api, cri_, node, &pod, &mut st, listing).await;
+                    (uid, st)
+                }
+            })
+            .buffer_unordered(PARALLEL_SYNCS)
+            .collect()
+            .await;
+        tracked.extend(done);
+        if let Some(l) = &listing {
+            container_gc::collect(&cri_, &node, l).await;
+            sandbox::collect(&cri_, l).await;
+        }
+        if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
+            tracked.retain(|u, _| live.contains(u));
+            admitted.retain(|u| live.contains(u));
+            let live: std::collections::HashSet<&String> = live.iter().collect();
+            remove_orphans(&cri_, &node, &live).await;
+        }
     }
 }
 
