@@ -1,7 +1,6 @@
 use clap::Parser;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The allocator, chosen per role before the process's first allocation
 /// (see `CHOOSE_ALLOCATOR`). The server's work is mostly building and
@@ -12,9 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// holds the same agent in less memory (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: ByRole = ByRole;
-
-/// Set once, before `main`: glibc's malloc instead of mimalloc.
-static SYSTEM: AtomicBool = AtomicBool::new(false);
 
 struct ByRole;
 
@@ -33,7 +29,7 @@ impl ByRole {
 // made once, and blocks mimalloc made before it are recognised).
 unsafe impl GlobalAlloc for ByRole {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if SYSTEM.load(Ordering::Relaxed) {
+        if rk3sd::memory::on_system_malloc() {
             System.alloc(layout)
         } else {
             mimalloc::MiMalloc.alloc(layout)
@@ -41,7 +37,7 @@ unsafe impl GlobalAlloc for ByRole {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if SYSTEM.load(Ordering::Relaxed) {
+        if rk3sd::memory::on_system_malloc() {
             System.alloc_zeroed(layout)
         } else {
             mimalloc::MiMalloc.alloc_zeroed(layout)
@@ -49,7 +45,7 @@ unsafe impl GlobalAlloc for ByRole {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if SYSTEM.load(Ordering::Relaxed) && !Self::from_mimalloc(ptr) {
+        if rk3sd::memory::on_system_malloc() && !Self::from_mimalloc(ptr) {
             System.dealloc(ptr, layout)
         } else {
             mimalloc::MiMalloc.dealloc(ptr, layout)
@@ -57,7 +53,7 @@ unsafe impl GlobalAlloc for ByRole {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if !SYSTEM.load(Ordering::Relaxed) {
+        if !rk3sd::memory::on_system_malloc() {
             return mimalloc::MiMalloc.realloc(ptr, layout, new_size);
         }
         if !Self::from_mimalloc(ptr) {
@@ -83,8 +79,13 @@ unsafe impl GlobalAlloc for ByRole {
 /// reserves at the first allocation all at once: what was freed in it
 /// stayed resident while the process idled (an idle agent: 15 MiB of
 /// anonymous memory, 3 MiB with commit on demand; docs/benchmarks.md).
-/// The option counts only before that first allocation.
-/// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still wins.
+/// The option counts only before that first allocation. An agent told to
+/// use mimalloc also returns freed memory at once instead of after
+/// mimalloc's 10 ms delay, which is only checked when it allocates again
+/// (a mostly idle kubelet kept each pass's transient memory resident);
+/// the server keeps the delay for its allocation-heavy API work.
+/// `MIMALLOC_ARENA_EAGER_COMMIT` and `MIMALLOC_PURGE_DELAY` in the
+/// environment still win.
 #[used]
 #[link_section = ".init_array"]
 static CHOOSE_ALLOCATOR: extern "C" fn(
@@ -114,46 +115,29 @@ static CHOOSE_ALLOCATOR: extern "C" fn(
             _ => agent,
         };
         if system {
-            SYSTEM.store(true, Ordering::Relaxed);
+            rk3sd::memory::use_system_malloc();
             return;
         }
-        // mimalloc's `mi_option_arena_eager_commit` (mimalloc.h); the
-        // bindings leave it out.
+        // mimalloc's `mi_option_arena_eager_commit` and
+        // `mi_option_purge_delay` (mimalloc.h); the bindings leave them out.
         const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+        const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
         if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
             // SAFETY: sets an option value; runs before any allocation.
             unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+        }
+        if agent && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: sets an option value mimalloc reads at each purge.
+            unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
         }
     }
     choose
 };
 
-/// An agent told to use mimalloc (`RK3S_MALLOC=mimalloc`) returns freed
-/// memory to the system at once instead of after mimalloc's 10 ms delay,
-/// which is only checked when it allocates again: a mostly idle kubelet
-/// kept the pages of each sync pass's transient runtime listing resident
-/// (about 2 MiB at 100 pods; docs/benchmarks.md). The server keeps the
-/// delay for its allocation-heavy API work. `MIMALLOC_PURGE_DELAY` in the
-/// environment still wins.
-fn purge_at_once_in_agents(cli: &rk3sd::config::Cli) {
-    // mimalloc's `mi_option_purge_delay` (mimalloc.h); the bindings leave
-    // it out.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    let agent = matches!(cli.command, rk3sd::config::Command::Agent(_));
-    if agent && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets an option value mimalloc reads at each purge.
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
-    }
-}
-
 fn main() -> std::process::ExitCode {
     rk3sd::hide_secret_args();
     rk3sd::raise_nofile_limit();
     let cli = rk3sd::config::Cli::parse();
-    purge_at_once_in_agents(&cli);
-    if SYSTEM.load(Ordering::Relaxed) {
-        rk3sd::memory::on_system_malloc();
-    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

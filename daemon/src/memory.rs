@@ -10,18 +10,28 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Whether this process allocates with glibc's malloc. Read by the
+/// binary's global allocator on every call, so it is set once, before the
+/// first allocation, and never changed.
 static SYSTEM_MALLOC: AtomicBool = AtomicBool::new(false);
 
-/// Called once at start by a binary whose global allocator is glibc's
-/// malloc: [`release_freed`] trims only then (mimalloc purges by itself).
-pub fn on_system_malloc() {
+/// Called by the binary before its first allocation when it picks glibc's
+/// malloc over mimalloc.
+pub fn use_system_malloc() {
     SYSTEM_MALLOC.store(true, Ordering::Relaxed);
+}
+
+/// Whether glibc's malloc was picked: [`release_freed`] trims only then
+/// (mimalloc purges by itself).
+#[inline]
+pub fn on_system_malloc() -> bool {
+    SYSTEM_MALLOC.load(Ordering::Relaxed)
 }
 
 /// After a burst of work: return the free pages inside the heaps.
 /// It walks glibc's free lists, a fraction of a millisecond for an agent.
 pub fn release_freed() {
-    if SYSTEM_MALLOC.load(Ordering::Relaxed) {
+    if on_system_malloc() {
         // SAFETY: malloc_trim only releases memory no allocation uses.
         unsafe { libc::malloc_trim(0) };
     }
