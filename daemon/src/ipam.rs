@@ -226,6 +226,29 @@ pub async fn release(store: &Datastore, claims: &Claims, node: &str) -> Result<(
     Ok(())
 }
 
+/// The pod CIDR for a Node about to be created, so that it is written
+/// once with it. None when the range is exhausted or the claim failed
+/// (logged): [`assign`] then tries again, and reports exhaustion, once the
+/// Node exists.
+pub async fn for_new_node(
+    store: &Datastore,
+    claims: &Claims,
+    ipam: &Ipam,
+    node: &str,
+) -> Option<String> {
+    match claim(store, claims, ipam, node).await {
+        Ok(Some(cidr)) => {
+            tracing::info!(node, pod_cidr = %cidr, "assigned the node's pod CIDR");
+            Some(cidr)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "could not claim a pod CIDR for the new node; retrying with its next status");
+            None
+        }
+    }
+}
+
 /// Give the Node `current` (as just read or written) its pod CIDR if it
 /// has none yet.
 pub async fn assign(
@@ -326,12 +349,16 @@ mod tests {
         assert!(Ipam::parse("10.42.0.0/16", 8).is_err());
     }
 
-    #[tokio::test]
-    async fn a_server_that_meets_another_servers_claims_goes_on_elsewhere() {
+    fn store() -> (tempfile::TempDir, Datastore) {
         let dir = tempfile::tempdir().unwrap();
         let backend =
             crate::datastore::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap();
-        let store = Datastore::new(std::sync::Arc::new(backend));
+        (dir, Datastore::new(std::sync::Arc::new(backend)))
+    }
+
+    #[tokio::test]
+    async fn a_server_that_meets_another_servers_claims_goes_on_elsewhere() {
+        let (_dir, store) = store();
         // Sixteen /28 blocks. Each server reads the claims at its first
         // claim and then knows only its own and those it collides with.
         let i = Ipam::parse("10.0.0.0/24", 28).unwrap();
@@ -363,10 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn claims_are_unique_and_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend =
-            crate::datastore::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap();
-        let store = Datastore::new(std::sync::Arc::new(backend));
+        let (_dir, store) = store();
         // Two /30 blocks in a /29, two servers each with what it knows.
         let i = Ipam::parse("10.0.0.0/29", 30).unwrap();
         let (one, two) = (Claims::default(), Claims::default());

@@ -163,47 +163,35 @@ async fn handle(
             info.control_plane = sv.own_node.as_deref() == Some(node);
             // The status may change Ready: the next heartbeat looks again.
             beats.reset();
-            // A new Node is created with its pod CIDR; a failed claim
-            // leaves that to `ipam::assign` below.
-            let claim = || async {
-                match crate::ipam::claim(&sv.objects.store, &sv.pod_cidrs, &sv.ipam, node).await {
-                    Ok(Some(cidr)) => {
-                        tracing::info!(node, pod_cidr = %cidr, "assigned the node's pod CIDR");
-                        Some(cidr)
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!(node, error = %e, "could not claim a pod CIDR for the new node; retrying with its next status");
-                        None
+            // A new Node is created with its pod CIDR (`ipam::for_new_node`);
+            // one that has none yet gets it from `ipam::assign`.
+            let claim =
+                || crate::ipam::for_new_node(&sv.objects.store, &sv.pod_cidrs, &sv.ipam, node);
+            match lifecycle::upsert_node(&sv.objects, node, &info, &sv.server_name, claim).await {
+                Ok((stored, lease)) => {
+                    *registered = true;
+                    beats.stored(
+                        lease,
+                        sv.heartbeat_interval / 2,
+                        sv.heartbeat_interval * lifecycle::STATUS_REFRESH_HEARTBEATS,
+                    );
+                    if let Err(e) =
+                        crate::ipam::assign(&sv.objects, &sv.pod_cidrs, &sv.ipam, &stored).await
+                    {
+                        tracing::warn!(node, error = %e, "could not assign the node's pod CIDR; retrying with its next status");
                     }
                 }
-            };
-            let stored =
-                lifecycle::upsert_node(&sv.objects, node, &info, &sv.server_name, claim).await;
-            if let Err(e) = &stored {
-                // Keep the tunnel; the next heartbeat retries.
-                tracing::warn!(node, error = %e, "could not store node status");
-                let _ = send(
-                    ws,
-                    &ServerMessage::Error {
-                        message: "node status not stored; retrying on next heartbeat".into(),
-                    },
-                    sv.keepalive_timeout,
-                )
-                .await;
-            }
-            if let Ok((stored, lease)) = stored {
-                *registered = true;
-                beats.stored(
-                    lease,
-                    sv.heartbeat_interval / 2,
-                    sv.heartbeat_interval * lifecycle::STATUS_REFRESH_HEARTBEATS,
-                );
-                let stored = &stored;
-                if let Err(e) =
-                    crate::ipam::assign(&sv.objects, &sv.pod_cidrs, &sv.ipam, stored).await
-                {
-                    tracing::warn!(node, error = %e, "could not assign the node's pod CIDR; retrying with its next status");
+                Err(e) => {
+                    // Keep the tunnel; the next heartbeat retries.
+                    tracing::warn!(node, error = %e, "could not store node status");
+                    let _ = send(
+                        ws,
+                        &ServerMessage::Error {
+                            message: "node status not stored; retrying on next heartbeat".into(),
+                        },
+                        sv.keepalive_timeout,
+                    )
+                    .await;
                 }
             }
         }
