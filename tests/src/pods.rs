@@ -109,22 +109,27 @@ impl Drop for Containers {
     }
 }
 
+/// The numbered entries of a /proc directory: process or thread ids.
+fn numbered(dir: &str) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Stops (SIGSTOP) the `rk3sd` processes started with `--data-dir
 /// <data_dir>`; returns their pids.
 fn freeze_daemons(data_dir: &Path) -> Vec<i32> {
     let want = data_dir.as_os_str().as_encoded_bytes();
     let mut frozen = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
+    for pid in numbered("/proc") {
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
+        let pid = pid as i32;
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         let ours = args.first().is_some_and(|a| a.ends_with(b"rk3sd"))
             && args
@@ -164,7 +169,9 @@ fn remove_hostport_rules(ids: &[String]) {
             };
             // `-S` quotes the comment for a shell; the same words without
             // the shell's quoting are the rule's specification.
-            let spec = shell_words(rule.trim_start_matches("-A "));
+            let Some(spec) = shlex::split(rule.trim_start_matches("-A ")) else {
+                continue;
+            };
             let mut delete = std::process::Command::new(tool);
             delete.args(["-t", "nat", "-D"]).args(&spec);
             let _ = delete.output();
@@ -177,38 +184,6 @@ fn remove_hostport_rules(ids: &[String]) {
     }
 }
 
-/// Splits an `iptables -S` line into its arguments: words separated by
-/// spaces, where a double-quoted word may hold spaces and `\"`.
-fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let (mut quoted, mut started) = (false, false);
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                started = true;
-            }
-            '\\' if quoted => word.extend(chars.next()),
-            ' ' if !quoted => {
-                if started {
-                    words.push(std::mem::take(&mut word));
-                    started = false;
-                }
-            }
-            c => {
-                word.push(c);
-                started = true;
-            }
-        }
-    }
-    if started {
-        words.push(word);
-    }
-    words
-}
-
 /// Shims of the containerd at `socket` that are still running: after the
 /// test killed that containerd's agent (and with it containerd), nothing
 /// can stop them through it. Their processes are killed; returns the CNI
@@ -216,15 +191,6 @@ fn shell_words(line: &str) -> Vec<String> {
 fn kill_orphaned_shims(socket: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let needle = format!("-address {}", socket.display());
-    let pids = |dir: &str| -> Vec<u32> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let named: Vec<(u64, String)> = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.flatten()
@@ -237,13 +203,13 @@ fn kill_orphaned_shims(socket: &Path) -> Vec<String> {
         })
         .unwrap_or_default();
     let mut found = Vec::new();
-    for pid in pids("/proc") {
+    for pid in numbered("/proc") {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if !cmd.contains("containerd-shim") || !cmd.contains(&needle) {
             continue;
         }
-        for tid in pids(&format!("/proc/{pid}/task")) {
+        for tid in numbered(&format!("/proc/{pid}/task")) {
             let children = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
                 .unwrap_or_default();
             for child in children.split_whitespace() {
@@ -339,8 +305,9 @@ pub fn ctr(socket: &Path, args: &[&str]) -> String {
 mod tests {
     #[test]
     fn iptables_rules_split_into_their_arguments() {
+        // `iptables -S` quotes as a shell does, which `shlex` undoes.
         let rule = r#"-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"rk3s\" id: \"8a83\"" -m multiport --dports 18080 -j CNI-DN-969b"#;
-        let words = super::shell_words(rule);
+        let words = shlex::split(rule).unwrap();
         assert_eq!(words[7], r#"dnat name: "rk3s" id: "8a83""#);
         assert_eq!(words.len(), 14, "{words:?}");
         assert_eq!(words.last().unwrap(), "CNI-DN-969b");
