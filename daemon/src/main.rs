@@ -135,6 +135,13 @@ static CHOOSE_ALLOCATOR: extern "C" fn(
 };
 
 fn main() -> std::process::ExitCode {
+    // The constructor could not say so; an unknown value chose nothing.
+    if let Some(v) = std::env::var_os("RK3S_MALLOC").filter(|v| v != "system" && v != "mimalloc") {
+        eprintln!(
+            "rk3sd: warning: RK3S_MALLOC={} is neither \"system\" nor \"mimalloc\"; ignored (unset it to pick by role)",
+            v.to_string_lossy()
+        );
+    }
     rk3sd::hide_secret_args();
     rk3sd::raise_nofile_limit();
     let cli = rk3sd::config::Cli::parse();

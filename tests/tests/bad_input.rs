@@ -346,3 +346,25 @@ fn anonymous_callers_reach_only_health_and_version() {
         }
     });
 }
+
+#[test]
+fn an_unknown_allocator_choice_is_named_and_ignored() {
+    let run = |value: &str| {
+        std::process::Command::new(bin("rk3sd"))
+            .arg("--version")
+            .env("RK3S_MALLOC", value)
+            .output()
+            .unwrap()
+    };
+    let o = run("glibc");
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("RK3S_MALLOC=glibc is neither \"system\" nor \"mimalloc\"; ignored"),
+        "{err}"
+    );
+    for known in ["system", "mimalloc"] {
+        let o = run(known);
+        assert!(o.status.success() && o.stderr.is_empty(), "{known}: {o:?}");
+    }
+}
