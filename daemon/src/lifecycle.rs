@@ -306,12 +306,18 @@ impl HeartbeatState {
     /// second Lease write (and two reads) per registration. Heartbeats
     /// within `quiet` write nothing, which keeps the Lease's age under
     /// `quiet` plus one interval; the Node needs no look for half of
-    /// `status_refresh`.
+    /// `status_refresh` and up to as long again, picked at random.
     pub fn stored(&mut self, lease: Option<Value>, quiet: Duration, status_refresh: Duration) {
         let now = std::time::Instant::now();
         self.remember(lease);
         self.renewed_until = Some(now + quiet);
-        self.node_checked_until = Some(now + status_refresh / 2);
+        // Looks come every half period after the first. A fleet that
+        // (re)connected within seconds would otherwise read and refresh
+        // its Nodes in the same few seconds of every half minute: at
+        // 10,000 agents a wave of writes that held heartbeats up for
+        // 100-600 ms. Spread, they are a steady trickle.
+        let spread = (status_refresh / 2).mul_f64(rand::random::<f64>());
+        self.node_checked_until = Some(now + status_refresh / 2 + spread);
     }
 
     fn remember(&mut self, written: Option<Value>) {

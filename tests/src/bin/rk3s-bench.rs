@@ -279,10 +279,24 @@ async fn steady_state(
     fleet.take_rtts();
     let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     fleet.measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(steady).await;
+    // One heartbeat interval at a time, so a transient (the tail of a
+    // registration storm) shows apart from the state it settles into.
+    let mut v = Vec::new();
+    let mut windows = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < steady {
+        tokio::time::sleep(heartbeat.min(steady - started.elapsed())).await;
+        let w = fleet.take_rtts();
+        windows.push(format!(
+            "{:.0}/{:.0}",
+            ms(pct(&w, 0.99)),
+            ms(w.last().copied().unwrap_or_default())
+        ));
+        v.extend(w);
+    }
     fleet.measuring.store(false, Ordering::Relaxed);
     let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / steady.as_secs_f64();
-    let v = fleet.take_rtts();
+    v.sort();
     println!(
         "{label}: heartbeat every {} ms, {} s, {} samples",
         heartbeat.as_millis(),
@@ -294,6 +308,11 @@ async fn steady_state(
         ms(pct(&v, 0.5)),
         ms(pct(&v, 0.99)),
         ms(v.last().copied().unwrap_or_default())
+    );
+    println!(
+        "  p99/max per {} s window (ms): {}",
+        heartbeat.as_secs(),
+        windows.join(", ")
     );
     println!("  server CPU: {:.1} % of one core", cpu * 100.0);
     for p in pids {
