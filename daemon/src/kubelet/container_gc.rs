@@ -6,8 +6,8 @@
 //! each restart of a crash-looping container left a container, its
 //! writable layer and its log behind for as long as the pod lived.
 //!
-//! Runs after each sync pass on that pass's listing, so it costs no
-//! runtime call unless there is something to remove. Containers of pods
+//! Runs once a second on the listing the syncs of that second share, so
+//! it costs no runtime call unless there is something to remove. Containers of pods
 //! that are gone go with their sandboxes (the pod loop's orphan removal).
 
 use super::pods::{Listing, NodeCtx, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};

@@ -2,9 +2,10 @@
 //!
 //! A real API client with the node's certificate (`api`), so the Node
 //! authorizer limits it to this node's pods and their objects. It lists
-//! and watches `pods?fieldSelector=spec.nodeName=<node>`, and every second
-//! (and on each change) syncs every pod against the runtime (`pods`),
-//! eight at a time: sandbox, containers, restarts, status. A pod it has
+//! and watches `pods?fieldSelector=spec.nodeName=<node>`, and syncs each
+//! pod against the runtime (`pods`) when it is new or changed and every
+//! second, each in a worker of its own, eight at a time (`workers`):
+//! sandbox, containers, restarts, status. A pod it has
 //! not run yet must first pass admission (`admission`): node pressure,
 //! then the scheduler's fit rules; a refused one ends Failed. A pod being
 //! deleted is stopped in a task of its own (its grace period), torn down,
@@ -12,8 +13,8 @@
 //! of pods that no longer exist are removed. Under a hard eviction
 //! threshold, unused images are removed first and then pods are evicted
 //! one at a time (`eviction`); unused images are also collected when the
-//! image filesystem fills up (`image_gc`), and dead containers after each
-//! pass (`container_gc`).
+//! image filesystem fills up (`image_gc`), and dead containers once a
+//! second (`container_gc`).
 
 pub mod admission;
 pub mod container_gc;
@@ -30,23 +31,25 @@ pub mod resources;
 pub mod sandbox;
 pub mod settings;
 pub mod volumes;
+pub mod workers;
 
 use crate::apiclient::{self, Api, Identity};
 use crate::placement::finished;
 use crate::runtime::cri::Cri;
-use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use rk3s_api::tunnel::RuntimeInfo;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// Pods synced at once.
 const PARALLEL_SYNCS: usize = 8;
-use tokio_util::sync::CancellationToken;
+/// How often every pod is synced again without a change.
+const RESYNC: Duration = Duration::from_secs(1);
 
 pub struct KubeletParams {
     pub node: String,
@@ -66,12 +69,38 @@ pub struct KubeletParams {
 /// The pods bound to this node, by uid, as the watch last saw them.
 #[derive(Default)]
 struct Desired {
-    /// Shared with each pass's snapshot: a pass takes references, not
-    /// copies of every pod.
+    /// Shared with the syncs: they take references, not copies of every
+    /// pod.
     pods: Mutex<HashMap<String, Arc<Pod>>>,
+    /// Pods new to the kubelet or changed in what it acts on since it
+    /// last looked, synced without waiting for the next resync.
+    dirty: Mutex<HashSet<String>>,
     /// Set once a list succeeded: before that, no sandbox is an orphan.
     listed: std::sync::atomic::AtomicBool,
     changed: Notify,
+}
+
+impl Desired {
+    fn mark(&self, uid: String) {
+        self.dirty.lock().expect("dirty").insert(uid);
+        self.changed.notify_one();
+    }
+
+    fn take_dirty(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.dirty.lock().expect("dirty"))
+    }
+}
+
+/// Whether a pod changed in what the kubelet acts on, as upstream's pod
+/// config tells updates apart: its own status writes come back through
+/// the watch, and syncing again for each would double a burst's work.
+fn differs(old: &Pod, new: &Pod) -> bool {
+    let (a, b) = (&old.metadata, &new.metadata);
+    old.spec != new.spec
+        || a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.deletion_timestamp != b.deletion_timestamp
+        || a.deletion_grace_period_seconds != b.deletion_grace_period_seconds
 }
 
 /// A pod from the API as the kubelet keeps it: without its managed
@@ -99,7 +128,12 @@ async fn follow(api: Api, node: String, desired: Arc<Desired>, cancel: Cancellat
         };
         let rv = match listed {
             Ok((items, rv)) => {
-                let map = items.into_iter().filter_map(kept).collect();
+                let map: HashMap<String, Arc<Pod>> = items.into_iter().filter_map(kept).collect();
+                desired
+                    .dirty
+                    .lock()
+                    .expect("dirty")
+                    .extend(map.keys().cloned());
                 *desired.pods.lock().expect("pods") = map;
                 desired
                     .listed
@@ -114,19 +148,23 @@ async fn follow(api: Api, node: String, desired: Arc<Desired>, cancel: Cancellat
             }
         };
         let d = desired.clone();
-        let watched = api.watch_pods(&node, &rv, |kind, obj| {
-            match kind {
-                "DELETED" => {
-                    let Some(uid) = uid_of(&obj) else { return };
-                    d.pods.lock().expect("pods").remove(&uid);
-                }
-                "ADDED" | "MODIFIED" => {
-                    let Some((uid, pod)) = kept(obj) else { return };
-                    d.pods.lock().expect("pods").insert(uid, pod);
-                }
-                _ => return,
+        let watched = api.watch_pods(&node, &rv, |kind, obj| match kind {
+            "DELETED" => {
+                let Some(uid) = uid_of(&obj) else { return };
+                d.pods.lock().expect("pods").remove(&uid);
             }
-            d.changed.notify_one();
+            "ADDED" | "MODIFIED" => {
+                let Some((uid, pod)) = kept(obj) else { return };
+                let before = d
+                    .pods
+                    .lock()
+                    .expect("pods")
+                    .insert(uid.clone(), pod.clone());
+                if before.is_none_or(|b| differs(&b, &pod)) {
+                    d.mark(uid);
+                }
+            }
+            _ => {}
         });
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -281,16 +319,33 @@ pub async fn run(
     };
     // Pods being stopped, each in a task of its own: a grace period must
     // not hold up the other pods.
-    let terminating: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let terminating: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut workers = workers::Workers::new(PARALLEL_SYNCS);
+    // Once a second every pod not being synced is synced again, with one
+    // listing of the runtime for all of them (upstream's relist); a pod
+    // that is new or changed is synced as soon as the watch brings it.
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // The last pass's snapshot, listing and statuses were dropped at
-        // the end of its iteration: hand what they held back before idling.
-        crate::memory::release_freed();
-        tokio::select! {
+        let (pass, mut synced) = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = desired.changed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = desired.changed.notified() => (false, false),
+            (uid, st) = workers.finished() => {
+                tracked.insert(uid, st);
+                (false, true)
+            }
+            _ = resync.tick() => (true, false),
+        };
+        while let Some((uid, st)) = workers.try_finished() {
+            tracked.insert(uid, st);
+            synced = true;
         }
+        if synced && workers.idle() {
+            // The last syncs' listings and statuses are dropped by now:
+            // hand what they held back before idling.
+            crate::memory::release_freed();
+        }
+        let dirty = desired.take_dirty();
         let snapshot: Vec<(String, Arc<Pod>)> = desired
             .pods
             .lock()
@@ -298,21 +353,35 @@ pub async fn run(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let live: std::collections::HashSet<String> =
-            snapshot.iter().map(|(u, _)| u.clone()).collect();
-        // One list of sandboxes and containers for the whole pass (a
-        // failed list falls back to asking per pod).
-        let listing = pods::Listing::fetch(&cri_).await.ok();
-        let mut work = Vec::new();
-        let mut newcomers = Vec::new();
-        // Admitted pods being deleted still hold what they asked for
-        // until they have stopped, as upstream counts them.
-        let mut leaving = Vec::new();
-        for (uid, pod) in snapshot {
-            if pod.metadata.deletion_timestamp.is_some() {
-                if admitted.contains(&uid) && !finished(&pod) {
-                    leaving.push(pod.clone());
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        for (uid, pod) in &snapshot {
+            if !pass && !dirty.contains(uid) {
+                continue;
+            }
+            if workers.busy(uid) {
+                // Its worker may have read the pod before the change: it
+                // goes again once that worker is done.
+                if dirty.contains(uid) {
+                    later.push(uid.clone());
                 }
+                continue;
+            }
+            due.push((uid.clone(), pod.clone()));
+        }
+        desired.dirty.lock().expect("dirty").extend(later);
+        if due.is_empty() && !pass {
+            continue;
+        }
+        // One listing of sandboxes and containers for the pods started
+        // now (a failed list falls back to asking per pod). It is taken
+        // after each of their last workers ended, so none of them reads
+        // the runtime from before its own last sync.
+        let listing = pods::Listing::fetch(&cri_).await.ok().map(Arc::new);
+        let mut newcomers = Vec::new();
+        let mut starting = Vec::new();
+        for (uid, pod) in due {
+            if pod.metadata.deletion_timestamp.is_some() {
                 if terminating.lock().expect("terminating").insert(uid.clone()) {
                     let (api, cri_, node, terminating) =
                         (api.clone(), cri_.clone(), node.clone(), terminating.clone());
@@ -324,7 +393,7 @@ pub async fn run(
                 continue;
             }
             // Being evicted: left alone until its status says Failed, or
-            // this pass would start it again.
+            // this sync would start it again.
             let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
             let mut ev = evicting.lock().expect("evicting");
             if !failed && ev.contains(&uid) {
@@ -348,10 +417,10 @@ pub async fn run(
                 }
             }
             let st = tracked.remove(&uid).unwrap_or_default();
-            work.push((uid, pod, st));
+            starting.push((uid, pod, st));
         }
-        // Without the Node nobody is judged this pass (the others are
-        // still synced): a failing API is no reason to refuse a pod.
+        // Without the Node nobody is judged now (the others are still
+        // synced): a failing API is no reason to refuse a pod.
         let node_object = if newcomers.is_empty() {
             None
         } else {
@@ -362,12 +431,14 @@ pub async fn run(
                 .into_iter()
                 .filter(|c| observed.within(c, pressure_period))
                 .collect();
-            let others: Vec<Arc<Pod>> = work
+            // What the admitted pods hold: those running or starting, and
+            // those being deleted until they have stopped, as upstream
+            // counts them; not those being evicted.
+            let ev = evicting.lock().expect("evicting").clone();
+            let others: Vec<Arc<Pod>> = snapshot
                 .iter()
-                .map(|(_, pod, _)| pod)
-                .filter(|pod| !finished(pod))
-                .cloned()
-                .chain(leaving)
+                .filter(|(uid, pod)| admitted.contains(uid) && !finished(pod) && !ev.contains(uid))
+                .map(|(_, pod)| pod.clone())
                 .collect();
             let judge = admission::Judge {
                 conditions: &conditions,
@@ -375,31 +446,29 @@ pub async fn run(
             };
             for (uid, pod) in admit(&api, &node, node_object, others, newcomers, &judge).await {
                 admitted.insert(uid.clone());
-                work.push((uid, pod, pods::Tracked::default()));
+                starting.push((uid, pod, pods::Tracked::default()));
             }
         }
-        // Pods are independent: sync several at once, as upstream's pod
-        // workers do, so a burst of new pods does not start one by one.
-        let done: Vec<(String, pods::Tracked)> = stream::iter(work)
-            .map(|(uid, pod, mut st)| {
-                let (api, cri_, node, listing) = (&api, &cri_, &node, listing.as_ref());
-                async move {
-                    sync_one(api, cri_, node, &pod, &mut st, listing).await;
-                    (uid, st)
-                }
-            })
-            .buffer_unordered(PARALLEL_SYNCS)
-            .collect()
-            .await;
-        tracked.extend(done);
+        for (uid, pod, st) in starting {
+            // Each in a worker of its own (see [`workers`]).
+            let (api, cri_, node, listing) =
+                (api.clone(), cri_.clone(), node.clone(), listing.clone());
+            workers.start(uid, st, move |mut st| async move {
+                sync_one(&api, &cri_, &node, &pod, &mut st, listing.as_deref()).await;
+                st
+            });
+        }
+        if !pass {
+            continue;
+        }
         if let Some(l) = &listing {
             container_gc::collect(&cri_, &node, l).await;
             sandbox::collect(&cri_, l).await;
         }
         if desired.listed.load(std::sync::atomic::Ordering::Acquire) {
+            let live: HashSet<&String> = snapshot.iter().map(|(u, _)| u).collect();
             tracked.retain(|u, _| live.contains(u));
             admitted.retain(|u| live.contains(u));
-            let live: std::collections::HashSet<&String> = live.iter().collect();
             remove_orphans(&cri_, &node, &live).await;
         }
     }
@@ -581,5 +650,48 @@ async fn remove_orphans(
         }
         let m = s.metadata.clone().unwrap_or_default();
         node.remove_pod_files(&m.namespace, &m.name, uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "uid": "u", "labels": {"app": "a"}, "resourceVersion": "1"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn its_own_status_writes_are_no_change_to_the_kubelet() {
+        let old = pod();
+        let mut new = pod();
+        new.metadata.resource_version = Some("2".into());
+        new.status = Some(serde_json::from_value(json!({"phase": "Running"})).unwrap());
+        assert!(!differs(&old, &new), "a status write is not a change");
+
+        let mut spec = pod();
+        spec.spec.as_mut().unwrap().containers[0].image = Some("other".into());
+        assert!(differs(&old, &spec));
+        let mut deleting = serde_json::to_value(pod()).unwrap();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-12-02T00:00:00Z");
+        assert!(differs(&old, &serde_json::from_value(deleting).unwrap()));
+        let mut labelled = pod();
+        labelled.metadata.labels = None;
+        assert!(differs(&old, &labelled));
+    }
+
+    #[test]
+    fn a_pod_seen_again_is_marked_once_and_taken_once() {
+        let d = Desired::default();
+        d.mark("a".into());
+        d.mark("a".into());
+        d.mark("b".into());
+        let taken = d.take_dirty();
+        assert_eq!(taken.len(), 2);
+        assert!(d.take_dirty().is_empty());
     }
 }

@@ -601,6 +601,7 @@ pub async fn sync(
     st.start_time
         .get_or_insert_with(crate::objects::now_rfc3339);
     let mut waiting: HashMap<String, (String, String)> = HashMap::new();
+    let mut early_volumes = None;
     let sandbox = match sandboxes.iter().find(|s| sandbox::ready(s)) {
         _ if terminal => {
             sandbox::finish(cri_, &sandboxes).await;
@@ -613,7 +614,19 @@ pub async fn sync(
         // its containers end and so does the pod.
         None if !replaceable(cri_, pod, &seen, st).await => None,
         None if policy == "Never" && !sandboxes.is_empty() && !seen.is_empty() => None,
-        None => create_sandbox(cri_, pod, node, &sandboxes, st, &mut waiting).await,
+        None => {
+            st.replacing = None;
+            // The volumes' API reads (a service-account token, the CA
+            // bundle) overlap the runtime building the sandbox instead of
+            // adding their round trips to every pod start.
+            let dir = node.pod_dir(&uid);
+            let (id, prepared) = tokio::join!(
+                create_sandbox(cri_, pod, node, &sandboxes, &mut waiting),
+                volumes::prepare(api, pod, &dir, &mut st.volumes),
+            );
+            early_volumes = Some(prepared);
+            id
+        }
     };
     // A sandbox keeps its address: asked for once per sandbox.
     let known_ip = sandbox
@@ -658,22 +671,28 @@ pub async fn sync(
     let mut initialized = true;
     let prepared = match sandbox.as_ref().filter(|_| !terminal) {
         None => None,
-        Some(_) => match volumes::prepare(api, pod, &node.pod_dir(&uid), &mut st.volumes).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                // Upstream's FailedMount: nothing starts, the containers wait.
-                tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %e, "volumes not ready");
-                for c in spec
-                    .init_containers
-                    .iter()
-                    .flatten()
-                    .chain(&spec.containers)
-                {
-                    waiting.insert(c.name.clone(), ("ContainerCreating".into(), e.clone()));
+        Some(_) => {
+            let ready = match early_volumes {
+                Some(done) => done,
+                None => volumes::prepare(api, pod, &node.pod_dir(&uid), &mut st.volumes).await,
+            };
+            match ready {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Upstream's FailedMount: nothing starts, the containers wait.
+                    tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %e, "volumes not ready");
+                    for c in spec
+                        .init_containers
+                        .iter()
+                        .flatten()
+                        .chain(&spec.containers)
+                    {
+                        waiting.insert(c.name.clone(), ("ContainerCreating".into(), e.clone()));
+                    }
+                    None
                 }
-                None
             }
-        },
+        }
     };
     if let (Some(sb), Some(prepared)) = (sandbox.as_ref().filter(|_| !terminal), &prepared) {
         let ctx = Ctx {
@@ -738,11 +757,9 @@ async fn create_sandbox(
     pod: &Pod,
     node: &NodeCtx,
     earlier: &[cri::PodSandbox],
-    st: &mut Tracked,
     waiting: &mut HashMap<String, (String, String)>,
 ) -> Option<String> {
     sandbox::retire(cri_, earlier).await;
-    st.replacing = None;
     let config = sandbox_config(pod, node, sandbox::next_attempt(earlier));
     let _ = std::fs::create_dir_all(&config.log_directory);
     let r = cri_
