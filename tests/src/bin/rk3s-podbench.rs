@@ -13,6 +13,9 @@
 //!    sandbox, no network);
 //! 2. pods one after the other: create → Running, as the pod watch sees it;
 //! 3. a burst: `--pods` pods created at once, each create → Running;
+//!    next to the runtime's own floor for both, measured the same way:
+//!    a sandbox (pause container and pod network) and one container
+//!    asked of containerd's CRI directly, with no API and no kubelet;
 //! 4. the agent's RSS with no pods and with `--many` pods running, and its
 //!    CPU over `--idle-secs` with `--pods` pods running;
 //! 5. across nodes: network-namespace hosts, a server that is a node and
@@ -196,6 +199,103 @@ fn ctr_at_once(sockets: &[PathBuf], count: usize) -> Vec<Duration> {
     let lat = threads.into_iter().map(|t| t.join().unwrap()).collect();
     ctr_remove(sockets, count);
     lat
+}
+
+/// A pod's sandbox (its pause container and the pod network, by the same
+/// CNI plugins) and one container, asked of the runtime's CRI directly:
+/// the work the kubelet has containerd do for a pod, without the API and
+/// the kubelet. Its sandbox carries none of rk3s's pod labels, so the
+/// kubelet leaves it alone.
+async fn cri_pod(c: rk3sd::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Duration, String) {
+    use k8s_cri::v1 as cri;
+    let t0 = Instant::now();
+    let name = format!("bench-cri-{i}");
+    let logs = dir.join(&name);
+    std::fs::create_dir_all(&logs).unwrap();
+    let config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: format!("{name}-uid"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.clone(),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let mut rt = c.runtime.clone();
+    let sandbox = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let container = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "c".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "c.log".into(),
+                linux: Some(cri::LinuxContainerConfig::default()),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: container,
+    })
+    .await
+    .unwrap();
+    (t0.elapsed(), sandbox)
+}
+
+/// [`cri_pod`] `count` times, one after the other (`at_once` false) or
+/// all at once; then every sandbox is stopped and removed.
+async fn cri_pods(socket: &Path, dir: &Path, count: usize, at_once: bool) -> Vec<Duration> {
+    let c = rk3sd::runtime::cri::Cri::connect(socket).await.unwrap();
+    let mut done = Vec::new();
+    if at_once {
+        let tasks: Vec<_> = (0..count)
+            .map(|i| tokio::spawn(cri_pod(c.clone(), dir.to_path_buf(), i)))
+            .collect();
+        for t in tasks {
+            done.push(t.await.unwrap());
+        }
+    } else {
+        for i in 0..count {
+            done.push(cri_pod(c.clone(), dir.to_path_buf(), i).await);
+        }
+    }
+    let mut rt = c.runtime.clone();
+    for (_, id) in &done {
+        let _ = rt
+            .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await;
+    }
+    done.into_iter().map(|(d, _)| d).collect()
 }
 
 /// Kill and remove `bench-ctr-0..count`, spread over `sockets` as
@@ -465,6 +565,11 @@ async fn one_node() {
     }
     ctr_remove(std::slice::from_ref(&socket), n);
     let ctr_burst = ctr_at_once(std::slice::from_ref(&socket), n);
+    // The runtime's floor for a pod: sandbox, pod network and container
+    // straight through CRI, one after the other and then at once.
+    let cri_dir = t.path().join("cri-logs");
+    let cri_seq = cri_pods(&socket, &cri_dir, n, false).await;
+    let cri_burst = cri_pods(&socket, &cri_dir, n, true).await;
 
     let http = server.admin_http();
     let base = server.url();
@@ -511,21 +616,27 @@ async fn one_node() {
     delete_all(&http, &base).await;
 
     println!("pod start on one node, {n} each (ms):");
-    println!(
-        "  ctr run -d (baseline)     p50 {:7.1}  p99 {:7.1}",
-        pct(&ctr_lat, 0.5),
-        pct(&ctr_lat, 0.99)
+    let p50_p99 = |label: String, v: &[Duration], after: &str| {
+        println!(
+            "  {label:<26}p50 {:7.1}  p99 {:7.1}{after}",
+            pct(v, 0.5),
+            pct(v, 0.99)
+        )
+    };
+    p50_p99("ctr run -d (baseline)".into(), &ctr_lat, "");
+    p50_p99(format!("ctr run -d, {n} at once"), &ctr_burst, "");
+    p50_p99(
+        "CRI sandbox + container".into(),
+        &cri_seq,
+        "  (the runtime's floor for a pod)",
     );
+    p50_p99(format!("CRI, {n} at once"), &cri_burst, "");
     println!(
-        "  ctr run -d, {n} at once     p50 {:7.1}  p99 {:7.1}",
-        pct(&ctr_burst, 0.5),
-        pct(&ctr_burst, 0.99)
-    );
-    println!(
-        "  pods one at a time        p50 {:7.1}  p99 {:7.1}  ratio p50 {:.2}x",
+        "  pods one at a time        p50 {:7.1}  p99 {:7.1}  ratio p50 {:.2}x of ctr, {:.2}x of CRI",
         pct(&seq, 0.5),
         pct(&seq, 0.99),
-        pct(&seq, 0.5) / pct(&ctr_lat, 0.5)
+        pct(&seq, 0.5) / pct(&ctr_lat, 0.5),
+        pct(&seq, 0.5) / pct(&cri_seq, 0.5)
     );
     println!(
         "  pods in a burst of {n:<3}    p50 {:7.1}  p99 {:7.1}  all Running after {:.1} s (created in {:.1} s)",
@@ -535,8 +646,9 @@ async fn one_node() {
         burst_created.as_secs_f64()
     );
     println!(
-        "  burst ratio p99 {:.2}x of ctr's burst",
-        pct(&burst, 0.99) / pct(&ctr_burst, 0.99)
+        "  burst ratio p99 {:.2}x of ctr's burst, {:.2}x of CRI's",
+        pct(&burst, 0.99) / pct(&ctr_burst, 0.99),
+        pct(&burst, 0.99) / pct(&cri_burst, 0.99)
     );
     println!(
         "{many} pods created at once: all Running after {:.1} s (created in {:.1} s; create → Running p50 {:.1} s)",
