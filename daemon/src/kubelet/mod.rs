@@ -346,6 +346,11 @@ pub async fn run(
             crate::memory::release_freed();
         }
         let dirty = desired.take_dirty();
+        // A worker that finished with nothing changed: nothing to look
+        // at until the next change or resync.
+        if !pass && dirty.is_empty() {
+            continue;
+        }
         let snapshot: Vec<(String, Arc<Pod>)> = desired
             .pods
             .lock()
@@ -434,12 +439,16 @@ pub async fn run(
             // What the admitted pods hold: those running or starting, and
             // those being deleted until they have stopped, as upstream
             // counts them; not those being evicted.
-            let ev = evicting.lock().expect("evicting").clone();
-            let others: Vec<Arc<Pod>> = snapshot
-                .iter()
-                .filter(|(uid, pod)| admitted.contains(uid) && !finished(pod) && !ev.contains(uid))
-                .map(|(_, pod)| pod.clone())
-                .collect();
+            let others: Vec<Arc<Pod>> = {
+                let ev = evicting.lock().expect("evicting");
+                snapshot
+                    .iter()
+                    .filter(|(uid, pod)| {
+                        admitted.contains(uid) && !finished(pod) && !ev.contains(uid)
+                    })
+                    .map(|(_, pod)| pod.clone())
+                    .collect()
+            };
             let judge = admission::Judge {
                 conditions: &conditions,
                 sysctls: &p.settings.sysctls,
