@@ -408,6 +408,7 @@ pub async fn run(
     let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(None);
     // (CRI socket, CNI config dir when the agent configures containerd).
     let mut kubelet_runtime = None;
+    let imports = crate::runtime::images::Imports::default();
     if let Some(rt) = &params.node.runtime {
         let data_dir = params.data_dir.clone();
         let (settings, cni_conf_dir) = match rt {
@@ -429,6 +430,7 @@ pub async fn run(
         kubelet_runtime = Some((settings.socket(), cni_conf_dir));
         tokio::spawn(crate::runtime::run(
             settings,
+            imports.clone(),
             runtime_tx,
             cancel.child_token(),
         ));
@@ -487,6 +489,7 @@ pub async fn run(
             cri_socket,
             log_root,
             pods_root: params.data_dir.join("agent/pods"),
+            imports: imports.clone(),
             settings: params.node.kubelet.clone(),
         };
         // A runtime the agent did not configure has a network of its own.

@@ -5,12 +5,16 @@ use rk3s_tests::Postgres;
 use rk3sd::datastore::{conformance, postgres::PostgresBackend, Datastore, TlsFiles};
 use std::sync::Arc;
 
-async fn store(pg: &Postgres, db: &str) -> Datastore {
-    Datastore::new(Arc::new(
+async fn backend(pg: &Postgres, db: &str) -> Arc<PostgresBackend> {
+    Arc::new(
         PostgresBackend::connect(&pg.url(db), &TlsFiles::default())
             .await
             .expect("connect"),
-    ))
+    )
+}
+
+async fn store(pg: &Postgres, db: &str) -> Datastore {
+    Datastore::new(backend(pg, db).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,6 +26,8 @@ async fn postgres_conformance() {
     conformance::a_watcher_that_falls_behind_catches_up_from_the_log(store(&pg, "c4").await).await;
     conformance::compaction_refuses_old_watch_and_keeps_newest(store(&pg, "c5").await).await;
     conformance::racing_writes_in_one_batch_keep_their_meaning(store(&pg, "c6").await).await;
+    let b = backend(&pg, "c7").await;
+    conformance::compaction_goes_in_bounded_steps(Datastore::new(b.clone()), b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,11 +83,7 @@ pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken)
 }
 
 async fn full_pass(reg: &Registry, cache: &Cache) {
-    let involved = |v: &Value| {
-        v.pointer("/metadata/ownerReferences").is_some()
-            || (deleting(v) && (has_finalizer(v, FOREGROUND) || has_finalizer(v, ORPHAN)))
-    };
-    for (key, v) in cache.list_where("/registry/", involved) {
+    for (key, v) in cache.collector_work() {
         if deleting(&v) && (has_finalizer(&v, FOREGROUND) || has_finalizer(&v, ORPHAN)) {
             attend_owner(reg, cache, &key, &v).await;
         }
@@ -142,11 +138,7 @@ async fn attend_dependent(reg: &Registry, cache: &Cache, key: &str, d: &Value) {
         reg.delete_key(key, uid(d), "Background").await
     } else if !missing.is_empty() {
         reg.modify(key, |v| drop_owners(v, &missing)).await
-    } else if owners.iter().any(|o| {
-        cache
-            .by_uid(o)
-            .is_some_and(|(_, owner)| deleting(&owner) && has_finalizer(&owner, FOREGROUND))
-    }) {
+    } else if owners.iter().any(|o| cache.in_foreground_deletion(o)) {
         reg.delete_key(key, uid(d), "Foreground").await
     } else {
         Ok(())

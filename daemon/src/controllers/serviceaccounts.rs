@@ -63,7 +63,7 @@ pub async fn run(
                 for (_, ns) in ctl.cache.list("/registry/namespaces/") {
                     ctl.namespace(s(&ns, "/metadata/name")).await;
                 }
-                for (_, secret) in ctl.cache.list("/registry/secrets/") {
+                for (_, secret) in ctl.cache.list_mentioning("/registry/secrets/", TOKEN_TYPE) {
                     ctl.token_secret(&secret).await;
                 }
             }

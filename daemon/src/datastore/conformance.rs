@@ -2,7 +2,7 @@
 //! against SQLite by its unit tests and against a real PostgreSQL server by
 //! the tests crate. Each function takes a fresh store.
 
-use super::{Datastore, DatastoreError, EventKind};
+use super::{Backend, Datastore, DatastoreError, EventKind, Revision};
 
 pub async fn create_update_delete_with_conflicts(s: Datastore) {
     let r1 = s.create("/registry/a/x", b"1".to_vec()).await.unwrap();
@@ -114,7 +114,9 @@ pub async fn a_watcher_that_falls_behind_catches_up_from_the_log(s: Datastore) {
     }
 }
 
-pub async fn compaction_refuses_old_watch_and_keeps_newest(s: Datastore) {
+/// One key written 100 times ("0" to "99"): (compacted revision before,
+/// the last revision).
+pub async fn hundred_revisions(s: &Datastore) -> (Revision, Revision) {
     let before = s.compacted_revision().await.unwrap();
     let mut rev = s.create("/registry/k/a", b"0".to_vec()).await.unwrap();
     for i in 1..100 {
@@ -123,6 +125,23 @@ pub async fn compaction_refuses_old_watch_and_keeps_newest(s: Datastore) {
             .await
             .unwrap();
     }
+    (before, rev)
+}
+
+/// `b` is the backend under `s`: one step drops at most what it is told,
+/// and the handle's compaction takes as many steps as it needs.
+pub async fn compaction_goes_in_bounded_steps(s: Datastore, b: std::sync::Arc<dyn Backend>) {
+    let (before, rev) = hundred_revisions(&s).await;
+    let step = b.compact(10, 30).await.unwrap();
+    assert_eq!(step.compacted_to, before + 30);
+    assert_eq!(step.events_deleted, 30);
+    let all = s.compact(10).await.unwrap();
+    assert_eq!(all.compacted_to, rev - 10);
+    assert_eq!(all.events_deleted, (rev - 10 - before - 30) as u64);
+}
+
+pub async fn compaction_refuses_old_watch_and_keeps_newest(s: Datastore) {
+    let (before, rev) = hundred_revisions(&s).await;
     let stats = s.compact(10).await.unwrap();
     assert_eq!(stats.compacted_to, rev - 10);
     assert_eq!(stats.events_deleted, (rev - 10 - before) as u64);

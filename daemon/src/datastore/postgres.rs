@@ -521,7 +521,9 @@ async fn commit(
             (Op::Delete { key, expected }, None) => {
                 not_applied(&tx, &conn.state, key, expected.unwrap_or(0)).await?
             }
-            (Op::Compact { keep }, _) => Ok(Reply::Compacted(compact(&tx, head, *keep).await?)),
+            (Op::Compact { keep, at_most }, _) => {
+                Ok(Reply::Compacted(compact(&tx, head, *keep, *at_most).await?))
+            }
         };
         results.push(r);
     }
@@ -551,17 +553,19 @@ async fn not_applied(
     }))
 }
 
-/// Drop log entries more than `keep` revisions behind `head`.
+/// Drop log entries more than `keep` revisions behind `head`, at most
+/// `at_most` revisions of them.
 async fn compact(
     tx: &tokio_postgres::Transaction<'_>,
     head: Revision,
     keep: u64,
+    at_most: u64,
 ) -> std::result::Result<CompactStats, tokio_postgres::Error> {
-    let target = (head - keep as i64).max(0);
     let old: i64 = tx
         .query_one("SELECT value FROM rk3s_meta WHERE name = 'compacted'", &[])
         .await?
         .get(0);
+    let target = (head - keep as i64).max(0).min(old + at_most as i64);
     if target <= old {
         return Ok(CompactStats {
             compacted_to: old,
@@ -810,8 +814,8 @@ impl Backend for PostgresBackend {
         Ok(events)
     }
 
-    async fn compact(&self, keep: u64) -> Result<CompactStats> {
-        self.writer.compact(keep).await
+    async fn compact(&self, keep: u64, at_most: u64) -> Result<CompactStats> {
+        self.writer.compact(keep, at_most).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

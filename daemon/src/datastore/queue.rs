@@ -19,8 +19,11 @@ pub(crate) enum Op {
         key: String,
         expected: Option<Revision>,
     },
+    /// Drop history older than the newest `keep` revisions, at most
+    /// `at_most` revisions of it in this transaction.
     Compact {
         keep: u64,
+        at_most: u64,
     },
 }
 
@@ -107,8 +110,8 @@ impl WriteQueue {
         }
     }
 
-    pub async fn compact(&self, keep: u64) -> Result<CompactStats> {
-        match self.send(Op::Compact { keep }).await? {
+    pub async fn compact(&self, keep: u64, at_most: u64) -> Result<CompactStats> {
+        match self.send(Op::Compact { keep, at_most }).await? {
             Reply::Compacted(s) => Ok(s),
             _ => Err(unexpected()),
         }

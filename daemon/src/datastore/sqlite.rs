@@ -10,6 +10,12 @@
 //! "database is locked" cannot happen however many callers write at once,
 //! and a batch of N writes costs one fsync. Readers use their own
 //! connections; WAL lets them run beside the writer.
+//!
+//! Checkpoints (copying the WAL into the database, with two fsyncs) run on
+//! a thread of their own, never in a commit: SQLite's automatic checkpoint
+//! runs inside the commit that crosses its threshold, and on this kind of
+//! disk one fsync can take a second, during which no write completes (at
+//! ten thousand agents, every heartbeat in that second waited for it).
 
 use super::queue::{Op, Reply, Request, WriteQueue};
 use super::{
@@ -25,6 +31,18 @@ use tokio::sync::{broadcast, mpsc};
 const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
 const BROADCAST_CAPACITY: usize = 4096;
+/// How often the checkpointer copies committed WAL frames into the
+/// database. Often enough that each copy is small (SQLite's own threshold
+/// is 1000 pages); a passive checkpoint does not hold up the writer.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// WAL frames (pages) beyond which the checkpointer also starts the WAL
+/// over. A passive checkpoint copies the WAL but cannot restart it while
+/// the writer keeps committing, so under steady writes it would grow
+/// without end (ten thousand agents write 11-15 MB of WAL a second: a
+/// page per table touched by each heartbeat). A restart waits for the
+/// writer and holds it while it copies the rest, so it comes after two
+/// passive passes, when little is left. 64 MiB, as `journal_size_limit`.
+const WAL_RESTART_FRAMES: i64 = 16_384;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log (
@@ -102,6 +120,9 @@ impl SqliteBackend {
             .map_err(unavailable)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024i64)
             .map_err(unavailable)?;
+        // The checkpointer below does it instead (see the module comment).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         let (revision, compacted) = read_meta(&mut conn)?;
         let mut readers = Vec::with_capacity(READERS);
@@ -109,6 +130,12 @@ impl SqliteBackend {
             readers.push(open_conn(path, false).map_err(unavailable)?);
         }
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let checkpointer = open_conn(path, true).map_err(unavailable)?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoints(checkpointer, stopped, CHECKPOINT_EVERY, WAL_RESTART_FRAMES))
+            .map_err(unavailable)?;
         let (tx, rx) = WriteQueue::new(4096);
         let revision = Arc::new(AtomicI64::new(revision));
         let compacted = Arc::new(AtomicI64::new(compacted));
@@ -118,6 +145,7 @@ impl SqliteBackend {
             events: events.clone(),
             revision: revision.clone(),
             compacted: compacted.clone(),
+            _stop_checkpoints: stop_checkpoints,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -276,8 +304,8 @@ impl Backend for SqliteBackend {
         Ok(events)
     }
 
-    async fn compact(&self, keep: u64) -> Result<CompactStats> {
-        self.writer.compact(keep).await
+    async fn compact(&self, keep: u64, at_most: u64) -> Result<CompactStats> {
+        self.writer.compact(keep, at_most).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -300,6 +328,42 @@ struct Writer {
     events: broadcast::Sender<Arc<Event>>,
     revision: Arc<AtomicI64>,
     compacted: Arc<AtomicI64>,
+    /// Dropped with the writer, which ends the checkpointer.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// The checkpointer: a passive checkpoint `every` ([`CHECKPOINT_EVERY`])
+/// until the writer is gone. Passive means it copies what no reader still
+/// needs and waits for no one; the writer goes on appending meanwhile. A
+/// WAL of `restart_frames` ([`WAL_RESTART_FRAMES`]) or more is started
+/// over: RESTART rather than TRUNCATE, so the writer overwrites the file's
+/// blocks instead of allocating new ones, whose data every fsync of the
+/// database would otherwise wait for (ext4's ordered mode);
+/// `journal_size_limit` trims what is beyond it.
+fn checkpoints(
+    conn: Connection,
+    stop: std::sync::mpsc::Receiver<()>,
+    every: std::time::Duration,
+    restart_frames: i64,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let checkpoint = |mode: &str| {
+        // (busy, frames in the WAL, frames copied)
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            r.get::<_, i64>(1)
+        })
+    };
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        let done = match checkpoint("PASSIVE") {
+            Ok(frames) if frames >= restart_frames => checkpoint("PASSIVE")
+                .and_then(|_| checkpoint("RESTART"))
+                .map(|_| ()),
+            other => other.map(|_| ()),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
 }
 
 impl Writer {
@@ -321,17 +385,12 @@ impl Writer {
         let mut rev = start_rev;
         let mut results = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
-        let mut checkpoint = false;
         let outcome = (|| -> rusqlite::Result<()> {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for req in &batch {
-                let r = apply(&tx, &req.op, &mut rev, &mut events)?;
-                if matches!(r, Ok(Reply::Compacted(_))) {
-                    checkpoint = true;
-                }
-                results.push(r);
+                results.push(apply(&tx, &req.op, &mut rev, &mut events)?);
             }
             if rev != start_rev {
                 tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [rev])?;
@@ -340,18 +399,6 @@ impl Writer {
         })();
         match outcome {
             Ok(()) => {
-                if checkpoint {
-                    // Truncate the WAL so the file stays bounded; readers
-                    // holding old snapshots make it a no-op, which is fine.
-                    // Before the replies, so a finished compaction has also
-                    // given its space back.
-                    if let Err(e) =
-                        self.conn
-                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
-                    }
-                }
                 self.revision.store(rev, Ordering::Release);
                 for (req, res) in batch.into_iter().zip(results) {
                     if let Ok(Reply::Compacted(s)) = &res {
@@ -460,12 +507,12 @@ fn apply(
                 .execute([key])?;
             Ok(Reply::Deleted(r, cur))
         }
-        Op::Compact { keep } => {
-            let target = (*rev - *keep as i64).max(0);
+        Op::Compact { keep, at_most } => {
             let old: Revision =
                 tx.query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| {
                     r.get(0)
                 })?;
+            let target = (*rev - *keep as i64).max(0).min(old + *at_most as i64);
             if target <= old {
                 return Ok(Ok(Reply::Compacted(CompactStats {
                     compacted_to: old,
@@ -526,6 +573,71 @@ mod tests {
         conformance::compaction_refuses_old_watch_and_keeps_newest(s).await;
     }
 
+    #[test]
+    fn the_checkpointer_restarts_a_wal_that_keeps_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let w = open_conn(&db, true).unwrap();
+        w.pragma_update(None, "journal_mode", "WAL").unwrap();
+        w.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        // As the writer's: a restarted WAL is cut back to this at its next
+        // commit, which is how a restart shows in the file's size.
+        w.pragma_update(None, "journal_size_limit", 64 * 4096)
+            .unwrap();
+        w.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let c = open_conn(&db, true).unwrap();
+        let every = std::time::Duration::from_millis(20);
+        let checkpointer = std::thread::spawn(move || checkpoints(c, stopped, every, 64));
+        let wal = dir.path().join("state.db-wal");
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        // Writes that never pause, as at ten thousand agents: a passive
+        // checkpoint alone never starts this WAL over.
+        let (mut largest, mut shrank) = (0, false);
+        let started = std::time::Instant::now();
+        while !shrank && started.elapsed() < std::time::Duration::from_secs(20) {
+            w.execute("INSERT INTO t VALUES (?1)", [vec![0u8; 2048]])
+                .unwrap();
+            let now = size();
+            shrank = largest > 2 * 64 * 4096 && now <= 64 * 4096;
+            largest = largest.max(now);
+        }
+        drop(stop);
+        checkpointer.join().unwrap();
+        assert!(
+            shrank,
+            "the WAL grew to {largest} bytes and never started over"
+        );
+    }
+
+    #[tokio::test]
+    async fn compaction_goes_in_bounded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(SqliteBackend::open(&dir.path().join("state.db")).unwrap());
+        conformance::compaction_goes_in_bounded_steps(Datastore::new(b.clone()), b).await;
+    }
+
+    #[tokio::test]
+    async fn commits_leave_checkpoints_to_the_checkpointer() {
+        let (d, s) = store();
+        let db = d.path().join("state.db");
+        let size = || std::fs::metadata(&db).unwrap().len();
+        let before = size();
+        // About 1 MiB of WAL (a log row and a current row per key): far
+        // under SQLite's own threshold of 1000 pages, so only the
+        // checkpointer copies it into the database file.
+        for i in 0..512 {
+            s.create(&format!("/k/{i}"), vec![b'x'; 1024])
+                .await
+                .unwrap();
+        }
+        let copied = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            size() > before + 512 * 1024
+        });
+        assert!(copied, "WAL not checkpointed: {before} -> {} bytes", size());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_writes_in_one_batch_keep_their_meaning() {
         let (_d, s) = store();
@@ -553,15 +665,15 @@ mod tests {
             .create("/registry/leases/n", vec![b'x'; 512])
             .await
             .unwrap();
+        // The database file once its WAL is copied in (the WAL's own bound
+        // is the checkpointer's, tested below).
         let size = |d: &tempfile::TempDir| {
-            ["state.db", "state.db-wal"]
-                .iter()
-                .map(|f| {
-                    std::fs::metadata(d.path().join(f))
-                        .map(|m| m.len())
-                        .unwrap_or(0)
-                })
-                .sum::<u64>()
+            let db = d.path().join("state.db");
+            open_conn(&db, true)
+                .unwrap()
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+            std::fs::metadata(&db).unwrap().len()
         };
         let mut sizes = Vec::new();
         for round in 0..4 {

@@ -96,6 +96,9 @@ pub struct ImageGc {
     cri: Cri,
     /// The runtime's socket, for `ctr` (the pinned label).
     socket: PathBuf,
+    /// Held from listing to the last removal, so that no image is seen
+    /// between its import and its pin.
+    imports: crate::runtime::images::Imports,
     high: u8,
     low: u8,
     min_age: Duration,
@@ -105,10 +108,16 @@ pub struct ImageGc {
 }
 
 impl ImageGc {
-    pub fn new(cri: Cri, socket: PathBuf, s: &Settings) -> Self {
+    pub fn new(
+        cri: Cri,
+        socket: PathBuf,
+        imports: crate::runtime::images::Imports,
+        s: &Settings,
+    ) -> Self {
         ImageGc {
             cri,
             socket,
+            imports,
             high: s.image_gc_high,
             low: s.image_gc_low,
             min_age: s.image_min_age,
@@ -208,6 +217,7 @@ impl ImageGc {
     /// and the removals that failed (the others still count). An error
     /// only when the runtime could not be asked.
     async fn free(&self, want: u64) -> Result<(u64, Option<String>), String> {
+        let _held = self.imports.hold().await;
         let now = Instant::now();
         let candidates = self.detect(now).await?;
         let mut freed = 0;

@@ -64,6 +64,8 @@ pub struct KubeletParams {
     pub pods_root: PathBuf,
     /// `--kubelet-arg` settings.
     pub settings: settings::Settings,
+    /// Shared with the image importer: image GC holds it while it decides.
+    pub imports: crate::runtime::images::Imports,
 }
 
 /// The pods bound to this node, by uid, as the watch last saw them.
@@ -275,6 +277,7 @@ pub async fn run(
     let images = Arc::new(image_gc::ImageGc::new(
         cri_.clone(),
         p.cri_socket.clone(),
+        p.imports.clone(),
         &p.settings,
     ));
     tokio::spawn(image_gc::run(

@@ -211,9 +211,30 @@ async fn ctr_k8s(ctr: &Path, socket: &Path, args: &[&std::ffi::OsStr]) -> Result
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Import one tarball with `ctr` and pin what it brought. Returns the
-/// image names imported.
-pub async fn import(ctr: &Path, socket: &Path, file: &Path) -> Result<Vec<String>, String> {
+/// Held while a tarball is imported and pinned, and while image GC decides
+/// what to remove and removes it. Between `ctr images import` and the pin
+/// label an imported image looks unpinned (containerd 1.6's `ctr` cannot
+/// label on import), and GC's first look dates every image it finds as
+/// old, so without this a GC pass at agent start could remove an air-gap
+/// image it saw in that window.
+#[derive(Clone, Default)]
+pub struct Imports(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+impl Imports {
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.lock().await
+    }
+}
+
+/// Import one tarball with `ctr` and pin what it brought, holding
+/// `imports` throughout. Returns the image names imported.
+pub async fn import(
+    imports: &Imports,
+    ctr: &Path,
+    socket: &Path,
+    file: &Path,
+) -> Result<Vec<String>, String> {
+    let _held = imports.hold().await;
     let os = std::ffi::OsStr::new;
     let out = ctr_k8s(
         ctr,
@@ -276,6 +297,30 @@ pub async fn pinned(ctr: &Path, socket: &Path) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_import_waits_while_image_gc_holds_the_images() {
+        let imports = Imports::default();
+        let held = imports.hold().await;
+        let other = imports.clone();
+        // `false` stands in for ctr: the import fails at once when it runs.
+        let mut import = tokio::spawn(async move {
+            let nowhere = Path::new("/nonexistent");
+            import(&other, Path::new("/bin/false"), nowhere, nowhere).await
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), &mut import);
+        assert!(
+            waited.await.is_err(),
+            "the import ran while GC held the images"
+        );
+        drop(held);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), import);
+        assert!(done
+            .await
+            .expect("import ran once released")
+            .unwrap()
+            .is_err());
+    }
 
     #[test]
     fn archives_are_docker_save_shaped() {

@@ -55,6 +55,7 @@ fn not_ready(version: &str, message: impl Into<String>) -> RuntimeInfo {
 /// Run the runtime until `cancel`, publishing its state on `status`.
 pub async fn run(
     settings: RuntimeSettings,
+    imports: images::Imports,
     status: watch::Sender<Option<RuntimeInfo>>,
     cancel: CancellationToken,
 ) {
@@ -62,9 +63,19 @@ pub async fn run(
     loop {
         let ended = match &settings {
             RuntimeSettings::Endpoint { socket, .. } => {
-                watch_runtime(socket, settings.data_dir(), &status, &cancel, None).await
+                watch_runtime(
+                    socket,
+                    settings.data_dir(),
+                    &imports,
+                    &status,
+                    &cancel,
+                    None,
+                )
+                .await
             }
-            RuntimeSettings::Containerd { data_dir } => supervise(data_dir, &status, &cancel).await,
+            RuntimeSettings::Containerd { data_dir } => {
+                supervise(data_dir, &imports, &status, &cancel).await
+            }
         };
         if cancel.is_cancelled() {
             return;
@@ -90,6 +101,7 @@ pub async fn run(
 /// Start containerd and watch it; returns why it stopped being usable.
 async fn supervise(
     data_dir: &std::path::Path,
+    imports: &images::Imports,
     status: &watch::Sender<Option<RuntimeInfo>>,
     cancel: &CancellationToken,
 ) -> String {
@@ -110,7 +122,15 @@ async fn supervise(
         Err(e) => return format!("starting {}: {e}", bin.display()),
     };
     tracing::info!(socket = %paths.socket.display(), log = %paths.log.display(), "containerd started");
-    let result = watch_runtime(&paths.socket, data_dir, status, cancel, Some(&mut child)).await;
+    let result = watch_runtime(
+        &paths.socket,
+        data_dir,
+        imports,
+        status,
+        cancel,
+        Some(&mut child),
+    )
+    .await;
     let _ = child.start_kill();
     let _ = child.wait().await;
     result
@@ -121,6 +141,7 @@ async fn supervise(
 async fn watch_runtime(
     socket: &std::path::Path,
     data_dir: &std::path::Path,
+    imports: &images::Imports,
     status: &watch::Sender<Option<RuntimeInfo>>,
     cancel: &CancellationToken,
     mut child: Option<&mut tokio::process::Child>,
@@ -175,12 +196,12 @@ async fn watch_runtime(
             if images_dir.join(images::PAUSE_TARBALL).exists() {
                 pause_imported = true;
             } else if let Some(ctr) = &ctr {
-                pause_imported = import_pause(ctr, socket, data_dir).await;
+                pause_imported = import_pause(imports, ctr, socket, data_dir).await;
             }
         }
         if let Some(ctr) = &ctr {
             for (file, stamp) in images::changed(&images_dir, &seen) {
-                match images::import(ctr, socket, &file).await {
+                match images::import(imports, ctr, socket, &file).await {
                     Ok(names) => {
                         tracing::info!(file = %file.display(), images = ?names, "imported images")
                     }
@@ -215,6 +236,7 @@ async fn watch_runtime(
 
 /// Write the pause image where containerd's import can read it and import it.
 async fn import_pause(
+    imports: &images::Imports,
     ctr: &std::path::Path,
     socket: &std::path::Path,
     data_dir: &std::path::Path,
@@ -224,7 +246,7 @@ async fn import_pause(
         tracing::warn!(error = %e, "could not write the pause image");
         return false;
     }
-    match images::import(ctr, socket, &file).await {
+    match images::import(imports, ctr, socket, &file).await {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!(error = %e, "could not import the pause image");

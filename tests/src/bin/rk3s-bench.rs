@@ -29,6 +29,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A heartbeat this slow is listed by when it was sent, so that a stall can
+/// be matched with what the server does at that time.
+const SLOW: Duration = Duration::from_millis(100);
+
+/// When the bench (and with it the first server) started.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// The agent's default `--reconnect-backoff-max`.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -96,6 +103,8 @@ struct Fleet {
     last_error: Mutex<String>,
     measuring: AtomicBool,
     rtts: Mutex<Vec<Duration>>,
+    /// Heartbeats over [`SLOW`]: when each was sent, and its round trip.
+    slow: Mutex<Vec<(Instant, Duration)>>,
     /// Agents that reached each server (index into the URL list) last.
     on_server: [AtomicUsize; 2],
 }
@@ -218,7 +227,11 @@ async fn agent(
                                 fleet.up.fetch_add(1, Ordering::Relaxed);
                                 fleet.on_server[server.min(1)].fetch_add(1, Ordering::Relaxed);
                             } else if fleet.measuring.load(Ordering::Relaxed) {
-                                fleet.rtts.lock().unwrap().push(t0.elapsed());
+                                let rtt = t0.elapsed();
+                                fleet.rtts.lock().unwrap().push(rtt);
+                                if rtt > SLOW {
+                                    fleet.slow.lock().unwrap().push((t0, rtt));
+                                }
                             }
                         }
                         Some(Ok(_)) => last_rx = Instant::now(),
@@ -277,6 +290,7 @@ async fn steady_state(
     label: &str,
 ) {
     fleet.take_rtts();
+    fleet.slow.lock().unwrap().clear();
     let cpu0: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     fleet.measuring.store(true, Ordering::Relaxed);
     // One heartbeat interval at a time, so a transient (the tail of a
@@ -295,6 +309,7 @@ async fn steady_state(
         v.extend(w);
     }
     fleet.measuring.store(false, Ordering::Relaxed);
+    report_slow(fleet);
     let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu0) / steady.as_secs_f64();
     v.sort();
     println!(
@@ -326,7 +341,41 @@ async fn steady_state(
     }
 }
 
+/// The seconds (since the bench started) in which the most heartbeats over
+/// [`SLOW`] were sent: a resync or a compaction shows as the same second
+/// in every run, a storm's tail as the first seconds.
+fn report_slow(fleet: &Fleet) {
+    let slow = std::mem::take(&mut *fleet.slow.lock().unwrap());
+    if slow.is_empty() {
+        return;
+    }
+    let epoch = *EPOCH.get().expect("set at start");
+    let mut by_sec = std::collections::BTreeMap::<u64, (usize, Duration)>::new();
+    for (sent, rtt) in &slow {
+        let e = by_sec
+            .entry(sent.duration_since(epoch).as_secs())
+            .or_default();
+        e.0 += 1;
+        e.1 = e.1.max(*rtt);
+    }
+    let mut worst: Vec<_> = by_sec.into_iter().collect();
+    worst.sort_by_key(|w| std::cmp::Reverse(w.1 .0));
+    worst.truncate(8);
+    worst.sort();
+    let list: Vec<String> = worst
+        .iter()
+        .map(|(s, (n, max))| format!("{s} s: {n} (max {:.0} ms)", ms(*max)))
+        .collect();
+    println!(
+        "  heartbeats over {} ms: {}, most in second (since start) {}",
+        SLOW.as_millis(),
+        slow.len(),
+        list.join(", ")
+    );
+}
+
 fn main() {
+    EPOCH.get_or_init(Instant::now);
     rk3sd::raise_nofile_limit();
     let a = args();
     let dir = tempdir();
@@ -494,6 +543,8 @@ fn main() {
                 tokio::time::sleep(a.sample.min(a.soak)).await;
                 let cpu = cpu_secs(pid);
                 let v = fleet.take_rtts();
+                // Not reported in a soak; kept from growing for an hour.
+                fleet.slow.lock().unwrap().clear();
                 println!(
                     "  {:>6} {:>10.1} {:>8} {:>8.1} {:>10.2} {:>6}",
                     t.elapsed().as_secs(),
