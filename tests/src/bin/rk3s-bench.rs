@@ -17,8 +17,10 @@
 //! Reports the time until every agent is up (cold start; after a server
 //! restart with `--restart`; after killing one of two servers on
 //! PostgreSQL with `--postgres`), heartbeat round trip (send ->
-//! HeartbeatAck) p50/p99/max at steady state, the server's RSS and CPU,
-//! and with `--soak-secs` RSS, open fds and CPU sampled over a long run.
+//! HeartbeatAck) p50/p99/max at steady state (and per heartbeat interval,
+//! with the seconds in which the most heartbeats took over 100 ms), the
+//! server's RSS and CPU, and with `--soak-secs` RSS, open fds and CPU
+//! sampled over a long run.
 
 use futures_util::{SinkExt, StreamExt};
 use rk3s_api::tunnel::{AgentMessage, ServerMessage};
