@@ -3,7 +3,7 @@
 //! `foregroundDeletion` finalizer) for dependents that block it; an owner
 //! deleted with `Orphan` first lets its dependents go free.
 
-use crate::registry::cache::{owner_uids, Cache, Change};
+use crate::registry::cache::{owner_uids, Cache, Change, Deletion};
 use crate::registry::store::{FOREGROUND, ORPHAN};
 use crate::registry::Registry;
 use serde_json::{json, Value};
@@ -84,7 +84,7 @@ pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken)
 
 async fn full_pass(reg: &Registry, cache: &Cache) {
     for (key, v) in cache.collector_work() {
-        if deleting(&v) && (has_finalizer(&v, FOREGROUND) || has_finalizer(&v, ORPHAN)) {
+        if Deletion::of(&v).held_for_collector() {
             attend_owner(reg, cache, &key, &v).await;
         }
         if !owner_uids(&v).is_empty() {
@@ -107,7 +107,7 @@ async fn on_change(reg: &Registry, cache: &Cache, ch: Change) {
         }
         return;
     }
-    if deleting(v) && (has_finalizer(v, FOREGROUND) || has_finalizer(v, ORPHAN)) {
+    if Deletion::of(v).held_for_collector() {
         attend_owner(reg, cache, &ch.key, v).await;
     }
     if !owner_uids(v).is_empty() {

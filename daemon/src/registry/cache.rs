@@ -66,18 +66,20 @@ struct Entry {
 /// foreground? which objects need it at all?) do not parse compact entries.
 /// At ten thousand nodes its resync parsed every Node, Lease and node
 /// password Secret every 30 s, and every Lease renewal parsed its Node.
-#[derive(Clone, Copy, Default, PartialEq, Debug)]
+/// The garbage collector reads the same through [`Deletion::of`], so the
+/// cache's answers and the collector's own checks cannot drift apart.
+#[derive(Clone, Copy, Debug)]
 pub struct Deletion {
     /// `metadata.deletionTimestamp` is set.
-    pub deleting: bool,
+    deleting: bool,
     /// Finalizer `foregroundDeletion`.
-    pub foreground: bool,
+    foreground: bool,
     /// Finalizer `orphan`.
-    pub orphan: bool,
+    orphan: bool,
 }
 
 impl Deletion {
-    fn of(v: &Value) -> Self {
+    pub fn of(v: &Value) -> Self {
         let has = |f: &str| {
             v.pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
