@@ -39,6 +39,23 @@ pub const NAME: &str = "default-scheduler";
 const BIND_PARALLELISM: usize = 512;
 /// Pending pods are looked at again this often even without changes.
 const RETRY: Duration = Duration::from_secs(5);
+/// Changes that come close together are gathered this long (at least) so
+/// a burst of creations is one pass.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// How long to gather changes before a pass, `since_last` after the last
+/// pass ended, which spent `last_pass` choosing. A change after a quiet
+/// spell (a pod created on its own) goes at once, as upstream's queue pops
+/// it at once; a change hard on the heels of a pass waits at least as long
+/// as that pass spent choosing, so a burst of pods leaves the other half
+/// of the time to whoever creates them.
+fn gather_for(since_last: Duration, last_pass: Duration) -> Duration {
+    if since_last >= GATHER.max(last_pass) {
+        Duration::ZERO
+    } else {
+        last_pass.max(GATHER)
+    }
+}
 
 /// What is already placed on a node, borrowed from the pass's pod index
 /// (a pass over thousands of pods copies none of them).
@@ -596,8 +613,9 @@ fn apply(index: &mut PodIndex, nodes: &mut Vec<Candidate>, ch: &Change) -> bool 
     true
 }
 
-/// Schedule until `stop`: on every pod or node change (gathered for a
-/// moment, so a burst of creations is one pass) and every few seconds.
+/// Schedule until `stop`: on every pod or node change (at once after a
+/// quiet spell, gathered when they come close together: [`gather_for`])
+/// and every few seconds.
 pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     let mut rx = cache.subscribe();
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
@@ -605,10 +623,8 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     let mut assumed = HashMap::new();
     let mut index = index_all(&cache);
     let mut nodes = candidates(&cache);
-    // A pass waits at least as long as the last one spent choosing, so a
-    // burst of pods leaves the other half of the time to whoever creates
-    // them.
     let mut last_pass = Duration::ZERO;
+    let mut last_end: Option<std::time::Instant> = None;
     loop {
         let mut lagged = false;
         tokio::select! {
@@ -619,7 +635,12 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
                     if !apply(&mut index, &mut nodes, &ch) {
                         continue;
                     }
-                    tokio::time::sleep(last_pass.max(Duration::from_millis(20))).await;
+                    let since = last_end.map_or(Duration::MAX, |t| t.elapsed());
+                    match gather_for(since, last_pass) {
+                        // What is already queued still joins the pass.
+                        Duration::ZERO => tokio::task::yield_now().await,
+                        d => tokio::time::sleep(d).await,
+                    }
                     // Take in what arrived meanwhile: one pass covers it.
                     loop {
                         match rx.try_recv() {
@@ -642,6 +663,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
             nodes = candidates(&cache);
         }
         last_pass = schedule(&c, &cache, &nodes, &index, &mut assumed).await;
+        last_end = Some(std::time::Instant::now());
     }
 }
 
@@ -669,6 +691,21 @@ mod tests {
         assert_eq!(names(&nodes), ["b", "c"]);
         update_candidates(&mut nodes, &ch(EventKind::Delete, "zz", "True"));
         assert_eq!(names(&nodes), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_change_after_a_quiet_spell_is_not_held_back() {
+        let ms = Duration::from_millis;
+        // Alone: at once, as upstream; the first change ever too.
+        assert_eq!(gather_for(ms(500), ms(1)), Duration::ZERO);
+        assert_eq!(gather_for(Duration::MAX, Duration::ZERO), Duration::ZERO);
+        // Right after a pass: gathered, at least GATHER, longer after a
+        // pass that spent longer choosing.
+        assert_eq!(gather_for(ms(2), ms(1)), GATHER);
+        assert_eq!(gather_for(ms(2), ms(80)), ms(80));
+        // A pass that chose for 80 ms is not quiet 30 ms later.
+        assert_eq!(gather_for(ms(30), ms(80)), ms(80));
+        assert_eq!(gather_for(ms(80), ms(80)), Duration::ZERO);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! it costs no runtime call unless there is something to remove. Containers of pods
 //! that are gone go with their sandboxes (the pod loop's orphan removal).
 
-use super::pods::{Listing, NodeCtx, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
+use super::listing::{Listing, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
+use super::node::NodeCtx;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
 use std::collections::HashMap;

@@ -21,8 +21,9 @@
 //! (a ReplicaSet counts only active pods), and the node's pressure
 //! condition keeps the scheduler away meanwhile.
 
-use super::node_status::{measure, Measured};
-use super::pods::{containers_of, sandboxes_of, NodeCtx, LABEL_UID};
+use super::listing::{containers_of, sandboxes_of, LABEL_UID};
+use super::node::NodeCtx;
+use super::node_status::{measure, Measured, Observed};
 use super::settings::{Settings, Threshold};
 use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
@@ -55,28 +56,6 @@ impl Signal {
             Signal::NodeFsInodes => "inodes",
             Signal::Pids => "pids",
         }
-    }
-}
-
-/// When each pressure condition's signal was last seen under its
-/// threshold: the condition stays True for the transition period after.
-#[derive(Default)]
-pub struct Observed(Mutex<HashMap<String, std::time::Instant>>);
-
-impl Observed {
-    pub fn saw(&self, condition: &str) {
-        self.0
-            .lock()
-            .expect("observed")
-            .insert(condition.to_string(), std::time::Instant::now());
-    }
-
-    pub fn within(&self, condition: &str, period: std::time::Duration) -> bool {
-        self.0
-            .lock()
-            .expect("observed")
-            .get(condition)
-            .is_some_and(|t| t.elapsed() < period)
     }
 }
 

@@ -18,12 +18,16 @@
 
 pub mod admission;
 pub mod container_gc;
+pub mod containers;
 pub mod events;
 pub mod eviction;
 pub mod hooks;
 pub mod image_gc;
+pub mod listing;
 pub mod logs;
+pub mod node;
 pub mod node_status;
+pub mod pod_status;
 pub mod pods;
 pub mod probes;
 pub mod processes;
@@ -241,7 +245,7 @@ pub async fn run(
     let Some(ip) = node_ip(&api, &p.node, &cancel).await else {
         return;
     };
-    let node = pods::NodeCtx {
+    let node = node::NodeCtx {
         name: p.node.clone(),
         ip,
         log_root: p.log_root.clone(),
@@ -250,7 +254,7 @@ pub async fn run(
     if let Err(e) = std::fs::create_dir_all(&p.pods_root) {
         tracing::warn!(dir = %p.pods_root.display(), error = %e, "kubelet: cannot create the pods directory");
     }
-    let observed = Arc::new(eviction::Observed::default());
+    let observed = Arc::new(node_status::Observed::default());
     tokio::spawn(node_status::run(
         api.clone(),
         cri_.clone(),
@@ -385,7 +389,7 @@ pub async fn run(
         // now (a failed list falls back to asking per pod). It is taken
         // after each of their last workers ended, so none of them reads
         // the runtime from before its own last sync.
-        let listing = pods::Listing::fetch(&cri_).await.ok().map(Arc::new);
+        let listing = listing::Listing::fetch(&cri_).await.ok().map(Arc::new);
         let mut newcomers = Vec::new();
         let mut starting = Vec::new();
         for (uid, pod) in due {
@@ -525,7 +529,7 @@ impl NodeCache {
 /// admitted ones. A refused pod is ended at once with the reason.
 async fn admit(
     api: &Api,
-    node: &pods::NodeCtx,
+    node: &node::NodeCtx,
     node_object: &Node,
     mut others: Vec<Arc<Pod>>,
     mut newcomers: Vec<(String, Arc<Pod>)>,
@@ -568,7 +572,7 @@ async fn admit(
 
 /// Stop a deleted pod within its grace period, remove its files, and
 /// delete it for good.
-async fn terminate(api: &Api, cri_: &Cri, node: &pods::NodeCtx, uid: &str, pod: &Pod) {
+async fn terminate(api: &Api, cri_: &Cri, node: &node::NodeCtx, uid: &str, pod: &Pod) {
     let (ns, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
@@ -576,7 +580,7 @@ async fn terminate(api: &Api, cri_: &Cri, node: &pods::NodeCtx, uid: &str, pod: 
     let grace = pod
         .metadata
         .deletion_grace_period_seconds
-        .unwrap_or_else(|| pods::grace_of(pod));
+        .unwrap_or_else(|| containers::grace_of(pod));
     match pods::teardown(cri_, uid, grace, Some(pod)).await {
         Ok(()) => {
             // Its files go first: once the object is gone nothing
@@ -600,10 +604,10 @@ async fn terminate(api: &Api, cri_: &Cri, node: &pods::NodeCtx, uid: &str, pod: 
 async fn sync_one(
     api: &Api,
     cri_: &Cri,
-    node: &pods::NodeCtx,
+    node: &node::NodeCtx,
     pod: &Pod,
     st: &mut pods::Tracked,
-    listing: Option<&pods::Listing>,
+    listing: Option<&listing::Listing>,
 ) {
     let (ns, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
@@ -635,7 +639,7 @@ async fn sync_one(
 /// down, or force-deleted).
 async fn remove_orphans(
     cri_: &Cri,
-    node: &pods::NodeCtx,
+    node: &node::NodeCtx,
     live: &std::collections::HashSet<&String>,
 ) {
     let Ok(list) = cri_
@@ -647,7 +651,7 @@ async fn remove_orphans(
         return;
     };
     for s in list.into_inner().items {
-        let Some(uid) = s.labels.get(pods::LABEL_UID) else {
+        let Some(uid) = s.labels.get(listing::LABEL_UID) else {
             continue;
         };
         if live.contains(uid) {

@@ -237,6 +237,28 @@ fn owned_part(status: &Value) -> Value {
     })
 }
 
+/// When each pressure condition's signal was last seen under its
+/// threshold: the condition stays True for the transition period after.
+#[derive(Default)]
+pub struct Observed(std::sync::Mutex<std::collections::HashMap<String, Instant>>);
+
+impl Observed {
+    pub fn saw(&self, condition: &str) {
+        self.0
+            .lock()
+            .expect("observed")
+            .insert(condition.to_string(), Instant::now());
+    }
+
+    pub fn within(&self, condition: &str, period: Duration) -> bool {
+        self.0
+            .lock()
+            .expect("observed")
+            .get(condition)
+            .is_some_and(|t| t.elapsed() < period)
+    }
+}
+
 /// Keep this node's status up to date until `cancel`.
 pub async fn run(
     api: Api,
@@ -244,7 +266,7 @@ pub async fn run(
     node: String,
     fs: PathBuf,
     settings: Settings,
-    observed: std::sync::Arc<super::eviction::Observed>,
+    observed: std::sync::Arc<Observed>,
     cancel: CancellationToken,
 ) {
     let path = format!("/api/v1/nodes/{node}/status");

@@ -5,7 +5,7 @@
 //! (`/proc/<pid>/cgroup`; the pid from the runtime), which works for
 //! cgroup v1 and v2 and for either cgroup driver.
 
-use super::pods::{LABEL_CONTAINER, LABEL_UID};
+use super::listing::{LABEL_CONTAINER, LABEL_UID};
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
 use std::collections::HashMap;

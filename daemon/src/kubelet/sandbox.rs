@@ -11,11 +11,80 @@
 //! - a stopped sandbox that no container refers to any more is removed,
 //!   except each pod's newest ([`dead`], run with the container GC).
 
-use super::pods::Listing;
+use super::listing::{labels, uid, Listing, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
+use super::node::NodeCtx;
+use super::resources;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+/// The sandbox config of `pod`.
+pub fn config(pod: &Pod, node: &NodeCtx, attempt: u32) -> cri::PodSandboxConfig {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let (ns, name, uid) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+        uid(pod),
+    );
+    let host_net = spec.host_network.unwrap_or(false);
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: ns.clone(),
+            attempt,
+        }),
+        // Host-network pods share the host's UTS namespace: runc refuses
+        // to set a hostname there (it is the node's already).
+        hostname: if host_net {
+            String::new()
+        } else {
+            spec.hostname.clone().unwrap_or_else(|| name.clone())
+        },
+        log_directory: node.log_dir(&ns, &name, &uid).display().to_string(),
+        labels: labels(&[
+            (LABEL_UID, &uid),
+            (LABEL_NAME, &name),
+            (LABEL_NAMESPACE, &ns),
+        ]),
+        port_mappings: resources::port_mappings(&spec),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(&spec)),
+                privileged: resources::privileged(&spec),
+                ..Default::default()
+            }),
+            // Admission let only allowed ones through.
+            sysctls: crate::sysctls::of(pod),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod's namespaces: its own, or the host's where it asks for them.
+pub fn namespaces(spec: &PodSpec) -> cri::NamespaceOption {
+    let mode = |host: Option<bool>, default: cri::NamespaceMode| {
+        if host.unwrap_or(false) {
+            cri::NamespaceMode::Node as i32
+        } else {
+            default as i32
+        }
+    };
+    let pid_default = if spec.share_process_namespace.unwrap_or(false) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::NamespaceOption {
+        network: mode(spec.host_network, cri::NamespaceMode::Pod),
+        pid: mode(spec.host_pid, pid_default),
+        ipc: mode(spec.host_ipc, cri::NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
 
 pub fn ready(s: &cri::PodSandbox) -> bool {
     s.state == cri::PodSandboxState::SandboxReady as i32
@@ -119,7 +188,6 @@ pub async fn collect(cri_: &Cri, listing: &Listing) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubelet::pods::LABEL_UID;
 
     fn sandbox(id: &str, uid: &str, attempt: u32, created: i64, ready: bool) -> cri::PodSandbox {
         cri::PodSandbox {

@@ -11,7 +11,8 @@
 //! 1. baseline: `ctr run -d` of the same image in the agent's containerd,
 //!    `--pods` times one after the other, then as many at once (no
 //!    sandbox, no network);
-//! 2. pods one after the other: create → Running, as the pod watch sees it;
+//! 2. pods one after the other: create → Running, as the pod watch sees it
+//!    (and create → bound, the API's and the scheduler's share);
 //! 3. a burst: `--pods` pods created at once, each create → Running;
 //!    next to the runtime's own floor for both, measured the same way:
 //!    a sandbox (pause container and pod network) and one container
@@ -51,10 +52,12 @@ fn pod(name: &str) -> Value {
                 "command": ["sleep", "3600"]}]}})
 }
 
-/// When each pod was first seen Running, and on which node, from one watch.
+/// When each pod was first seen Running, and on which node, from one watch;
+/// also when it was first seen bound (the API's and the scheduler's share).
 #[derive(Default)]
 struct Running {
     at: Mutex<HashMap<String, Instant>>,
+    bound: Mutex<HashMap<String, Instant>>,
     node: Mutex<HashMap<String, String>>,
     changed: Notify,
 }
@@ -70,6 +73,18 @@ async fn follow(http: reqwest::Client, base: String, running: Arc<Running>) {
     let mut events = WatchEvents::new(r);
     while let Some(ev) = events.next().await {
         let o = &ev["object"];
+        if o["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
+            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            running
+                .bound
+                .lock()
+                .unwrap()
+                .entry(name)
+                .or_insert_with(Instant::now);
+        }
         if o["status"]["phase"] == "Running" {
             let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
             let node = o["spec"]["nodeName"].as_str().unwrap_or("").to_string();
@@ -579,11 +594,15 @@ async fn one_node() {
 
     // 2. Pods one after the other.
     let mut seq = Vec::new();
+    let mut seq_bound = Vec::new();
     for i in 0..n {
         let name = format!("seq-{i}");
         let t0 = create(&http, &base, &name).await;
         until_running(&running, std::slice::from_ref(&name)).await;
         seq.push(running.at.lock().unwrap()[&name] - t0);
+        if let Some(b) = running.bound.lock().unwrap().get(&name) {
+            seq_bound.push(*b - t0);
+        }
     }
     delete_all(&http, &base).await;
 
@@ -637,6 +656,11 @@ async fn one_node() {
         pct(&seq, 0.99),
         pct(&seq, 0.5) / pct(&ctr_lat, 0.5),
         pct(&seq, 0.5) / pct(&cri_seq, 0.5)
+    );
+    p50_p99(
+        "  of which create → bound".into(),
+        &seq_bound,
+        "  (the API and the scheduler)",
     );
     println!(
         "  pods in a burst of {n:<3}    p50 {:7.1}  p99 {:7.1}  all Running after {:.1} s (created in {:.1} s)",

@@ -1,0 +1,411 @@
+//! Starting one container of a pod: restart back-off, the image, its
+//! environment and mounts, then create and start through CRI.
+
+use super::listing::{labels, uid, Seen, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
+use super::node::NodeCtx;
+use super::{resources, sandbox, volumes};
+use crate::apiclient::Api;
+use crate::runtime::cri::Cri;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Upstream's crash-loop back-off: 10 s doubling to 5 min, forgotten after
+/// 10 min of clean running.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// A pod's containers' back-off: container name → (not before, current
+/// back-off).
+pub type Backoffs = HashMap<String, (Instant, Duration)>;
+
+/// The value of a pod field an env var names.
+fn pod_field(pod: &Pod, node: &NodeCtx, pod_ip: &str, path: &str) -> Option<String> {
+    Some(match path {
+        "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+        "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => uid(pod),
+        "spec.nodeName" => node.name.clone(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" => node.ip.clone(),
+        "status.podIP" => pod_ip.to_string(),
+        _ => {
+            // `metadata.labels['k']` and `metadata.annotations['k']`; a
+            // missing key is an empty value, as upstream's.
+            let (map, key) = if let Some(k) = path.strip_prefix("metadata.labels[") {
+                (pod.metadata.labels.as_ref(), k)
+            } else {
+                let k = path.strip_prefix("metadata.annotations[")?;
+                (pod.metadata.annotations.as_ref(), k)
+            };
+            let key = key
+                .strip_suffix(']')?
+                .trim_matches(|c| c == '\'' || c == '"');
+            map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+        }
+    })
+}
+
+/// Environment variables: envFrom, then env (values, the pod's fields,
+/// ConfigMap and Secret keys). An error is the reason the container waits
+/// (upstream's CreateContainerConfigError).
+async fn envs(ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::KeyValue>, String> {
+    let ns = ctx.pod.metadata.namespace.clone().unwrap_or_default();
+    let mut out: Vec<(String, String)> = vec![];
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (data, optional, what) = if let Some(r) = &from.config_map_ref {
+            (
+                volumes::config_map(ctx.api, &ns, &r.name).await?,
+                r.optional,
+                format!("configmap {:?}", r.name),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            (
+                volumes::secret(ctx.api, &ns, &r.name).await?,
+                r.optional,
+                format!("secret {:?}", r.name),
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => out.extend(
+                d.into_iter()
+                    .map(|(k, v)| (format!("{prefix}{k}"), text(v))),
+            ),
+            None if optional == Some(true) => {}
+            None => return Err(format!("{what} not found")),
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, None) => String::new(),
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    pod_field(ctx.pod, ctx.node, ctx.pod_ip, &f.field_path)
+                        .ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
+                } else if let Some(k) = &from.config_map_key_ref {
+                    let d = volumes::config_map(ctx.api, &ns, &k.name).await?;
+                    match d.and_then(|mut d| d.remove(&k.key)) {
+                        Some(v) => text(v),
+                        None if k.optional == Some(true) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                k.key, k.name
+                            ))
+                        }
+                    }
+                } else if let Some(k) = &from.secret_key_ref {
+                    let d = volumes::secret(ctx.api, &ns, &k.name).await?;
+                    match d.and_then(|mut d| d.remove(&k.key)) {
+                        Some(v) => text(v),
+                        None if k.optional == Some(true) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                k.key, k.name
+                            ))
+                        }
+                    }
+                } else {
+                    return Err(format!("env {:?}: unsupported valueFrom", e.name));
+                }
+            }
+        };
+        out.push((e.name.clone(), value));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(key, value)| cri::KeyValue { key, value })
+        .collect())
+}
+
+/// The container's volume mounts as CRI mounts.
+fn mounts(c: &Container, prepared: &volumes::Prepared) -> Result<Vec<cri::Mount>, String> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            let base = prepared
+                .get(&m.name)
+                .ok_or_else(|| format!("volume mount {:?} names no volume of the pod", m.name))?;
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) if sub.split('/').any(|p| p == "..") || sub.starts_with('/') => {
+                    return Err(format!("subPath {sub:?} must stay inside the volume"))
+                }
+                Some(sub) => base.join(sub),
+                None => base.clone(),
+            };
+            Ok(cri::Mount {
+                container_path: m.mount_path.clone(),
+                host_path: host.display().to_string(),
+                readonly: m.read_only.unwrap_or(false),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The pod's termination grace period in seconds (upstream's default 30).
+pub fn grace_of(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+}
+
+/// Why a container cannot be created yet: `(reason, message)`.
+async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
+    let image = c.image.clone().unwrap_or_default();
+    let spec = cri::ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    };
+    let present = cri_
+        .images
+        .clone()
+        .image_status(cri::ImageStatusRequest {
+            image: Some(spec.clone()),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().image)
+        .is_some();
+    if present {
+        return None;
+    }
+    let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+    if policy == "Never" {
+        return Some((
+            "ErrImageNeverPull".into(),
+            format!("Container image \"{image}\" is not present with pull policy of Never"),
+        ));
+    }
+    let pulled = tokio::time::timeout(
+        Duration::from_secs(30),
+        cri_.images.clone().pull_image(cri::PullImageRequest {
+            image: Some(spec),
+            ..Default::default()
+        }),
+    )
+    .await;
+    match pulled {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some((
+            "ErrImagePull".into(),
+            format!("failed to pull image \"{image}\": {}", e.message()),
+        )),
+        Err(_) => Some((
+            "ErrImagePull".into(),
+            format!("pulling image \"{image}\" timed out"),
+        )),
+    }
+}
+
+/// What starting a container of a pod needs.
+pub(super) struct Ctx<'a> {
+    pub cri: &'a Cri,
+    pub api: &'a Api,
+    pub node: &'a NodeCtx,
+    pub pod: &'a Pod,
+    pub sandbox: &'a str,
+    pub pod_ip: &'a str,
+    pub volumes: &'a volumes::Prepared,
+}
+
+/// Create and start `c` unless its latest attempt runs, or exited and may
+/// not (or may not yet) be restarted.
+pub(super) async fn start_if_needed(
+    ctx: &Ctx<'_>,
+    c: &Container,
+    seen: &mut BTreeMap<String, Seen>,
+    backoffs: &mut Backoffs,
+    waiting: &mut HashMap<String, (String, String)>,
+    restart: bool,
+) {
+    let Ctx {
+        cri: cri_,
+        node,
+        pod,
+        sandbox,
+        ..
+    } = *ctx;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let attempt = match seen.get(&c.name) {
+        None => 0,
+        Some(s) if !s.exited() => return,
+        Some(_) if !restart => return,
+        Some(s) => {
+            // Back-off before a restart; a long clean run forgets it.
+            let ran =
+                Duration::from_nanos((s.status.finished_at - s.status.started_at).max(0) as u64);
+            let entry = backoffs
+                .entry(c.name.clone())
+                .or_insert((Instant::now(), Duration::ZERO));
+            if ran > BACKOFF_RESET {
+                *entry = (Instant::now(), Duration::ZERO);
+            }
+            if entry.1.is_zero() {
+                *entry = (Instant::now() + BACKOFF_START, BACKOFF_START);
+            }
+            if Instant::now() < entry.0 {
+                waiting.insert(
+                    c.name.clone(),
+                    (
+                        "CrashLoopBackOff".into(),
+                        format!(
+                            "back-off {}s restarting failed container={} pod={}",
+                            entry.1.as_secs(),
+                            c.name,
+                            pod.metadata.name.clone().unwrap_or_default()
+                        ),
+                    ),
+                );
+                return;
+            }
+            let next = (entry.1 * 2).min(BACKOFF_MAX);
+            *entry = (Instant::now() + next, next);
+            s.attempt() + 1
+        }
+    };
+    if let Some((reason, message)) = image_problem(cri_, c).await {
+        waiting.insert(c.name.clone(), (reason, message));
+        return;
+    }
+    let config_error = |e: String| ("CreateContainerConfigError".to_string(), e);
+    let envs = match envs(ctx, c).await {
+        Ok(e) => e,
+        Err(e) => {
+            waiting.insert(c.name.clone(), config_error(e));
+            return;
+        }
+    };
+    let mounts = match mounts(c, ctx.volumes) {
+        Ok(m) => m,
+        Err(e) => {
+            waiting.insert(c.name.clone(), config_error(e));
+            return;
+        }
+    };
+    let uid = uid(pod);
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: c.name.clone(),
+            attempt,
+        }),
+        image: Some(cri::ImageSpec {
+            image: c.image.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs,
+        mounts,
+        labels: labels(&[
+            (LABEL_UID, &uid),
+            (LABEL_NAME, pod.metadata.name.as_deref().unwrap_or("")),
+            (
+                LABEL_NAMESPACE,
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+            ),
+            (LABEL_CONTAINER, &c.name),
+        ]),
+        annotations: labels(&[("io.kubernetes.container.restartCount", &attempt.to_string())]),
+        log_path: format!("{}/{attempt}.log", c.name),
+        stdin: c.stdin.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(resources::linux_resources(c)),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(sandbox::namespaces(&spec)),
+                ..resources::security_context(c, &spec)
+            }),
+        }),
+        ..Default::default()
+    };
+    let sandbox_config = sandbox::config(pod, node, 0);
+    let _ = std::fs::create_dir_all(PathBuf::from(&sandbox_config.log_directory).join(&c.name));
+    let mut rt = cri_.runtime.clone();
+    let created = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await;
+    let id = match created {
+        Ok(r) => r.into_inner().container_id,
+        Err(s) => {
+            waiting.insert(
+                c.name.clone(),
+                ("CreateContainerError".into(), s.message().to_string()),
+            );
+            return;
+        }
+    };
+    if let Err(s) = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+    {
+        waiting.insert(
+            c.name.clone(),
+            ("RunContainerError".into(), s.message().to_string()),
+        );
+        return;
+    }
+    if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+        // In the background: a slow hook must not hold up the other pods.
+        let (cri_, id, c, ip) = (
+            ctx.cri.clone(),
+            id.clone(),
+            c.clone(),
+            ctx.pod_ip.to_string(),
+        );
+        let grace = grace_of(ctx.pod);
+        tokio::spawn(async move {
+            let limit = Duration::from_secs(grace.max(1) as u64);
+            if let Err(e) = super::hooks::run(&cri_, &id, &c, &h, &ip, limit).await {
+                tracing::info!(container = %c.name, error = %e, "postStart hook failed; killing the container");
+                let _ = super::hooks::stop(&cri_, &id, None, &ip, grace).await;
+            }
+        });
+    }
+    if let Ok(r) = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+    {
+        // The attempt it replaced is now the one before.
+        let previous = seen.get(&c.name).and_then(|old| {
+            if old.exited() {
+                Some(old.status.clone())
+            } else {
+                old.previous.clone()
+            }
+        });
+        seen.insert(
+            c.name.clone(),
+            Seen {
+                status: r.into_inner().status.unwrap_or_default(),
+                previous,
+            },
+        );
+    }
+}

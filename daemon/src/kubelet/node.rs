@@ -1,0 +1,30 @@
+//! The node a kubelet runs pods on: its name and address, and where its
+//! pods' logs and volumes live.
+
+use std::path::PathBuf;
+
+/// The node facts a pod needs.
+pub struct NodeCtx {
+    pub name: String,
+    pub ip: String,
+    pub log_root: PathBuf,
+    /// `<data-dir>/agent/pods`: each pod's volumes under its uid.
+    pub pods_root: PathBuf,
+}
+
+impl NodeCtx {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_root.join(uid)
+    }
+
+    /// `/var/log/pods/<ns>_<name>_<uid>`, as upstream names a pod's logs.
+    pub fn log_dir(&self, ns: &str, name: &str, uid: &str) -> PathBuf {
+        self.log_root.join(format!("{ns}_{name}_{uid}"))
+    }
+
+    /// Remove a finished pod's logs and volumes.
+    pub fn remove_pod_files(&self, ns: &str, name: &str, uid: &str) {
+        let _ = std::fs::remove_dir_all(self.log_dir(ns, name, uid));
+        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+    }
+}
