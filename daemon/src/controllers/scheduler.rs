@@ -393,6 +393,17 @@ fn unready_claims(cache: &Cache, p: &Pod) -> Option<String> {
     None
 }
 
+/// Whether the pod waits for this scheduler: not bound, not being
+/// deleted, and `default-scheduler`'s (its name, or none).
+fn waits_for_us(v: &Value, p: &Pod) -> bool {
+    let bound = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    !bound && !deleting(v) && (scheduler_of(p) == NAME || scheduler_of(p).is_empty())
+}
+
 fn scheduler_of(p: &Pod) -> &str {
     p.spec
         .as_ref()
@@ -431,7 +442,7 @@ async fn schedule(
             assumed.remove(&uid);
         }
         if node.is_empty() {
-            if !deleting(v) && (scheduler_of(p) == NAME || scheduler_of(p).is_empty()) {
+            if waits_for_us(v, p) {
                 pending.push((v, p));
             }
             continue;
@@ -591,26 +602,50 @@ fn index_all(cache: &Cache) -> PodIndex {
         .collect()
 }
 
-/// Apply one change; whether it matters to scheduling (pods, nodes).
-fn apply(index: &mut PodIndex, nodes: &mut Vec<Candidate>, ch: &Change) -> bool {
+/// The keys of the pods that wait for this scheduler.
+type Pending = HashSet<String>;
+
+fn pending_in(index: &PodIndex) -> Pending {
+    index
+        .iter()
+        .filter(|(_, (v, p))| waits_for_us(v, p))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Apply one change; whether a pass is due: some pod waits for this
+/// scheduler. With none waiting, the status writes of running pods and
+/// the nodes' heartbeats wake nobody (and a pod created next is not held
+/// back by a pass they started: see [`gather_for`]).
+fn apply(
+    index: &mut PodIndex,
+    nodes: &mut Vec<Candidate>,
+    pending: &mut Pending,
+    ch: &Change,
+) -> bool {
     if !ch.key.starts_with(PODS) {
         update_candidates(nodes, ch);
-        return ch.key.starts_with(NODES);
+        return ch.key.starts_with(NODES) && !pending.is_empty();
     }
-    match ch.kind {
-        EventKind::Delete => {
-            index.remove(&ch.key);
+    let pod = match ch.kind {
+        EventKind::Delete => None,
+        _ => <Pod as serde::Deserialize>::deserialize(&*ch.object).ok(),
+    };
+    match pod {
+        Some(p) => {
+            if waits_for_us(&ch.object, &p) {
+                pending.insert(ch.key.clone());
+            } else {
+                pending.remove(&ch.key);
+            }
+            index.insert(ch.key.clone(), (ch.object.clone(), p));
         }
-        _ => match <Pod as serde::Deserialize>::deserialize(&*ch.object) {
-            Ok(p) => {
-                index.insert(ch.key.clone(), (ch.object.clone(), p));
-            }
-            Err(_) => {
-                index.remove(&ch.key);
-            }
-        },
+        None => {
+            index.remove(&ch.key);
+            pending.remove(&ch.key);
+        }
     }
-    true
+    !pending.is_empty()
 }
 
 /// Schedule until `stop`: on every pod or node change (at once after a
@@ -622,6 +657,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(RETRY);
     let mut assumed = HashMap::new();
     let mut index = index_all(&cache);
+    let mut pending = pending_in(&index);
     let mut nodes = candidates(&cache);
     let mut last_pass = Duration::ZERO;
     let mut last_end: Option<std::time::Instant> = None;
@@ -632,7 +668,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
             _ = tick.tick() => {}
             ch = rx.recv() => match ch {
                 Ok(ch) => {
-                    if !apply(&mut index, &mut nodes, &ch) {
+                    if !apply(&mut index, &mut nodes, &mut pending, &ch) {
                         continue;
                     }
                     let since = last_end.map_or(Duration::MAX, |t| t.elapsed());
@@ -645,7 +681,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
                     loop {
                         match rx.try_recv() {
                             Ok(more) => {
-                                apply(&mut index, &mut nodes, &more);
+                                apply(&mut index, &mut nodes, &mut pending, &more);
                             }
                             Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                                 lagged = true;
@@ -660,6 +696,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
         }
         if lagged {
             index = index_all(&cache);
+            pending = pending_in(&index);
             nodes = candidates(&cache);
         }
         last_pass = schedule(&c, &cache, &nodes, &index, &mut assumed).await;
@@ -691,6 +728,42 @@ mod tests {
         assert_eq!(names(&nodes), ["b", "c"]);
         update_candidates(&mut nodes, &ch(EventKind::Delete, "zz", "True"));
         assert_eq!(names(&nodes), ["b", "c"]);
+    }
+
+    #[test]
+    fn only_a_pod_waiting_for_the_scheduler_makes_a_pass_due() {
+        let pod = |kind: EventKind, name: &str, spec: Value| Change {
+            kind,
+            key: format!("{PODS}d/{name}"),
+            object: Arc::new(
+                json!({"metadata": {"name": name, "namespace": "d", "uid": name},
+                "spec": spec}),
+            ),
+        };
+        let node = Change {
+            kind: EventKind::Update,
+            key: format!("{NODES}n1"),
+            object: Arc::new(json!({"metadata": {"name": "n1"},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
+        };
+        let (mut index, mut nodes, mut pending) = (PodIndex::new(), vec![], Pending::new());
+        let mut apply = |ch: &Change| apply(&mut index, &mut nodes, &mut pending, ch);
+        let unbound = json!({"containers": [{"name": "c", "image": "i"}]});
+        let bound = json!({"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]});
+        let other = json!({"schedulerName": "other", "containers": [{"name": "c", "image": "i"}]});
+        // A running pod's status write, another scheduler's pod, a node's
+        // heartbeat: nothing waits.
+        assert!(!apply(&pod(EventKind::Update, "run", bound.clone())));
+        assert!(!apply(&pod(EventKind::Create, "theirs", other)));
+        assert!(!apply(&node));
+        // A new pod waits, and while it does every change counts.
+        assert!(apply(&pod(EventKind::Create, "new", unbound.clone())));
+        assert!(apply(&node));
+        assert!(apply(&pod(EventKind::Update, "run", bound.clone())));
+        // Bound (or deleted): nothing waits any more.
+        assert!(!apply(&pod(EventKind::Update, "new", bound)));
+        assert!(apply(&pod(EventKind::Create, "gone", unbound.clone())));
+        assert!(!apply(&pod(EventKind::Delete, "gone", unbound)));
     }
 
     #[test]
