@@ -321,6 +321,11 @@ mod tests {
         let running = seen(vec![("c", attempt("c1", RUNNING, 0, 1), None)]);
         let s = status_with(&p, &running, &no_wait, &no_verdicts, true, "Always");
         assert_eq!(s["phase"], "Succeeded");
+        assert_eq!(
+            condition(&s, "Ready")["status"],
+            "False",
+            "a finished pod is not Ready, though a container runs"
+        );
     }
 
     #[test]
@@ -346,6 +351,21 @@ mod tests {
             s["initContainerStatuses"][0]["state"]["running"]["startedAt"],
             "2023-11-14T22:13:20Z"
         );
+        // A container still running from before (its sandbox is being
+        // replaced and the inits run again) does not make the pod Running.
+        let s = status_with(
+            &p,
+            &seen(vec![
+                ("i", attempt("i1", RUNNING, 0, 1), None),
+                ("c", attempt("c0", RUNNING, 0, 0), None),
+            ]),
+            &no_wait,
+            &no_verdicts,
+            false,
+            "Always",
+        );
+        assert_eq!(s["phase"], "Pending");
+        assert_eq!(condition(&s, "Ready")["status"], "False");
     }
 
     #[test]
