@@ -648,9 +648,10 @@ fn apply(
     !pending.is_empty()
 }
 
-/// Schedule until `stop`: on every pod or node change (at once after a
-/// quiet spell, gathered when they come close together: [`gather_for`])
-/// and every few seconds.
+/// Schedule until `stop`: on a pod or node change while some pod waits
+/// for this scheduler ([`apply`]; at once after a quiet spell, gathered
+/// when changes come close together: [`gather_for`]), and every few
+/// seconds whatever waits.
 pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     let mut rx = cache.subscribe();
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
