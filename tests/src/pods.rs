@@ -1,7 +1,9 @@
 //! What tests that run pods share: a busybox image from Debian's
 //! busybox-static, and the cleanup of what a test's containerd ran.
 
+use crate::{kubectl, stderr, stdout, wait_for, Kubectl, Server, RUNTIME};
 use rk3sd::runtime::images::{docker_archive, LayerFile, LayerLink};
+use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
@@ -299,6 +301,74 @@ pub fn ctr(socket: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// How long a test waits for its node or a pod to become Ready.
+pub const READY: Duration = Duration::from_secs(60);
+
+/// The Node `name` as kubectl gets it.
+pub fn node(server: &Server, name: &str) -> Option<Value> {
+    let k = Kubectl::new(
+        kubectl(None),
+        &server.kubeconfig(),
+        &server.dir.join("kcache"),
+    );
+    let o = k.run(&["get", "node", name, "-o", "json"]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// A node's Ready condition: (status, message).
+pub fn ready(n: &Value) -> (String, String) {
+    let c = n["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or("").into(),
+        c["message"].as_str().unwrap_or("").into(),
+    )
+}
+
+/// A server in `dir` whose node runs containerd with the busybox image,
+/// once the node is Ready on it; the guard removes the test's containers.
+pub fn ready_node(dir: &std::path::Path, extra: &[&str]) -> (Server, Containers, Kubectl) {
+    with_busybox(dir);
+    let args: Vec<&str> = std::iter::once(RUNTIME)
+        .chain(extra.iter().copied())
+        .collect();
+    let server = Server::start(dir, &args);
+    let containers = Containers::of(&dir.join("data"));
+    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
+    let up = wait_for(READY, || {
+        let n = node(&server, "server-0")?;
+        (ready(&n).0 == "True"
+            && n["status"]["nodeInfo"]["containerRuntimeVersion"]
+                .as_str()?
+                .starts_with("containerd://"))
+        .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the node never became Ready on containerd:\n{}",
+        server.log()
+    );
+    (server, containers, k)
+}
+
+/// `kubectl wait --for=condition=Ready pod/<name>`, or fail with the log.
+pub fn wait_ready(k: &Kubectl, server: &Server, name: &str) {
+    let pod = format!("pod/{name}");
+    let o = k.run(&["wait", "--for=condition=Ready", &pod, "--timeout=90s"]);
+    assert!(
+        o.status.success(),
+        "{}{}\n{}",
+        stdout(&o),
+        stderr(&o),
+        server.log()
+    );
 }
 
 #[cfg(test)]

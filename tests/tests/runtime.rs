@@ -8,32 +8,6 @@ use rk3s_tests::*;
 use serde_json::Value;
 use std::time::Duration;
 
-const READY: Duration = Duration::from_secs(60);
-
-fn node(server: &Server, name: &str) -> Option<Value> {
-    let k = Kubectl::new(
-        kubectl(None),
-        &server.kubeconfig(),
-        &server.dir.join("kcache"),
-    );
-    let o = k.run(&["get", "node", name, "-o", "json"]);
-    o.status
-        .success()
-        .then(|| serde_json::from_slice(&o.stdout).unwrap())
-}
-
-fn ready(n: &Value) -> (String, String) {
-    let c = n["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .cloned()
-        .unwrap_or_default();
-    (
-        c["status"].as_str().unwrap_or("").into(),
-        c["message"].as_str().unwrap_or("").into(),
-    )
-}
-
 #[test]
 fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
     let t = tempdir();
@@ -259,19 +233,6 @@ fn delete_all(k: &Kubectl, pods: &[&str]) {
             .then_some(())
     });
     assert!(gone.is_some(), "{}", k.ok(&["get", "pods"]));
-}
-
-/// `kubectl wait --for=condition=Ready pod/<name>`, or fail with the log.
-fn wait_ready(k: &Kubectl, server: &Server, name: &str) {
-    let pod = format!("pod/{name}");
-    let o = k.run(&["wait", "--for=condition=Ready", &pod, "--timeout=90s"]);
-    assert!(
-        o.status.success(),
-        "{}{}\n{}",
-        stdout(&o),
-        stderr(&o),
-        server.log()
-    );
 }
 
 fn pod_json(name: &str, command: &str, policy: &str, image: &str) -> String {
@@ -833,32 +794,6 @@ fn pid_pressure_evicts_the_pod_with_the_most_processes() {
     );
     assert!(refused.get("containerStatuses").is_none(), "{refused}");
     delete_all(&k, &["many", "one", "late"]);
-}
-
-/// A server in `dir` whose node runs containerd with the busybox image,
-/// once the node is Ready on it; the guard removes the test's containers.
-fn ready_node(dir: &std::path::Path, extra: &[&str]) -> (Server, Containers, Kubectl) {
-    with_busybox(dir);
-    let args: Vec<&str> = std::iter::once(RUNTIME)
-        .chain(extra.iter().copied())
-        .collect();
-    let server = Server::start(dir, &args);
-    let containers = Containers::of(&dir.join("data"));
-    let k = Kubectl::new(kubectl(None), &server.kubeconfig(), &dir.join("kcache"));
-    let up = wait_for(READY, || {
-        let n = node(&server, "server-0")?;
-        (ready(&n).0 == "True"
-            && n["status"]["nodeInfo"]["containerRuntimeVersion"]
-                .as_str()?
-                .starts_with("containerd://"))
-        .then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "the node never became Ready on containerd:\n{}",
-        server.log()
-    );
-    (server, containers, k)
 }
 
 #[test]

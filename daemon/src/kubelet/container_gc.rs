@@ -57,8 +57,6 @@ pub fn dead<'a>(
 pub async fn collect(cri_: &Cri, node: &NodeCtx, listing: &Listing) {
     for c in dead(listing.containers()) {
         let r = cri_
-            .runtime
-            .clone()
             .remove_container(cri::RemoveContainerRequest {
                 container_id: c.id.clone(),
             })

@@ -165,6 +165,25 @@ pub fn grace_of(pod: &Pod) -> i64 {
         .unwrap_or(30)
 }
 
+/// What is left at `now` of a deleted pod's grace period, in whole
+/// seconds (rounded up): its deadline is the `deletionTimestamp` the API
+/// set to the time of deletion plus the grace, so a stop that is tried
+/// again never starts the period over, and one past the deadline kills
+/// at once. Never more than the grace itself, whatever the clocks say.
+pub fn grace_left(pod: &Pod, now: chrono::DateTime<chrono::Utc>) -> i64 {
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .unwrap_or_else(|| grace_of(pod))
+        .max(0);
+    let Some(deadline) = pod.metadata.deletion_timestamp.as_ref() else {
+        return grace;
+    };
+    let left_ms = deadline.0.as_millisecond() - now.timestamp_millis();
+    let left = (left_ms.max(0) + 999) / 1000;
+    left.min(grace)
+}
+
 /// Why a container cannot be created yet: `(reason, message)`.
 async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
     let image = c.image.clone().unwrap_or_default();
@@ -173,15 +192,13 @@ async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
         ..Default::default()
     };
     let present = cri_
-        .images
-        .clone()
         .image_status(cri::ImageStatusRequest {
             image: Some(spec.clone()),
             verbose: false,
         })
         .await
         .ok()
-        .and_then(|r| r.into_inner().image)
+        .and_then(|r| r.image)
         .is_some();
     if present {
         return None;
@@ -193,23 +210,18 @@ async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
             format!("Container image \"{image}\" is not present with pull policy of Never"),
         ));
     }
-    let pulled = tokio::time::timeout(
-        Duration::from_secs(30),
-        cri_.images.clone().pull_image(cri::PullImageRequest {
+    // No deadline: a pull takes as long as the registry does.
+    let pulled = cri_
+        .pull_image(cri::PullImageRequest {
             image: Some(spec),
             ..Default::default()
-        }),
-    )
-    .await;
+        })
+        .await;
     match pulled {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some((
+        Ok(_) => None,
+        Err(e) => Some((
             "ErrImagePull".into(),
             format!("failed to pull image \"{image}\": {}", e.message()),
-        )),
-        Err(_) => Some((
-            "ErrImagePull".into(),
-            format!("pulling image \"{image}\" timed out"),
         )),
     }
 }
@@ -338,7 +350,7 @@ pub(super) async fn start_if_needed(
     };
     let sandbox_config = sandbox::config(pod, node, 0);
     let _ = std::fs::create_dir_all(PathBuf::from(&sandbox_config.log_directory).join(&c.name));
-    let mut rt = cri_.runtime.clone();
+    let rt = &cri_;
     let created = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox.to_string(),
@@ -347,7 +359,7 @@ pub(super) async fn start_if_needed(
         })
         .await;
     let id = match created {
-        Ok(r) => r.into_inner().container_id,
+        Ok(r) => r.container_id,
         Err(s) => {
             waiting.insert(
                 c.name.clone(),
@@ -403,9 +415,45 @@ pub(super) async fn start_if_needed(
         seen.insert(
             c.name.clone(),
             Seen {
-                status: r.into_inner().status.unwrap_or_default(),
+                status: r.status.unwrap_or_default(),
                 previous,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retried_stop_gets_what_is_left_of_the_grace_period() {
+        let deleted = |at: &str, grace: i64| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "deletionTimestamp": at,
+                    "deletionGracePeriodSeconds": grace},
+                "spec": {"containers": [], "terminationGracePeriodSeconds": 60},
+            }))
+            .unwrap()
+        };
+        let t = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let pod = deleted("2026-12-07T10:00:15Z", 15);
+        assert_eq!(grace_left(&pod, t("2026-12-07T10:00:00Z")), 15);
+        // Tried again 11 s in (after a failed attempt): 4 s are left, not 15.
+        assert_eq!(grace_left(&pod, t("2026-12-07T10:00:11Z")), 4);
+        assert_eq!(
+            grace_left(&pod, t("2026-12-07T10:00:11.5Z")),
+            4,
+            "rounded up"
+        );
+        // Past the deadline: kill at once.
+        assert_eq!(grace_left(&pod, t("2026-12-07T10:01:00Z")), 0);
+        // A clock behind the server's never stretches the period.
+        assert_eq!(grace_left(&pod, t("2026-12-07T09:59:00Z")), 15);
+        // Not being deleted: the spec's grace period.
+        let mut live = pod.clone();
+        live.metadata.deletion_timestamp = None;
+        live.metadata.deletion_grace_period_seconds = None;
+        assert_eq!(grace_left(&live, t("2026-12-07T10:00:00Z")), 60);
     }
 }

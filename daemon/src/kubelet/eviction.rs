@@ -239,15 +239,12 @@ fn du(dir: &Path) -> (u64, u64) {
 /// working set, writable layer bytes, writable layer inodes).
 async fn container_stats(cri_: &Cri) -> HashMap<(String, String), (u64, u64, u64)> {
     let Ok(r) = cri_
-        .runtime
-        .clone()
         .list_container_stats(cri::ListContainerStatsRequest { filter: None })
         .await
     else {
         return HashMap::new();
     };
-    r.into_inner()
-        .stats
+    r.stats
         .into_iter()
         .filter_map(|s| {
             let a = s.attributes?;
@@ -381,11 +378,11 @@ async fn evict(
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
     );
-    let mut rt = cri_.runtime.clone();
+    let rt = &cri_;
     let e = |s: tonic::Status| s.message().to_string();
     // The dead containers stay, as upstream's do, so the status shows how
     // they ended; the pod's deletion removes them.
-    for c in containers_of(&mut rt, &uid)
+    for c in containers_of(rt, &uid)
         .await
         .map_err(e)?
         .iter()
@@ -398,7 +395,7 @@ async fn evict(
         .await
         .map_err(e)?;
     }
-    for s in sandboxes_of(&mut rt, &uid).await.map_err(e)? {
+    for s in sandboxes_of(rt, &uid).await.map_err(e)? {
         super::sandbox::stop(cri_, &s.id).await.map_err(e)?;
     }
     let volumes = node.pod_dir(&uid).join("volumes");

@@ -52,8 +52,13 @@ pub async fn stop(
     pod_ip: &str,
     grace: i64,
 ) -> Result<(), tonic::Status> {
-    let mut left = grace;
-    if let Some((c, h)) = c.and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?))) {
+    let mut left = grace.max(0);
+    // Past the deadline there is no time for a hook: the container is
+    // killed at once.
+    let hook = c
+        .filter(|_| grace > 0)
+        .and_then(|c| Some((c, c.lifecycle.as_ref()?.pre_stop.as_ref()?)));
+    if let Some((c, h)) = hook {
         let began = Instant::now();
         let budget = Duration::from_secs(grace.max(0) as u64);
         if let Err(e) = run(cri_, id, c, h, pod_ip, budget).await {
@@ -61,12 +66,10 @@ pub async fn stop(
         }
         left = (grace - began.elapsed().as_secs() as i64).max(MIN_STOP_GRACE);
     }
-    cri_.runtime
-        .clone()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.to_string(),
-            timeout: left,
-        })
-        .await
-        .map(|_| ())
+    cri_.stop_container(cri::StopContainerRequest {
+        container_id: id.to_string(),
+        timeout: left,
+    })
+    .await
+    .map(|_| ())
 }

@@ -150,21 +150,15 @@ impl ImageGc {
         let e = |s: tonic::Status| s.message().to_string();
         let images = self
             .cri
-            .images
-            .clone()
             .list_images(cri::ListImagesRequest { filter: None })
             .await
             .map_err(e)?
-            .into_inner()
             .images;
         let containers = self
             .cri
-            .runtime
-            .clone()
             .list_containers(cri::ListContainersRequest { filter: None })
             .await
             .map_err(e)?
-            .into_inner()
             .containers;
         let used: HashSet<String> = containers
             .iter()
@@ -225,8 +219,6 @@ impl ImageGc {
         for c in pick(&candidates, want, now, self.min_age) {
             let r = self
                 .cri
-                .images
-                .clone()
                 .remove_image(cri::RemoveImageRequest {
                     image: Some(cri::ImageSpec {
                         image: c.id.clone(),
@@ -265,12 +257,9 @@ impl ImageGc {
     async fn image_fs(&self) -> Result<(u64, u64), String> {
         let info = self
             .cri
-            .images
-            .clone()
             .image_fs_info(cri::ImageFsInfoRequest {})
             .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+            .map_err(|s| s.message().to_string())?;
         let mount = info
             .image_filesystems
             .first()

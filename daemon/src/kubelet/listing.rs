@@ -49,12 +49,9 @@ impl Seen {
     }
 }
 
-pub(super) type Runtime =
-    cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
-
 /// The containers of the pod with `uid`, every attempt.
 pub(super) async fn containers_of(
-    rt: &mut Runtime,
+    rt: &Cri,
     uid: &str,
 ) -> Result<Vec<cri::Container>, tonic::Status> {
     let filter = cri::ContainerFilter {
@@ -64,12 +61,12 @@ pub(super) async fn containers_of(
     let req = cri::ListContainersRequest {
         filter: Some(filter),
     };
-    Ok(rt.list_containers(req).await?.into_inner().containers)
+    Ok(rt.list_containers(req).await?.containers)
 }
 
 /// The sandboxes of the pod with `uid`.
 pub(super) async fn sandboxes_of(
-    rt: &mut Runtime,
+    rt: &Cri,
     uid: &str,
 ) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
     let filter = cri::PodSandboxFilter {
@@ -79,7 +76,7 @@ pub(super) async fn sandboxes_of(
     let req = cri::ListPodSandboxRequest {
         filter: Some(filter),
     };
-    Ok(rt.list_pod_sandbox(req).await?.into_inner().items)
+    Ok(rt.list_pod_sandbox(req).await?.items)
 }
 
 /// Every sandbox and container on the node, by pod uid, from one list
@@ -93,16 +90,14 @@ pub struct Listing {
 
 impl Listing {
     pub async fn fetch(cri_: &Cri) -> Result<Self, tonic::Status> {
-        let mut rt = cri_.runtime.clone();
+        let rt = &cri_;
         let sandboxes = rt
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
             .await?
-            .into_inner()
             .items;
         let containers = rt
             .list_containers(cri::ListContainersRequest { filter: None })
             .await?
-            .into_inner()
             .containers;
         Ok(Self::from_parts(sandboxes, containers))
     }

@@ -123,15 +123,12 @@ fn rotated_name(log: &Path) -> PathBuf {
 
 async fn rotate_one(cri_: &Cri, id: &str, s: &Settings) -> Result<bool, String> {
     let status = cri_
-        .runtime
-        .clone()
         .container_status(cri::ContainerStatusRequest {
             container_id: id.to_string(),
             verbose: false,
         })
         .await
         .map_err(|e| e.message().to_string())?
-        .into_inner()
         .status
         .unwrap_or_default();
     if status.log_path.is_empty() {
@@ -150,8 +147,6 @@ async fn rotate_one(cri_: &Cri, id: &str, s: &Settings) -> Result<bool, String> 
     let to = rotated_name(&log);
     std::fs::rename(&log, &to).map_err(|e| format!("renaming {}: {e}", log.display()))?;
     if let Err(e) = cri_
-        .runtime
-        .clone()
         .reopen_container_log(cri::ReopenContainerLogRequest {
             container_id: id.to_string(),
         })
@@ -174,8 +169,6 @@ pub async fn run(cri_: Cri, s: Settings, cancel: CancellationToken) {
             _ = tokio::time::sleep(s.log_monitor_interval) => {}
         }
         let running = cri_
-            .runtime
-            .clone()
             .list_containers(cri::ListContainersRequest {
                 filter: Some(cri::ContainerFilter {
                     state: Some(cri::ContainerStateValue {
@@ -186,7 +179,7 @@ pub async fn run(cri_: Cri, s: Settings, cancel: CancellationToken) {
             })
             .await;
         let Ok(running) = running else { continue };
-        for c in running.into_inner().containers {
+        for c in running.containers {
             match rotate_one(&cri_, &c.id, &s).await {
                 Ok(true) => tracing::debug!(container = %c.id, "container log rotated"),
                 Ok(false) => {}

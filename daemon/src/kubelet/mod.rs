@@ -233,7 +233,7 @@ pub async fn run(
         _ = runtime.wait_for(|r| r.as_ref().is_some_and(|r| r.ready)) => {}
     }
     let cri_ = loop {
-        match Cri::connect(&p.cri_socket).await {
+        match Cri::connect_with(&p.cri_socket, p.settings.runtime_request_timeout).await {
             Ok(c) => break c,
             Err(e) => tracing::warn!(error = %e, "kubelet: CRI not reachable; retrying"),
         }
@@ -570,17 +570,14 @@ async fn admit(
     admitted
 }
 
-/// Stop a deleted pod within its grace period, remove its files, and
-/// delete it for good.
+/// Stop a deleted pod within what is left of its grace period, remove
+/// its files, and delete it for good.
 async fn terminate(api: &Api, cri_: &Cri, node: &node::NodeCtx, uid: &str, pod: &Pod) {
     let (ns, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
     );
-    let grace = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .unwrap_or_else(|| containers::grace_of(pod));
+    let grace = containers::grace_left(pod, chrono::Utc::now());
     match pods::teardown(cri_, uid, grace, Some(pod)).await {
         Ok(()) => {
             // Its files go first: once the object is gone nothing
@@ -643,14 +640,12 @@ async fn remove_orphans(
     live: &std::collections::HashSet<&String>,
 ) {
     let Ok(list) = cri_
-        .runtime
-        .clone()
         .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
         .await
     else {
         return;
     };
-    for s in list.into_inner().items {
+    for s in list.items {
         let Some(uid) = s.labels.get(listing::LABEL_UID) else {
             continue;
         };

@@ -188,15 +188,12 @@ pub fn resources(m: &Measured, s: &Settings) -> (Value, Value) {
 
 async fn images(cri_: &Cri) -> Vec<Value> {
     let Ok(list) = cri_
-        .images
-        .clone()
         .list_images(k8s_cri::v1::ListImagesRequest { filter: None })
         .await
     else {
         return Vec::new();
     };
     let mut items: Vec<(u64, Vec<String>)> = list
-        .into_inner()
         .images
         .into_iter()
         .map(|i| {

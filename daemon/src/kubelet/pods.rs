@@ -4,7 +4,7 @@
 //! every sync, so a restarted agent adopts the containers it left running.
 
 use super::containers::{self, grace_of, start_if_needed, Ctx};
-use super::listing::{containers_of, sandboxes_of, uid, Listing, Runtime, Seen, LABEL_CONTAINER};
+use super::listing::{containers_of, sandboxes_of, uid, Listing, Seen, LABEL_CONTAINER};
 use super::node::NodeCtx;
 use super::pod_status::{self, Found};
 use super::{probes, sandbox, volumes};
@@ -46,13 +46,10 @@ async fn observe(
     listing: Option<&Listing>,
     st: &mut Tracked,
 ) -> Result<(Vec<cri::PodSandbox>, BTreeMap<String, Seen>), tonic::Status> {
-    let mut rt = cri_.runtime.clone();
+    let rt = &cri_;
     let (mut sandboxes, containers) = match listing {
         Some(l) => l.of(uid),
-        None => (
-            sandboxes_of(&mut rt, uid).await?,
-            containers_of(&mut rt, uid).await?,
-        ),
+        None => (sandboxes_of(rt, uid).await?, containers_of(rt, uid).await?),
     };
     sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     let mut by_name: BTreeMap<String, Vec<cri::Container>> = BTreeMap::new();
@@ -69,10 +66,10 @@ async fn observe(
         let exited = |c: &&cri::Container| c.state == cri::ContainerState::ContainerExited as i32;
         // Only for lastState: failing to read it must not fail the sync.
         let previous = match attempts.get(1).filter(exited) {
-            Some(p) => status_of(&mut rt, p, st, &mut statuses).await.ok(),
+            Some(p) => status_of(rt, p, st, &mut statuses).await.ok(),
             None => None,
         };
-        let status = status_of(&mut rt, &attempts[0], st, &mut statuses).await?;
+        let status = status_of(rt, &attempts[0], st, &mut statuses).await?;
         seen.insert(n, Seen { status, previous });
     }
     st.statuses = statuses;
@@ -83,7 +80,7 @@ async fn observe(
 /// same (a running or exited container's status does not change), else
 /// asked for. Kept in `now` for the next pass.
 async fn status_of(
-    rt: &mut Runtime,
+    rt: &Cri,
     c: &cri::Container,
     st: &Tracked,
     now: &mut HashMap<String, cri::ContainerStatus>,
@@ -101,7 +98,6 @@ async fn status_of(
                 verbose: false,
             })
             .await?
-            .into_inner()
             .status
             .unwrap_or_default(),
     };
@@ -118,8 +114,8 @@ pub async fn teardown(
     grace: i64,
     pod: Option<&Pod>,
 ) -> Result<(), tonic::Status> {
-    let mut rt = cri_.runtime.clone();
-    let containers = containers_of(&mut rt, uid).await?;
+    let rt = &cri_;
+    let containers = containers_of(rt, uid).await?;
     let pod_ip = pod.and_then(recorded_ip).unwrap_or_default();
     let specs: Vec<Container> = pod
         .and_then(|p| p.spec.as_ref())
@@ -144,7 +140,7 @@ pub async fn teardown(
         })
         .await?;
     }
-    for s in sandboxes_of(&mut rt, uid).await? {
+    for s in sandboxes_of(rt, uid).await? {
         sandbox::remove(cri_, &s.id).await?;
     }
     Ok(())
@@ -206,15 +202,13 @@ pub async fn sync(
     let pod_ip = match (&sandbox, known_ip) {
         (Some(_), Some(ip)) => ip,
         (Some(id), None) => cri_
-            .runtime
-            .clone()
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: id.clone(),
                 verbose: false,
             })
             .await
             .ok()
-            .and_then(|r| r.into_inner().status)
+            .and_then(|r| r.status)
             .and_then(|s| s.network)
             .map(|n| n.ip)
             .filter(|ip| !ip.is_empty())
@@ -333,15 +327,13 @@ async fn create_sandbox(
     let config = sandbox::config(pod, node, sandbox::next_attempt(earlier));
     let _ = std::fs::create_dir_all(&config.log_directory);
     let r = cri_
-        .runtime
-        .clone()
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
         })
         .await;
     match r {
-        Ok(r) => Some(r.into_inner().pod_sandbox_id),
+        Ok(r) => Some(r.pod_sandbox_id),
         Err(s) => {
             for c in pod.spec.iter().flat_map(|s| &s.containers) {
                 waiting.insert(

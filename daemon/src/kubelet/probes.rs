@@ -59,16 +59,13 @@ pub(super) async fn exec(
     timeout: Duration,
 ) -> Result<(), String> {
     let r = cri_
-        .runtime
-        .clone()
         .exec_sync(cri::ExecSyncRequest {
             container_id: id.to_string(),
             cmd,
             timeout: timeout.as_secs().max(1) as i64,
         })
         .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
+        .map_err(|s| s.message().to_string())?;
     if r.exit_code == 0 {
         Ok(())
     } else {

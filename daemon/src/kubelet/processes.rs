@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// container the kubelet started. A container whose count cannot be read
 /// is left out (it counts as none).
 pub async fn per_container(cri_: &Cri) -> HashMap<(String, String), u64> {
-    let mut rt = cri_.runtime.clone();
+    let rt = &cri_;
     let running = cri::ContainerStateValue {
         state: cri::ContainerState::ContainerRunning as i32,
     };
@@ -33,7 +33,7 @@ pub async fn per_container(cri_: &Cri) -> HashMap<(String, String), u64> {
         }
     };
     let mut out = HashMap::new();
-    for c in list.into_inner().containers {
+    for c in list.containers {
         let (Some(uid), Some(name)) = (c.labels.get(LABEL_UID), c.labels.get(LABEL_CONTAINER))
         else {
             continue;

@@ -105,25 +105,21 @@ pub fn next_attempt(sandboxes: &[cri::PodSandbox]) -> u32 {
 /// down its network, which releases its address. A stopped one may be
 /// stopped again.
 pub async fn stop(cri_: &Cri, id: &str) -> Result<(), tonic::Status> {
-    cri_.runtime
-        .clone()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
-        })
-        .await
-        .map(|_| ())
+    cri_.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.to_string(),
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Stop sandbox `id` and remove it.
 pub async fn remove(cri_: &Cri, id: &str) -> Result<(), tonic::Status> {
     stop(cri_, id).await?;
-    cri_.runtime
-        .clone()
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
-        })
-        .await
-        .map(|_| ())
+    cri_.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_string(),
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Stop sandbox `id`; a failure is logged and the next pass tries again.

@@ -89,6 +89,9 @@ pub struct Settings {
     /// The sysctls pods may set: upstream's safe ones plus
     /// `allowed-unsafe-sysctls`.
     pub sysctls: crate::sysctls::Allowlist,
+    /// The deadline of a CRI call that only asks or changes state; a stop
+    /// or an exec gets its own time on top (`runtime-request-timeout`, 2m).
+    pub runtime_request_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             image_min_age: Duration::from_secs(120),
             image_gc_period: Duration::from_secs(300),
             sysctls: crate::sysctls::Allowlist::default(),
+            runtime_request_timeout: crate::runtime::cri::REQUEST_TIMEOUT,
         }
     }
 }
@@ -129,6 +133,7 @@ pub const NAMES: &[&str] = &[
     "image-minimum-gc-age",
     "image-gc-period",
     "allowed-unsafe-sysctls",
+    "runtime-request-timeout",
 ];
 
 fn percent(name: &str, v: &str) -> Result<u8, String> {
@@ -264,6 +269,7 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
                     .map_err(|_| format!("{name}: {v:?} is not a duration (like 2m or 0s)"))?
             }
             "image-gc-period" => s.image_gc_period = duration(name, v)?,
+            "runtime-request-timeout" => s.runtime_request_timeout = duration(name, v)?,
             "allowed-unsafe-sysctls" => {
                 let listed: Vec<String> = v
                     .split(',')

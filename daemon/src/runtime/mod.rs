@@ -174,7 +174,7 @@ async fn watch_runtime(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     };
-    let version = match client.version().await {
+    let version = match client.runtime_version().await {
         Ok(v) => v,
         Err(e) => return format!("CRI Version failed: {e}"),
     };
@@ -212,7 +212,7 @@ async fn watch_runtime(
                 seen.insert(file, stamp);
             }
         }
-        let info = match client.status().await {
+        let info = match client.conditions().await {
             Ok(s) if s.runtime.is_empty() => RuntimeInfo {
                 version: version.clone(),
                 ready: true,

@@ -239,7 +239,7 @@ async fn cri_pod(c: rk3sd::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Durati
         linux: Some(cri::LinuxPodSandboxConfig::default()),
         ..Default::default()
     };
-    let mut rt = c.runtime.clone();
+    let rt = &c;
     let sandbox = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -247,7 +247,6 @@ async fn cri_pod(c: rk3sd::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Durati
         })
         .await
         .unwrap()
-        .into_inner()
         .pod_sandbox_id;
     let container = rt
         .create_container(cri::CreateContainerRequest {
@@ -270,7 +269,6 @@ async fn cri_pod(c: rk3sd::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Durati
         })
         .await
         .unwrap()
-        .into_inner()
         .container_id;
     rt.start_container(cri::StartContainerRequest {
         container_id: container,
@@ -297,7 +295,7 @@ async fn cri_pods(socket: &Path, dir: &Path, count: usize, at_once: bool) -> Vec
             done.push(cri_pod(c.clone(), dir.to_path_buf(), i).await);
         }
     }
-    let mut rt = c.runtime.clone();
+    let rt = &c;
     for (_, id) in &done {
         let _ = rt
             .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
