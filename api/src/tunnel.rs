@@ -24,7 +24,12 @@ pub struct NodeInfo {
     pub os_image: String,
     pub kernel_version: String,
     pub architecture: String,
+    /// rk3s's own release ([`crate::node_version`]).
     pub rk3s_version: String,
+    /// The Kubernetes version its kubelet implements ([`crate::kube_version`]);
+    /// empty from agents older than this field.
+    #[serde(default)]
+    pub kubelet_version: String,
     pub cpu: u32,
     /// MemTotal in KiB.
     pub memory_kib: u64,

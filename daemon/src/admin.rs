@@ -140,7 +140,34 @@ impl<E: Into<KubeError>> From<E> for AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        self.0.to_admin()
+        let body = rk3s_api::admin::ErrorBody {
+            code: admin_code(&self.0).into(),
+            message: self.0.to_string(),
+        };
+        (
+            crate::apiserver::status::classify(&self.0).0,
+            axum::Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// The admin socket's machine-readable code (`rk3s_api::admin::ErrorBody`),
+/// from the same classification as the API's status.
+fn admin_code(e: &KubeError) -> &'static str {
+    match e {
+        KubeError::AgentMode => "agent_mode",
+        _ => match crate::apiserver::status::classify(e).1 {
+            "NotFound" => "not_found",
+            "AlreadyExists" | "Conflict" => "conflict",
+            "Invalid" | "BadRequest" => "bad_request",
+            "Unauthorized" => "unauthorized",
+            "Forbidden" => "forbidden",
+            "TooManyRequests" => "too_many_requests",
+            "ServiceUnavailable" | "Timeout" => "unavailable",
+            "RequestEntityTooLarge" => "too_large",
+            _ => "internal",
+        },
     }
 }
 
@@ -287,11 +314,11 @@ async fn rotate_sa_key(State(b): State<Backend>, Query(q): Query<RotateKeyQuery>
 }
 
 async fn fallback(uri: axum::http::Uri) -> Response {
-    KubeError::NotFoundMessage(format!(
+    AdminError(KubeError::NotFoundMessage(format!(
         "no admin route {} (is rk3sctl newer than rk3sd?)",
         uri.path()
-    ))
-    .to_admin()
+    )))
+    .into_response()
 }
 
 /// The admin API; public so the parser harness can drive it in memory.

@@ -83,8 +83,31 @@ pub fn ready_status(node: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// The Kubernetes version the node's kubelet implements (an agent older
+/// than the field sent only its rk3s release).
+fn kubelet_version(info: &NodeInfo) -> &str {
+    if info.kubelet_version.is_empty() {
+        &info.rk3s_version
+    } else {
+        &info.kubelet_version
+    }
+}
+
+/// `v0.1.0+rk3s` as a label value (`v0.1.0`: no `+` there).
+fn version_label(rk3s_version: &str) -> String {
+    let v = rk3s_version.split('+').next().unwrap_or_default();
+    v.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(63)
+        .collect()
+}
+
 fn labels_for(name: &str, info: &NodeInfo) -> serde_json::Map<String, Value> {
     let mut l = serde_json::Map::new();
+    let version = version_label(&info.rk3s_version);
+    if !version.is_empty() {
+        l.insert(rk3s_api::VERSION_LABEL.into(), json!(version));
+    }
     l.insert("kubernetes.io/hostname".into(), json!(name));
     l.insert("kubernetes.io/os".into(), json!(info.os));
     l.insert("kubernetes.io/arch".into(), json!(info.architecture));
@@ -214,8 +237,8 @@ fn apply_info(node: &mut Value, name: &str, info: &NodeInfo) {
         "operatingSystem": info.os,
         "osImage": info.os_image,
         "kernelVersion": info.kernel_version,
-        "kubeletVersion": info.rk3s_version,
-        "kubeProxyVersion": info.rk3s_version,
+        "kubeletVersion": kubelet_version(info),
+        "kubeProxyVersion": kubelet_version(info),
         "containerRuntimeVersion": runtime_version,
         "machineID": "",
         "systemUUID": "",
@@ -733,6 +756,31 @@ mod tests {
         info.runtime = Some(runtime(true, None));
         apply_info(&mut node, "n", &info);
         assert_eq!(keys(&node), ["dedicated"]);
+    }
+
+    #[test]
+    fn the_kubelet_reports_the_kubernetes_version_and_a_label_rk3s_own() {
+        let info = crate::nodeinfo::collect(vec![], Default::default());
+        let mut node = json!({"metadata": {}, "spec": {}});
+        apply_info(&mut node, "n", &info);
+        let kubelet = node["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap();
+        // Semver with rk3s's release as build metadata, as K3s's v1.32.5+k3s1.
+        assert_eq!(kubelet, format!("v1.32.0+rk3s.{}", rk3s_api::VERSION));
+        assert_eq!(node["status"]["nodeInfo"]["kubeProxyVersion"], kubelet);
+        assert_eq!(
+            node["metadata"]["labels"][rk3s_api::VERSION_LABEL],
+            format!("v{}", rk3s_api::VERSION)
+        );
+        // An agent from before the field: its rk3s release, as it said then.
+        let old = NodeInfo {
+            rk3s_version: "v0.0.9+rk3s".into(),
+            ..Default::default()
+        };
+        let mut node = json!({"metadata": {}, "spec": {}});
+        apply_info(&mut node, "n", &old);
+        assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v0.0.9+rk3s");
+        assert_eq!(version_label("v0.0.9+rk3s"), "v0.0.9");
+        assert_eq!(version_label("v1 bad/+x"), "v1bad");
     }
 
     #[tokio::test]

@@ -58,6 +58,7 @@ pub fn collect(internal_ips: Vec<String>, labels: BTreeMap<String, String>) -> N
         kernel_version: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
         architecture: go_arch().into(),
         rk3s_version: rk3s_api::node_version(),
+        kubelet_version: rk3s_api::kube_version(),
         cpu: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),

@@ -62,7 +62,13 @@ fn summarize(sv: &Supervisor, node: &Value, lease: Option<&Value>) -> NodeSummar
         roles,
         connected,
         internal_ip,
-        version: str_at(node, "/status/nodeInfo/kubeletVersion").to_string(),
+        // rk3s's own release (the Kubernetes one is kubectl's VERSION).
+        version: node
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(rk3s_api::VERSION_LABEL))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| str_at(node, "/status/nodeInfo/kubeletVersion"))
+            .to_string(),
         last_heartbeat: renewed.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         age_seconds: created
             .map(|c| (chrono::Utc::now() - c).num_seconds().max(0))

@@ -4,7 +4,7 @@
 
 use crate::names::validate_node_name;
 use crate::nodepassword::secrets::{verify_or_create, PasswordError};
-use crate::registry::KubeError;
+use crate::registry::{KubeError, Subject};
 use crate::supervisor::Supervisor;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -179,7 +179,7 @@ async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, Kube
         Ok(()) => Ok(name.to_string()),
         Err(PasswordError::Mismatch { node }) => {
             tracing::warn!(node = %node, "registration refused: node password does not match the stored hash");
-            Err(KubeError::Forbidden(format!(
+            Err(KubeError::forbidden(Subject::default(), format!(
                 "unable to verify password for node {node}: hash does not match. \
                  Another host may be using this node name, or the agent's password file \
                  (/etc/rancher/node/password, or <node-config-dir>/password) was lost or replaced. \

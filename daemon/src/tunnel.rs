@@ -264,6 +264,7 @@ fn sanitize(mut info: NodeInfo) -> NodeInfo {
         &mut info.kernel_version,
         &mut info.architecture,
         &mut info.rk3s_version,
+        &mut info.kubelet_version,
     ] {
         cut(s);
     }

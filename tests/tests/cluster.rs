@@ -37,7 +37,7 @@ fn server_and_three_agents_are_ready() {
         assert_eq!(n["internal_ip"], "127.0.0.1", "{n}");
         assert!(n["last_heartbeat"].is_string(), "{n}");
         assert!(n["age_seconds"].is_i64(), "{n}");
-        assert!(n["version"].as_str().unwrap().ends_with("+rk3s"), "{n}");
+        assert_eq!(n["version"], format!("v{}", rk3s_api::VERSION), "{n}");
     }
     let server_node = nodes.iter().find(|n| n["name"] == "server-0").unwrap();
     assert_eq!(server_node["roles"], serde_json::json!(["control-plane"]));

@@ -478,6 +478,16 @@ seen = []
 for ev in watch.Watch().stream(v1.list_namespaced_config_map, "default", resource_version=nodes.metadata.resource_version, timeout_seconds=3):
     seen.append((ev["type"], ev["object"].metadata.name))
 print("events", seen)
+# The Python client's own e2e tests compare a conflict's body as text.
+svc = client.V1Service(metadata=client.V1ObjectMeta(name="mock-2"),
+    spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)]))
+v1.create_namespaced_service("default", svc)
+try:
+    v1.create_namespaced_service("default", svc)
+    print("no conflict")
+except client.exceptions.ApiException as e:
+    print("conflict", e.status, e.reason)
+    sys.stdout.write("body<" + e.body + ">")
 "#;
     let o = std::process::Command::new("python3")
         .args(["-c", script])
@@ -492,4 +502,126 @@ print("events", seen)
     );
     assert!(out.contains("nodes ['server-0']"), "{out}");
     assert!(out.contains("('ADDED', 'from-python')"), "{out}");
+    let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \"mock-2\" already exists","reason":"AlreadyExists","details":{"name":"mock-2","kind":"services"},"code":409}"#;
+    let body = format!("{body}\n");
+    assert!(out.contains("conflict 409 Conflict"), "{out}");
+    assert!(out.contains(&format!("body<{body}>")), "{out}\nwanted {body}");
+}
+
+/// Error bodies as kube-apiserver writes them, byte for byte, over HTTPS.
+#[test]
+fn api_errors_are_upstreams_status_bytes() {
+    let t = tempdir();
+    let server = Server::start(&t.path().join("s"), &[]);
+    let url = server.url();
+    let admin = server.admin_http();
+    let anonymous = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&server.ca_pem()).unwrap())
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let send = |r: reqwest::RequestBuilder| {
+        rt.block_on(async {
+            let r = r.send().await.unwrap();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), ct, r.text().await.unwrap())
+        })
+    };
+    let status = |tail: &str| {
+        format!(
+            r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure",{tail}}}"#
+        ) + "\n"
+    };
+    let cases = [
+        (
+            admin.get(format!("{url}/api/v1/namespaces/default/configmaps/nope")),
+            404,
+            status(
+                r#""message":"configmaps \"nope\" not found","reason":"NotFound","details":{"name":"nope","kind":"configmaps"},"code":404"#,
+            ),
+        ),
+        (
+            admin.get(format!(
+                "{url}/apis/apps/v1/namespaces/default/deployments/web"
+            )),
+            404,
+            status(
+                r#""message":"deployments.apps \"web\" not found","reason":"NotFound","details":{"name":"web","group":"apps","kind":"deployments"},"code":404"#,
+            ),
+        ),
+        (
+            admin.get(format!("{url}/api/v1/namespaces/default/nosuchthings")),
+            404,
+            status(
+                r#""message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404"#,
+            ),
+        ),
+        (
+            anonymous.get(format!("{url}/api/v1/namespaces")),
+            401,
+            status(r#""message":"Unauthorized","reason":"Unauthorized","code":401"#),
+        ),
+        (
+            admin.get(format!(
+                "{url}/api/v1/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1"
+            )),
+            200,
+            String::new(),
+        ),
+    ];
+    for (req, code, want) in cases {
+        let (got_code, ct, body) = send(req);
+        assert_eq!(got_code, code, "{body}");
+        if code != 200 {
+            assert_eq!(ct.as_deref(), Some("application/json"));
+            assert_eq!(body, want);
+        }
+    }
+    // 409 AlreadyExists, 409 Conflict and 422 Invalid from writes.
+    let cm =
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+    let cms = format!("{url}/api/v1/namespaces/default/configmaps");
+    let (code, _, created) = send(admin.post(&cms).json(&cm));
+    assert_eq!(code, 201, "{created}");
+    let (_, _, again) = send(admin.post(&cms).json(&cm));
+    assert_eq!(
+        again,
+        status(
+            r#""message":"configmaps \"c\" already exists","reason":"AlreadyExists","details":{"name":"c","kind":"configmaps"},"code":409"#
+        )
+    );
+    let mut stale = cm.clone();
+    stale["metadata"]["resourceVersion"] = "1".into();
+    let (_, _, conflict) = send(admin.put(format!("{cms}/c")).json(&stale));
+    assert_eq!(
+        conflict,
+        status(
+            r#""message":"Operation cannot be fulfilled on configmaps \"c\": the object has been modified; please apply your changes to the latest version and try again","reason":"Conflict","details":{"name":"c","kind":"configmaps"},"code":409"#
+        )
+    );
+    let bad = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}});
+    let (code, _, invalid) = send(admin.post(&cms).json(&bad));
+    assert_eq!(code, 422, "{invalid}");
+    assert!(
+        invalid.starts_with(r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": "#)
+            && invalid.ends_with("\"reason\":\"Invalid\",\"details\":{\"name\":\"Bad_Name\",\"kind\":\"ConfigMap\",\"causes\":[{\"reason\":\"FieldValueInvalid\",\"message\":\"Invalid value: \\\"Bad_Name\\\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')\",\"field\":\"metadata.name\"}]},\"code\":422}\n"),
+        "{invalid}"
+    );
+    // 405: a collection cannot be replaced.
+    let (code, _, not_allowed) = send(admin.put(&cms).json(&cm));
+    assert_eq!(code, 405, "{not_allowed}");
+    assert_eq!(
+        not_allowed,
+        status(
+            r#""message":"the server does not allow this method on the requested resource","reason":"MethodNotAllowed","details":{},"code":405"#
+        )
+    );
 }

@@ -19,7 +19,7 @@ pub async fn version() -> Json<Value> {
     Json(json!({
         "major": KUBE_MAJOR,
         "minor": KUBE_MINOR,
-        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0+rk3s.{}", rk3s_api::VERSION),
+        "gitVersion": rk3s_api::kube_version(),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",

@@ -656,9 +656,10 @@ async fn delete(
             return Ok(json_response(StatusCode::OK, &current));
         }
         ("", "namespaces") if SYSTEM_NAMESPACES.contains(&name) => {
-            return Err(KubeError::Forbidden(format!(
-                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-            )));
+            return Err(KubeError::forbidden(
+                Subject::new("", "namespaces", name),
+                "this namespace may not be deleted",
+            ));
         }
         (crate::registry::CRD_GROUP, "customresourcedefinitions") if opts.dry_run.is_empty() => {
             let current = sv.registry.get(&t.rt, None, name).await?;

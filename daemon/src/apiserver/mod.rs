@@ -13,6 +13,7 @@ pub mod resources;
 pub mod reviews;
 pub mod selectors;
 pub mod serviceaccounts;
+pub mod status;
 pub mod subresources;
 pub mod table;
 pub mod watch;
@@ -23,8 +24,7 @@ use axum::Router;
 use std::sync::Arc;
 
 /// The Kubernetes version rk3s reports; kubectl 1.27-1.33 accept it.
-pub const KUBE_MAJOR: &str = "1";
-pub const KUBE_MINOR: &str = "32";
+pub use rk3s_api::{KUBE_MAJOR, KUBE_MINOR};
 
 pub fn router(sv: Arc<Supervisor>) -> Router {
     Router::new()

@@ -134,9 +134,10 @@ pub async fn token_request(
             k == "Pod" && o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
         });
         if !on_node {
-            return Err(KubeError::Forbidden(format!(
-                "serviceaccounts {name:?} is forbidden: node requested a token not bound to a pod scheduled on it"
-            )));
+            return Err(KubeError::forbidden(
+                Subject::new("", "serviceaccounts", &name),
+                "node requested a token not bound to a pod scheduled on it",
+            ));
         }
     }
     let node = bound.as_ref().and_then(|(k, _, _, o)| {

@@ -26,10 +26,7 @@ fn pointer(path: &str) -> String {
 }
 
 fn success(code: StatusCode) -> Response {
-    json_response(
-        code,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code.as_u16()}),
-    )
+    axum::response::IntoResponse::into_response(super::status::Status::success(code))
 }
 
 /// The Scale view of `obj`.

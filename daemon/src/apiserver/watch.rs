@@ -68,7 +68,7 @@ impl State {
 }
 
 fn error_event(e: &KubeError) -> Bytes {
-    line(&json!({"type": "ERROR", "object": e.status_object()}))
+    line(&json!({"type": "ERROR", "object": super::status::Status::of(e)}))
 }
 
 pub async fn serve(

@@ -18,6 +18,7 @@ use super::rbac::{describe, go_quoted, uncovered};
 use super::{Auth, Request, MASTERS};
 use crate::objects::{Objects, Ref};
 use crate::registry::admission::{Admission, Write};
+use crate::registry::error::Subject;
 use crate::registry::rbac::GROUP;
 use crate::registry::{KubeError, UserInfo};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
@@ -85,10 +86,12 @@ impl Admit {
         };
         spec["serviceAccountName"] = json!(sa);
         let Some(account) = self.service_account(ns, &sa).await? else {
-            return Err(KubeError::Forbidden(format!(
-                "pods {:?} is forbidden: error looking up service account {ns}/{sa}: serviceaccount {sa:?} not found",
-                name_of(pod)
-            )));
+            return Err(KubeError::forbidden(
+                Subject::new("", "pods", &name_of(pod)),
+                format!(
+                    "error looking up service account {ns}/{sa}: serviceaccount {sa:?} not found"
+                ),
+            ));
         };
         let spec = &mut pod["spec"];
         let automount = spec["automountServiceAccountToken"]
@@ -147,28 +150,32 @@ impl Admit {
         self.auth.decide(user, r).allowed()
     }
 
-    fn escalation(&self, user: &UserInfo, what: &str, missing: &[PolicyRule]) -> KubeError {
+    fn escalation(&self, user: &UserInfo, what: Subject, missing: &[PolicyRule]) -> KubeError {
         let rules: Vec<String> = missing.iter().map(describe).collect();
-        KubeError::Forbidden(format!(
-            "{what} is forbidden: user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        KubeError::forbidden(
+            what,
+            format!(
+            "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
             user.name,
             go_quoted(&user.groups),
             rules.join("\n")
-        ))
+        ),
+        )
     }
 
     fn check_role(&self, w: &Write<'_>, user: &UserInfo, obj: &Value) -> Result<(), KubeError> {
         let ns = w.namespace.unwrap_or("");
         let name = name_of(obj);
-        let what = format!("{}.{GROUP} {name:?}", w.rt.resource);
+        let what = Subject::new(GROUP, &w.rt.resource, &name);
         let escalate = Request::resource("escalate", GROUP, &w.rt.resource, "", ns, &name);
         if self.allowed(user, &escalate) {
             return Ok(());
         }
         if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
-            return Err(KubeError::Forbidden(format!(
-                "{what} is forbidden: must have cluster-admin privileges to use the aggregationRule"
-            )));
+            return Err(KubeError::forbidden(
+                what,
+                "must have cluster-admin privileges to use the aggregationRule",
+            ));
         }
         let rules: Vec<PolicyRule> =
             serde_json::from_value(obj["rules"].clone()).unwrap_or_default();
@@ -183,7 +190,7 @@ impl Admit {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(self.escalation(user, &what, &missing))
+            Err(self.escalation(user, what, &missing))
         }
     }
 
@@ -194,7 +201,7 @@ impl Admit {
         }
         let ns = w.namespace.unwrap_or("");
         let name = name_of(obj);
-        let what = format!("{}.{GROUP} {name:?}", w.rt.resource);
+        let what = Subject::new(GROUP, &w.rt.resource, &name);
         let Ok(role_ref) = serde_json::from_value::<RoleRef>(obj["roleRef"].clone()) else {
             return Ok(());
         };
@@ -213,17 +220,20 @@ impl Admit {
             .rbac
             .role_rules(&role_ref.kind, role_ns, &role_ref.name)
         else {
-            return Err(KubeError::Forbidden(format!(
-                "{what} is forbidden: {}.{GROUP} {:?} not found",
-                role_ref.kind.to_ascii_lowercase(),
-                role_ref.name
-            )));
+            return Err(KubeError::forbidden(
+                what,
+                format!(
+                    "{}.{GROUP} {:?} not found",
+                    role_ref.kind.to_ascii_lowercase(),
+                    role_ref.name
+                ),
+            ));
         };
         let missing = uncovered(&self.auth.rbac.rules_for(user, ns), &rules);
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(self.escalation(user, &what, &missing))
+            Err(self.escalation(user, what, &missing))
         }
     }
 }
@@ -236,9 +246,10 @@ const RESTRICTED_LABELS: &str = "node-restriction.kubernetes.io/";
 /// labels kept for administrators.
 fn node_restriction(node: &str, old: &Value, new: &Value) -> Result<(), KubeError> {
     if old.pointer("/spec/taints") != new.pointer("/spec/taints") {
-        return Err(KubeError::Forbidden(format!(
-            "nodes {node:?} is forbidden: node {node:?} is not allowed to modify taints"
-        )));
+        return Err(KubeError::forbidden(
+            Subject::new("", "nodes", node),
+            format!("node {node:?} is not allowed to modify taints"),
+        ));
     }
     let labels = |v: &Value| -> Vec<(String, Value)> {
         v.pointer("/metadata/labels")
@@ -258,10 +269,10 @@ fn node_restriction(node: &str, old: &Value, new: &Value) -> Result<(), KubeErro
             .map(|(k, _)| k.clone())
             .collect();
         let changed: Vec<String> = changed.into_iter().collect();
-        return Err(KubeError::Forbidden(format!(
-            "nodes {node:?} is forbidden: is not allowed to modify labels: {}",
-            changed.join(", ")
-        )));
+        return Err(KubeError::forbidden(
+            Subject::new("", "nodes", node),
+            format!("is not allowed to modify labels: {}", changed.join(", ")),
+        ));
     }
     Ok(())
 }
@@ -289,7 +300,7 @@ impl Admit {
             return Ok(());
         }
         let forbidden = |pod: &Value, why: String| {
-            KubeError::Forbidden(format!("pods {:?} is forbidden: {why}", name_of(pod)))
+            KubeError::forbidden(Subject::new("", "pods", &name_of(pod)), why)
         };
         let named = pod["spec"]["priorityClassName"]
             .as_str()

@@ -14,7 +14,7 @@ pub mod policy;
 pub mod rbac;
 pub mod tokens;
 
-use crate::registry::{KubeError, UserInfo};
+use crate::registry::{KubeError, Subject, UserInfo};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -69,35 +69,30 @@ impl<'a> Request<'a> {
     /// Upstream's denial message.
     pub fn forbidden(&self, user: &UserInfo) -> KubeError {
         if let Some(p) = self.path {
-            return KubeError::Forbidden(format!(
-                "forbidden: User {:?} cannot {} path {p:?}",
-                user.name, self.verb
-            ));
+            return KubeError::forbidden(
+                Subject::default(),
+                format!("User {:?} cannot {} path {p:?}", user.name, self.verb),
+            );
         }
+        // Upstream names the subresource with the resource, in the
+        // message's head and in the details alike.
         let res = if self.subresource.is_empty() {
             self.resource.to_string()
         } else {
             format!("{}/{}", self.resource, self.subresource)
-        };
-        let qualified = if self.group.is_empty() {
-            self.resource.to_string()
-        } else {
-            format!("{}.{}", self.resource, self.group)
-        };
-        let what = if self.name.is_empty() {
-            qualified
-        } else {
-            format!("{qualified} {:?}", self.name)
         };
         let scope = if self.namespace.is_empty() {
             "at the cluster scope".to_string()
         } else {
             format!("in the namespace {:?}", self.namespace)
         };
-        KubeError::Forbidden(format!(
-            "{what} is forbidden: User {:?} cannot {} resource {res:?} in API group {:?} {scope}",
-            user.name, self.verb, self.group
-        ))
+        KubeError::forbidden(
+            Subject::new(self.group, &res, self.name),
+            format!(
+                "User {:?} cannot {} resource {res:?} in API group {:?} {scope}",
+                user.name, self.verb, self.group
+            ),
+        )
     }
 }
 

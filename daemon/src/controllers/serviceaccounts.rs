@@ -114,7 +114,7 @@ impl Ctl {
         {
             Ok(_) | Err(KubeError::AlreadyExists(_)) => {}
             // The namespace went away meanwhile.
-            Err(KubeError::Forbidden(_)) | Err(KubeError::NotFound(_)) => {}
+            Err(KubeError::Forbidden { .. }) | Err(KubeError::NotFound(_)) => {}
             Err(e) => tracing::warn!(namespace = ns, resource, error = %e, "could not create"),
         }
     }

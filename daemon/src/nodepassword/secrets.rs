@@ -8,7 +8,7 @@ use super::{hash, judge, secret_name, HashError, Verdict};
 use super::{ANNOTATION_SET_AT, DATA_HASH, DATA_PENDING_HASH, SECRET_NAMESPACE, SECRET_TYPE};
 use crate::datastore::DatastoreError;
 use crate::objects::{now_rfc3339, ObjectError, Objects, Ref};
-use crate::registry::KubeError;
+use crate::registry::{KubeError, Subject};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -25,7 +25,9 @@ pub enum PasswordError {
 impl From<PasswordError> for KubeError {
     fn from(e: PasswordError) -> Self {
         match e {
-            PasswordError::Mismatch { .. } => KubeError::Forbidden(e.to_string()),
+            PasswordError::Mismatch { .. } => {
+                KubeError::forbidden(Subject::default(), e.to_string())
+            }
             PasswordError::Corrupt { .. } => KubeError::Internal(e.to_string()),
             PasswordError::Objects(o) => o.into(),
         }

@@ -1,15 +1,13 @@
 //! The one error every HTTP surface returns (the Kubernetes API, the
-//! supervisor's registration routes and the admin socket), shaped exactly as
-//! the apiserver shapes its `Status` so kubectl prints its usual messages.
-//! One `match` ([`KubeError::parts`]) decides code and reason for all three.
-//! Validation produces [`FieldError`]s, which become a 422 `Invalid` whose
-//! `details.causes` name each field path, as upstream's.
+//! supervisor's registration routes and the admin socket), worded as the
+//! apiserver words its errors so kubectl prints its usual messages. Its
+//! HTTP status, reason and `Status` body are the apiserver's business
+//! (`apiserver::status`). Validation produces [`FieldError`]s, which
+//! become a 422 `Invalid` whose `details.causes` name each field path, as
+//! upstream's.
 
 use crate::datastore::DatastoreError;
 use crate::objects::ObjectError;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// The group/resource an error is about (`nodes`, `configmaps`, `widgets.example.com`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -20,6 +18,14 @@ pub struct Subject {
 }
 
 impl Subject {
+    pub fn new(group: &str, resource: &str, name: &str) -> Self {
+        Subject {
+            group: group.into(),
+            resource: resource.into(),
+            name: name.into(),
+        }
+    }
+
     fn qualified(&self) -> String {
         if self.group.is_empty() {
             self.resource.clone()
@@ -64,8 +70,9 @@ pub enum KubeError {
     /// The API says just "Unauthorized"; the supervisor says which token.
     #[error("{0}")]
     Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
+    /// Upstream's `NewForbidden`: `<resource> "<name>" is forbidden: <reason>`.
+    #[error("{}", forbidden_message(.subject, .reason))]
+    Forbidden { subject: Subject, reason: String },
     #[error("{0}")]
     Expired(String),
     #[error("the server does not allow this method on the requested resource")]
@@ -95,130 +102,29 @@ pub enum KubeError {
     AgentMode,
     #[error("{0}")]
     Unavailable(String),
-    #[error("{0}")]
+    #[error("Internal error occurred: {0}")]
     Internal(String),
 }
 
+fn forbidden_message(s: &Subject, reason: &str) -> String {
+    match (s.resource.is_empty(), s.name.is_empty()) {
+        (true, _) => format!("forbidden: {reason}"),
+        (false, true) => format!("{} is forbidden: {reason}", s.qualified()),
+        (false, false) => format!("{} \"{}\" is forbidden: {reason}", s.qualified(), s.name),
+    }
+}
+
 impl KubeError {
-    fn parts(&self) -> (StatusCode, &'static str) {
-        match self {
-            KubeError::NotFound(_) | KubeError::NotFoundMessage(_) | KubeError::NoRoute => {
-                (StatusCode::NOT_FOUND, "NotFound")
-            }
-            KubeError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            KubeError::Conflict(..)
-            | KubeError::ConflictMessage(_)
-            | KubeError::ApplyConflict { .. }
-            | KubeError::AgentMode => (StatusCode::CONFLICT, "Conflict"),
-            KubeError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
-            KubeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            KubeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            KubeError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
-            KubeError::Expired(_) => (StatusCode::GONE, "Expired"),
-            KubeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-            KubeError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
-            }
-            KubeError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
-            KubeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-            KubeError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-            KubeError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
-            KubeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
-        }
-    }
-
-    pub fn code(&self) -> StatusCode {
-        self.parts().0
-    }
-
     /// The API's own 401, which names nothing about the credential.
     pub fn unauthorized() -> Self {
         KubeError::Unauthorized("Unauthorized".into())
     }
 
-    /// The admin socket's machine-readable code (`rk3s_api::admin::ErrorBody`);
-    /// its status code still comes from [`KubeError::parts`].
-    pub fn admin_code(&self) -> &'static str {
-        match self {
-            KubeError::AgentMode => "agent_mode",
-            _ => match self.parts().1 {
-                "NotFound" => "not_found",
-                "AlreadyExists" | "Conflict" => "conflict",
-                "Invalid" | "BadRequest" => "bad_request",
-                "Unauthorized" => "unauthorized",
-                "Forbidden" => "forbidden",
-                "TooManyRequests" => "too_many_requests",
-                "ServiceUnavailable" | "Timeout" => "unavailable",
-                "RequestEntityTooLarge" => "too_large",
-                _ => "internal",
-            },
+    pub fn forbidden(subject: Subject, reason: impl Into<String>) -> Self {
+        KubeError::Forbidden {
+            subject,
+            reason: reason.into(),
         }
-    }
-
-    /// The admin socket's error body.
-    pub fn to_admin(&self) -> Response {
-        let body = rk3s_api::admin::ErrorBody {
-            code: self.admin_code().into(),
-            message: self.to_string(),
-        };
-        (self.code(), axum::Json(body)).into_response()
-    }
-
-    /// The Status object (also used inside watch ERROR events).
-    pub fn status_object(&self) -> serde_json::Value {
-        let (code, reason) = self.parts();
-        let mut s = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.to_string(),
-            "reason": reason,
-            "code": code.as_u16(),
-        });
-        let subject = match self {
-            KubeError::NotFound(s) | KubeError::AlreadyExists(s) | KubeError::Conflict(s, _) => {
-                Some(s)
-            }
-            _ => None,
-        };
-        if let Some(sub) = subject {
-            s["details"] = json!({"name": sub.name, "group": sub.group, "kind": sub.resource});
-        }
-        if let KubeError::ApplyConflict {
-            subject: sub,
-            causes,
-            ..
-        } = self
-        {
-            let causes: Vec<_> = causes
-                .iter()
-                .map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": m, "field": f}))
-                .collect();
-            s["details"] = json!({"name": sub.name, "group": sub.group, "kind": sub.resource, "causes": causes});
-        }
-        if let KubeError::TooManyRequests {
-            cause, retry_after, ..
-        } = self
-        {
-            let mut details = json!({});
-            if let Some(cause) = cause {
-                details["causes"] = json!([{"reason": "DisruptionBudget", "message": cause}]);
-            }
-            if let Some(secs) = retry_after {
-                details["retryAfterSeconds"] = json!(secs);
-            }
-            s["details"] = details;
-        }
-        if let KubeError::Invalid { kind, name, errors } = self {
-            let (kind, group) = kind.split_once('.').unwrap_or((kind, ""));
-            let causes: Vec<_> = errors
-                .iter()
-                .map(|e| json!({"reason": e.kind.reason(), "message": e.message(), "field": e.field}))
-                .collect();
-            s["details"] = json!({"name": name, "group": group, "kind": kind, "causes": causes});
-        }
-        s
     }
 
     /// The Conflict for a write based on an outdated resourceVersion.
@@ -265,7 +171,7 @@ pub enum FieldErrorKind {
 }
 
 impl FieldErrorKind {
-    fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             FieldErrorKind::Required => "FieldValueRequired",
             FieldErrorKind::Invalid => "FieldValueInvalid",
@@ -355,7 +261,7 @@ impl FieldError {
     }
 
     /// The text after the field path.
-    fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let with_detail = |head: String| {
             if self.detail.is_empty() {
                 head
@@ -400,21 +306,6 @@ impl std::fmt::Display for FieldError {
     }
 }
 
-impl IntoResponse for KubeError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.code(), axum::Json(self.status_object())).into_response();
-        if let KubeError::TooManyRequests {
-            retry_after: Some(secs),
-            ..
-        } = self
-        {
-            resp.headers_mut()
-                .insert(http::header::RETRY_AFTER, secs.into());
-        }
-        resp
-    }
-}
-
 /// Storage errors that concern no one object (the supervisor's and admin
 /// socket's reads): the same classes as [`KubeError::from_store`].
 impl From<ObjectError> for KubeError {
@@ -443,60 +334,42 @@ mod tests {
 
     #[test]
     fn messages_match_kubernetes() {
-        let s = Subject {
-            group: "".into(),
-            resource: "nodes".into(),
-            name: "x".into(),
-        };
+        let s = Subject::new("", "nodes", "x");
         assert_eq!(
             KubeError::NotFound(s.clone()).to_string(),
             "nodes \"x\" not found"
         );
-        let o = KubeError::AlreadyExists(s).status_object();
-        assert_eq!(o["reason"], "AlreadyExists");
-        assert_eq!(o["code"], 409);
-        assert_eq!(o["details"]["kind"], "nodes");
-        let g = Subject {
-            group: "example.com".into(),
-            resource: "widgets".into(),
-            name: "w".into(),
-        };
         assert_eq!(
-            KubeError::NotFound(g).to_string(),
+            KubeError::NotFound(Subject::new("example.com", "widgets", "w")).to_string(),
             "widgets.example.com \"w\" not found"
         );
+        // NewForbidden's three shapes.
         assert_eq!(
-            KubeError::Expired("too old".into()).status_object()["code"],
-            410
+            KubeError::forbidden(s, "node \"x\" is not allowed to modify taints").to_string(),
+            "nodes \"x\" is forbidden: node \"x\" is not allowed to modify taints"
         );
-    }
-
-    #[test]
-    fn a_refusal_for_load_is_a_429_status_with_retry_after() {
-        let e = KubeError::TooManyRequests {
-            message: "too many registrations in progress; try again later".into(),
-            cause: None,
-            retry_after: Some(7),
-        };
-        let s = e.status_object();
-        assert_eq!(s["reason"], "TooManyRequests");
-        assert_eq!(s["details"]["retryAfterSeconds"], 7);
-        let resp = e.into_response();
-        assert_eq!(resp.status(), http::StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "7");
+        assert_eq!(
+            KubeError::forbidden(
+                Subject::new("apps", "deployments", ""),
+                "User \"u\" cannot list"
+            )
+            .to_string(),
+            "deployments.apps is forbidden: User \"u\" cannot list"
+        );
+        assert_eq!(
+            KubeError::forbidden(Subject::default(), "User \"u\" cannot get path \"/x\"")
+                .to_string(),
+            "forbidden: User \"u\" cannot get path \"/x\""
+        );
     }
 
     #[test]
     fn storage_errors_without_an_object_keep_their_message_and_class() {
         let e: KubeError = DatastoreError::NotFound("/registry/minions/a".into()).into();
-        assert_eq!(e.code(), StatusCode::NOT_FOUND);
+        assert!(matches!(e, KubeError::NotFoundMessage(_)));
         assert!(e.to_string().contains("/registry/minions/a"), "{e}");
-        assert_eq!(e.admin_code(), "not_found");
-        assert_eq!(KubeError::AgentMode.admin_code(), "agent_mode");
-        assert_eq!(KubeError::AgentMode.code(), StatusCode::CONFLICT);
         let u: KubeError = DatastoreError::Unavailable("db down".into()).into();
-        assert_eq!(u.admin_code(), "unavailable");
-        assert_eq!(u.code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(u, KubeError::Unavailable(_)));
     }
 
     #[test]
@@ -513,11 +386,5 @@ mod tests {
             e.to_string(),
             "Deployment.apps \"web\" is invalid: [spec.template.spec.containers[0].image: Required value, metadata.name: Invalid value: \"Web\": must be lowercase]"
         );
-        let s = e.status_object();
-        assert_eq!(s["code"], 422);
-        assert_eq!(s["details"]["kind"], "Deployment");
-        assert_eq!(s["details"]["group"], "apps");
-        assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueRequired");
-        assert_eq!(s["details"]["causes"][1]["field"], "metadata.name");
     }
 }

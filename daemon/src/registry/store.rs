@@ -271,7 +271,8 @@ impl Registry {
         )
     }
 
-    async fn namespace_accepts(&self, ns: &str) -> Result<(), KubeError> {
+    /// Whether `ns` takes new objects; `content` is the one being created.
+    async fn namespace_accepts(&self, ns: &str, content: Subject) -> Result<(), KubeError> {
         if self.namespace_active(ns) {
             return Ok(());
         }
@@ -282,9 +283,12 @@ impl Registry {
             name: ns.into(),
         };
         match self.objects.get(&r).await {
-            Ok(Some(n)) if is_deleting(&n) => Err(KubeError::Forbidden(format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            ))),
+            Ok(Some(n)) if is_deleting(&n) => Err(KubeError::forbidden(
+                content,
+                format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            )),
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(KubeError::NotFound(subject)),
             Err(e) => Err(KubeError::from_store(e, subject)),
@@ -378,7 +382,7 @@ impl Registry {
             ));
         }
         if let Some(ns) = namespace.filter(|_| rt.namespaced) {
-            self.namespace_accepts(ns).await?;
+            self.namespace_accepts(ns, subject(rt, &given)).await?;
         }
         let write = Write {
             rt,
