@@ -763,7 +763,9 @@ mod tests {
         let info = crate::nodeinfo::collect(vec![], Default::default());
         let mut node = json!({"metadata": {}, "spec": {}});
         apply_info(&mut node, "n", &info);
-        let kubelet = node["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap();
+        let kubelet = node["status"]["nodeInfo"]["kubeletVersion"]
+            .as_str()
+            .unwrap();
         // Semver with rk3s's release as build metadata, as K3s's v1.32.5+k3s1.
         assert_eq!(kubelet, format!("v1.32.0+rk3s.{}", rk3s_api::VERSION));
         assert_eq!(node["status"]["nodeInfo"]["kubeProxyVersion"], kubelet);

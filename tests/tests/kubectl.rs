@@ -505,7 +505,10 @@ except client.exceptions.ApiException as e:
     let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"services \"mock-2\" already exists","reason":"AlreadyExists","details":{"name":"mock-2","kind":"services"},"code":409}"#;
     let body = format!("{body}\n");
     assert!(out.contains("conflict 409 Conflict"), "{out}");
-    assert!(out.contains(&format!("body<{body}>")), "{out}\nwanted {body}");
+    assert!(
+        out.contains(&format!("body<{body}>")),
+        "{out}\nwanted {body}"
+    );
 }
 
 /// Error bodies as kube-apiserver writes them, byte for byte, over HTTPS.

@@ -219,7 +219,34 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
         "no pod-to-pod packets passed unmasqueraded:\n{rules}"
     );
 
+    // Rules someone else removes (a firewall reload) come back with the
+    // next resync, logged once; rules left alone are not logged again.
+    net.exec_ok(&hosts[1], &["iptables", "-t", "nat", "-F", "RK3S-POSTRTG"]);
+
     deployment_rolls_out_across_nodes(&k);
+
+    let restored = wait_for(Duration::from_secs(45), || {
+        let rules = net.exec_ok(&hosts[1], &["iptables", "-t", "nat", "-S", "RK3S-POSTRTG"]);
+        rules.contains("MASQUERADE").then_some(())
+    });
+    assert!(
+        restored.is_some(),
+        "a1's masquerade rules were not restored:\n{}",
+        agents[0].log()
+    );
+    let log = agents[0].log();
+    assert_eq!(
+        log.matches("masquerading traffic that leaves the cluster CIDR")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("masquerade rules were changed or removed; restored")
+            .count(),
+        1,
+        "{log}"
+    );
 
     // A node that is gone loses its route everywhere. (Its pod goes first:
     // a stopped agent's containers outlive it, as they should.)

@@ -52,6 +52,40 @@ async fn jump(table: &str, from: &str, chain: &str) -> Result<(), String> {
     }
 }
 
+/// Both chains and the jumps into them as iptables lists them, to tell
+/// whether they are still as installed.
+pub async fn snapshot() -> Result<String, String> {
+    let mut out = String::new();
+    for (table, chain, from) in [
+        ("nat", NAT_CHAIN, "POSTROUTING"),
+        ("filter", FWD_CHAIN, "FORWARD"),
+    ] {
+        for listed in [chain, from] {
+            let o = Command::new("iptables")
+                .args(["-w", "-t", table, "-S", listed])
+                .output()
+                .await
+                .map_err(|e| format!("cannot run `iptables` (install iptables): {e}"))?;
+            if !o.status.success() {
+                return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+            }
+            let text = String::from_utf8_lossy(&o.stdout);
+            // Only our chain and the jump into it: other rules of the
+            // built-in chain (CNI's, Docker's) change on their own.
+            for line in text
+                .lines()
+                .filter(|l| listed == chain || l.contains(chain))
+            {
+                out.push_str(table);
+                out.push(' ');
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Install (or refresh) the rules for `cluster_cidr`.
 pub async fn ensure(cluster_cidr: &str) -> Result<(), String> {
     let mut child = Command::new("iptables-restore")

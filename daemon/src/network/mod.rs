@@ -91,16 +91,20 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = nodes.changed.notified() => {}
             _ = cluster_cidr.changed() => {}
-            _ = tokio::time::sleep(RESYNC) => state.rules_for.clear(),
+            // The resync finds rules someone else removed or changed.
+            _ = tokio::time::sleep(RESYNC) => {}
         }
     }
 }
 
-/// What was last done, so unchanged inputs are not redone and a failure
-/// is logged once.
+/// What was last done, so unchanged inputs are not redone, only a change
+/// is logged, and a failure is logged once.
 #[derive(Default)]
 struct Applied {
     rules_for: String,
+    /// The masquerade rules as iptables listed them after they were
+    /// installed: a resync that lists the same has nothing to do.
+    rules_seen: String,
     route_errors: BTreeSet<String>,
 }
 
@@ -121,19 +125,8 @@ impl Applied {
                 }
             }
         }
-        if !cluster_cidr.is_empty() && self.rules_for != cluster_cidr {
-            match masquerade::ensure(cluster_cidr).await {
-                Ok(()) => {
-                    if self.rules_for.is_empty() {
-                        tracing::info!(
-                            cluster_cidr,
-                            "masquerading traffic that leaves the cluster CIDR"
-                        );
-                    }
-                    self.rules_for = cluster_cidr.to_string();
-                }
-                Err(e) => tracing::warn!(error = %e, "pod network rules not installed; retrying"),
-            }
+        if !cluster_cidr.is_empty() {
+            self.masquerade(cluster_cidr).await;
         }
         match routes::apply(&routes::wanted(nodes, &p.node)).await {
             Ok(failed) => {
@@ -145,6 +138,36 @@ impl Applied {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the routing table"),
         }
+    }
+}
+
+impl Applied {
+    /// Install the masquerade rules when the cluster CIDR is new or the
+    /// rules are not as they were left (flushed by a firewall reload, say).
+    async fn masquerade(&mut self, cluster_cidr: &str) {
+        let listed = masquerade::snapshot().await.unwrap_or_default();
+        if self.rules_for == cluster_cidr && !listed.is_empty() && listed == self.rules_seen {
+            return;
+        }
+        if let Err(e) = masquerade::ensure(cluster_cidr).await {
+            tracing::warn!(error = %e, "pod network rules not installed; retrying");
+            return;
+        }
+        if self.rules_for.is_empty() {
+            tracing::info!(
+                cluster_cidr,
+                "masquerading traffic that leaves the cluster CIDR"
+            );
+        } else if self.rules_for != cluster_cidr {
+            tracing::info!(cluster_cidr, "masquerade rules follow the new cluster CIDR");
+        } else {
+            tracing::info!(
+                cluster_cidr,
+                "masquerade rules were changed or removed; restored"
+            );
+        }
+        self.rules_for = cluster_cidr.to_string();
+        self.rules_seen = masquerade::snapshot().await.unwrap_or_default();
     }
 }
 
