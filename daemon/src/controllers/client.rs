@@ -3,14 +3,15 @@
 //! (deduplicated with a count and rate-limited per object, as upstream's
 //! recorder does).
 
+use super::recorder::{EventSink, EventType, Recorder, SinkError};
 use crate::registry::cache::{Cache, Change};
 use crate::registry::error::KubeError;
 use crate::registry::store::{DeleteOptions, Preconditions, WriteOptions};
 use crate::registry::{Registry, ResourceType};
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
@@ -20,21 +21,63 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Client {
     pub reg: Arc<Registry>,
-    events: tokio::sync::mpsc::Sender<Event>,
+    events: Recorder,
 }
 
-/// An Event to record.
-struct Event {
-    involved: Value,
-    type_: String,
-    reason: String,
-    message: String,
-    component: String,
+/// The registry as the controllers' Event store.
+struct RegistrySink(Arc<Registry>);
+
+impl RegistrySink {
+    fn events_kind(&self) -> Result<ResourceType, SinkError> {
+        self.0
+            .find("", "v1", "events")
+            .ok_or_else(|| SinkError::Other("events are not served".into()))
+    }
 }
 
-/// Events waiting to be written; beyond this they are dropped, as
-/// upstream's broadcaster drops them rather than slow its controllers.
-const EVENT_QUEUE: usize = 1000;
+#[async_trait::async_trait]
+impl EventSink for RegistrySink {
+    async fn create(&self, e: &Event) -> Result<(), SinkError> {
+        let rt = self.events_kind()?;
+        let ns = e.metadata.namespace.clone().unwrap_or_default();
+        let obj = serde_json::to_value(e).map_err(|e| SinkError::Other(e.to_string()))?;
+        match self
+            .0
+            .create(&rt, Some(&ns), obj, &WriteOptions::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(KubeError::AlreadyExists(_)) => Err(SinkError::AlreadyExists),
+            Err(e) => Err(SinkError::Other(e.to_string())),
+        }
+    }
+
+    async fn repeat(
+        &self,
+        ns: &str,
+        name: &str,
+        count: i32,
+        last: &Time,
+        message: &str,
+    ) -> Result<(), SinkError> {
+        let rt = self.events_kind()?;
+        let last = serde_json::to_value(last).map_err(|e| SinkError::Other(e.to_string()))?;
+        let r = self
+            .0
+            .modify_in(&rt, Some(ns), name, None, |ev| {
+                ev["count"] = json!(count);
+                ev["lastTimestamp"] = last.clone();
+                ev["message"] = json!(message);
+                true
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(KubeError::NotFound(_)) => Err(SinkError::NotFound),
+            Err(e) => Err(SinkError::Other(e.to_string())),
+        }
+    }
+}
 
 /// A k8s-openapi time as chrono's.
 pub fn to_utc(t: &Time) -> DateTime<Utc> {
@@ -90,27 +133,8 @@ impl Client {
     /// A client whose Events a task of its own writes (it ends when the
     /// last clone of the client is dropped).
     pub fn new(reg: Arc<Registry>) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(EVENT_QUEUE);
-        let c = Self {
-            reg: reg.clone(),
-            events: tx,
-        };
-        let writer = Self {
-            reg,
-            events: tokio::sync::mpsc::channel(1).0,
-        };
-        tokio::spawn(async move {
-            let mut spam = super::recorder::SpamFilter::default();
-            while let Some(e) = rx.recv().await {
-                let key = super::recorder::spam_key(&e.component, &e.involved);
-                if !spam.allow(&key, std::time::Instant::now()) {
-                    tracing::trace!(reason = %e.reason, "event dropped by the spam filter");
-                    continue;
-                }
-                writer.write_event(&e).await;
-            }
-        });
-        c
+        let events = Recorder::start(Arc::new(RegistrySink(reg.clone())), None);
+        Self { reg, events }
     }
 
     pub fn kind(&self, group: &str, version: &str, resource: &str) -> ResourceType {
@@ -226,64 +250,23 @@ impl Client {
         component: &str,
     ) {
         let meta = &involved["metadata"];
-        let e = Event {
-            involved: json!({"apiVersion": involved["apiVersion"], "kind": involved["kind"],
-                "metadata": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"],
-                    "resourceVersion": meta["resourceVersion"]}}),
-            type_: type_.into(),
-            reason: reason.into(),
-            message: message.into(),
-            component: component.into(),
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let reference = ObjectReference {
+            api_version: text(&involved["apiVersion"]),
+            kind: text(&involved["kind"]),
+            namespace: text(&meta["namespace"]),
+            name: text(&meta["name"]),
+            uid: text(&meta["uid"]),
+            resource_version: text(&meta["resourceVersion"]),
+            field_path: None,
         };
-        if self.events.try_send(e).is_err() {
-            tracing::debug!(reason, "event queue full; event dropped");
-        }
-    }
-
-    async fn write_event(&self, e: &Event) {
-        let Event {
-            involved,
-            type_,
-            reason,
-            message,
-            component,
-        } = e;
-        let ns = match s(involved, "/metadata/namespace") {
-            "" => "default",
-            n => n,
+        let type_ = if type_ == "Warning" {
+            EventType::Warning
+        } else {
+            EventType::Normal
         };
-        let name = s(involved, "/metadata/name");
-        let uid = s(involved, "/metadata/uid");
-        let digest = Sha256::digest(format!("{uid}\0{reason}\0{message}\0{component}"));
-        let ev_name = format!("{name}.{}", hex::encode(&digest[..8]));
-        let rt = self.kind("", "v1", "events");
-        let now = crate::objects::now_rfc3339();
-        let mut bumped = false;
-        let r = self
-            .update(&rt, ns, &ev_name, false, |ev| {
-                bumped = true;
-                ev["count"] = json!(ev["count"].as_i64().unwrap_or(1) + 1);
-                ev["lastTimestamp"] = json!(now);
-                true
-            })
-            .await;
-        if bumped && r.is_ok() {
-            return;
-        }
-        let ev = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": ev_name, "namespace": ns},
-            "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"],
-                "namespace": ns, "name": name, "uid": uid,
-                "resourceVersion": involved.pointer("/metadata/resourceVersion")},
-            "type": type_, "reason": reason, "message": message,
-            "source": {"component": component}, "reportingComponent": component,
-            "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-        });
-        match self.create(&rt, ns, ev).await {
-            Ok(_) | Err(KubeError::AlreadyExists(_)) => {}
-            Err(e) => tracing::debug!(error = %e, %reason, "could not record an event"),
-        }
+        self.events
+            .record(component, reference, type_, reason, message);
     }
 }
 

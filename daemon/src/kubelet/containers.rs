@@ -1,9 +1,11 @@
 //! Starting one container of a pod: restart back-off, the image, its
 //! environment and mounts, then create and start through CRI.
 
+use super::backoff::{go_duration, Backoff};
+use super::events::{pod_id, Normal, Warning};
 use super::listing::{labels, uid, Seen, LABEL_CONTAINER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
 use super::node::NodeCtx;
-use super::{resources, sandbox, volumes};
+use super::{downward, resources, sandbox, volumes};
 use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
@@ -12,45 +14,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Upstream's crash-loop back-off: 10 s doubling to 5 min, forgotten after
-/// 10 min of clean running.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// A pod's back-offs: its containers' restarts (crash loops) by container
+/// name, its image pulls by image.
+#[derive(Default)]
+pub struct Backoffs {
+    restarts: HashMap<String, Backoff>,
+    pulls: HashMap<String, Backoff>,
+}
 
-/// A pod's containers' back-off: container name → (not before, current
-/// back-off).
-pub type Backoffs = HashMap<String, (Instant, Duration)>;
-
-/// The value of a pod field an env var names.
-fn pod_field(pod: &Pod, node: &NodeCtx, pod_ip: &str, path: &str) -> Option<String> {
-    Some(match path {
-        "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
-        "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => uid(pod),
-        "spec.nodeName" => node.name.clone(),
-        "spec.serviceAccountName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        "status.hostIP" => node.ip.clone(),
-        "status.podIP" => pod_ip.to_string(),
-        _ => {
-            // `metadata.labels['k']` and `metadata.annotations['k']`; a
-            // missing key is an empty value, as upstream's.
-            let (map, key) = if let Some(k) = path.strip_prefix("metadata.labels[") {
-                (pod.metadata.labels.as_ref(), k)
-            } else {
-                let k = path.strip_prefix("metadata.annotations[")?;
-                (pod.metadata.annotations.as_ref(), k)
-            };
-            let key = key
-                .strip_suffix(']')?
-                .trim_matches(|c| c == '\'' || c == '"');
-            map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
-        }
-    })
+/// The instant of a wall-clock time in CRI's nanoseconds.
+fn instant_of(nanos: i64, now: Instant) -> Instant {
+    let wall = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    let ago = Duration::from_nanos((wall - nanos).max(0) as u64);
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// Environment variables: envFrom, then env (values, the pod's fields,
@@ -92,8 +68,10 @@ async fn envs(ctx: &Ctx<'_>, c: &Container) -> Result<Vec<cri::KeyValue>, String
             (None, None) => String::new(),
             (None, Some(from)) => {
                 if let Some(f) = &from.field_ref {
-                    pod_field(ctx.pod, ctx.node, ctx.pod_ip, &f.field_path)
+                    downward::env_field(ctx.pod, ctx.node, ctx.pod_ip, &f.field_path)
                         .ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
+                } else if let Some(r) = &from.resource_field_ref {
+                    downward::resource(ctx.pod, &c.name, r, &ctx.node.allocatable)?
                 } else if let Some(k) = &from.config_map_key_ref {
                     let d = volumes::config_map(ctx.api, &ns, &k.name).await?;
                     match d.and_then(|mut d| d.remove(&k.key)) {
@@ -184,45 +162,87 @@ pub fn grace_left(pod: &Pod, now: chrono::DateTime<chrono::Utc>) -> i64 {
     left.min(grace)
 }
 
-/// Why a container cannot be created yet: `(reason, message)`.
-async fn image_problem(cri_: &Cri, c: &Container) -> Option<(String, String)> {
+/// The container's image on the node, pulled if it must be (upstream's
+/// image manager, with its Events); else why the container waits:
+/// `(reason, message)`.
+async fn ensure_image(
+    ctx: &Ctx<'_>,
+    c: &Container,
+    pulls: &mut HashMap<String, Backoff>,
+) -> Result<(), (String, String)> {
     let image = c.image.clone().unwrap_or_default();
+    let event = |t, reason: &str, message: String| {
+        ctx.node
+            .events
+            .container(ctx.pod, &c.name, t, reason, message)
+    };
     let spec = cri::ImageSpec {
         image: image.clone(),
         ..Default::default()
     };
-    let present = cri_
-        .image_status(cri::ImageStatusRequest {
-            image: Some(spec.clone()),
-            verbose: false,
-        })
-        .await
-        .ok()
-        .and_then(|r| r.image)
-        .is_some();
-    if present {
-        return None;
+    let status = |spec: cri::ImageSpec| async move {
+        ctx.cri
+            .image_status(cri::ImageStatusRequest {
+                image: Some(spec),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.image)
+    };
+    if status(spec.clone()).await.is_some() {
+        event(
+            Normal,
+            "Pulled",
+            format!("Container image \"{image}\" already present on machine"),
+        );
+        return Ok(());
     }
     let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
     if policy == "Never" {
-        return Some((
-            "ErrImageNeverPull".into(),
-            format!("Container image \"{image}\" is not present with pull policy of Never"),
-        ));
+        let m = format!("Container image \"{image}\" is not present with pull policy of Never");
+        event(Warning, "ErrImageNeverPull", m.clone());
+        return Err(("ErrImageNeverPull".into(), m));
     }
+    let backoff = pulls.entry(image.clone()).or_default();
+    let now = Instant::now();
+    if backoff.waiting(now) {
+        let m = format!("Back-off pulling image \"{image}\"");
+        event(Normal, "BackOff", m.clone());
+        return Err(("ImagePullBackOff".into(), m));
+    }
+    event(Normal, "Pulling", format!("Pulling image \"{image}\""));
     // No deadline: a pull takes as long as the registry does.
-    let pulled = cri_
+    let pulled = ctx
+        .cri
         .pull_image(cri::PullImageRequest {
-            image: Some(spec),
+            image: Some(spec.clone()),
             ..Default::default()
         })
         .await;
     match pulled {
-        Ok(_) => None,
-        Err(e) => Some((
-            "ErrImagePull".into(),
-            format!("failed to pull image \"{image}\": {}", e.message()),
-        )),
+        Ok(_) => {
+            let took = go_duration(Duration::from_millis(now.elapsed().as_millis() as u64));
+            let size = status(spec).await.map(|i| i.size).unwrap_or(0);
+            event(
+                Normal,
+                "Pulled",
+                format!("Successfully pulled image \"{image}\" in {took} ({took} including waiting). Image size: {size} bytes."),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            event(
+                Warning,
+                "Failed",
+                format!("Failed to pull image \"{image}\": {}", e.message()),
+            );
+            backoff.next(now);
+            Err((
+                "ErrImagePull".into(),
+                format!("failed to pull image \"{image}\": {}", e.message()),
+            ))
+        }
     }
 }
 
@@ -255,59 +275,66 @@ pub(super) async fn start_if_needed(
         ..
     } = *ctx;
     let spec = pod.spec.clone().unwrap_or_default();
+    let event =
+        |t, reason: &str, message: String| node.events.container(pod, &c.name, t, reason, message);
     let attempt = match seen.get(&c.name) {
         None => 0,
         Some(s) if !s.exited() => return,
         Some(_) if !restart => return,
         Some(s) => {
-            // Back-off before a restart; a long clean run forgets it.
-            let ran =
-                Duration::from_nanos((s.status.finished_at - s.status.started_at).max(0) as u64);
-            let entry = backoffs
-                .entry(c.name.clone())
-                .or_insert((Instant::now(), Duration::ZERO));
-            if ran > BACKOFF_RESET {
-                *entry = (Instant::now(), Duration::ZERO);
-            }
-            if entry.1.is_zero() {
-                *entry = (Instant::now() + BACKOFF_START, BACKOFF_START);
-            }
-            if Instant::now() < entry.0 {
-                waiting.insert(
-                    c.name.clone(),
-                    (
-                        "CrashLoopBackOff".into(),
-                        format!(
-                            "back-off {}s restarting failed container={} pod={}",
-                            entry.1.as_secs(),
-                            c.name,
-                            pod.metadata.name.clone().unwrap_or_default()
-                        ),
+            // The first restart is at once; then back-off, counted from
+            // when the container ended, as upstream's.
+            let now = Instant::now();
+            let ended = instant_of(s.status.finished_at, now);
+            let backoff = backoffs.restarts.entry(c.name.clone()).or_default();
+            if backoff.wait(ended, now).is_some() {
+                let id = pod_id(pod);
+                event(
+                    Warning,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {id}",
+                        c.name
                     ),
                 );
+                let m = format!(
+                    "back-off {} restarting failed container={} pod={id}",
+                    go_duration(backoff.delay()),
+                    c.name
+                );
+                waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), m));
                 return;
             }
-            let next = (entry.1 * 2).min(BACKOFF_MAX);
-            *entry = (Instant::now() + next, next);
+            backoff.next(ended);
             s.attempt() + 1
         }
     };
-    if let Some((reason, message)) = image_problem(cri_, c).await {
-        waiting.insert(c.name.clone(), (reason, message));
+    // Upstream's `Failed` event for every reason a container waits on:
+    // an image error by its name, any other by its message.
+    let mut wait = |reason: &str, message: String| {
+        let image_error = matches!(
+            reason,
+            "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull"
+        );
+        let error = if image_error { reason } else { &message };
+        event(Warning, "Failed", format!("Error: {error}"));
+        waiting.insert(c.name.clone(), (reason.to_string(), message));
+    };
+    if let Err((reason, message)) = ensure_image(ctx, c, &mut backoffs.pulls).await {
+        wait(&reason, message);
         return;
     }
-    let config_error = |e: String| ("CreateContainerConfigError".to_string(), e);
     let envs = match envs(ctx, c).await {
         Ok(e) => e,
         Err(e) => {
-            waiting.insert(c.name.clone(), config_error(e));
+            wait("CreateContainerConfigError", e);
             return;
         }
     };
     let mounts = match mounts(c, ctx.volumes) {
         Ok(m) => m,
         Err(e) => {
-            waiting.insert(c.name.clone(), config_error(e));
+            wait("CreateContainerConfigError", e);
             return;
         }
     };
@@ -361,25 +388,21 @@ pub(super) async fn start_if_needed(
     let id = match created {
         Ok(r) => r.container_id,
         Err(s) => {
-            waiting.insert(
-                c.name.clone(),
-                ("CreateContainerError".into(), s.message().to_string()),
-            );
+            wait("CreateContainerError", s.message().to_string());
             return;
         }
     };
+    event(Normal, "Created", format!("Created container: {}", c.name));
     if let Err(s) = rt
         .start_container(cri::StartContainerRequest {
             container_id: id.clone(),
         })
         .await
     {
-        waiting.insert(
-            c.name.clone(),
-            ("RunContainerError".into(), s.message().to_string()),
-        );
+        wait("RunContainerError", s.message().to_string());
         return;
     }
+    event(Normal, "Started", format!("Started container {}", c.name));
     if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
         // In the background: a slow hook must not hold up the other pods.
         let (cri_, id, c, ip) = (
@@ -389,11 +412,21 @@ pub(super) async fn start_if_needed(
             ctx.pod_ip.to_string(),
         );
         let grace = grace_of(ctx.pod);
+        let (events, pod) = (node.events.clone(), pod.clone());
         tokio::spawn(async move {
             let limit = Duration::from_secs(grace.max(1) as u64);
             if let Err(e) = super::hooks::run(&cri_, &id, &c, &h, &ip, limit).await {
                 tracing::info!(container = %c.name, error = %e, "postStart hook failed; killing the container");
-                let _ = super::hooks::stop(&cri_, &id, None, &ip, grace).await;
+                // Upstream leaves the hook's output out of the event.
+                events.container(
+                    &pod,
+                    &c.name,
+                    Warning,
+                    "FailedPostStartHook",
+                    "PostStartHook failed",
+                );
+                events.container(&pod, &c.name, Normal, "Killing", "FailedPostStartHook");
+                let _ = super::hooks::stop(&cri_, &id, None, &ip, grace, None).await;
             }
         });
     }

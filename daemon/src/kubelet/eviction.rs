@@ -417,9 +417,8 @@ async fn evict(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    let involved =
-        json!({"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid});
-    super::events::warning(api, &node.name, involved, "Evicted", message).await;
+    node.events
+        .pod(pod, super::events::Warning, "Evicted", message);
     Ok(())
 }
 

@@ -5,10 +5,11 @@
 //! the stop itself then gets what is left of (at least 2 s, as upstream).
 //! A handler is exec (CRI ExecSync), httpGet against the pod, or sleep.
 
+use super::events::{Events, Warning};
 use super::probes;
 use crate::runtime::cri::Cri;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 use std::time::{Duration, Instant};
 
 /// Least time a container gets to stop after its preStop hook (upstream's
@@ -42,6 +43,9 @@ pub async fn run(
         .unwrap_or_else(|_| Err(format!("did not finish within {timeout:?}")))
 }
 
+/// The pod a stop is for, to record a failed preStop hook against.
+pub type Report<'a> = Option<(&'a Events, &'a Pod)>;
+
 /// Stop container `id` (spec `c`, when known) the way a kubelet kills one:
 /// its preStop hook within `grace` seconds, then StopContainer with the
 /// rest (SIGTERM, SIGKILL when that runs out).
@@ -51,6 +55,7 @@ pub async fn stop(
     c: Option<&Container>,
     pod_ip: &str,
     grace: i64,
+    report: Report<'_>,
 ) -> Result<(), tonic::Status> {
     let mut left = grace.max(0);
     // Past the deadline there is no time for a hook: the container is
@@ -63,6 +68,15 @@ pub async fn stop(
         let budget = Duration::from_secs(grace.max(0) as u64);
         if let Err(e) = run(cri_, id, c, h, pod_ip, budget).await {
             tracing::info!(container = %c.name, error = %e, "preStop hook failed");
+            if let Some((events, pod)) = report {
+                events.container(
+                    pod,
+                    &c.name,
+                    Warning,
+                    "FailedPreStopHook",
+                    "PreStopHook failed",
+                );
+            }
         }
         left = (grace - began.elapsed().as_secs() as i64).max(MIN_STOP_GRACE);
     }

@@ -19,11 +19,9 @@
 //! enough.
 
 use super::settings::Settings;
-use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
 use crate::runtime::images::PAUSE_IMAGE;
 use k8s_cri::v1 as cri;
-use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -314,18 +312,11 @@ pub enum GcError {
     NotEnough(String),
 }
 
-/// A Warning event on this node.
-async fn node_event(api: &Api, node: &str, reason: &str, message: &str) {
-    let involved = json!({"kind": "Node", "name": node, "uid": node});
-    super::events::warning(api, node, involved, reason, message).await;
-}
-
 /// The GC loop: a pass every `period` until `cancel`. High threshold 100
 /// turns it off, as upstream's.
 pub async fn run(
     gc: std::sync::Arc<ImageGc>,
-    api: Api,
-    node: String,
+    events: super::events::Events,
     period: Duration,
     cancel: CancellationToken,
 ) {
@@ -348,11 +339,11 @@ pub async fn run(
             Ok(_) => failed_before = false,
             Err(e) => {
                 if let GcError::NotEnough(m) = &e {
-                    node_event(&api, &node, "FreeDiskSpaceFailed", m).await;
+                    events.node(super::events::Warning, "FreeDiskSpaceFailed", m);
                 }
                 if failed_before {
                     tracing::warn!(error = %e, "image garbage collection failed multiple times in a row");
-                    node_event(&api, &node, "ImageGCFailed", &e.to_string()).await;
+                    events.node(super::events::Warning, "ImageGCFailed", e.to_string());
                 } else {
                     tracing::warn!(error = %e, "image garbage collection failed");
                 }

@@ -17,8 +17,10 @@
 //! second (`container_gc`).
 
 pub mod admission;
+pub mod backoff;
 pub mod container_gc;
 pub mod containers;
+pub mod downward;
 pub mod events;
 pub mod eviction;
 pub mod hooks;
@@ -42,7 +44,7 @@ use crate::placement::finished;
 use crate::runtime::cri::Cri;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use rk3s_api::tunnel::RuntimeInfo;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -245,9 +247,12 @@ pub async fn run(
     let Some(ip) = node_ip(&api, &p.node, &cancel).await else {
         return;
     };
+    let events = events::Events::new(api.clone(), &p.node);
     let node = node::NodeCtx {
         name: p.node.clone(),
         ip,
+        events: events.clone(),
+        allocatable: node_status::allocatable(&node_status::measure(&p.pods_root), &p.settings),
         log_root: p.log_root.clone(),
         pods_root: p.pods_root.clone(),
     };
@@ -255,10 +260,11 @@ pub async fn run(
         tracing::warn!(dir = %p.pods_root.display(), error = %e, "kubelet: cannot create the pods directory");
     }
     let observed = Arc::new(node_status::Observed::default());
+    node_status::started(&events, &p.agent_dir);
     tokio::spawn(node_status::run(
         api.clone(),
         cri_.clone(),
-        p.node.clone(),
+        events.clone(),
         p.pods_root.clone(),
         p.settings.clone(),
         observed.clone(),
@@ -286,8 +292,7 @@ pub async fn run(
     ));
     tokio::spawn(image_gc::run(
         images.clone(),
-        api.clone(),
-        p.node.clone(),
+        events.clone(),
         p.settings.image_gc_period,
         cancel.child_token(),
     ));
@@ -556,16 +561,8 @@ async fn admit(
             continue;
         }
         tracing::warn!(namespace = %ns, pod = %name, reason = %rejection.reason, message = %rejection.message, "pod rejected by admission");
-        let involved =
-            json!({"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid});
-        events::warning(
-            api,
-            &node.name,
-            involved,
-            &rejection.reason,
-            &rejection.message,
-        )
-        .await;
+        node.events
+            .pod(&pod, events::Warning, &rejection.reason, &rejection.message);
     }
     admitted
 }
@@ -578,7 +575,7 @@ async fn terminate(api: &Api, cri_: &Cri, node: &node::NodeCtx, uid: &str, pod: 
         pod.metadata.name.clone().unwrap_or_default(),
     );
     let grace = containers::grace_left(pod, chrono::Utc::now());
-    match pods::teardown(cri_, uid, grace, Some(pod)).await {
+    match pods::teardown(cri_, uid, grace, Some((pod, &node.events))).await {
         Ok(()) => {
             // Its files go first: once the object is gone nothing
             // points at them.
@@ -593,7 +590,9 @@ async fn terminate(api: &Api, cri_: &Cri, node: &node::NodeCtx, uid: &str, pod: 
             }
         }
         Err(e) => {
-            tracing::warn!(pod = %name, error = %e.message(), "kubelet: stopping the pod failed; retrying")
+            tracing::warn!(pod = %name, error = %e.message(), "kubelet: stopping the pod failed; retrying");
+            let m = format!("error killing pod: {}", e.message());
+            node.events.pod(pod, events::Warning, "FailedKillPod", m);
         }
     }
 }
@@ -667,6 +666,7 @@ async fn remove_orphans(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pod() -> Pod {
         serde_json::from_value(json!({

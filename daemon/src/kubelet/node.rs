@@ -1,12 +1,17 @@
-//! The node a kubelet runs pods on: its name and address, and where its
-//! pods' logs and volumes live.
+//! The node a kubelet runs pods on: its name and address, where its
+//! pods' logs and volumes live, and the Events it records as itself.
 
+use super::downward::Allocatable;
+use super::events::Events;
 use std::path::PathBuf;
 
 /// The node facts a pod needs.
 pub struct NodeCtx {
     pub name: String,
     pub ip: String,
+    pub events: Events,
+    /// What the node can give its pods (unset limits in the downward API).
+    pub allocatable: Allocatable,
     pub log_root: PathBuf,
     /// `<data-dir>/agent/pods`: each pod's volumes under its uid.
     pub pods_root: PathBuf,

@@ -11,6 +11,8 @@
 //! five minutes (upstream's `nodeStatusReportFrequency`) so the heartbeat
 //! times move.
 
+use super::downward::Allocatable;
+use super::events::{Events, Normal};
 use super::settings::{Settings, Threshold};
 use crate::apiclient::Api;
 use crate::runtime::cri::Cri;
@@ -162,25 +164,39 @@ fn cpu(milli: u64) -> String {
     }
 }
 
-/// Capacity and allocatable, as upstream computes them.
-pub fn resources(m: &Measured, s: &Settings) -> (Value, Value) {
+/// Allocatable, as upstream computes it: capacity less what is reserved
+/// and the hard eviction thresholds.
+pub fn allocatable(m: &Measured, s: &Settings) -> Allocatable {
     let r = &s.reserved;
     let e = &s.eviction;
     let evict = |t: Option<Threshold>, total: u64| t.map(|t| t.of(total)).unwrap_or(0);
+    Allocatable {
+        cpu_milli: (m.cpus * 1000).saturating_sub(r.cpu_milli) as i128,
+        memory: m
+            .memory_total
+            .saturating_sub(r.memory)
+            .saturating_sub(evict(e.memory_available, m.memory_total)) as i128,
+        ephemeral_storage: m
+            .fs_total
+            .saturating_sub(r.ephemeral_storage)
+            .saturating_sub(evict(e.nodefs_available, m.fs_total))
+            as i128,
+    }
+}
+
+/// Capacity and allocatable as the Node's status shows them.
+pub fn resources(m: &Measured, s: &Settings) -> (Value, Value) {
     let capacity = json!({
         "cpu": cpu(m.cpus * 1000),
         "memory": kib(m.memory_total),
         "ephemeral-storage": kib(m.fs_total),
         "pods": s.max_pods.to_string(),
     });
+    let a = allocatable(m, s);
     let allocatable = json!({
-        "cpu": cpu((m.cpus * 1000).saturating_sub(r.cpu_milli)),
-        "memory": kib(m.memory_total
-            .saturating_sub(r.memory)
-            .saturating_sub(evict(e.memory_available, m.memory_total))),
-        "ephemeral-storage": kib(m.fs_total
-            .saturating_sub(r.ephemeral_storage)
-            .saturating_sub(evict(e.nodefs_available, m.fs_total))),
+        "cpu": cpu(a.cpu_milli as u64),
+        "memory": kib(a.memory as u64),
+        "ephemeral-storage": kib(a.ephemeral_storage as u64),
         "pods": s.max_pods.to_string(),
     });
     (capacity, allocatable)
@@ -256,20 +272,94 @@ impl Observed {
     }
 }
 
+/// What the kubelet last saw of its Node's Ready condition and
+/// schedulability, to record their changes as upstream's kubelet does
+/// (`NodeReady`, `NodeNotReady`, `NodeSchedulable`, `NodeNotSchedulable`).
+#[derive(Default)]
+struct Seen {
+    ready: Option<bool>,
+    schedulable: Option<bool>,
+}
+
+impl Seen {
+    fn observe(&mut self, node: &Value, events: &Events) {
+        let ready = node
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"] == "True");
+        if let Some(r) = ready {
+            // A transition only: the first look records nothing.
+            if self.ready.is_some_and(|was| was != r) {
+                events.node_status(Normal, if r { "NodeReady" } else { "NodeNotReady" });
+            }
+            self.ready = Some(r);
+        }
+        let schedulable = node.pointer("/spec/unschedulable") != Some(&Value::Bool(true));
+        if self.schedulable.is_some_and(|was| was != schedulable) {
+            let what = if schedulable {
+                "NodeSchedulable"
+            } else {
+                "NodeNotSchedulable"
+            };
+            events.node_status(Normal, what);
+        }
+        self.schedulable = Some(schedulable);
+    }
+}
+
+/// `KubeletHasSufficientMemory` → `NodeHasSufficientMemory`: the event
+/// upstream records when a pressure condition is set or changes.
+fn condition_event(reason: &str) -> String {
+    reason.replacen("Kubelet", "Node", 1)
+}
+
+/// The events of a kubelet's start, as upstream's: `Starting`,
+/// `NodeAllocatableEnforced`, and `Rebooted` when the host's boot id is
+/// not the one the kubelet last ran under (kept in `<agent_dir>/boot_id`).
+pub fn started(events: &Events, agent_dir: &Path) {
+    events.node(Normal, "Starting", "Starting kubelet.");
+    events.node(
+        Normal,
+        "NodeAllocatableEnforced",
+        "Updated Node Allocatable limit across pods",
+    );
+    let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
+        return;
+    };
+    let boot = boot.trim();
+    let file = agent_dir.join("boot_id");
+    let before = std::fs::read_to_string(&file).unwrap_or_default();
+    if !before.trim().is_empty() && before.trim() != boot {
+        let m = format!(
+            "Node {} has been rebooted, boot id: {boot}",
+            events.node_name()
+        );
+        events.node(super::events::Warning, "Rebooted", m);
+    }
+    if before.trim() != boot {
+        if let Err(e) = crate::fsutil::write_atomic(&file, boot.as_bytes(), 0o644) {
+            tracing::debug!(file = %file.display(), error = %e, "boot id not kept");
+        }
+    }
+}
+
 /// Keep this node's status up to date until `cancel`.
 pub async fn run(
     api: Api,
     cri_: Cri,
-    node: String,
+    events: Events,
     fs: PathBuf,
     settings: Settings,
     observed: std::sync::Arc<Observed>,
     cancel: CancellationToken,
 ) {
+    let node = events.node_name().to_string();
     let path = format!("/api/v1/nodes/{node}/status");
     // When the status was last written, and each condition's last transition.
     let mut sent_at = Instant::now();
     let mut transitions: std::collections::HashMap<String, (bool, String)> = Default::default();
+    let mut seen = Seen::default();
     loop {
         let m = measure(&fs);
         let (capacity, allocatable) = resources(&m, &settings);
@@ -287,10 +377,17 @@ pub async fn run(
             })
             .collect();
         for (kind, p, reason, _) in &conds {
-            let entry = transitions.entry(kind.clone()).or_insert((*p, now.clone()));
-            if entry.0 != *p {
-                tracing::warn!(node = %node, condition = %kind, reason, "node condition changed");
-                *entry = (*p, now.clone());
+            match transitions.get_mut(kind) {
+                None => {
+                    transitions.insert(kind.clone(), (*p, now.clone()));
+                    events.node_status(Normal, &condition_event(reason));
+                }
+                Some(entry) if entry.0 != *p => {
+                    tracing::warn!(node = %node, condition = %kind, reason, "node condition changed");
+                    *entry = (*p, now.clone());
+                    events.node_status(Normal, &condition_event(reason));
+                }
+                Some(_) => {}
             }
         }
         let content = json!({
@@ -308,7 +405,10 @@ pub async fn run(
             .get(&format!("/api/v1/nodes/{node}?resourceVersion=0"))
             .await
             .ok()
-            .map(|n| owned_part(&n["status"]));
+            .map(|n| {
+                seen.observe(&n, &events);
+                owned_part(&n["status"])
+            });
         if current.as_ref() != Some(&content) || sent_at.elapsed() >= REPORT_EVERY {
             let mut status = content.clone();
             for c in status["conditions"].as_array_mut().into_iter().flatten() {

@@ -201,6 +201,8 @@ mod tests {
         NodeCtx {
             name: "n1".into(),
             ip: "10.77.0.2".into(),
+            events: crate::kubelet::events::Events::discard("n1"),
+            allocatable: Default::default(),
             log_root: "/nonexistent/logs".into(),
             pods_root: "/nonexistent/pods".into(),
         }

@@ -4,6 +4,7 @@
 //! every sync, so a restarted agent adopts the containers it left running.
 
 use super::containers::{self, grace_of, start_if_needed, Ctx};
+use super::events::{Events, Normal, Warning};
 use super::listing::{containers_of, sandboxes_of, uid, Listing, Seen, LABEL_CONTAINER};
 use super::node::NodeCtx;
 use super::pod_status::{self, Found};
@@ -107,14 +108,15 @@ async fn status_of(
 
 /// Stop and remove everything of the pod with `uid` (grace in seconds):
 /// running containers in parallel, each after its preStop hook when the
-/// pod's spec is known.
+/// pod's spec is known (and with its Killing events then).
 pub async fn teardown(
     cri_: &Cri,
     uid: &str,
     grace: i64,
-    pod: Option<&Pod>,
+    known: Option<(&Pod, &Events)>,
 ) -> Result<(), tonic::Status> {
     let rt = &cri_;
+    let pod = known.map(|(p, _)| p);
     let containers = containers_of(rt, uid).await?;
     let pod_ip = pod.and_then(recorded_ip).unwrap_or_default();
     let specs: Vec<Container> = pod
@@ -125,11 +127,13 @@ pub async fn teardown(
         .iter()
         .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
         .map(|c| {
-            let spec = c
-                .labels
-                .get(LABEL_CONTAINER)
-                .and_then(|n| specs.iter().find(|s| &s.name == n));
-            super::hooks::stop(cri_, &c.id, spec, &pod_ip, grace)
+            let name = c.labels.get(LABEL_CONTAINER);
+            let spec = name.and_then(|n| specs.iter().find(|s| &s.name == n));
+            if let (Some((pod, events)), Some(n)) = (known, name) {
+                events.container(pod, n, Normal, "Killing", format!("Stopping container {n}"));
+            }
+            let report = known.map(|(p, e)| (e, p));
+            super::hooks::stop(cri_, &c.id, spec, &pod_ip, grace, report)
         });
     for r in futures_util::future::join_all(stops).await {
         r?;
@@ -178,17 +182,25 @@ pub async fn sync(
         // stopped (`replaceable` asks it to). Upstream's "Never": a pod
         // whose sandbox died after its containers ran gets no new one;
         // its containers end and so does the pod.
-        None if !replaceable(cri_, pod, &seen, st).await => None,
+        None if !replaceable(cri_, pod, &node.events, &seen, st).await => None,
         None if policy == "Never" && !sandboxes.is_empty() && !seen.is_empty() => None,
         None => {
             st.replacing = None;
+            if !sandboxes.is_empty() {
+                node.events.pod(
+                    pod,
+                    Normal,
+                    "SandboxChanged",
+                    "Pod sandbox changed, it will be killed and re-created.",
+                );
+            }
             // The volumes' API reads (a service-account token, the CA
             // bundle) overlap the runtime building the sandbox instead of
             // adding their round trips to every pod start.
             let dir = node.pod_dir(&uid);
             let (id, prepared) = tokio::join!(
                 create_sandbox(cri_, pod, node, &sandboxes, &mut waiting),
-                volumes::prepare(api, pod, &dir, &mut st.volumes),
+                volumes::prepare(api, pod, &dir, &node.allocatable, &mut st.volumes),
             );
             early_volumes = Some(prepared);
             id
@@ -238,13 +250,17 @@ pub async fn sync(
         Some(_) => {
             let ready = match early_volumes {
                 Some(done) => done,
-                None => volumes::prepare(api, pod, &node.pod_dir(&uid), &mut st.volumes).await,
+                None => {
+                    let dir = node.pod_dir(&uid);
+                    volumes::prepare(api, pod, &dir, &node.allocatable, &mut st.volumes).await
+                }
             };
             match ready {
                 Ok(p) => Some(p),
                 Err(e) => {
                     // Upstream's FailedMount: nothing starts, the containers wait.
-                    tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %e, "volumes not ready");
+                    tracing::debug!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %e, "volumes not ready");
+                    node.events.pod(pod, Warning, "FailedMount", e.clone());
                     for c in spec
                         .init_containers
                         .iter()
@@ -341,7 +357,9 @@ async fn create_sandbox(
                     ("ContainerCreating".into(), s.message().to_string()),
                 );
             }
-            tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %s.message(), "pod sandbox not created");
+            tracing::debug!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %s.message(), "pod sandbox not created");
+            let m = format!("Failed to create pod sandbox: {}", s.message());
+            node.events.pod(pod, Warning, "FailedCreatePodSandBox", m);
             None
         }
     }
@@ -359,6 +377,7 @@ fn recorded_ip(pod: &Pod) -> Option<String> {
 async fn replaceable(
     cri_: &Cri,
     pod: &Pod,
+    events: &Events,
     seen: &BTreeMap<String, Seen>,
     st: &mut Tracked,
 ) -> bool {
@@ -381,8 +400,10 @@ async fn replaceable(
             .flat_map(|s| &s.containers)
             .find(|c| &c.name == name)
             .cloned();
+        let (events, pod) = (events.clone(), pod.clone());
         tokio::spawn(async move {
-            let _ = super::hooks::stop(&cri_, &id, spec.as_ref(), &ip, grace).await;
+            let report = Some((&events, &pod));
+            let _ = super::hooks::stop(&cri_, &id, spec.as_ref(), &ip, grace, report).await;
         });
     }
     false
@@ -409,8 +430,13 @@ async fn probe(ctx: &Ctx<'_>, c: &Container, seen: &BTreeMap<String, Seen>, st: 
     )
     .await;
     st.verdicts.insert(c.name.clone(), (v.started, v.ready));
+    let events = &ctx.node.events;
+    for failure in v.failed {
+        events.container(ctx.pod, &c.name, Warning, "Unhealthy", failure);
+    }
     if let Some(why) = v.kill {
         tracing::info!(pod = %ctx.pod.metadata.name.clone().unwrap_or_default(), container = %c.name, "{why}");
+        events.container(ctx.pod, &c.name, Normal, "Killing", why);
         let grace = grace_of(ctx.pod);
         let (cri_, id, c, ip) = (
             ctx.cri.clone(),
@@ -418,10 +444,12 @@ async fn probe(ctx: &Ctx<'_>, c: &Container, seen: &BTreeMap<String, Seen>, st: 
             c.clone(),
             ctx.pod_ip.to_string(),
         );
+        let (events, pod) = (events.clone(), ctx.pod.clone());
         // The tally starts over with the next attempt's id.
         st.probes.remove(&c.name);
         tokio::spawn(async move {
-            let _ = super::hooks::stop(&cri_, &id, Some(&c), &ip, grace).await;
+            let report = Some((&events, &pod));
+            let _ = super::hooks::stop(&cri_, &id, Some(&c), &ip, grace, report).await;
         });
     }
 }

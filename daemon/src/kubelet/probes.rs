@@ -37,6 +37,9 @@ pub struct Verdict {
     pub ready: bool,
     /// Kill it (startup or liveness failed past the threshold).
     pub kill: Option<String>,
+    /// Each probe that failed this time, as upstream's Unhealthy event
+    /// says it: `Liveness probe failed: <output>`.
+    pub failed: Vec<String>,
 }
 
 fn port(c: &Container, p: &IntOrString) -> Option<u16> {
@@ -67,10 +70,14 @@ pub(super) async fn exec(
         .await
         .map_err(|s| s.message().to_string())?;
     if r.exit_code == 0 {
-        Ok(())
-    } else {
-        Err(format!("command exited {}", r.exit_code))
+        return Ok(());
     }
+    // What the command wrote, as upstream reports a failed exec probe
+    // (stdout, then stderr, at most 10 KiB).
+    let mut out = r.stdout;
+    out.extend(r.stderr);
+    out.truncate(10 * 1024);
+    Err(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// GET the action's URL (the pod's IP unless it names a host): success on
@@ -102,12 +109,12 @@ pub(super) async fn http_get(
     for hd in h.http_headers.iter().flatten() {
         req = req.header(hd.name.as_str(), hd.value.as_str());
     }
-    let r = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let r = req.send().await.map_err(|e| format!("Get {url:?}: {e}"))?;
     let code = r.status().as_u16();
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("GET {url}: HTTP {code}"))
+        Err(format!("HTTP probe failed with statuscode: {code}"))
     }
 }
 
@@ -140,8 +147,8 @@ async fn run(
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("dial {host}:{p}: {e}")),
-            Err(_) => Err(format!("dial {host}:{p}: timed out")),
+            Ok(Err(e)) => Err(format!("dial tcp {host}:{p}: {e}")),
+            Err(_) => Err(format!("dial tcp {host}:{p}: i/o timeout")),
         };
     }
     Ok(())
@@ -156,11 +163,11 @@ async fn step(
     pod_ip: &str,
     started_at: Instant,
     t: &mut Tally,
-) {
+) -> Option<String> {
     let initial = Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
     let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
     if started_at.elapsed() < initial || t.last.is_some_and(|l| l.elapsed() < period) {
-        return;
+        return None;
     }
     t.last = Some(Instant::now());
     match run(cri_, id, c, probe, pod_ip).await {
@@ -170,6 +177,7 @@ async fn step(
             if t.successes >= probe.success_threshold.unwrap_or(1).max(1) {
                 t.passing = true;
             }
+            None
         }
         Err(e) => {
             tracing::debug!(container = %c.name, error = %e, "probe failed");
@@ -178,6 +186,7 @@ async fn step(
             if t.failures >= probe.failure_threshold.unwrap_or(3).max(1) {
                 t.passing = false;
             }
+            Some(e)
         }
     }
 }
@@ -199,17 +208,33 @@ pub async fn check(
         };
     }
     let threshold = |p: &Probe| p.failure_threshold.unwrap_or(3).max(1);
+    let mut failed = vec![];
+    let mut note = |kind: &str, r: Option<String>| {
+        if let Some(out) = r {
+            failed.push(format!("{kind} probe failed: {out}"));
+        }
+    };
+    let kill = |why: &str| {
+        Some(format!(
+            "Container {} failed {why} probe, will be restarted",
+            c.name
+        ))
+    };
     let started = match &c.startup_probe {
         None => true,
         Some(p) => {
             if !s.startup.passing {
-                step(cri_, id, c, p, pod_ip, started_at, &mut s.startup).await;
+                note(
+                    "Startup",
+                    step(cri_, id, c, p, pod_ip, started_at, &mut s.startup).await,
+                );
             }
             if !s.startup.passing && s.startup.failures >= threshold(p) {
                 return Verdict {
                     started: false,
                     ready: false,
-                    kill: Some("Container failed startup probe, will be restarted".into()),
+                    kill: kill("startup"),
+                    failed,
                 };
             }
             s.startup.passing
@@ -220,22 +245,30 @@ pub async fn check(
             started,
             ready: false,
             kill: None,
+            failed,
         };
     }
     if let Some(p) = &c.liveness_probe {
-        step(cri_, id, c, p, pod_ip, started_at, &mut s.liveness).await;
+        note(
+            "Liveness",
+            step(cri_, id, c, p, pod_ip, started_at, &mut s.liveness).await,
+        );
         if s.liveness.failures >= threshold(p) {
             return Verdict {
                 started,
                 ready: false,
-                kill: Some("Container failed liveness probe, will be restarted".into()),
+                kill: kill("liveness"),
+                failed,
             };
         }
     }
     let ready = match &c.readiness_probe {
         None => true,
         Some(p) => {
-            step(cri_, id, c, p, pod_ip, started_at, &mut s.readiness).await;
+            note(
+                "Readiness",
+                step(cri_, id, c, p, pod_ip, started_at, &mut s.readiness).await,
+            );
             s.readiness.passing
         }
     };
@@ -243,5 +276,6 @@ pub async fn check(
         started,
         ready,
         kill: None,
+        failed,
     }
 }

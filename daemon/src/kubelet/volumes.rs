@@ -5,6 +5,7 @@
 //! contents are refreshed while the pod runs (a token at 80 % of its life),
 //! so updates reach running pods.
 
+use super::downward::{file_field, resource, Allocatable};
 use crate::apiclient::{Api, ApiError};
 use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
@@ -79,37 +80,23 @@ fn write_keys(
     Ok(())
 }
 
-fn field(pod: &Pod, path: &str) -> Option<String> {
-    let m = &pod.metadata;
-    let map = |m: &Option<BTreeMap<String, String>>| {
-        m.iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    Some(match path {
-        "metadata.name" => m.name.clone()?,
-        "metadata.namespace" => m.namespace.clone()?,
-        "metadata.uid" => m.uid.clone()?,
-        "metadata.labels" => map(&m.labels),
-        "metadata.annotations" => map(&m.annotations),
-        "spec.nodeName" => pod.spec.as_ref()?.node_name.clone()?,
-        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone()?,
-        _ => return None,
-    })
-}
-
 fn downward(
     dir: &Path,
     pod: &Pod,
     items: &[DownwardAPIVolumeFile],
     mode: i32,
+    node: &Allocatable,
 ) -> Result<(), String> {
     for it in items {
-        let Some(f) = &it.field_ref else { continue };
-        let v = field(pod, &f.field_path)
-            .ok_or_else(|| format!("unsupported downward API field {:?}", f.field_path))?;
+        let v = if let Some(f) = &it.field_ref {
+            file_field(pod, &f.field_path)
+                .ok_or_else(|| format!("unsupported downward API field {:?}", f.field_path))?
+        } else if let Some(r) = &it.resource_field_ref {
+            // A volume's reference must name its container.
+            resource(pod, "", r, node)?
+        } else {
+            continue;
+        };
         write(
             &inside(dir, &it.path)?,
             v.as_bytes(),
@@ -235,11 +222,123 @@ async fn token(
     Ok((token.to_string(), Duration::from_secs(life.max(60) as u64)))
 }
 
-/// Make (or refresh) every volume of `pod` under `root`.
+/// Make (or refresh) one volume of `pod` under `root`: its host path.
+async fn volume(
+    api: &Api,
+    pod: &Pod,
+    v: &Volume,
+    root: &Path,
+    node: &Allocatable,
+    renew: &mut Option<Instant>,
+) -> Result<PathBuf, String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let dir = root.join("volumes").join(&v.name);
+    let path = if let Some(h) = &v.host_path {
+        let p = PathBuf::from(&h.path);
+        if matches!(h.type_.as_deref(), Some("DirectoryOrCreate")) {
+            std::fs::create_dir_all(&p).map_err(|e| format!("hostPath {}: {e}", p.display()))?;
+        }
+        p
+    } else if v.empty_dir.is_some() {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        dir
+    } else if let Some(c) = &v.config_map {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        write_source(
+            &dir,
+            config_map(api, &ns, &c.name).await?,
+            c.items.as_ref(),
+            c.default_mode.unwrap_or(0o644),
+            c.optional,
+            format!("configmap {:?}", c.name),
+        )?;
+        dir
+    } else if let Some(s) = &v.secret {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let name = s.secret_name.clone().unwrap_or_default();
+        write_source(
+            &dir,
+            secret(api, &ns, &name).await?,
+            s.items.as_ref(),
+            s.default_mode.unwrap_or(0o644),
+            s.optional,
+            format!("secret {name:?}"),
+        )?;
+        dir
+    } else if let Some(d) = &v.downward_api {
+        downward(
+            &dir,
+            pod,
+            d.items.as_deref().unwrap_or_default(),
+            d.default_mode.unwrap_or(0o644),
+            node,
+        )?;
+        dir
+    } else if let Some(p) = &v.projected {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mode = p.default_mode.unwrap_or(0o644);
+        for src in p.sources.iter().flatten() {
+            if let Some(t) = &src.service_account_token {
+                let (tok, life) = token(
+                    api,
+                    pod,
+                    t.audience.as_deref(),
+                    t.expiration_seconds.unwrap_or(3600),
+                )
+                .await?;
+                write(&inside(&dir, &t.path)?, tok.as_bytes(), mode)?;
+                let at = Instant::now() + life.mul_f64(0.8);
+                *renew = Some(renew.map_or(at, |r: Instant| r.min(at)));
+            }
+            if let Some(c) = &src.config_map {
+                write_source(
+                    &dir,
+                    config_map(api, &ns, &c.name).await?,
+                    c.items.as_ref(),
+                    mode,
+                    c.optional,
+                    format!("configmap {:?}", c.name),
+                )?
+            }
+            if let Some(s) = &src.secret {
+                write_source(
+                    &dir,
+                    secret(api, &ns, &s.name).await?,
+                    s.items.as_ref(),
+                    mode,
+                    s.optional,
+                    format!("secret {:?}", s.name),
+                )?
+            }
+            if let Some(d) = &src.downward_api {
+                downward(
+                    &dir,
+                    pod,
+                    d.items.as_deref().unwrap_or_default(),
+                    mode,
+                    node,
+                )?;
+            }
+        }
+        dir
+    } else {
+        // Kinds without a node-side implementation yet (PVCs, CSI...).
+        return Err(format!(
+            "volume {:?}: this kind of volume is not supported yet",
+            v.name
+        ));
+    };
+    Ok(path)
+}
+
+/// Make (or refresh) every volume of `pod` under `root`. A volume that
+/// cannot be made fails the pod's start with upstream's FailedMount
+/// message.
 pub async fn prepare(
     api: &Api,
     pod: &Pod,
     root: &Path,
+    node: &Allocatable,
     st: &mut VolumeState,
 ) -> Result<Prepared, String> {
     let fresh = st.refreshed.is_some_and(|t| t.elapsed() < REFRESH)
@@ -247,7 +346,6 @@ pub async fn prepare(
     if let (true, Some(p)) = (fresh, &st.prepared) {
         return Ok(p.clone());
     }
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let volumes: Vec<Volume> = pod
         .spec
         .as_ref()
@@ -256,96 +354,9 @@ pub async fn prepare(
     let mut out = Prepared::new();
     let mut renew: Option<Instant> = None;
     for v in &volumes {
-        let dir = root.join("volumes").join(&v.name);
-        let path = if let Some(h) = &v.host_path {
-            let p = PathBuf::from(&h.path);
-            if matches!(h.type_.as_deref(), Some("DirectoryOrCreate")) {
-                std::fs::create_dir_all(&p)
-                    .map_err(|e| format!("hostPath {}: {e}", p.display()))?;
-            }
-            p
-        } else if v.empty_dir.is_some() {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            dir
-        } else if let Some(c) = &v.config_map {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            write_source(
-                &dir,
-                config_map(api, &ns, &c.name).await?,
-                c.items.as_ref(),
-                c.default_mode.unwrap_or(0o644),
-                c.optional,
-                format!("configmap {:?}", c.name),
-            )?;
-            dir
-        } else if let Some(s) = &v.secret {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let name = s.secret_name.clone().unwrap_or_default();
-            write_source(
-                &dir,
-                secret(api, &ns, &name).await?,
-                s.items.as_ref(),
-                s.default_mode.unwrap_or(0o644),
-                s.optional,
-                format!("secret {name:?}"),
-            )?;
-            dir
-        } else if let Some(d) = &v.downward_api {
-            downward(
-                &dir,
-                pod,
-                d.items.as_deref().unwrap_or_default(),
-                d.default_mode.unwrap_or(0o644),
-            )?;
-            dir
-        } else if let Some(p) = &v.projected {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let mode = p.default_mode.unwrap_or(0o644);
-            for src in p.sources.iter().flatten() {
-                if let Some(t) = &src.service_account_token {
-                    let (tok, life) = token(
-                        api,
-                        pod,
-                        t.audience.as_deref(),
-                        t.expiration_seconds.unwrap_or(3600),
-                    )
-                    .await?;
-                    write(&inside(&dir, &t.path)?, tok.as_bytes(), mode)?;
-                    let at = Instant::now() + life.mul_f64(0.8);
-                    renew = Some(renew.map_or(at, |r: Instant| r.min(at)));
-                }
-                if let Some(c) = &src.config_map {
-                    write_source(
-                        &dir,
-                        config_map(api, &ns, &c.name).await?,
-                        c.items.as_ref(),
-                        mode,
-                        c.optional,
-                        format!("configmap {:?}", c.name),
-                    )?
-                }
-                if let Some(s) = &src.secret {
-                    write_source(
-                        &dir,
-                        secret(api, &ns, &s.name).await?,
-                        s.items.as_ref(),
-                        mode,
-                        s.optional,
-                        format!("secret {:?}", s.name),
-                    )?
-                }
-                if let Some(d) = &src.downward_api {
-                    downward(&dir, pod, d.items.as_deref().unwrap_or_default(), mode)?;
-                }
-            }
-            dir
-        } else {
-            // Kinds without a node-side implementation yet (PVCs, CSI...).
-            return Err(format!(
-                "volume {:?}: this kind of volume is not supported yet",
-                v.name
-            ));
-        };
+        let path = volume(api, pod, v, root, node, &mut renew)
+            .await
+            .map_err(|e| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name))?;
         out.insert(v.name.clone(), path);
     }
     // A token renewed earlier keeps its schedule until this pass made a new one.
