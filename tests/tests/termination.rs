@@ -139,7 +139,9 @@ fn pods_that_ignore_sigterm_are_killed_when_their_grace_period_ends() {
     };
     within("pod stubborn", stubborn_s, 15.0);
     within("pod hooked", hooked_s, 20.0);
-    within("namespace doomed", ns_s, 15.0);
+    // The namespace's contents go 5 s after it (upstream's grace for
+    // namespace deletion), then the pod its own 15 s.
+    within("namespace doomed", ns_s, 20.0);
     within("the drain", drained, 15.0);
     // The hook ran its 12 s to the end.
     let marker = std::fs::read_to_string(out.join("prestop")).unwrap_or_default();

@@ -12,7 +12,14 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-const RESYNC: Duration = Duration::from_secs(5);
+/// Terminating namespaces are looked at again this often (their grace
+/// ends between two changes).
+const RESYNC: Duration = Duration::from_secs(1);
+/// How long a deleted namespace stays `Terminating` before its contents
+/// are deleted (upstream's `namespaceDeletionGracePeriod`): clients that
+/// delete a namespace and then its objects (`kubectl delete -k`) find
+/// them still there, and an empty namespace is seen Terminating.
+const DELETION_GRACE: Duration = Duration::from_secs(5);
 
 fn deleting(v: &Value) -> bool {
     v.pointer("/metadata/deletionTimestamp")
@@ -55,10 +62,26 @@ pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken)
     }
 }
 
+/// Whether the namespace was deleted longer than [`DELETION_GRACE`] ago.
+fn grace_over(ns: &Value) -> bool {
+    let Some(at) = ns
+        .pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    else {
+        return true;
+    };
+    let since = chrono::Utc::now().signed_duration_since(at);
+    since.to_std().is_ok_and(|d| d >= DELETION_GRACE)
+}
+
 async fn finalize(reg: &Registry, cache: &Cache, ns: &Value) {
     let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
         return;
     };
+    if !grace_over(ns) {
+        return;
+    }
     let mut seen = HashSet::new();
     let mut remaining = 0;
     for rt in reg.kinds().iter().filter(|k| k.namespaced) {

@@ -933,6 +933,7 @@ impl Kind for ServiceAccount {
 
 impl Kind for Secret {
     const FIELDS: &'static [FieldLabel] = &[("type", "/type", "")];
+    const WRITE_ONLY: &'static [&'static str] = &["stringData"];
 
     fn defaults(&mut self) {
         // stringData is a write-only convenience, folded into data.
@@ -1318,6 +1319,23 @@ impl Kind for LimitRange {
 mod tests {
     use super::*;
     use crate::registry::strategy::Strategy;
+
+    #[test]
+    fn secret_string_data_is_folded_into_data_and_never_stored() {
+        let mut s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "two"}});
+        let (mut errs, mut unknown) = (vec![], vec![]);
+        Typed::<Secret>::new()
+            .admit(&mut s, None, &mut errs, &mut unknown)
+            .unwrap();
+        assert!(errs.is_empty(), "{errs:?}");
+        // A known field: strict field validation accepts it.
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(s.get("stringData").is_none(), "{s}");
+        // stringData wins over data for the same key.
+        assert_eq!(s["data"], json!({"a": "bmV3", "b": "dHdv", "keep": "eA=="}));
+        assert_eq!(s["type"], "Opaque");
+    }
 
     #[test]
     fn pod_defaults_and_validation() {

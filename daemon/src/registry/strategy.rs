@@ -118,6 +118,10 @@ pub trait Kind:
 
     const FIELDS: &'static [FieldLabel] = &[];
     const NAME_RULE: NameRule = NameRule::Subdomain;
+    /// Top-level fields a write may carry that the kind folds into others
+    /// and never stores (a Secret's `stringData`): known, though absent
+    /// from what is stored.
+    const WRITE_ONLY: &'static [&'static str] = &[];
 
     fn graceful_delete(&self) -> Option<i64> {
         None
@@ -161,7 +165,16 @@ impl<K: Kind> Strategy for Typed<K> {
         typed.defaults();
         typed.validate(old.as_ref(), errs);
         let out = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+        let before = unknown.len();
         unknown_fields(obj, &out, "", unknown);
+        let mut i = before;
+        while i < unknown.len() {
+            if K::WRITE_ONLY.contains(&unknown[i].as_str()) {
+                unknown.remove(i);
+            } else {
+                i += 1;
+            }
+        }
         *obj = out;
         Ok(())
     }
