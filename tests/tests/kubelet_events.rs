@@ -218,6 +218,67 @@ fn the_kubelet_records_upstreams_events_as_the_node() {
         .count();
     assert_eq!(unhealthy, 1, "one Unhealthy event, counted");
 
+    // `kubectl debug` with a target: an ephemeral container in the
+    // target's process namespace, never restarted, with its status.
+    let o = k.run(&[
+        "debug",
+        "ok",
+        &format!("--image={IMAGE}"),
+        "--target=c",
+        "--container=dbg",
+        "--",
+        "sh",
+        "-c",
+        "busybox ps; sleep 3600",
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let debug_log = format!("/var/log/pods/default_ok_{uid}/dbg/0.log");
+    let ps = wait_for(Duration::from_secs(30), || {
+        let l = std::fs::read_to_string(&debug_log).ok()?;
+        l.contains("sleep 3600").then_some(l)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the debug container never saw the target's processes: {}",
+            k.ok(&["get", "pod", "ok", "-o", "json"])
+        )
+    });
+    // PID 1 is the target's: its process namespace is shared.
+    let pid1 = ps
+        .lines()
+        .any(|l| l.split_whitespace().skip(3).collect::<Vec<_>>() == ["1", "0", "sleep", "3600"]);
+    assert!(pid1, "the target's process is not there: {ps}");
+    let p: Value = serde_json::from_str(&k.ok(&["get", "pod", "ok", "-o", "json"])).unwrap();
+    let ec = &p["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(ec["name"], "dbg", "{p}");
+    assert!(ec["state"]["running"].is_object(), "{ec}");
+    wait_event(&k, "default", "ok", "Started", |m| {
+        m == "Started container dbg"
+    });
+    // Existing ephemeral containers may not be removed.
+    let o = k.run(&[
+        "patch",
+        "pod",
+        "ok",
+        "--subresource=ephemeralcontainers",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/ephemeralContainers/0"}]"#,
+    ]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("existing ephemeral containers \"dbg\" may not be removed"),
+        "{}",
+        stderr(&o)
+    );
+    // A pod that does not exist is named in the 404, as kubectl needs.
+    let o = k.run(&["debug", "nope", &format!("--image={IMAGE}")]);
+    assert!(
+        stderr(&o).contains("pods \"nope\" not found"),
+        "{}",
+        stderr(&o)
+    );
+
     // Deleted: Killing.
     k.ok(&["delete", "pod", "ok", "--wait=false"]);
     wait_event(&k, "default", "ok", "Killing", |m| {

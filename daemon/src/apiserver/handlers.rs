@@ -362,18 +362,9 @@ async fn update(
     body: &Bytes,
     opts: &WriteOptions,
 ) -> Result<Response, KubeError> {
-    let mut obj = parse_body(body)?;
+    let obj = parse_body(body)?;
     let old = sv.registry.get(&t.rt, t.ns(), t.name()).await?;
-    // Namespaces' finalize subresource writes spec.finalizers only.
-    let sub = match t.subresource.as_deref() {
-        Some("finalize") => {
-            let fins = obj.pointer("/spec/finalizers").cloned();
-            obj = old.clone();
-            obj["spec"]["finalizers"] = fins.unwrap_or(json!([]));
-            None
-        }
-        s => s,
-    };
+    let sub = t.subresource.as_deref();
     let w = sv
         .registry
         .update(&t.rt, t.ns(), t.name(), &old, obj, sub, opts)

@@ -31,7 +31,12 @@ fn merge_key(field: &str) -> Option<&'static str> {
         "taints" => "key",
         "ownerReferences" => "uid",
         "ports" => "port",
-        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => "name",
         "volumeMounts" => "mountPath",
         _ => return None,
     })

@@ -69,7 +69,10 @@ fn layout(t: &ResourceType) -> (Vec<Value>, RowFn) {
         defs,
         Box::new(move |o| {
             let mut row = vec![name_cell(o)];
-            row.extend(cols.iter().map(|c| cell(&c.type_, json_path(o, &c.json_path))));
+            row.extend(
+                cols.iter()
+                    .map(|c| cell(&c.type_, json_path(o, &c.json_path))),
+            );
             row
         }),
     )
@@ -178,7 +181,11 @@ mod tests {
             .unwrap()
             .remove("additionalPrinterColumns");
         let t = crate::registry::kinds::from_crd(&bare).remove(0);
-        let out = table(&t, &[json!({"metadata": {"name": "w", "creationTimestamp": ago}})], "1");
+        let out = table(
+            &t,
+            &[json!({"metadata": {"name": "w", "creationTimestamp": ago}})],
+            "1",
+        );
         assert_eq!(out["columnDefinitions"][1]["name"], "Age");
         assert_eq!(out["columnDefinitions"][1]["type"], "date");
         assert_eq!(out["rows"][0]["cells"], json!(["w", "20m"]));

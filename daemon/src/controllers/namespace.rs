@@ -102,9 +102,12 @@ async fn finalize(reg: &Registry, cache: &Cache, ns: &Value) {
         }
     }
     if remaining == 0 {
-        let key = format!("/registry/namespaces/{name}");
+        let Some(rt) = reg.find("", "v1", "namespaces") else {
+            return;
+        };
+        // Through `finalize`, the one write that changes spec.finalizers.
         let r = reg
-            .modify(&key, |v| {
+            .modify_in(&rt, None, name, Some("finalize"), |v| {
                 let Some(f) = v
                     .pointer_mut("/spec/finalizers")
                     .and_then(Value::as_array_mut)

@@ -246,6 +246,33 @@ async fn ensure_image(
     }
 }
 
+/// The container's namespaces: the pod's, except that an ephemeral
+/// container with a target joins the target's process namespace (unless
+/// the pod shares one already), as upstream's kubelet does.
+fn namespaces(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    target: Option<String>,
+) -> cri::NamespaceOption {
+    let mut ns = sandbox::namespaces(spec);
+    if let Some(id) = target {
+        if ns.pid == cri::NamespaceMode::Container as i32 {
+            ns.pid = cri::NamespaceMode::Target as i32;
+            ns.target_id = id;
+        }
+    }
+    ns
+}
+
+/// An ephemeral container as a container: the same fields, less the
+/// target (which only decides its namespaces).
+pub fn ephemeral(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("targetContainerName");
+    }
+    serde_json::from_value(v).unwrap_or_default()
+}
+
 /// What starting a container of a pod needs.
 pub(super) struct Ctx<'a> {
     pub cri: &'a Cri,
@@ -259,6 +286,8 @@ pub(super) struct Ctx<'a> {
 
 /// Create and start `c` unless its latest attempt runs, or exited and may
 /// not (or may not yet) be restarted.
+/// `pid_target`: for an ephemeral container, the id of the container
+/// whose process namespace it joins (`kubectl debug --target`).
 pub(super) async fn start_if_needed(
     ctx: &Ctx<'_>,
     c: &Container,
@@ -266,6 +295,7 @@ pub(super) async fn start_if_needed(
     backoffs: &mut Backoffs,
     waiting: &mut HashMap<String, (String, String)>,
     restart: bool,
+    pid_target: Option<String>,
 ) {
     let Ctx {
         cri: cri_,
@@ -369,7 +399,7 @@ pub(super) async fn start_if_needed(
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(resources::linux_resources(c)),
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(sandbox::namespaces(&spec)),
+                namespace_options: Some(namespaces(&spec, pid_target)),
                 ..resources::security_context(c, &spec)
             }),
         }),

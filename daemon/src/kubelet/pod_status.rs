@@ -182,6 +182,20 @@ pub(super) fn status(pod: &Pod, node: &NodeCtx, found: &Found) -> Value {
     if !inits.is_empty() {
         out["initContainerStatuses"] = json!(inits);
     }
+    let ephemeral: Vec<Container> = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(super::containers::ephemeral)
+        .collect();
+    if !ephemeral.is_empty() {
+        let mut statuses = container_statuses(&ephemeral, seen, waiting, &HashMap::new());
+        // Not part of the pod's readiness: upstream reports them not ready.
+        for s in &mut statuses {
+            s["ready"] = json!(false);
+        }
+        out["ephemeralContainerStatuses"] = json!(statuses);
+    }
     if !pod_ip.is_empty() {
         out["podIP"] = json!(pod_ip);
         out["podIPs"] = json!([{"ip": pod_ip}]);

@@ -293,7 +293,16 @@ pub async fn sync(
             }
             initialized = false;
             let restart = policy != "Never";
-            start_if_needed(&ctx, c, &mut seen, &mut st.backoffs, &mut waiting, restart).await;
+            start_if_needed(
+                &ctx,
+                c,
+                &mut seen,
+                &mut st.backoffs,
+                &mut waiting,
+                restart,
+                None,
+            )
+            .await;
             break;
         }
         if initialized {
@@ -306,9 +315,38 @@ pub async fn sync(
                     },
                     _ => true,
                 };
-                start_if_needed(&ctx, c, &mut seen, &mut st.backoffs, &mut waiting, restart).await;
+                start_if_needed(
+                    &ctx,
+                    c,
+                    &mut seen,
+                    &mut st.backoffs,
+                    &mut waiting,
+                    restart,
+                    None,
+                )
+                .await;
                 probe(&ctx, c, &seen, st).await;
             }
+        }
+        // Ephemeral containers (`kubectl debug`) start even before the
+        // init containers are done, once each: they are never restarted.
+        for e in spec.ephemeral_containers.iter().flatten() {
+            let target = e
+                .target_container_name
+                .as_deref()
+                .and_then(|t| seen.get(t))
+                .map(|s| s.status.id.clone());
+            let c = containers::ephemeral(e);
+            start_if_needed(
+                &ctx,
+                &c,
+                &mut seen,
+                &mut st.backoffs,
+                &mut waiting,
+                false,
+                target,
+            )
+            .await;
         }
     } else if !inits.is_empty() {
         // Not started this pass: initialized only if the inits all finished.

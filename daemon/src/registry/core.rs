@@ -73,6 +73,16 @@ pub fn pod_spec_defaults(s: &mut PodSpec) {
     for c in &mut s.containers {
         container_defaults(c);
     }
+    for c in s.ephemeral_containers.iter_mut().flatten() {
+        if c.image_pull_policy.is_none() {
+            c.image_pull_policy =
+                Some(default_pull_policy(c.image.as_deref().unwrap_or("")).into());
+        }
+        c.termination_message_path
+            .get_or_insert_with(|| "/dev/termination-log".into());
+        c.termination_message_policy
+            .get_or_insert_with(|| "File".into());
+    }
 }
 
 /// What admission adds to a Pod (not a template): its service account,
@@ -137,6 +147,85 @@ pub fn qos_class(s: &PodSpec) -> &'static str {
 }
 
 /// Pod spec fields an update may change (upstream's list).
+/// Upstream's rules for ephemeral containers (`kubectl debug`): none on
+/// create; later only added, never removed or changed; named uniquely;
+/// targeting a container of the pod; without what a container that is
+/// never restarted or probed cannot have.
+fn ephemeral_containers(spec: &PodSpec, old: Option<&PodSpec>, errs: &mut Vec<FieldError>) {
+    let path = "spec.ephemeralContainers";
+    let new = spec.ephemeral_containers.as_deref().unwrap_or_default();
+    let Some(old) = old else {
+        if !new.is_empty() {
+            errs.push(FieldError::forbidden(path, "cannot be set on create"));
+        }
+        return;
+    };
+    for o in old.ephemeral_containers.iter().flatten() {
+        match new.iter().find(|n| n.name == o.name) {
+            None => errs.push(FieldError::forbidden(
+                path,
+                &format!(
+                    "existing ephemeral containers {:?} may not be removed\n",
+                    o.name
+                ),
+            )),
+            Some(n) if n != o => errs.push(FieldError::forbidden(
+                path,
+                &format!(
+                    "existing ephemeral containers {:?} may not be changed\n",
+                    o.name
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    let regular: Vec<&str> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut seen: Vec<&str> = vec![];
+    for (i, c) in new.iter().enumerate() {
+        let at = |f: &str| format!("{path}[{i}].{f}");
+        if c.name.is_empty() {
+            errs.push(FieldError::required(&at("name"), ""));
+        } else if regular.contains(&c.name.as_str()) || seen.contains(&c.name.as_str()) {
+            errs.push(FieldError::duplicate(&at("name"), &c.name));
+        }
+        seen.push(&c.name);
+        if c.image.as_deref().unwrap_or("").is_empty() {
+            errs.push(FieldError::required(&at("image"), ""));
+        }
+        if let Some(t) = c.target_container_name.as_deref() {
+            if !regular.contains(&t) {
+                errs.push(FieldError::not_found(&at("targetContainerName"), t));
+            }
+        }
+        let set = [
+            ("ports", c.ports.as_ref().is_some_and(|p| !p.is_empty())),
+            (
+                "resources",
+                c.resources.as_ref().is_some_and(|r| {
+                    r.limits.as_ref().is_some_and(|m| !m.is_empty())
+                        || r.requests.as_ref().is_some_and(|m| !m.is_empty())
+                }),
+            ),
+            ("lifecycle", c.lifecycle.is_some()),
+            ("livenessProbe", c.liveness_probe.is_some()),
+            ("readinessProbe", c.readiness_probe.is_some()),
+            ("startupProbe", c.startup_probe.is_some()),
+            ("restartPolicy", c.restart_policy.is_some()),
+        ];
+        for (field, _) in set.iter().filter(|(_, s)| *s) {
+            errs.push(FieldError::forbidden(
+                &at(field),
+                "cannot be set for an Ephemeral Container",
+            ));
+        }
+    }
+}
+
 fn mutable_part_cleared(s: &PodSpec, from: &PodSpec) -> PodSpec {
     let mut s = s.clone();
     for (c, o) in s.containers.iter_mut().zip(&from.containers) {
@@ -152,6 +241,8 @@ fn mutable_part_cleared(s: &PodSpec, from: &PodSpec) -> PodSpec {
     }
     s.active_deadline_seconds = from.active_deadline_seconds;
     s.termination_grace_period_seconds = from.termination_grace_period_seconds;
+    // Written through their own subresource, checked on their own.
+    s.ephemeral_containers = from.ephemeral_containers.clone();
     // Tolerations may only be added to.
     let old_t = from.tolerations.clone().unwrap_or_default();
     if old_t
@@ -164,6 +255,10 @@ fn mutable_part_cleared(s: &PodSpec, from: &PodSpec) -> PodSpec {
 }
 
 impl Kind for Pod {
+    /// `kubectl debug` adds ephemeral containers through their subresource.
+    const PARTS: &'static [(&'static str, &'static str)] =
+        &[("ephemeralcontainers", "/spec/ephemeralContainers")];
+
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_with(Default::default);
         pod_spec_defaults(spec);
@@ -180,7 +275,9 @@ impl Kind for Pod {
             return;
         };
         v::pod_spec("spec", spec, errs);
-        if let Some(old_spec) = old.and_then(|o| o.spec.as_ref()) {
+        let old_spec = old.and_then(|o| o.spec.as_ref());
+        ephemeral_containers(spec, old_spec, errs);
+        if let Some(old_spec) = old_spec {
             if mutable_part_cleared(spec, old_spec) != *old_spec {
                 errs.push(FieldError::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
             }
@@ -374,6 +471,8 @@ pub fn pod_summary(p: &Pod) -> (String, String, String) {
 
 impl Kind for Namespace {
     const NAME_RULE: NameRule = NameRule::Label;
+    /// The namespace controller removes its finalizer through `finalize`.
+    const PARTS: &'static [(&'static str, &'static str)] = &[("finalize", "/spec/finalizers")];
     const FIELDS: &'static [FieldLabel] = &[("status.phase", "/status/phase", "")];
 
     fn prepare_for_create(&mut self) {
@@ -428,6 +527,9 @@ pub fn node_roles(node: &Value) -> Vec<String> {
 }
 
 impl Kind for Node {
+    /// An agent registers its node with a status.
+    const STATUS_ON_CREATE: bool = true;
+
     const FIELDS: &'static [FieldLabel] = &[("spec.unschedulable", "/spec/unschedulable", "false")];
 
     fn columns() -> Vec<Value> {

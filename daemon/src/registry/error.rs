@@ -251,6 +251,15 @@ impl FieldError {
         )
     }
 
+    pub fn not_found(field: &str, value: impl std::fmt::Debug) -> Self {
+        Self::new(
+            FieldErrorKind::NotFound,
+            field,
+            Some(format!("{value:?}")),
+            "",
+        )
+    }
+
     pub fn too_long(field: &str, max: usize) -> Self {
         Self::new(
             FieldErrorKind::TooLong,

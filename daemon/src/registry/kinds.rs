@@ -199,7 +199,7 @@ static BUILTINS: &[Builtin] = &[
         true,
         &["po"],
         ALL,
-        &["status", "binding", "eviction"],
+        &["status", "binding", "eviction", "ephemeralcontainers"],
         &core::POD
     ),
     builtin!(

@@ -169,6 +169,39 @@ pub fn normalize(
     Ok(())
 }
 
+/// Put `value` at the JSON pointer `part` of `obj` (its parents made as
+/// needed), or remove what is there when `None`.
+fn set_part(obj: &mut Value, part: &str, value: Option<Value>) {
+    let Some((parent, key)) = part.rsplit_once('/') else {
+        return;
+    };
+    if value.is_none() && obj.pointer(parent).is_none() {
+        return;
+    }
+    let mut at = &mut *obj;
+    for seg in parent.split('/').filter(|s| !s.is_empty()) {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = at
+            .as_object_mut()
+            .expect("object")
+            .entry(seg.to_string())
+            .or_insert_with(|| json!({}));
+    }
+    let Some(m) = at.as_object_mut() else {
+        return;
+    };
+    match value {
+        Some(v) => {
+            m.insert(key.to_string(), v);
+        }
+        None => {
+            m.remove(key);
+        }
+    }
+}
+
 /// Does this kind count spec changes in `metadata.generation`?
 fn has_generation(rt: &ResourceType) -> bool {
     rt.has_status() || !rt.is_builtin()
@@ -410,11 +443,8 @@ impl Registry {
                 m.insert("generation".into(), json!(1));
             }
         }
-        // Status is the controllers' (Nodes and CRDs compute their own).
-        if rt.has_status()
-            && rt.is_builtin()
-            && !matches!(rt.resource.as_str(), "nodes" | "customresourcedefinitions")
-        {
+        // Status is the controllers' (Nodes and CRDs come with their own).
+        if rt.has_status() && rt.is_builtin() && !rt.strategy().status_on_create() {
             if let Some(m) = obj.as_object_mut() {
                 m.remove("status");
             }
@@ -515,20 +545,21 @@ impl Registry {
             }
             _ => {}
         }
-        if subresource == Some("status") {
-            let status = new.get("status").cloned();
-            new = old.clone();
-            match status {
-                Some(s) => new["status"] = s,
-                None => {
-                    new.as_object_mut().map(|m| m.remove("status"));
-                }
+        let s = rt.strategy();
+        match subresource.and_then(|sub| s.subresource_part(sub)) {
+            // Through a subresource: its part from the request, the rest as stored.
+            Some(part) => {
+                let written = new.pointer(part).cloned();
+                new = old.clone();
+                set_part(&mut new, part, written);
             }
-        } else if rt.has_status() && rt.resource != "customresourcedefinitions" {
-            match old.get("status") {
-                Some(s) => new["status"] = s.clone(),
-                None => {
-                    new.as_object_mut().map(|m| m.remove("status"));
+            // The object itself: the subresources' parts as stored.
+            None => {
+                if rt.has_status() && !s.status_on_update() {
+                    set_part(&mut new, "/status", old.get("status").cloned());
+                }
+                for part in s.guarded_parts() {
+                    set_part(&mut new, part, old.pointer(part).cloned());
                 }
             }
         }

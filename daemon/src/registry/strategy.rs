@@ -68,6 +68,32 @@ pub trait Strategy: Send + Sync {
         None
     }
 
+    /// The part of the object (a JSON pointer) a write through
+    /// `subresource` replaces, leaving the rest as stored: its status
+    /// through `status`, and whatever a kind names (a Pod's ephemeral
+    /// containers, a Namespace's finalizers). An update of the object
+    /// itself keeps each of these parts as stored, as upstream's
+    /// `PrepareForUpdate` does.
+    fn subresource_part(&self, subresource: &str) -> Option<&'static str> {
+        (subresource == "status").then_some("/status")
+    }
+
+    /// The parts other than status that only their subresource writes.
+    fn guarded_parts(&self) -> Vec<&'static str> {
+        vec![]
+    }
+
+    /// Whether a create may set the status (most kinds' status is for
+    /// their controller to write).
+    fn status_on_create(&self) -> bool {
+        false
+    }
+
+    /// Whether an update of the object itself may change its status.
+    fn status_on_update(&self) -> bool {
+        false
+    }
+
     /// From the stored form to this version (kinds served in two versions
     /// or groups share one stored form). A kind that overrides this also
     /// answers `converts` with true, or its lists go out unconverted.
@@ -118,6 +144,12 @@ pub trait Kind:
 
     const FIELDS: &'static [FieldLabel] = &[];
     const NAME_RULE: NameRule = NameRule::Subdomain;
+    /// Subresources beyond status that write one part of the object:
+    /// (subresource, JSON pointer of the part).
+    const PARTS: &'static [(&'static str, &'static str)] = &[];
+    /// Whether a create may set the status (a Node's registration does).
+    const STATUS_ON_CREATE: bool = false;
+
     /// Top-level fields a write may carry that the kind folds into others
     /// and never stores (a Secret's `stringData`): known, though absent
     /// from what is stored.
@@ -202,6 +234,22 @@ impl<K: Kind> Strategy for Typed<K> {
 
     fn name_rule(&self) -> NameRule {
         K::NAME_RULE
+    }
+
+    fn subresource_part(&self, subresource: &str) -> Option<&'static str> {
+        K::PARTS
+            .iter()
+            .find(|(s, _)| *s == subresource)
+            .map(|(_, p)| *p)
+            .or((subresource == "status").then_some("/status"))
+    }
+
+    fn guarded_parts(&self) -> Vec<&'static str> {
+        K::PARTS.iter().map(|(_, p)| *p).collect()
+    }
+
+    fn status_on_create(&self) -> bool {
+        K::STATUS_ON_CREATE
     }
 
     fn graceful_delete(&self, obj: &Value) -> Option<i64> {
@@ -364,6 +412,15 @@ pub struct CrdStrategy;
 pub static CRD: CrdStrategy = CrdStrategy;
 
 impl Strategy for CrdStrategy {
+    /// A CRD's status is computed on every write (below).
+    fn status_on_create(&self) -> bool {
+        true
+    }
+
+    fn status_on_update(&self) -> bool {
+        true
+    }
+
     fn admit(
         &self,
         crd: &mut Value,
