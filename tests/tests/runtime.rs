@@ -1594,3 +1594,54 @@ fn disk_pressure_removes_unused_images_before_evicting_pods() {
         None,
     );
 }
+
+#[test]
+fn a_node_forgotten_while_it_runs_gets_a_new_pod_cidr_and_its_pods_run() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    let (server, _containers, k) = ready_node(&dir, &["--cluster-cidr", "10.70.0.0/16"]);
+    let cidr = |k: &Kubectl| {
+        k.ok(&["get", "node", "server-0", "-o", "jsonpath={.spec.podCIDR}"])
+            .trim()
+            .to_string()
+    };
+    let first = cidr(&k);
+    assert!(first.starts_with("10.70."), "{first}");
+    let run = |name: &str| {
+        let pod = pod_on(
+            name,
+            "exec sleep 3600",
+            "Always",
+            "docker.io/library/busybox:test",
+            false,
+        );
+        k.ok_stdin(&["apply", "-f", "-"], &pod);
+        wait_ready(&k, &server, name);
+        k.ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"])
+    };
+    let before = run("before");
+    let o = server.ctl(&["node", "forget", "server-0", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // It registers again at once, with another pod CIDR.
+    let second = wait_for(Duration::from_secs(60), || {
+        let c = k.run(&["get", "node", "server-0", "-o", "jsonpath={.spec.podCIDR}"]);
+        let c = stdout(&c).trim().to_string();
+        (!c.is_empty() && c != first).then_some(c)
+    })
+    .unwrap_or_else(|| panic!("no new pod CIDR:\n{}", server.log()));
+    // A new pod runs, with an address from the new CIDR.
+    let after = run("after");
+    let prefix = second.trim_end_matches("0/24");
+    assert!(
+        after.starts_with(prefix),
+        "{after} not in {second} (before: {before} in {first})"
+    );
+    assert!(
+        server
+            .log()
+            .contains("removed the bridge's address from an earlier pod CIDR"),
+        "{}",
+        server.log()
+    );
+    k.ok(&["delete", "pods", "--all", "--wait=false"]);
+}

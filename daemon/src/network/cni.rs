@@ -41,8 +41,68 @@ pub fn write(
     Ok(true)
 }
 
+/// Remove the bridge's IPv4 addresses outside `pod_cidr` (a gateway of
+/// a CIDR the node had before), so the bridge plugin gives it the new
+/// gateway. Nothing to do for a bridge not made yet.
+pub async fn readdress_bridge(bridge: &str, pod_cidr: &str) {
+    let Ok(o) = tokio::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", bridge])
+        .output()
+        .await
+    else {
+        return;
+    };
+    for addr in stale_addresses(&String::from_utf8_lossy(&o.stdout), pod_cidr) {
+        let r = tokio::process::Command::new("ip")
+            .args(["addr", "del", &addr, "dev", bridge])
+            .output()
+            .await;
+        match r {
+            Ok(o) if o.status.success() => {
+                tracing::info!(bridge, address = %addr, pod_cidr, "removed the bridge's address from an earlier pod CIDR")
+            }
+            _ => {
+                tracing::warn!(bridge, address = %addr, "could not remove the bridge's old address; new pods may fail to start")
+            }
+        }
+    }
+}
+
+/// The `a.b.c.d/n` addresses in `ip -o addr` output not inside `cidr`.
+fn stale_addresses(listing: &str, cidr: &str) -> Vec<String> {
+    let Some((net, bits)) = cidr.split_once('/') else {
+        return vec![];
+    };
+    let (Ok(net), Ok(bits)) = (net.parse::<std::net::Ipv4Addr>(), bits.parse::<u32>()) else {
+        return vec![];
+    };
+    let mask = u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0);
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "inet")
+        .map(|w| w[1].to_string())
+        .filter(|a| {
+            a.split('/')
+                .next()
+                .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+                .is_some_and(|ip| u32::from(ip) & mask != u32::from(net) & mask)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_of_an_earlier_cidr_are_stale() {
+        let listing = "5: rk3s-ab    inet 10.42.0.1/24 brd 10.42.0.255 scope global rk3s-ab\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(stale_addresses(listing, "10.42.1.0/24"), ["10.42.0.1/24"]);
+        assert!(stale_addresses(listing, "10.42.0.0/24").is_empty());
+        assert!(stale_addresses("", "10.42.0.0/24").is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -117,6 +117,10 @@ impl Applied {
         if let Some(cidr) = &own {
             match cni::write(&p.cni_conf_dir, cidr, &p.cni_state_dir, &p.bridge) {
                 Ok(true) => {
+                    // A node forgotten and registered again may get another
+                    // CIDR: the bridge's old gateway address must go, or
+                    // the bridge plugin refuses every new pod.
+                    cni::readdress_bridge(&p.bridge, cidr).await;
                     tracing::info!(pod_cidr = %cidr, dir = %p.cni_conf_dir.display(), "pod network configured")
                 }
                 Ok(false) => {}
