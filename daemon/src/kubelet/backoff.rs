@@ -62,9 +62,10 @@ pub fn go_duration(d: Duration) -> String {
     match (s / 3600, s % 3600 / 60, s % 60) {
         (0, 0, 0) if ms > 0 => format!("{ms}ms"),
         (0, 0, sec) if ms == 0 => format!("{sec}s"),
-        (0, 0, sec) => format!("{sec}.{:03}s", ms)
-            .trim_end_matches('0')
-            .to_string(),
+        (0, 0, sec) => {
+            let frac = format!("{ms:03}");
+            format!("{sec}.{}s", frac.trim_end_matches('0'))
+        }
         (0, m, sec) => format!("{m}m{sec}s"),
         (h, m, sec) => format!("{h}h{m}m{sec}s"),
     }

@@ -2,19 +2,10 @@
 //! as environment variables (`valueFrom.fieldRef`, `resourceFieldRef`)
 //! and as the files of a `downwardAPI` volume, with upstream's values.
 
-use super::node::NodeCtx;
+use super::node::{Allocatable, NodeCtx};
 use crate::quantity::milli;
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector};
 use std::collections::BTreeMap;
-
-/// What the node can give its pods. A container without a limit sees
-/// this as its limit, as upstream's kubelet fills it in.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Allocatable {
-    pub cpu_milli: i128,
-    pub memory: i128,
-    pub ephemeral_storage: i128,
-}
 
 /// The value of a pod field an environment variable names.
 pub fn env_field(pod: &Pod, node: &NodeCtx, pod_ip: &str, path: &str) -> Option<String> {
@@ -116,7 +107,8 @@ pub fn resource(
         .split_once('.')
         .ok_or_else(|| format!("unsupported container resource : {}", sel.resource))?;
     let value = match (which, key) {
-        ("limits", "cpu") => get(&r.limits, key).unwrap_or(node.cpu_milli * 1000),
+        // (CPU in millicores: thousandths of a core.)
+        ("limits", "cpu") => get(&r.limits, key).unwrap_or(node.cpu_milli),
         ("limits", "memory") => get(&r.limits, key).unwrap_or(node.memory * 1000),
         ("limits", "ephemeral-storage") => {
             get(&r.limits, key).unwrap_or(node.ephemeral_storage * 1000)

@@ -1,7 +1,6 @@
 //! The node a kubelet runs pods on: its name and address, where its
 //! pods' logs and volumes live, and the Events it records as itself.
 
-use super::downward::Allocatable;
 use super::events::Events;
 use std::path::PathBuf;
 
@@ -32,4 +31,13 @@ impl NodeCtx {
         let _ = std::fs::remove_dir_all(self.log_dir(ns, name, uid));
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
     }
+}
+
+/// What the node can give its pods. A container without a limit sees
+/// this as its limit, as upstream's kubelet fills it in.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Allocatable {
+    pub cpu_milli: i128,
+    pub memory: i128,
+    pub ephemeral_storage: i128,
 }

@@ -11,8 +11,8 @@
 //! five minutes (upstream's `nodeStatusReportFrequency`) so the heartbeat
 //! times move.
 
-use super::downward::Allocatable;
 use super::events::{Events, Normal};
+use super::node::Allocatable;
 use super::settings::{Settings, Threshold};
 use crate::apiclient::Api;
 use crate::runtime::cri::Cri;

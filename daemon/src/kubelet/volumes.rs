@@ -5,7 +5,8 @@
 //! contents are refreshed while the pod runs (a token at 80 % of its life),
 //! so updates reach running pods.
 
-use super::downward::{file_field, resource, Allocatable};
+use super::downward::{file_field, resource};
+use super::node::Allocatable;
 use crate::apiclient::{Api, ApiError};
 use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,

@@ -124,6 +124,11 @@ rpcs! {
     runtime.container_status(ContainerStatusRequest) -> ContainerStatusResponse, |_r| Deadline::Request;
     runtime.list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse, |_r| Deadline::Request;
     runtime.reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse, |_r| Deadline::Request;
+    /// Exec, Attach and PortForward only hand out a streaming URL; the
+    /// stream behind it lasts as long as its client keeps it.
+    runtime.exec(ExecRequest) -> ExecResponse, |_r| Deadline::Request;
+    runtime.attach(AttachRequest) -> AttachResponse, |_r| Deadline::Request;
+    runtime.port_forward(PortForwardRequest) -> PortForwardResponse, |_r| Deadline::Request;
     /// The command runs for up to its own `timeout` (none: as long as it takes).
     runtime.exec_sync(ExecSyncRequest) -> ExecSyncResponse, |r| match r.timeout {
         t if t > 0 => Deadline::RequestPlus(secs(t)),
