@@ -618,6 +618,18 @@ fn api_errors_are_upstreams_status_bytes() {
             && invalid.ends_with("\"reason\":\"Invalid\",\"details\":{\"name\":\"Bad_Name\",\"kind\":\"ConfigMap\",\"causes\":[{\"reason\":\"FieldValueInvalid\",\"message\":\"Invalid value: \\\"Bad_Name\\\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')\",\"field\":\"metadata.name\"}]},\"code\":422}\n"),
         "{invalid}"
     );
+    // Lists the API writes itself: upstream's field order and newline,
+    // filtered or not.
+    for q in ["", "?labelSelector=a%3Db"] {
+        let (code, _, list) = send(admin.get(format!("{cms}{q}")));
+        assert_eq!(code, 200);
+        assert!(
+            list.starts_with(
+                r#"{"kind":"ConfigMapList","apiVersion":"v1","metadata":{"resourceVersion":""#
+            ) && list.ends_with("]}\n"),
+            "{list}"
+        );
+    }
     // 405: a collection cannot be replaced.
     let (code, _, not_allowed) = send(admin.put(&cms).json(&cm));
     assert_eq!(code, 405, "{not_allowed}");

@@ -232,13 +232,11 @@ async fn serve(
 
 const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
-pub fn json_response(code: StatusCode, v: &Value) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(v).unwrap_or_default(),
-    )
-        .into_response()
+/// `v` as upstream's JSON serializer writes a response: a newline after.
+pub fn json_response(code: StatusCode, v: &impl serde::Serialize) -> Response {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// A written object, with upstream's `Warning` headers for dropped fields.
@@ -252,8 +250,10 @@ pub fn written_response(code: StatusCode, w: &Written) -> Response {
     r
 }
 
-fn table_response(v: &Value) -> Response {
-    ([(header::CONTENT_TYPE, TABLE_TYPE)], v.to_string()).into_response()
+fn table_response(t: &table::Table) -> Response {
+    let mut body = serde_json::to_vec(t).unwrap_or_default();
+    body.push(b'\n');
+    ([(header::CONTENT_TYPE, TABLE_TYPE)], body).into_response()
 }
 
 async fn get(sv: &Supervisor, t: &Target, as_table: bool) -> Result<Response, KubeError> {
@@ -296,15 +296,32 @@ async fn matching(
     ))
 }
 
+/// A `<Kind>List`, its fields in upstream's order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<'a> {
+    kind: String,
+    api_version: String,
+    metadata: ListMeta<'a>,
+    items: Vec<Value>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta<'a> {
+    pub resource_version: &'a str,
+}
+
 /// A `<Kind>List` of `items` at `rev`.
-fn list_object(t: &Target, rev: &str, items: Vec<Value>) -> Value {
-    // Built by hand: `json!` would serialize `items` into a deep copy.
-    let mut list = serde_json::Map::new();
-    list.insert("kind".into(), json!(format!("{}List", t.rt.kind)));
-    list.insert("apiVersion".into(), json!(t.rt.api_version()));
-    list.insert("metadata".into(), json!({"resourceVersion": rev}));
-    list.insert("items".into(), Value::Array(items));
-    Value::Object(list)
+fn list_object<'a>(t: &Target, rev: &'a str, items: Vec<Value>) -> List<'a> {
+    List {
+        kind: format!("{}List", t.rt.kind),
+        api_version: t.rt.api_version(),
+        metadata: ListMeta {
+            resource_version: rev,
+        },
+        items,
+    }
 }
 
 async fn list(
@@ -318,10 +335,12 @@ async fn list(
         .all(|k| q.get(*k).is_none_or(|v| v.is_empty()));
     if unfiltered && !as_table {
         if let Some(body) = sv.registry.list_encoded(&t.rt, t.ns()).await {
+            let mut body = body?;
+            body.push(b'\n');
             return Ok((
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
-                body?,
+                body,
             )
                 .into_response());
         }

@@ -107,20 +107,31 @@ fn partial(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
 }
 
+/// A `meta.k8s.io/v1` Table, its fields in upstream's order.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Table {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: Value,
+    column_definitions: Vec<Value>,
+    rows: Vec<Value>,
+}
+
 /// A Table of `items` at list revision `rev`.
-pub fn table(t: &ResourceType, items: &[Value], rev: &str) -> Value {
+pub fn table(t: &ResourceType, items: &[Value], rev: &str) -> Table {
     let (columns, row) = layout(t);
     let rows: Vec<Value> = items
         .iter()
         .map(|o| json!({"cells": row(o), "object": partial(o)}))
         .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": rev},
-        "columnDefinitions": columns,
-        "rows": rows,
-    })
+    Table {
+        kind: "Table",
+        api_version: "meta.k8s.io/v1",
+        metadata: json!({"resourceVersion": rev}),
+        column_definitions: columns,
+        rows,
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +151,7 @@ mod tests {
                        "status": {"conditions": [{"type": "Ready", "status": "True"}],
                                   "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
                                   "nodeInfo": {"kubeletVersion": "v0.1.0+rk3s"}}});
-        let t = table(&nodes, &[n], "7");
+        let t = serde_json::to_value(table(&nodes, &[n], "7")).unwrap();
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "a");
         assert_eq!(cells[1], "Ready,SchedulingDisabled");
@@ -165,7 +176,7 @@ mod tests {
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let w = json!({"metadata": {"name": "w", "creationTimestamp": ago},
             "spec": {"size": 3.0, "label": 7}, "status": {"started": ago}});
-        let out = table(&t, &[w], "1");
+        let out = serde_json::to_value(table(&t, &[w], "1")).unwrap();
         let names: Vec<&str> = out["columnDefinitions"]
             .as_array()
             .unwrap()
@@ -181,11 +192,12 @@ mod tests {
             .unwrap()
             .remove("additionalPrinterColumns");
         let t = crate::registry::kinds::from_crd(&bare).remove(0);
-        let out = table(
+        let out = serde_json::to_value(table(
             &t,
             &[json!({"metadata": {"name": "w", "creationTimestamp": ago}})],
             "1",
-        );
+        ))
+        .unwrap();
         assert_eq!(out["columnDefinitions"][1]["name"], "Age");
         assert_eq!(out["columnDefinitions"][1]["type"], "date");
         assert_eq!(out["rows"][0]["cells"], json!(["w", "20m"]));

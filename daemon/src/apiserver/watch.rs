@@ -53,7 +53,7 @@ impl State {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            table::table(&self.t.rt, &[obj], &rv)
+            serde_json::to_value(table::table(&self.t.rt, &[obj], &rv)).unwrap_or_default()
         } else {
             obj
         };
