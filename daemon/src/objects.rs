@@ -328,6 +328,17 @@ impl Objects {
     }
 }
 
+/// The strings of a JSON array (others, and non-arrays, give nothing).
+pub fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -674,7 +674,7 @@ async fn delete(
         (crate::registry::CRD_GROUP, "customresourcedefinitions") if opts.dry_run.is_empty() => {
             let current = sv.registry.get(&t.rt, None, name).await?;
             // Its objects go with it; the kind stops being served.
-            for kind in crate::registry::kinds::from_crd(&current)
+            for kind in crate::registry::crd::from_crd(&current)
                 .into_iter()
                 .take(1)
             {

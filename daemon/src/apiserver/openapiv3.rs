@@ -270,7 +270,7 @@ mod tests {
             "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema":
                 {"type": "object", "properties": {"spec": {"type": "object", "description": "The widget.",
                  "properties": {"size": {"type": "integer"}}}}}}}]}});
-        let kinds = crate::registry::kinds::from_crd(&crd);
+        let kinds = crate::registry::crd::from_crd(&crd);
         let doc = document(&kinds, "example.com", "v1");
         let w = &doc["components"]["schemas"]["com.example.v1.Widget"];
         assert_eq!(

@@ -5,7 +5,7 @@
 use crate::registry::ResourceType;
 use serde_json::{json, Value};
 
-use crate::registry::kinds::VERBS;
+use crate::registry::resource::VERBS;
 
 fn verbs_for(r: &ResourceType) -> Vec<&'static str> {
     if r.create_only {

@@ -6,7 +6,7 @@
 
 use super::handlers::{json_response, parse_body, Target};
 use crate::auth::{Decision, Request};
-use crate::registry::kinds::str_list;
+use crate::objects::str_list;
 use crate::registry::{FieldError, KubeError, UserInfo};
 use crate::supervisor::Supervisor;
 use axum::http::StatusCode;

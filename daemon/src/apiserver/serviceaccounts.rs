@@ -5,7 +5,7 @@
 use super::handlers::{json_response, parse_body, Target};
 use crate::auth::tokens::{API_AUDIENCES, ISSUER};
 use crate::objects::Ref;
-use crate::registry::kinds::str_list;
+use crate::objects::str_list;
 use crate::registry::{FieldError, KubeError, Subject, UserInfo};
 use crate::supervisor::Supervisor;
 use axum::extract::State;

@@ -1,7 +1,7 @@
 //! `meta.k8s.io/v1` Table output for `kubectl get`: each built-in kind's
 //! strategy gives upstream's columns; custom kinds get their printer columns.
 
-use crate::registry::kinds::PrinterColumn;
+use crate::registry::resource::PrinterColumn;
 use crate::registry::printers::{column, human_duration, name_cell};
 use crate::registry::ResourceType;
 use serde_json::{json, Value};
@@ -171,7 +171,7 @@ mod tests {
                     {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
                     {"name": "Started", "type": "date", "jsonPath": ".status.started"},
                     {"name": "Label", "type": "string", "jsonPath": ".spec.label"}]}]}});
-        let t = crate::registry::kinds::from_crd(&crd).remove(0);
+        let t = crate::registry::crd::from_crd(&crd).remove(0);
         let ago = (chrono::Utc::now() - chrono::Duration::minutes(20))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let w = json!({"metadata": {"name": "w", "creationTimestamp": ago},
@@ -191,7 +191,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("additionalPrinterColumns");
-        let t = crate::registry::kinds::from_crd(&bare).remove(0);
+        let t = crate::registry::crd::from_crd(&bare).remove(0);
         let out = serde_json::to_value(table(
             &t,
             &[json!({"metadata": {"name": "w", "creationTimestamp": ago}})],

@@ -22,7 +22,7 @@ const AGG: &str = "rbac.authorization.k8s.io/aggregate-to-";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL_VERBS: &[&str] = &crate::registry::kinds::VERBS;
+const ALL_VERBS: &[&str] = &crate::registry::resource::VERBS;
 
 fn strs(s: &[&str]) -> Vec<String> {
     s.iter().map(|x| x.to_string()).collect()

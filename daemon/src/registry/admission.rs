@@ -5,7 +5,7 @@
 //! not depend on the authorizer.
 
 use super::error::KubeError;
-use super::kinds::ResourceType;
+use super::resource::ResourceType;
 use serde_json::Value;
 use std::collections::BTreeMap;
 

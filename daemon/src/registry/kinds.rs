@@ -1,130 +1,8 @@
-//! The kinds the API serves: built-in ones (each with its strategy), plus
-//! one per served version of every CustomResourceDefinition.
+//! The built-in kinds the API serves, each with its strategy (a CRD's
+//! kinds come from [`super::crd::from_crd`]).
 
-use super::strategy::{self, Strategy};
-use serde_json::Value;
-
-/// An extra Table column (CRD `additionalPrinterColumns`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PrinterColumn {
-    pub name: String,
-    pub type_: String,
-    pub json_path: String,
-    pub priority: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResourceType {
-    pub group: String,
-    pub version: String,
-    /// Plural, lowercase: the URL segment.
-    pub resource: String,
-    pub singular: String,
-    pub kind: String,
-    pub namespaced: bool,
-    pub short_names: Vec<String>,
-    pub categories: Vec<String>,
-    /// Served subresources: `status`, `scale`, `binding`, `eviction`.
-    pub subresources: Vec<String>,
-    pub columns: Vec<PrinterColumn>,
-    /// Where a CRD's `scale` subresource reads and writes, if it has one.
-    pub scale_paths: Option<ScalePaths>,
-    /// A CRD version's `openAPIV3Schema` (built-ins have typed schemas).
-    pub schema: Option<std::sync::Arc<Value>>,
-    /// A review kind (access, rules, token, self-subject): only `create`,
-    /// answered by the API server and never stored.
-    pub create_only: bool,
-}
-
-/// JSON paths of a scalable kind (fixed for built-ins, from the CRD otherwise).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScalePaths {
-    pub spec_replicas: String,
-    pub status_replicas: String,
-    pub label_selector: Option<String>,
-}
-
-pub const CRD_GROUP: &str = "apiextensions.k8s.io";
-
-/// The verbs of a stored kind, as discovery lists them.
-pub const VERBS: [&str; 8] = [
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
-impl ResourceType {
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// `Kind` or `Kind.group`, as upstream names a kind in messages.
-    pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
-    }
-
-    /// Datastore directory of this kind. Core kinds keep upstream's short
-    /// names (`/registry/nodes/...`); others are qualified by group. Kinds
-    /// served by two groups or versions share one directory.
-    pub fn storage(&self) -> String {
-        match (self.group.as_str(), self.resource.as_str()) {
-            ("", r) | ("coordination.k8s.io", r) | ("events.k8s.io", r @ "events") => r.to_string(),
-            (g, r) => format!("{g}/{r}"),
-        }
-    }
-
-    pub fn has(&self, subresource: &str) -> bool {
-        self.subresources.iter().any(|s| s == subresource)
-    }
-
-    pub fn has_status(&self) -> bool {
-        self.has("status")
-    }
-
-    pub fn is_builtin(&self) -> bool {
-        BUILTINS
-            .iter()
-            .any(|b| b.group == self.group && b.resource == self.resource)
-    }
-
-    /// The kind's behaviour: defaults, validation, table, field selectors.
-    pub fn strategy(&self) -> &'static dyn Strategy {
-        BUILTINS
-            .iter()
-            .find(|b| {
-                b.group == self.group && b.version == self.version && b.resource == self.resource
-            })
-            .map(|b| (b.strategy)())
-            .unwrap_or(&strategy::Generic)
-    }
-
-    /// Where `/scale` reads and writes.
-    pub fn scale(&self) -> Option<ScalePaths> {
-        if !self.has("scale") {
-            return None;
-        }
-        self.scale_paths.clone().or_else(|| {
-            Some(ScalePaths {
-                spec_replicas: ".spec.replicas".into(),
-                status_replicas: ".status.replicas".into(),
-                label_selector: Some(".spec.selector".into()),
-            })
-        })
-    }
-}
+use super::resource::{ResourceType, StrategyRef};
+use super::strategy::Strategy;
 
 /// One built-in kind.
 struct Builtin {
@@ -161,6 +39,7 @@ macro_rules! builtin {
     };
 }
 
+use super::crd::{self, CRD_GROUP};
 use super::{apps, batch, core, other, rbac};
 
 /// Upstream's built-in kinds rk3s serves, in discovery order within each
@@ -705,7 +584,7 @@ static BUILTINS: &[Builtin] = &[
         &["crd", "crds"],
         &["api-extensions"],
         STATUS,
-        &strategy::CRD
+        &crd::CRD
     ),
 ];
 
@@ -733,90 +612,8 @@ pub fn builtins() -> Vec<ResourceType> {
             scale_paths: None,
             schema: None,
             create_only: REVIEW_GROUPS.contains(&b.group),
-        })
-        .collect()
-}
-
-/// The strings of a JSON array (others, and non-arrays, give nothing).
-pub fn str_list(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Kinds defined by one CRD object (one per served version).
-pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
-    let spec = &crd["spec"];
-    let group = spec["group"].as_str().unwrap_or_default();
-    let names = &spec["names"];
-    let (Some(plural), Some(kind)) = (names["plural"].as_str(), names["kind"].as_str()) else {
-        return vec![];
-    };
-    let singular = names["singular"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| kind.to_ascii_lowercase());
-    let namespaced = spec["scope"].as_str() != Some("Cluster");
-    spec["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["served"].as_bool().unwrap_or(true))
-        .filter_map(|v| {
-            let columns = v["additionalPrinterColumns"]
-                .as_array()
-                .map(|cols| {
-                    cols.iter()
-                        .filter_map(|c| {
-                            Some(PrinterColumn {
-                                name: c["name"].as_str()?.to_string(),
-                                type_: c["type"].as_str().unwrap_or("string").to_string(),
-                                json_path: c["jsonPath"].as_str()?.to_string(),
-                                priority: c["priority"].as_i64().unwrap_or(0),
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut subresources = vec![];
-            if v.pointer("/subresources/status").is_some() {
-                subresources.push("status".to_string());
-            }
-            let scale = v.pointer("/subresources/scale").map(|s| ScalePaths {
-                spec_replicas: s["specReplicasPath"]
-                    .as_str()
-                    .unwrap_or(".spec.replicas")
-                    .into(),
-                status_replicas: s["statusReplicasPath"]
-                    .as_str()
-                    .unwrap_or(".status.replicas")
-                    .into(),
-                label_selector: s["labelSelectorPath"].as_str().map(str::to_string),
-            });
-            if scale.is_some() {
-                subresources.push("scale".to_string());
-            }
-            Some(ResourceType {
-                group: group.to_string(),
-                version: v["name"].as_str()?.to_string(),
-                resource: plural.to_string(),
-                singular: singular.clone(),
-                kind: kind.to_string(),
-                namespaced,
-                short_names: str_list(&names["shortNames"]),
-                categories: str_list(&names["categories"]),
-                subresources,
-                columns,
-                scale_paths: scale,
-                schema: v
-                    .pointer("/schema/openAPIV3Schema")
-                    .map(|s| std::sync::Arc::new(s.clone())),
-                create_only: false,
-            })
+            strategy: StrategyRef((b.strategy)()),
+            builtin: true,
         })
         .collect()
 }
@@ -824,35 +621,6 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn crd_kinds_follow_served_versions_and_scope() {
-        let crd = json!({"spec": {
-        "group": "example.com", "scope": "Cluster",
-        "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"], "categories": ["all"]},
-        "versions": [
-            {"name": "v1", "served": true, "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
-             "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]},
-            {"name": "v0", "served": false},
-        ]}});
-        let kinds = from_crd(&crd);
-        assert_eq!(kinds.len(), 1);
-        let k = &kinds[0];
-        assert_eq!(
-            (
-                k.resource.as_str(),
-                k.singular.as_str(),
-                k.namespaced,
-                k.has_status()
-            ),
-            ("widgets", "widget", false, true)
-        );
-        assert_eq!(k.columns[0].json_path, ".spec.size");
-        assert_eq!(k.storage(), "example.com/widgets");
-        assert_eq!(k.categories, ["all"]);
-        assert_eq!(k.scale().unwrap().spec_replicas, ".spec.size");
-    }
 
     #[test]
     fn shared_storage_and_qualified_names() {

@@ -13,6 +13,7 @@ pub mod apps;
 pub mod batch;
 pub mod cache;
 pub mod core;
+pub mod crd;
 pub mod error;
 pub mod kinds;
 pub mod managed;
@@ -20,13 +21,15 @@ pub mod other;
 pub mod printers;
 pub mod ranges;
 pub mod rbac;
+pub mod resource;
 pub mod store;
 pub mod strategy;
 pub mod validation;
 
 pub use admission::UserInfo;
 pub use error::{FieldError, KubeError, Subject};
-pub use kinds::{ResourceType, CRD_GROUP};
+pub use crd::CRD_GROUP;
+pub use resource::ResourceType;
 pub use store::{DeleteOptions, FieldValidation, WriteOptions, Written};
 
 use crate::datastore::EventKind;
@@ -127,7 +130,7 @@ impl Registry {
     fn serve<'a>(&self, crds: impl Iterator<Item = &'a serde_json::Value>) {
         let mut all = kinds::builtins();
         for crd in crds.filter(|c| c.pointer("/metadata/deletionTimestamp").is_none()) {
-            all.extend(kinds::from_crd(crd));
+            all.extend(crd::from_crd(crd));
         }
         *self.kinds.write().expect("kinds lock") = Arc::new(all);
     }

@@ -5,7 +5,8 @@
 
 use super::error::FieldError;
 use super::printers::{age_cell, age_col, col, column, name_cell, name_col};
-use super::strategy::{Kind, NameRule, Typed};
+use super::strategy::{Kind, Typed};
+use super::validation::NameRule;
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenReview};
 use k8s_openapi::api::authorization::v1::{
     LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,

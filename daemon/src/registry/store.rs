@@ -10,7 +10,7 @@
 
 use super::admission::Write;
 use super::error::{FieldError, KubeError, Subject};
-use super::kinds::ResourceType;
+use super::resource::ResourceType;
 use super::validation;
 use super::Registry;
 use crate::datastore::DatastoreError;

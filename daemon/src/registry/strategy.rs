@@ -8,25 +8,12 @@
 //! round trip lost is reported so `fieldValidation` can warn or refuse.
 
 use super::error::FieldError;
-use super::printers::{age_cell, age_col, column, name_cell, name_col};
-use super::validation;
+use super::printers::{age_cell, age_col, name_cell, name_col};
+use super::validation::NameRule;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::marker::PhantomData;
-
-/// Which name format a kind requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameRule {
-    /// RFC 1123 subdomain (most kinds).
-    Subdomain,
-    /// RFC 1123 label (Namespaces).
-    Label,
-    /// RFC 1035 label (Services).
-    Dns1035,
-    /// Anything usable as a path segment (Events).
-    PathSegment,
-}
 
 /// A field selector label a kind supports, where its value lives, and the
 /// value when absent (booleans read as "false").
@@ -406,93 +393,6 @@ impl Strategy for Generic {
     }
 }
 
-/// CustomResourceDefinitions: kept as JSON (schemas are passed through
-/// untouched), checked for what serving the kind needs.
-pub struct CrdStrategy;
-pub static CRD: CrdStrategy = CrdStrategy;
-
-impl Strategy for CrdStrategy {
-    /// A CRD's status is computed on every write (below).
-    fn status_on_create(&self) -> bool {
-        true
-    }
-
-    fn status_on_update(&self) -> bool {
-        true
-    }
-
-    fn admit(
-        &self,
-        crd: &mut Value,
-        old: Option<&Value>,
-        errs: &mut Vec<FieldError>,
-        _unknown: &mut Vec<String>,
-    ) -> Result<(), String> {
-        let spec = &crd["spec"];
-        let group = spec["group"].as_str().unwrap_or("").to_string();
-        let plural = spec["names"]["plural"].as_str().unwrap_or("").to_string();
-        if group.is_empty() {
-            errs.push(FieldError::required("spec.group", ""));
-        }
-        if plural.is_empty() {
-            errs.push(FieldError::required("spec.names.plural", ""));
-        }
-        if spec["names"]["kind"].as_str().unwrap_or("").is_empty() {
-            errs.push(FieldError::required("spec.names.kind", ""));
-        }
-        let name = crd
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !plural.is_empty() && !group.is_empty() && name != format!("{plural}.{group}") {
-            errs.push(FieldError::invalid(
-                "metadata.name",
-                name,
-                "must be spec.names.plural+\".\"+spec.group",
-            ));
-        }
-        if super::kinds::from_crd(crd).is_empty() && errs.is_empty() {
-            errs.push(FieldError::invalid(
-                "spec.versions",
-                "",
-                "must have exactly one storage version and at least one served version",
-            ));
-        }
-        if let Some(old) = old {
-            if old["spec"]["group"] != crd["spec"]["group"] {
-                errs.push(validation::immutable("spec.group", &crd["spec"]["group"]));
-            }
-        }
-        let names = crd["spec"]["names"].clone();
-        let now = crate::objects::now_rfc3339();
-        crd["status"] = json!({
-            "acceptedNames": names,
-            "storedVersions": crd["spec"]["versions"].as_array().map(|v| v.iter().filter(|v| v["storage"].as_bool().unwrap_or(false)).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
-            "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-            ],
-        });
-        Ok(())
-    }
-
-    fn columns(&self) -> Vec<Value> {
-        vec![
-            name_col(),
-            column("Created At", "date", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."),
-        ]
-    }
-
-    fn row(&self, obj: &Value) -> Vec<Value> {
-        vec![name_cell(obj), obj["metadata"]["creationTimestamp"].clone()]
-    }
-
-    fn schema(&self, gen: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
-        Some(gen.subschema_for::<
-            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-        >())
-    }
-}
 
 #[cfg(test)]
 mod tests {
