@@ -11,7 +11,7 @@
 //! fixed seed `RK3S_FUZZ_SEED` (default 1). A long run:
 //! `RK3S_FUZZ_ITERS=1000000 cargo test --release -p rk3sd --test parsers -- --nocapture`.
 
-use rk3sd::apiserver::{handlers, patch, protobuf, selectors};
+use rk3sd::apiserver::{patch, protobuf, request, selectors};
 use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -442,7 +442,7 @@ fn json_and_yaml_bodies_and_manifests() {
             "<<",
         ],
         |b| {
-            let _ = handlers::parse_body(&axum::body::Bytes::copy_from_slice(b));
+            let _ = request::parse_body(&axum::body::Bytes::copy_from_slice(b));
         },
     );
     fuzz(

@@ -3,49 +3,21 @@
 //! goes through the registry's write path.
 
 use super::authn::Requester;
-use super::patch;
-use super::selectors::{FieldSelector, LabelSelector};
+use super::patch::apply_patch;
+use super::request::{parse, parse_body, selectors, Target};
+use super::response::{json_response, written_response};
 use super::subresources;
 use super::table;
-use crate::registry::store::{obj_ref, store_err};
-use crate::registry::{
-    DeleteOptions, FieldValidation, KubeError, ResourceType, Subject, WriteOptions, Written,
-};
+use crate::registry::{DeleteOptions, FieldValidation, KubeError, Subject, WriteOptions};
 use crate::supervisor::{Supervisor, SYSTEM_NAMESPACES};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// One parsed resource request.
-pub struct Target {
-    pub rt: ResourceType,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub subresource: Option<String>,
-}
-
-impl Target {
-    pub fn subject(&self, name: &str) -> Subject {
-        Subject {
-            group: self.rt.group.clone(),
-            resource: self.rt.resource.clone(),
-            name: name.to_string(),
-        }
-    }
-
-    fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or("")
-    }
-
-    fn ns(&self) -> Option<&str> {
-        self.namespace.as_deref()
-    }
-}
 
 type Q = Query<HashMap<String, String>>;
 
@@ -77,47 +49,6 @@ pub async fn grouped(
     )
     .await
     .unwrap_or_else(IntoResponse::into_response)
-}
-
-fn parse(sv: &Supervisor, group: &str, version: &str, rest: &str) -> Result<Target, KubeError> {
-    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let (ns, res, name, sub) = match segs.as_slice() {
-        ["namespaces", ns, res, tail @ ..]
-            if !group.is_empty() || !matches!(*res, "status" | "finalize") =>
-        {
-            match tail {
-                [] => (Some(*ns), *res, None, None),
-                [n] => (Some(*ns), *res, Some(*n), None),
-                [n, s] => (Some(*ns), *res, Some(*n), Some(*s)),
-                _ => return Err(KubeError::NoRoute),
-            }
-        }
-        [res] => (None, *res, None, None),
-        [res, n] => (None, *res, Some(*n), None),
-        [res, n, s] => (None, *res, Some(*n), Some(*s)),
-        _ => return Err(KubeError::NoRoute),
-    };
-    let rt = sv
-        .registry
-        .find(group, version, res)
-        .ok_or(KubeError::NoRoute)?;
-    if ns.is_some() && !rt.namespaced {
-        return Err(KubeError::NoRoute);
-    }
-    if rt.namespaced && ns.is_none() && name.is_some() {
-        return Err(KubeError::NoRoute);
-    }
-    if let Some(s) = sub {
-        if !rt.has(s) {
-            return Err(KubeError::NoRoute);
-        }
-    }
-    Ok(Target {
-        rt,
-        namespace: ns.map(str::to_string),
-        name: name.map(str::to_string),
-        subresource: sub.map(str::to_string),
-    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,24 +163,6 @@ async fn serve(
 
 const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
-/// `v` as upstream's JSON serializer writes a response: a newline after.
-pub fn json_response(code: StatusCode, v: &impl serde::Serialize) -> Response {
-    let mut body = serde_json::to_vec(v).unwrap_or_default();
-    body.push(b'\n');
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// A written object, with upstream's `Warning` headers for dropped fields.
-pub fn written_response(code: StatusCode, w: &Written) -> Response {
-    let mut r = json_response(code, &w.object);
-    for warning in &w.warnings {
-        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "'"))) {
-            r.headers_mut().append(header::WARNING, v);
-        }
-    }
-    r
-}
-
 fn table_response(t: &table::Table) -> Response {
     let mut body = serde_json::to_vec(t).unwrap_or_default();
     body.push(b'\n');
@@ -266,17 +179,6 @@ async fn get(sv: &Supervisor, t: &Target, as_table: bool) -> Result<Response, Ku
         .unwrap_or("")
         .to_string();
     Ok(table_response(&table::table(&t.rt, &[obj], &rv)))
-}
-
-pub fn selectors(
-    rt: &ResourceType,
-    q: &HashMap<String, String>,
-) -> Result<(LabelSelector, FieldSelector), KubeError> {
-    let l = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
-        .map_err(KubeError::BadRequest)?;
-    let f = FieldSelector::parse(rt, q.get("fieldSelector").map(String::as_str).unwrap_or(""))
-        .map_err(KubeError::BadRequest)?;
-    Ok((l, f))
 }
 
 /// The objects a list or deletecollection request selects, and the revision read at.
@@ -351,17 +253,6 @@ async fn list(
         return Ok(table_response(&table::table(&t.rt, &items, &rv)));
     }
     Ok(json_response(StatusCode::OK, &list_object(t, &rv, items)))
-}
-
-pub fn parse_body(body: &Bytes) -> Result<Value, KubeError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| KubeError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(KubeError::BadRequest(
-            "the request body must be a JSON object".into(),
-        ));
-    }
-    Ok(v)
 }
 
 async fn create(
@@ -514,39 +405,6 @@ async fn apply_object(
     ))
 }
 
-/// Apply a patch of content type `ctype` to `target`.
-pub fn apply_patch(
-    rt: &ResourceType,
-    ctype: &str,
-    target: &mut Value,
-    patch: &Value,
-    name: &str,
-) -> Result<(), KubeError> {
-    let invalid = |m: String| KubeError::Invalid {
-        kind: rt.qualified_kind(),
-        name: name.to_string(),
-        errors: vec![crate::registry::FieldError::invalid("patch", "", &m)],
-    };
-    if ctype.starts_with("application/merge-patch+json") {
-        patch::merge_patch(target, patch);
-    } else if ctype.starts_with("application/json-patch+json") {
-        patch::json_patch(target, patch).map_err(invalid)?;
-    } else if ctype.starts_with("application/strategic-merge-patch+json") {
-        if !rt.is_builtin() {
-            return Err(KubeError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json ({} is a custom resource)",
-                rt.resource
-            )));
-        }
-        patch::strategic_merge(target, patch).map_err(invalid)?;
-    } else {
-        return Err(KubeError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype:?})"
-        )));
-    }
-    Ok(())
-}
-
 async fn patch_object(
     sv: &Supervisor,
     t: &Target,
@@ -674,10 +532,7 @@ async fn delete(
         (crate::registry::CRD_GROUP, "customresourcedefinitions") if opts.dry_run.is_empty() => {
             let current = sv.registry.get(&t.rt, None, name).await?;
             // Its objects go with it; the kind stops being served.
-            for kind in crate::registry::crd::from_crd(&current)
-                .into_iter()
-                .take(1)
-            {
+            for kind in crate::registry::crd::from_crd(&current).into_iter().take(1) {
                 let (_, items) = sv.registry.list(&kind, None).await?;
                 for o in items {
                     let r = crate::objects::Ref::of(kind.storage(), &o);
@@ -723,14 +578,4 @@ async fn delete_collection(
         StatusCode::OK,
         &list_object(t, &rev.to_string(), deleted),
     ))
-}
-
-/// For subresources that read the object first.
-pub async fn current(sv: &Supervisor, t: &Target) -> Result<Value, KubeError> {
-    sv.registry
-        .objects
-        .get(&obj_ref(&t.rt, t.ns(), t.name()))
-        .await
-        .map_err(store_err(&t.rt, t.name()))?
-        .ok_or_else(|| KubeError::NotFound(t.subject(t.name())))
 }

@@ -4,6 +4,7 @@
 //! is written here: no maintained Rust crate implements it, and its merge
 //! keys are upstream's struct tags, which only the kinds themselves know.
 
+use crate::registry::{KubeError, ResourceType};
 use serde_json::{Map, Value};
 
 /// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
@@ -152,6 +153,39 @@ fn merge_list(cur: &mut Vec<Value>, items: &[Value], key: &str) -> Result<(), St
                 cur.push(v);
             }
         }
+    }
+    Ok(())
+}
+
+/// Apply a patch of content type `ctype` to `target`.
+pub fn apply_patch(
+    rt: &ResourceType,
+    ctype: &str,
+    target: &mut Value,
+    patch: &Value,
+    name: &str,
+) -> Result<(), KubeError> {
+    let invalid = |m: String| KubeError::Invalid {
+        kind: rt.qualified_kind(),
+        name: name.to_string(),
+        errors: vec![crate::registry::FieldError::invalid("patch", "", &m)],
+    };
+    if ctype.starts_with("application/merge-patch+json") {
+        merge_patch(target, patch);
+    } else if ctype.starts_with("application/json-patch+json") {
+        json_patch(target, patch).map_err(invalid)?;
+    } else if ctype.starts_with("application/strategic-merge-patch+json") {
+        if !rt.is_builtin() {
+            return Err(KubeError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json ({} is a custom resource)",
+                rt.resource
+            )));
+        }
+        strategic_merge(target, patch).map_err(invalid)?;
+    } else {
+        return Err(KubeError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype:?})"
+        )));
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! (`kubectl auth can-i [--list]`), SelfSubjectReview (`kubectl auth
 //! whoami`) and TokenReview.
 
-use super::handlers::{json_response, parse_body, Target};
+use super::request::{parse_body, Target};
+use super::response::json_response;
 use crate::auth::{Decision, Request};
 use crate::objects::str_list;
 use crate::registry::{FieldError, KubeError, UserInfo};

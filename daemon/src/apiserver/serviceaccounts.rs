@@ -2,10 +2,11 @@
 //! and service-account issuer discovery (`/.well-known/openid-configuration`,
 //! `/openid/v1/jwks`).
 
-use super::handlers::{json_response, parse_body, Target};
+use super::request::{parse_body, Target};
+use super::response::json_response;
 use crate::auth::tokens::{API_AUDIENCES, ISSUER};
-use crate::objects::Ref;
 use crate::objects::str_list;
+use crate::objects::Ref;
 use crate::registry::{FieldError, KubeError, Subject, UserInfo};
 use crate::supervisor::Supervisor;
 use axum::extract::State;

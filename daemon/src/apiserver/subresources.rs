@@ -3,7 +3,9 @@
 //! scheduler's bind) and `pods/eviction` (drain, honouring
 //! PodDisruptionBudgets).
 
-use super::handlers::{apply_patch, current, json_response, parse_body, written_response, Target};
+use super::patch::apply_patch;
+use super::request::{current, parse_body, Target};
+use super::response::{json_response, written_response};
 use crate::registry::printers;
 use crate::registry::validation::selector_matches;
 use crate::registry::{FieldError, KubeError, WriteOptions};

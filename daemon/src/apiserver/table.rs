@@ -1,8 +1,8 @@
 //! `meta.k8s.io/v1` Table output for `kubectl get`: each built-in kind's
 //! strategy gives upstream's columns; custom kinds get their printer columns.
 
-use crate::registry::resource::PrinterColumn;
 use crate::registry::printers::{column, human_duration, name_cell};
+use crate::registry::resource::PrinterColumn;
 use crate::registry::ResourceType;
 use serde_json::{json, Value};
 

@@ -7,7 +7,7 @@
 //! stops matching is sent as DELETED and one that starts matching as ADDED,
 //! as upstream's watch cache does.
 
-use super::handlers::{selectors, Target};
+use super::request::{selectors, Target};
 use super::table;
 use crate::datastore::{DatastoreError, EventKind, Watch};
 use crate::objects::prefix;

@@ -3,8 +3,8 @@
 use super::error::FieldError;
 use super::printers::{self, age_cell, age_col, col, column, name_cell, name_col, or_none, since};
 use super::strategy::{FieldLabel, Kind, Typed};
-use super::validation::NameRule;
 use super::validation as v;
+use super::validation::NameRule;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Endpoints, Event, LimitRange, Namespace, NamespaceSpec, NamespaceStatus,
     Node, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus,

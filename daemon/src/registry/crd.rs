@@ -3,9 +3,9 @@
 //! kinds each CRD defines.
 
 use super::error::FieldError;
+use super::printers::{column, name_cell, name_col};
 use super::resource::{PrinterColumn, ResourceType, ScalePaths, StrategyRef};
 use super::strategy::{Generic, Strategy};
-use super::printers::{column, name_cell, name_col};
 use super::validation;
 use crate::objects::str_list;
 use serde_json::{json, Value};

@@ -27,8 +27,8 @@ pub mod strategy;
 pub mod validation;
 
 pub use admission::UserInfo;
-pub use error::{FieldError, KubeError, Subject};
 pub use crd::CRD_GROUP;
+pub use error::{FieldError, KubeError, Subject};
 pub use resource::ResourceType;
 pub use store::{DeleteOptions, FieldValidation, WriteOptions, Written};
 

@@ -4,8 +4,8 @@
 use super::error::FieldError;
 use super::printers::{self, age_cell, age_col, col, column, name_cell, name_col, or_none};
 use super::strategy::{FieldLabel, Kind, Strategy, Typed};
-use super::validation::NameRule;
 use super::validation as v;
+use super::validation::NameRule;
 use k8s_openapi::api::autoscaling::{v1 as hpa1, v2 as hpa2};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::discovery::v1::EndpointSlice;

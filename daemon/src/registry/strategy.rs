@@ -393,7 +393,6 @@ impl Strategy for Generic {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
