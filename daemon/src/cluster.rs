@@ -379,9 +379,7 @@ pub async fn ensure_service(
     registry: &Registry,
     svc: &KubernetesService,
 ) -> Result<bool, KubeError> {
-    let rt = registry
-        .find("", "v1", "services")
-        .expect("Services are a built-in kind");
+    let rt = crate::registry::kinds::SERVICES.resource_type();
     let r = Ref::namespaced("services", "default", "kubernetes");
     let exists = || async {
         registry

@@ -219,10 +219,7 @@ pub async fn eviction(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Respo
     if phase == "Running" && pod.pointer("/metadata/deletionTimestamp").is_none() {
         let labels: Option<std::collections::BTreeMap<String, String>> =
             serde_json::from_value(pod["metadata"]["labels"].clone()).ok();
-        let pdb_rt = sv
-            .registry
-            .find("policy", "v1", "poddisruptionbudgets")
-            .ok_or(KubeError::NoRoute)?;
+        let pdb_rt = crate::registry::kinds::POD_DISRUPTION_BUDGETS.resource_type();
         let (_, pdbs) = sv.registry.list(&pdb_rt, Some(&ns)).await?;
         for pdb in pdbs {
             let sel: Option<LabelSelector> =

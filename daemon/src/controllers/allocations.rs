@@ -3,6 +3,7 @@
 //! every 3 minutes, what stored Services hold is claimed and claims
 //! nobody holds are dropped (see `registry::ranges`).
 
+use crate::registry::kinds;
 use super::client::Client;
 use crate::registry::cache::Cache;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ const PERIOD: Duration = Duration::from_secs(180);
 /// Run until `stop`.
 pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let rt = c.kind("", "v1", "services");
+    let rt = kinds::SERVICES.resource_type();
     let Some(alloc) = c.reg.allocator(&rt) else {
         return;
     };

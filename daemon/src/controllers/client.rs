@@ -6,6 +6,7 @@
 use super::recorder::{EventSink, EventType, Recorder, SinkError};
 use crate::registry::cache::{Cache, Change};
 use crate::registry::error::KubeError;
+use crate::registry::kinds;
 use crate::registry::store::{DeleteOptions, Preconditions, WriteOptions};
 use crate::registry::{Registry, ResourceType};
 use chrono::{DateTime, Utc};
@@ -27,18 +28,11 @@ pub struct Client {
 /// The registry as the controllers' Event store.
 struct RegistrySink(Arc<Registry>);
 
-impl RegistrySink {
-    fn events_kind(&self) -> Result<ResourceType, SinkError> {
-        self.0
-            .find("", "v1", "events")
-            .ok_or_else(|| SinkError::Other("events are not served".into()))
-    }
-}
 
 #[async_trait::async_trait]
 impl EventSink for RegistrySink {
     async fn create(&self, e: &Event) -> Result<(), SinkError> {
-        let rt = self.events_kind()?;
+        let rt = kinds::EVENTS.resource_type();
         let ns = e.metadata.namespace.clone().unwrap_or_default();
         let obj = serde_json::to_value(e).map_err(|e| SinkError::Other(e.to_string()))?;
         match self
@@ -60,7 +54,7 @@ impl EventSink for RegistrySink {
         last: &Time,
         message: &str,
     ) -> Result<(), SinkError> {
-        let rt = self.events_kind()?;
+        let rt = kinds::EVENTS.resource_type();
         let last = serde_json::to_value(last).map_err(|e| SinkError::Other(e.to_string()))?;
         let r = self
             .0
@@ -135,12 +129,6 @@ impl Client {
     pub fn new(reg: Arc<Registry>) -> Self {
         let events = Recorder::start(Arc::new(RegistrySink(reg.clone())), None);
         Self { reg, events }
-    }
-
-    pub fn kind(&self, group: &str, version: &str, resource: &str) -> ResourceType {
-        self.reg
-            .find(group, version, resource)
-            .expect("built-in kinds are registered")
     }
 
     pub async fn create(

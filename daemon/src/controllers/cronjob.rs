@@ -8,6 +8,7 @@
 //! time while a Job is active, `Replace` deletes the active ones first.
 //! Finished Jobs beyond the history limits are deleted, oldest first.
 
+use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
 use super::job::finished;
 use crate::registry::batch::{time_zone, Schedule};
@@ -139,7 +140,7 @@ impl Ctl {
                 }
             }
         }
-        let jobs_rt = self.c.kind("batch", "v1", "jobs");
+        let jobs_rt = kinds::JOBS.resource_type();
         for (list, limit) in [
             (&done_ok, spec.successful_jobs_history_limit.unwrap_or(3)),
             (&done_failed, spec.failed_jobs_history_limit.unwrap_or(1)),
@@ -169,7 +170,7 @@ impl Ctl {
         status.active =
             Some(active.iter().map(job_ref).collect::<Vec<_>>()).filter(|a| !a.is_empty());
         if status != old {
-            let rt = self.c.kind("batch", "v1", "cronjobs");
+            let rt = kinds::CRON_JOBS.resource_type();
             self.c
                 .write_status(&rt, &ns, &name, &uid, json!(status))
                 .await;
@@ -238,7 +239,7 @@ impl Ctl {
         if self.cache.get(&format!("{JOBS}{ns}/{job_name}")).is_some() {
             return Some(due);
         }
-        let jobs_rt = self.c.kind("batch", "v1", "jobs");
+        let jobs_rt = kinds::JOBS.resource_type();
         match spec.concurrency_policy.as_deref() {
             Some("Forbid") if !active.is_empty() => {
                 let msg = "Not starting job because prior execution is running and concurrency policy is Forbid";

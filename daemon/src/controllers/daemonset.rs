@@ -10,6 +10,7 @@
 //! `maxUnavailable`, OnDelete only when a user deletes them. Failed pods
 //! and pods on nodes that no longer accept them are deleted.
 
+use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::deployment::scaled;
 use super::expectations::Expectations;
@@ -196,7 +197,7 @@ impl Ctl {
             }
         }
 
-        let pods_rt = self.c.kind("", "v1", "pods");
+        let pods_rt = kinds::PODS.resource_type();
         for p in &doomed {
             let pname = s(p, "/metadata/name");
             if self
@@ -256,7 +257,7 @@ impl Ctl {
             conditions: old.conditions.clone(),
         };
         if status != old {
-            let rt = self.c.kind("apps", "v1", "daemonsets");
+            let rt = kinds::DAEMON_SETS.resource_type();
             self.c
                 .write_status(&rt, &ns, &name, &uid, json!(status))
                 .await;

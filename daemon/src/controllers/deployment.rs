@@ -10,6 +10,7 @@
 //! Status carries the counts and the Available and Progressing conditions
 //! `kubectl rollout status` reads, ProgressDeadlineExceeded included.
 
+use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::replicaset::{active_pods, available};
 use crate::registry::cache::Cache;
@@ -122,7 +123,7 @@ impl Ctl {
         if from == to {
             return;
         }
-        let rt = self.c.kind("apps", "v1", "replicasets");
+        let rt = kinds::REPLICA_SETS.resource_type();
         let want = int(d, "/spec/replicas");
         let (surge, _) = surge_and_unavailable(d, want);
         // Decided on what the cache showed: a set that changed since is
@@ -175,7 +176,7 @@ impl Ctl {
         let collisions = int(d, "/status/collisionCount");
         let hash = template_hash(&template, collisions);
         let newest = sets.iter().map(revision).max().unwrap_or(0);
-        let rt = self.c.kind("apps", "v1", "replicasets");
+        let rt = kinds::REPLICA_SETS.resource_type();
         let ns = s(d, "/metadata/namespace");
         if let Some(rs) = sets
             .iter()
@@ -227,7 +228,7 @@ impl Ctl {
             Err(crate::registry::error::KubeError::AlreadyExists(_)) => {
                 // Someone else's set has the name: count a collision so the
                 // next hash differs, as upstream does.
-                let dt = self.c.kind("apps", "v1", "deployments");
+                let dt = kinds::DEPLOYMENTS.resource_type();
                 let _ = self
                     .c
                     .update(&dt, ns, s(d, "/metadata/name"), true, |o| {
@@ -260,7 +261,7 @@ impl Ctl {
         {
             return;
         }
-        let dt = self.c.kind("apps", "v1", "deployments");
+        let dt = kinds::DEPLOYMENTS.resource_type();
         let r = self
             .c
             .update(
@@ -286,7 +287,7 @@ impl Ctl {
     }
 
     async fn set_progressing(&self, d: &Value, status: &str, reason: &str, message: &str) {
-        let dt = self.c.kind("apps", "v1", "deployments");
+        let dt = kinds::DEPLOYMENTS.resource_type();
         let now = crate::objects::now_rfc3339();
         let _ = self
             .c
@@ -438,7 +439,7 @@ impl Ctl {
             .filter(|rs| int(rs, "/spec/replicas") == 0 && int(rs, "/status/replicas") == 0)
             .filter(|rs| !deleting(rs))
             .collect();
-        let rt = self.c.kind("apps", "v1", "replicasets");
+        let rt = kinds::REPLICA_SETS.resource_type();
         for rs in idle.iter().take(idle.len().saturating_sub(limit)) {
             let _ = self
                 .c
@@ -477,7 +478,7 @@ impl Ctl {
             .and_then(Value::as_i64)
             .unwrap_or(600);
         let stamp = crate::objects::now_rfc3339();
-        let dt = self.c.kind("apps", "v1", "deployments");
+        let dt = kinds::DEPLOYMENTS.resource_type();
         let generation = d
             .pointer("/metadata/generation")
             .cloned()

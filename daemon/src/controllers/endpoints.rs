@@ -12,6 +12,7 @@
 //! write; a deleted Service's Endpoints go (its slices are owned by it,
 //! the garbage collector removes them).
 
+use crate::registry::kinds;
 use super::client::{controller_ref, deleting, s, Client};
 use super::replicaset::{ready, terminal};
 use crate::registry::cache::{Cache, Change};
@@ -198,7 +199,7 @@ impl Ctl {
         let Some((ns, name)) = key.strip_prefix(SERVICES).and_then(|k| k.split_once('/')) else {
             return Ok(());
         };
-        let ep_rt = self.c.kind("", "v1", "endpoints");
+        let ep_rt = kinds::ENDPOINTS.resource_type();
         let Some(v) = self.cache.get(key) else {
             // The Service is gone: so are its Endpoints.
             if let Some(e) = self.cache.get(&format!("/registry/endpoints/{ns}/{name}")) {
@@ -232,7 +233,7 @@ impl Ctl {
         name: &str,
         subsets: Value,
     ) -> Result<(), KubeError> {
-        let rt = self.c.kind("", "v1", "endpoints");
+        let rt = kinds::ENDPOINTS.resource_type();
         let mut labels = svc["metadata"]["labels"].clone();
         if !labels.is_object() {
             labels = json!({});
@@ -287,7 +288,7 @@ impl Ctl {
         name: &str,
         want: Vec<(Value, Value)>,
     ) -> Result<(), KubeError> {
-        let rt = self.c.kind("discovery.k8s.io", "v1", "endpointslices");
+        let rt = kinds::ENDPOINT_SLICES.resource_type();
         let mut have: Vec<Value> = self
             .cache
             .list(&format!("{SLICES}{ns}/"))

@@ -10,6 +10,7 @@
 //! their pods. Counts never go down, so pods removed after they were
 //! counted (by a user or the pod GC) do not undo progress.
 
+use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
 use super::expectations::Expectations;
 use super::replicaset::{ready, terminal};
@@ -260,7 +261,7 @@ impl Ctl {
             ));
         }
 
-        let pods_rt = self.c.kind("", "v1", "pods");
+        let pods_rt = kinds::PODS.resource_type();
         let mut active = obs.active.clone();
         if finish.is_some() || suspended {
             for p in &active {
@@ -441,12 +442,12 @@ impl Ctl {
                 }
             }
         }
-        let pods_rt = self.c.kind("", "v1", "pods");
+        let pods_rt = kinds::PODS.resource_type();
         self.c.create(&pods_rt, ns, pod).await
     }
 
     async fn write_status(&self, ns: &str, name: &str, uid: &str, status: JobStatus) {
-        let rt = self.c.kind("batch", "v1", "jobs");
+        let rt = kinds::JOBS.resource_type();
         self.c.write_status(&rt, ns, name, uid, json!(status)).await;
     }
 
@@ -458,7 +459,7 @@ impl Ctl {
         if (now - at).num_seconds() < i64::from(ttl) {
             return;
         }
-        let rt = self.c.kind("batch", "v1", "jobs");
+        let rt = kinds::JOBS.resource_type();
         let (ns, name, uid) = (
             s(v, "/metadata/namespace"),
             s(v, "/metadata/name"),

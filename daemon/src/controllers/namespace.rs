@@ -102,9 +102,7 @@ async fn finalize(reg: &Registry, cache: &Cache, ns: &Value) {
         }
     }
     if remaining == 0 {
-        let Some(rt) = reg.find("", "v1", "namespaces") else {
-            return;
-        };
+        let rt = crate::registry::kinds::NAMESPACES.resource_type();
         // Through `finalize`, the one write that changes spec.finalizers.
         let r = reg
             .modify_in(&rt, None, name, Some("finalize"), |v| {

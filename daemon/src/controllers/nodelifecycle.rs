@@ -13,6 +13,7 @@
 //! counted from the taint's `timeAdded`. Its controller then replaces it
 //! elsewhere: a deleted pod no longer counts as one of its replicas.
 
+use crate::registry::kinds;
 use super::client::{deleting, s, time, to_utc, Client};
 use super::replicaset::terminal;
 use crate::datastore::EventKind;
@@ -192,7 +193,7 @@ async fn sync_taints(
     tainted: &mut HashMap<String, Vec<Taint>>,
     now: DateTime<Utc>,
 ) -> HashMap<String, Option<Arc<Value>>> {
-    let rt = c.kind("", "v1", "nodes");
+    let rt = kinds::NODES.resource_type();
     let mut retry = HashMap::new();
     for (name, v) in changed {
         let Some(v) = v else {
@@ -255,7 +256,7 @@ async fn evict(
         logged.clear();
         return;
     }
-    let rt = c.kind("", "v1", "pods");
+    let rt = kinds::PODS.resource_type();
     let mut pending = HashMap::new();
     for (_, v) in cache.list("/registry/pods/") {
         let Some(taints) = tainted.get(s(&v, "/spec/nodeName")) else {

@@ -4,6 +4,7 @@
 //! (it may be re-registering); finished pods beyond
 //! `--terminated-pod-gc-threshold` go, oldest first.
 
+use crate::registry::kinds;
 use super::client::{s, Client};
 use super::replicaset::terminal;
 use crate::registry::cache::Cache;
@@ -23,7 +24,7 @@ pub async fn run(c: Client, cache: Arc<Cache>, threshold: usize, stop: Cancellat
     tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
     let mut missing_since: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(PERIOD);
-    let pods_rt = c.kind("", "v1", "pods");
+    let pods_rt = kinds::PODS.resource_type();
     loop {
         tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
         let nodes: HashSet<String> = cache

@@ -7,6 +7,8 @@
 //! deleted) before acting on a set again. Surplus pods go unscheduled
 //! first, then pending, not ready, and newest.
 
+use crate::registry::kinds;
+use crate::registry::resource::Builtin;
 use super::client::{controlled, controller_ref, controller_uid, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use crate::registry::cache::Cache;
@@ -25,29 +27,29 @@ const BURST: usize = 500;
 
 /// Which of the two kinds a controller instance runs.
 pub struct Flavor {
+    of: &'static Builtin,
     prefix: &'static str,
     group: &'static str,
     api_version: &'static str,
     kind: &'static str,
-    resource: &'static str,
     component: &'static str,
 }
 
 pub const REPLICA_SETS: Flavor = Flavor {
+    of: &kinds::REPLICA_SETS,
     prefix: "/registry/apps/replicasets/",
     group: "apps",
     api_version: "apps/v1",
     kind: "ReplicaSet",
-    resource: "replicasets",
     component: "replicaset-controller",
 };
 
 pub const REPLICATION_CONTROLLERS: Flavor = Flavor {
+    of: &kinds::REPLICATION_CONTROLLERS,
     prefix: "/registry/replicationcontrollers/",
     group: "",
     api_version: "v1",
     kind: "ReplicationController",
-    resource: "replicationcontrollers",
     component: "replication-controller",
 };
 
@@ -131,7 +133,7 @@ impl Ctl {
             return;
         }
         let pods = active_pods(&self.cache, &rs);
-        let pods_rt = self.c.kind("", "v1", "pods");
+        let pods_rt = kinds::PODS.resource_type();
         if pods.len() < want {
             let mut template = rs["spec"]["template"].clone();
             let mut meta = template["metadata"].take();
@@ -259,7 +261,7 @@ impl Ctl {
                     && !terminal(p)
                     && selector_matches(&sel, Some(&labels(p)))
             });
-        let pods_rt = self.c.kind("", "v1", "pods");
+        let pods_rt = kinds::PODS.resource_type();
         let owner = controller_ref(rs, self.flavor.api_version, self.flavor.kind);
         let mut adopted = false;
         for (_, p) in orphans {
@@ -316,7 +318,7 @@ impl Ctl {
         if same_counts(&rs["status"], &status) {
             return;
         }
-        let rt = self.c.kind(self.flavor.group, "v1", self.flavor.resource);
+        let rt = self.flavor.of.resource_type();
         let r = self
             .c
             .update(

@@ -3,6 +3,7 @@
 //! per distinct template, named `<owner>-<hash>`; going back to an older
 //! template renumbers its revision as the newest, as upstream does.
 
+use crate::registry::kinds;
 use super::client::{controlled, controller_ref, s, Client};
 use super::deployment::template_hash;
 use crate::registry::cache::Cache;
@@ -54,7 +55,7 @@ pub async fn ensure(
     let name = format!("{owner_name}-{hash}");
     let crs = list(cache, uid);
     let max = crs.iter().map(number).max().unwrap_or(0);
-    let rt = c.kind("apps", "v1", "controllerrevisions");
+    let rt = kinds::CONTROLLER_REVISIONS.resource_type();
     let current = match crs.iter().find(|cr| s(cr, "/metadata/name") == name) {
         Some(cr) if number(cr) < max => {
             c.update(&rt, ns, &name, false, |o| {

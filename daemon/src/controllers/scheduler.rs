@@ -12,6 +12,7 @@
 //! message (`0/3 nodes are available: ...`) and a FailedScheduling Event,
 //! and is tried again when nodes or pods change.
 
+use crate::registry::kinds;
 use super::client::{controller_uid, deleting, s, Client};
 use crate::datastore::EventKind;
 use crate::placement::{
@@ -498,7 +499,7 @@ async fn schedule(
             }
             None => {
                 let message = unschedulable_message(nodes.len(), &reasons);
-                let rt = c.kind("", "v1", "pods");
+                let rt = kinds::PODS.resource_type();
                 let mut changed = false;
                 let now = crate::objects::now_rfc3339();
                 let r = c

@@ -7,6 +7,8 @@
 //!   token, `ca.crt` and `namespace` when their account exists, deleted
 //!   when it does not (or was recreated with another uid).
 
+use crate::registry::kinds;
+use crate::registry::resource::Builtin;
 use crate::auth::Auth;
 use crate::registry::cache::Cache;
 use crate::registry::{KubeError, Registry, WriteOptions};
@@ -99,14 +101,9 @@ pub async fn run(
 }
 
 impl Ctl {
-    fn kind(&self, resource: &str) -> crate::registry::ResourceType {
-        self.reg
-            .find("", "v1", resource)
-            .expect("core kinds are built in")
-    }
-
-    async fn create(&self, resource: &str, ns: &str, obj: Value) {
-        let rt = self.kind(resource);
+    async fn create(&self, kind: &Builtin, ns: &str, obj: Value) {
+        let rt = kind.resource_type();
+        let resource = kind.resource;
         match self
             .reg
             .create(&rt, Some(ns), obj, &WriteOptions::default())
@@ -134,7 +131,7 @@ impl Ctl {
             .is_none()
         {
             self.create(
-                "serviceaccounts",
+                &kinds::SERVICE_ACCOUNTS,
                 ns,
                 json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
             )
@@ -147,7 +144,7 @@ impl Ctl {
         {
             None => {
                 self.create(
-                    "configmaps",
+                    &kinds::CONFIG_MAPS,
                     ns,
                     json!({"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": {"name": ROOT_CA, "annotations": {"kubernetes.io/description":
@@ -199,7 +196,7 @@ impl Ctl {
         };
         if stale {
             // Confirm with a live read: the cache may lag an account just made.
-            let rt = self.kind("serviceaccounts");
+            let rt = kinds::SERVICE_ACCOUNTS.resource_type();
             if let Ok(live) = self.reg.get(&rt, Some(ns), sa_name).await {
                 if ann(SA_UID).is_empty() || s(&live, "/metadata/uid") == ann(SA_UID) {
                     return;

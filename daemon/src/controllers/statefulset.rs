@@ -12,6 +12,7 @@
 //! Templates are ControllerRevisions; `currentRevision` becomes the update
 //! revision once every pod runs it.
 
+use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use super::replicaset::{available, ready, terminal};
@@ -216,7 +217,7 @@ impl Ctl {
             conditions: old.conditions.clone(),
         };
         if status != old {
-            let rt = self.c.kind("apps", "v1", "statefulsets");
+            let rt = kinds::STATEFUL_SETS.resource_type();
             self.c
                 .write_status(&rt, &ns, &name, &uid, json!(status))
                 .await;
@@ -224,7 +225,7 @@ impl Ctl {
     }
 
     async fn delete_pod(&mut self, set: &Value, uid: &str, p: &Value) {
-        let rt = self.c.kind("", "v1", "pods");
+        let rt = kinds::PODS.resource_type();
         let pname = s(p, "/metadata/name");
         if self
             .c
@@ -272,7 +273,7 @@ impl Ctl {
             pspec["subdomain"] = json!(spec.service_name);
         }
         // Each claim template becomes this pod's own claim.
-        let pvc_rt = self.c.kind("", "v1", "persistentvolumeclaims");
+        let pvc_rt = kinds::PERSISTENT_VOLUME_CLAIMS.resource_type();
         for t in spec.volume_claim_templates.iter().flatten() {
             let tname = t.metadata.name.clone().unwrap_or_default();
             let claim = format!("{tname}-{pod_name}");
@@ -311,7 +312,7 @@ impl Ctl {
             }
         }
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pspec});
-        let rt = self.c.kind("", "v1", "pods");
+        let rt = kinds::PODS.resource_type();
         match self.c.create(&rt, ns, pod).await {
             Ok(_) => {
                 self.expected.created(s(v, "/metadata/uid"), &pod_name);

@@ -1,22 +1,7 @@
 //! The built-in kinds the API serves, each with its strategy (a CRD's
 //! kinds come from [`super::crd::from_crd`]).
 
-use super::resource::{ResourceType, StrategyRef};
-use super::strategy::Strategy;
-
-/// One built-in kind.
-struct Builtin {
-    group: &'static str,
-    version: &'static str,
-    resource: &'static str,
-    singular: &'static str,
-    kind: &'static str,
-    namespaced: bool,
-    short: &'static [&'static str],
-    categories: &'static [&'static str],
-    subresources: &'static [&'static str],
-    strategy: fn() -> &'static dyn Strategy,
-}
+use super::resource::{Builtin, ResourceType};
 
 const ALL: &[&str] = &["all"];
 const STATUS: &[&str] = &["status"];
@@ -44,8 +29,55 @@ use super::{apps, batch, core, other, rbac};
 
 /// Upstream's built-in kinds rk3s serves, in discovery order within each
 /// group (the first version of a group is the preferred one).
-static BUILTINS: &[Builtin] = &[
-    builtin!(
+static BUILTINS: &[&Builtin] = &[
+    &NAMESPACES,
+    &NODES,
+    &PODS,
+    &POD_TEMPLATES,
+    &REPLICATION_CONTROLLERS,
+    &SERVICES,
+    &ENDPOINTS,
+    &SERVICE_ACCOUNTS,
+    &SECRETS,
+    &CONFIG_MAPS,
+    &EVENTS,
+    &PERSISTENT_VOLUMES,
+    &PERSISTENT_VOLUME_CLAIMS,
+    &RESOURCE_QUOTAS,
+    &LIMIT_RANGES,
+    &DEPLOYMENTS,
+    &REPLICA_SETS,
+    &STATEFUL_SETS,
+    &DAEMON_SETS,
+    &CONTROLLER_REVISIONS,
+    &JOBS,
+    &CRON_JOBS,
+    &HORIZONTAL_POD_AUTOSCALERS,
+    &HORIZONTAL_POD_AUTOSCALERS_V1,
+    &LEASES,
+    &ENDPOINT_SLICES,
+    &EVENTS_API_EVENTS,
+    &INGRESSES,
+    &INGRESS_CLASSES,
+    &NETWORK_POLICIES,
+    &POD_DISRUPTION_BUDGETS,
+    &SELF_SUBJECT_REVIEWS,
+    &TOKEN_REVIEWS,
+    &SELF_SUBJECT_REVIEWS_V1BETA1,
+    &LOCAL_SUBJECT_ACCESS_REVIEWS,
+    &SELF_SUBJECT_ACCESS_REVIEWS,
+    &SELF_SUBJECT_RULES_REVIEWS,
+    &SUBJECT_ACCESS_REVIEWS,
+    &CLUSTER_ROLE_BINDINGS,
+    &CLUSTER_ROLES,
+    &ROLE_BINDINGS,
+    &ROLES,
+    &PRIORITY_CLASSES,
+    &STORAGE_CLASSES,
+    &CUSTOM_RESOURCE_DEFINITIONS,
+];
+
+pub static NAMESPACES: Builtin = builtin!(
         "",
         "v1",
         "namespaces",
@@ -56,8 +88,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &["status", "finalize"],
         &core::NAMESPACE
-    ),
-    builtin!(
+    );
+
+pub static NODES: Builtin = builtin!(
         "",
         "v1",
         "nodes",
@@ -68,8 +101,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         STATUS,
         &core::NODE
-    ),
-    builtin!(
+    );
+
+pub static PODS: Builtin = builtin!(
         "",
         "v1",
         "pods",
@@ -80,8 +114,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         &["status", "binding", "eviction", "ephemeralcontainers"],
         &core::POD
-    ),
-    builtin!(
+    );
+
+pub static POD_TEMPLATES: Builtin = builtin!(
         "",
         "v1",
         "podtemplates",
@@ -92,8 +127,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &core::POD_TEMPLATE
-    ),
-    builtin!(
+    );
+
+pub static REPLICATION_CONTROLLERS: Builtin = builtin!(
         "",
         "v1",
         "replicationcontrollers",
@@ -104,8 +140,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         SCALED,
         &core::REPLICATION_CONTROLLER
-    ),
-    builtin!(
+    );
+
+pub static SERVICES: Builtin = builtin!(
         "",
         "v1",
         "services",
@@ -116,8 +153,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         STATUS,
         &core::SERVICE
-    ),
-    builtin!(
+    );
+
+pub static ENDPOINTS: Builtin = builtin!(
         "",
         "v1",
         "endpoints",
@@ -128,8 +166,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &core::ENDPOINTS
-    ),
-    builtin!(
+    );
+
+pub static SERVICE_ACCOUNTS: Builtin = builtin!(
         "",
         "v1",
         "serviceaccounts",
@@ -140,8 +179,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &["token"],
         &core::SERVICE_ACCOUNT
-    ),
-    builtin!(
+    );
+
+pub static SECRETS: Builtin = builtin!(
         "",
         "v1",
         "secrets",
@@ -152,8 +192,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &core::SECRET
-    ),
-    builtin!(
+    );
+
+pub static CONFIG_MAPS: Builtin = builtin!(
         "",
         "v1",
         "configmaps",
@@ -164,8 +205,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &core::CONFIG_MAP
-    ),
-    builtin!(
+    );
+
+pub static EVENTS: Builtin = builtin!(
         "",
         "v1",
         "events",
@@ -176,8 +218,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &core::EVENT
-    ),
-    builtin!(
+    );
+
+pub static PERSISTENT_VOLUMES: Builtin = builtin!(
         "",
         "v1",
         "persistentvolumes",
@@ -188,8 +231,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         STATUS,
         &core::PERSISTENT_VOLUME
-    ),
-    builtin!(
+    );
+
+pub static PERSISTENT_VOLUME_CLAIMS: Builtin = builtin!(
         "",
         "v1",
         "persistentvolumeclaims",
@@ -200,8 +244,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         STATUS,
         &core::PERSISTENT_VOLUME_CLAIM
-    ),
-    builtin!(
+    );
+
+pub static RESOURCE_QUOTAS: Builtin = builtin!(
         "",
         "v1",
         "resourcequotas",
@@ -212,8 +257,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         STATUS,
         &core::RESOURCE_QUOTA
-    ),
-    builtin!(
+    );
+
+pub static LIMIT_RANGES: Builtin = builtin!(
         "",
         "v1",
         "limitranges",
@@ -224,8 +270,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &core::LIMIT_RANGE
-    ),
-    builtin!(
+    );
+
+pub static DEPLOYMENTS: Builtin = builtin!(
         "apps",
         "v1",
         "deployments",
@@ -236,8 +283,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         SCALED,
         &apps::DEPLOYMENT
-    ),
-    builtin!(
+    );
+
+pub static REPLICA_SETS: Builtin = builtin!(
         "apps",
         "v1",
         "replicasets",
@@ -248,8 +296,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         SCALED,
         &apps::REPLICA_SET
-    ),
-    builtin!(
+    );
+
+pub static STATEFUL_SETS: Builtin = builtin!(
         "apps",
         "v1",
         "statefulsets",
@@ -260,8 +309,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         SCALED,
         &apps::STATEFUL_SET
-    ),
-    builtin!(
+    );
+
+pub static DAEMON_SETS: Builtin = builtin!(
         "apps",
         "v1",
         "daemonsets",
@@ -272,8 +322,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         STATUS,
         &apps::DAEMON_SET
-    ),
-    builtin!(
+    );
+
+pub static CONTROLLER_REVISIONS: Builtin = builtin!(
         "apps",
         "v1",
         "controllerrevisions",
@@ -284,8 +335,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &apps::CONTROLLER_REVISION
-    ),
-    builtin!(
+    );
+
+pub static JOBS: Builtin = builtin!(
         "batch",
         "v1",
         "jobs",
@@ -296,8 +348,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         STATUS,
         &batch::JOB
-    ),
-    builtin!(
+    );
+
+pub static CRON_JOBS: Builtin = builtin!(
         "batch",
         "v1",
         "cronjobs",
@@ -308,8 +361,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         STATUS,
         &batch::CRON_JOB
-    ),
-    builtin!(
+    );
+
+pub static HORIZONTAL_POD_AUTOSCALERS: Builtin = builtin!(
         "autoscaling",
         "v2",
         "horizontalpodautoscalers",
@@ -320,8 +374,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         STATUS,
         &other::HPA_V2
-    ),
-    builtin!(
+    );
+
+pub static HORIZONTAL_POD_AUTOSCALERS_V1: Builtin = builtin!(
         "autoscaling",
         "v1",
         "horizontalpodautoscalers",
@@ -332,8 +387,9 @@ static BUILTINS: &[Builtin] = &[
         ALL,
         STATUS,
         &other::HPA_V1
-    ),
-    builtin!(
+    );
+
+pub static LEASES: Builtin = builtin!(
         "coordination.k8s.io",
         "v1",
         "leases",
@@ -344,8 +400,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::LEASE
-    ),
-    builtin!(
+    );
+
+pub static ENDPOINT_SLICES: Builtin = builtin!(
         "discovery.k8s.io",
         "v1",
         "endpointslices",
@@ -356,8 +413,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::ENDPOINT_SLICE
-    ),
-    builtin!(
+    );
+
+pub static EVENTS_API_EVENTS: Builtin = builtin!(
         "events.k8s.io",
         "v1",
         "events",
@@ -368,8 +426,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::EVENTS_V1
-    ),
-    builtin!(
+    );
+
+pub static INGRESSES: Builtin = builtin!(
         "networking.k8s.io",
         "v1",
         "ingresses",
@@ -380,8 +439,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         STATUS,
         &other::INGRESS
-    ),
-    builtin!(
+    );
+
+pub static INGRESS_CLASSES: Builtin = builtin!(
         "networking.k8s.io",
         "v1",
         "ingressclasses",
@@ -392,8 +452,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::INGRESS_CLASS
-    ),
-    builtin!(
+    );
+
+pub static NETWORK_POLICIES: Builtin = builtin!(
         "networking.k8s.io",
         "v1",
         "networkpolicies",
@@ -404,8 +465,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::NETWORK_POLICY
-    ),
-    builtin!(
+    );
+
+pub static POD_DISRUPTION_BUDGETS: Builtin = builtin!(
         "policy",
         "v1",
         "poddisruptionbudgets",
@@ -416,8 +478,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         STATUS,
         &other::PDB
-    ),
-    builtin!(
+    );
+
+pub static SELF_SUBJECT_REVIEWS: Builtin = builtin!(
         "authentication.k8s.io",
         "v1",
         "selfsubjectreviews",
@@ -428,8 +491,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::SELF_SUBJECT_REVIEW
-    ),
-    builtin!(
+    );
+
+pub static TOKEN_REVIEWS: Builtin = builtin!(
         "authentication.k8s.io",
         "v1",
         "tokenreviews",
@@ -440,9 +504,11 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::TOKEN_REVIEW
-    ),
-    // kubectl 1.27 asks `auth whoami` of v1beta1 (same shape as v1).
-    builtin!(
+    );
+
+// kubectl 1.27 asks `auth whoami` of v1beta1 (same shape as v1).
+
+pub static SELF_SUBJECT_REVIEWS_V1BETA1: Builtin = builtin!(
         "authentication.k8s.io",
         "v1beta1",
         "selfsubjectreviews",
@@ -453,8 +519,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::SELF_SUBJECT_REVIEW
-    ),
-    builtin!(
+    );
+
+pub static LOCAL_SUBJECT_ACCESS_REVIEWS: Builtin = builtin!(
         "authorization.k8s.io",
         "v1",
         "localsubjectaccessreviews",
@@ -465,8 +532,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::LSAR
-    ),
-    builtin!(
+    );
+
+pub static SELF_SUBJECT_ACCESS_REVIEWS: Builtin = builtin!(
         "authorization.k8s.io",
         "v1",
         "selfsubjectaccessreviews",
@@ -477,8 +545,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::SSAR
-    ),
-    builtin!(
+    );
+
+pub static SELF_SUBJECT_RULES_REVIEWS: Builtin = builtin!(
         "authorization.k8s.io",
         "v1",
         "selfsubjectrulesreviews",
@@ -489,8 +558,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::SSRR
-    ),
-    builtin!(
+    );
+
+pub static SUBJECT_ACCESS_REVIEWS: Builtin = builtin!(
         "authorization.k8s.io",
         "v1",
         "subjectaccessreviews",
@@ -501,8 +571,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::SAR
-    ),
-    builtin!(
+    );
+
+pub static CLUSTER_ROLE_BINDINGS: Builtin = builtin!(
         rbac::GROUP,
         "v1",
         "clusterrolebindings",
@@ -513,8 +584,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::CLUSTER_ROLE_BINDING
-    ),
-    builtin!(
+    );
+
+pub static CLUSTER_ROLES: Builtin = builtin!(
         rbac::GROUP,
         "v1",
         "clusterroles",
@@ -525,8 +597,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::CLUSTER_ROLE
-    ),
-    builtin!(
+    );
+
+pub static ROLE_BINDINGS: Builtin = builtin!(
         rbac::GROUP,
         "v1",
         "rolebindings",
@@ -537,8 +610,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::ROLE_BINDING
-    ),
-    builtin!(
+    );
+
+pub static ROLES: Builtin = builtin!(
         rbac::GROUP,
         "v1",
         "roles",
@@ -549,8 +623,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &rbac::ROLE
-    ),
-    builtin!(
+    );
+
+pub static PRIORITY_CLASSES: Builtin = builtin!(
         "scheduling.k8s.io",
         "v1",
         "priorityclasses",
@@ -561,8 +636,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::PRIORITY_CLASS
-    ),
-    builtin!(
+    );
+
+pub static STORAGE_CLASSES: Builtin = builtin!(
         "storage.k8s.io",
         "v1",
         "storageclasses",
@@ -573,8 +649,9 @@ static BUILTINS: &[Builtin] = &[
         &[],
         &[],
         &other::STORAGE_CLASS
-    ),
-    builtin!(
+    );
+
+pub static CUSTOM_RESOURCE_DEFINITIONS: Builtin = builtin!(
         CRD_GROUP,
         "v1",
         "customresourcedefinitions",
@@ -585,37 +662,10 @@ static BUILTINS: &[Builtin] = &[
         &["api-extensions"],
         STATUS,
         &crd::CRD
-    ),
-];
-
-/// Groups whose kinds are all reviews (create-only, never stored).
-const REVIEW_GROUPS: [&str; 2] = ["authentication.k8s.io", "authorization.k8s.io"];
-
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
-}
+    );
 
 pub fn builtins() -> Vec<ResourceType> {
-    BUILTINS
-        .iter()
-        .map(|b| ResourceType {
-            group: b.group.into(),
-            version: b.version.into(),
-            resource: b.resource.into(),
-            singular: b.singular.into(),
-            kind: b.kind.into(),
-            namespaced: b.namespaced,
-            short_names: strings(b.short),
-            categories: strings(b.categories),
-            subresources: strings(b.subresources),
-            columns: vec![],
-            scale_paths: None,
-            schema: None,
-            create_only: REVIEW_GROUPS.contains(&b.group),
-            strategy: StrategyRef((b.strategy)()),
-            builtin: true,
-        })
-        .collect()
+    BUILTINS.iter().map(|b| b.resource_type()).collect()
 }
 
 #[cfg(test)]

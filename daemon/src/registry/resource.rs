@@ -112,6 +112,11 @@ impl ResourceType {
         self.has("status")
     }
 
+    /// Whether this is the built-in kind `b` (in any of its versions).
+    pub fn is(&self, b: &Builtin) -> bool {
+        self.builtin && self.group == b.group() && self.resource == b.resource()
+    }
+
     pub fn is_builtin(&self) -> bool {
         self.builtin
     }
@@ -135,3 +140,63 @@ impl ResourceType {
         })
     }
 }
+
+/// One built-in kind. Its static (`kinds::PODS`) is how code that must
+/// treat a kind specially names it: it always exists, so there is
+/// nothing to look up and nothing that can fail.
+pub struct Builtin {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub resource: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [&'static str],
+    pub strategy: fn() -> &'static dyn Strategy,
+}
+
+/// Groups whose kinds are all reviews (create-only, never stored).
+const REVIEW_GROUPS: [&str; 2] = ["authentication.k8s.io", "authorization.k8s.io"];
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|x| x.to_string()).collect()
+}
+
+impl Builtin {
+    /// The kind as the registry serves it.
+    pub fn resource_type(&self) -> ResourceType {
+        ResourceType {
+            group: self.group.into(),
+            version: self.version.into(),
+            resource: self.resource.into(),
+            singular: self.singular.into(),
+            kind: self.kind.into(),
+            namespaced: self.namespaced,
+            short_names: strings(self.short),
+            categories: strings(self.categories),
+            subresources: strings(self.subresources),
+            columns: vec![],
+            scale_paths: None,
+            schema: None,
+            create_only: REVIEW_GROUPS.contains(&self.group),
+            strategy: StrategyRef((self.strategy)()),
+            builtin: true,
+        }
+    }
+
+    /// The datastore directory of its objects (`pods`, `apps/deployments`).
+    pub fn storage(&self) -> String {
+        self.resource_type().storage()
+    }
+
+    pub fn group(&self) -> &'static str {
+        self.group
+    }
+
+    pub fn resource(&self) -> &'static str {
+        self.resource
+    }
+}
+
