@@ -51,6 +51,11 @@ pub fn lease_ref(name: &str) -> Ref {
     Ref::namespaced("leases", LEASE_NAMESPACE, name)
 }
 
+/// Remove a node's Lease (gone already is fine).
+pub async fn delete_lease(objects: &Objects, name: &str) -> crate::objects::Result<()> {
+    objects.delete(&lease_ref(name)).await.map(|_| ())
+}
+
 fn ready_condition(status: &str, now: &str, transition: &str) -> Value {
     let (reason, message) = match status {
         "True" => ("KubeletReady", "rk3s agent is posting ready status"),

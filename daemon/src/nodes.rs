@@ -5,7 +5,8 @@
 use crate::lifecycle::{self, lease_ref, node_ref, ready_status, ANNOTATION_CONNECTED_TO};
 use crate::nodepassword::{self, secrets};
 use crate::objects::parse_time;
-use crate::registry::KubeError;
+use crate::registry::admission::Deletions;
+use crate::registry::{kinds, DeleteOptions, KubeError, ResourceType};
 use crate::supervisor::Supervisor;
 use rk3s_api::admin::{Address, Condition, ForgetResult, NodeDetail, NodeSummary, RotateResult};
 use rk3s_api::tunnel::{SecretString, ServerMessage};
@@ -168,7 +169,9 @@ pub async fn show(sv: &Supervisor, name: &str) -> Result<NodeDetail, KubeError> 
 }
 
 /// Delete the node, its Lease and its password secret, and close its
-/// tunnel. A connected node is refused unless `force`.
+/// tunnel. A connected node is refused unless `force`. The Node goes
+/// through the registry like any delete; [`NodeDeletions`] removes the
+/// rest, here also for a node whose Node object is gone already.
 pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetResult, KubeError> {
     if !force {
         let lease = sv.objects.get(&lease_ref(name)).await?;
@@ -179,16 +182,19 @@ pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetRe
         }
     }
     let tunnel_closed = sv.tunnels.close(name);
-    let node_deleted = sv.objects.delete(&node_ref(name)).await?.is_some();
-    if let Err(e) = crate::ipam::release(&sv.objects.store, &sv.pod_cidrs, name).await {
-        tracing::warn!(node = name, error = %e, "could not release the node's pod CIDR");
-    }
-    let lease_deleted = sv.objects.delete(&lease_ref(name)).await?.is_some();
-    let password_secret_deleted = sv
-        .objects
-        .delete(&secrets::secret_ref(name))
-        .await?
-        .is_some();
+    let lease_deleted = sv.objects.get(&lease_ref(name)).await?.is_some();
+    let password_secret_deleted = sv.objects.get(&secrets::secret_ref(name)).await?.is_some();
+    let nodes = kinds::NODES.resource_type();
+    let node_deleted = match sv
+        .registry
+        .delete(&nodes, None, name, &DeleteOptions::default())
+        .await
+    {
+        Ok((_, gone)) => gone,
+        Err(KubeError::NotFound(_)) => false,
+        Err(e) => return Err(e),
+    };
+    forget_rest(sv, name).await?;
     if !(node_deleted || lease_deleted || password_secret_deleted || tunnel_closed) {
         return Err(not_found(name));
     }
@@ -207,6 +213,52 @@ pub async fn forget(sv: &Supervisor, name: &str, force: bool) -> Result<ForgetRe
         password_secret_deleted,
         tunnel_closed,
     })
+}
+
+/// What goes with a node: its tunnel, pod CIDR, Lease and password
+/// Secret. Gone already is fine.
+async fn forget_rest(sv: &Supervisor, name: &str) -> Result<(), KubeError> {
+    sv.tunnels.close(name);
+    if let Err(e) = crate::ipam::release(&sv.objects.store, &sv.pod_cidrs, name).await {
+        tracing::warn!(node = name, error = %e, "could not release the node's pod CIDR");
+    }
+    lifecycle::delete_lease(&sv.objects, name).await?;
+    let secret = secrets::secret_ref(name);
+    let r = sv
+        .registry
+        .delete(
+            &kinds::SECRETS.resource_type(),
+            secret.namespace.as_deref(),
+            &secret.name,
+            &DeleteOptions::default(),
+        )
+        .await;
+    match r {
+        Ok(_) | Err(KubeError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A Node deleted through the API (`kubectl delete node`) takes with it
+/// what `rk3sctl node forget` removes.
+pub struct NodeDeletions(pub std::sync::Weak<Supervisor>);
+
+#[async_trait::async_trait]
+impl Deletions for NodeDeletions {
+    async fn deleted(&self, rt: &ResourceType, obj: &Value) {
+        if !rt.is(&kinds::NODES) {
+            return;
+        }
+        let (Some(sv), Some(name)) = (
+            self.0.upgrade(),
+            obj.pointer("/metadata/name").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        if let Err(e) = forget_rest(&sv, name).await {
+            tracing::warn!(node = name, error = %e, "a deleted node's lease, password or pod CIDR not removed");
+        }
+    }
 }
 
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(15);

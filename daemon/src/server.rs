@@ -387,6 +387,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             Duration::from_secs(6),
         ),
     });
+    registry.set_deletions(Arc::new(crate::nodes::NodeDeletions(Arc::downgrade(&sv))));
 
     let tls = sv.pki.server_config()?;
     let http_cancel = shutdown.child_token();

@@ -57,5 +57,4 @@ impl Supervisor {
 }
 
 /// Namespaces that always exist, as in Kubernetes.
-pub const SYSTEM_NAMESPACES: [&str; 4] =
-    ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub use crate::registry::core::SYSTEM_NAMESPACES;

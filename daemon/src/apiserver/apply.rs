@@ -107,12 +107,7 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
             Ok(o) => o,
             Err(KubeError::NotFound(_)) => {
                 match sv.registry.create(&rt, ns, desired.clone(), &opts).await {
-                    Ok(_) => {
-                        if rt.resource == "customresourcedefinitions" {
-                            sv.registry.refresh().await;
-                        }
-                        return Ok((id, true));
-                    }
+                    Ok(_) => return Ok((id, true)),
                     // Lost a race with another creator: go round and merge into theirs.
                     Err(KubeError::AlreadyExists(_)) => continue,
                     Err(e) => return Err(e),
@@ -130,12 +125,7 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
             .update(&rt, ns, &id.name, &old, new, None, &opts)
             .await
         {
-            Ok(w) => {
-                if rt.resource == "customresourcedefinitions" {
-                    sv.registry.refresh().await;
-                }
-                return Ok((id, w.object != old));
-            }
+            Ok(w) => return Ok((id, w.object != old)),
             Err(KubeError::Conflict(..)) => continue,
             Err(e) => return Err(e),
         }

@@ -8,8 +8,8 @@ use super::request::{parse, parse_body, selectors, Target};
 use super::response::{json_response, written_response};
 use super::subresources;
 use super::table;
-use crate::registry::{DeleteOptions, FieldValidation, KubeError, Subject, WriteOptions};
-use crate::supervisor::{Supervisor, SYSTEM_NAMESPACES};
+use crate::registry::{DeleteOptions, FieldValidation, KubeError, WriteOptions};
+use crate::supervisor::Supervisor;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -514,38 +514,7 @@ async fn delete(
 ) -> Result<Response, KubeError> {
     let name = t.name();
     let opts = delete_options(q, body)?;
-    match (t.rt.group.as_str(), t.rt.resource.as_str()) {
-        ("", "nodes") if opts.dry_run.is_empty() => {
-            let current = sv.registry.get(&t.rt, None, name).await?;
-            // The same path as `rk3sctl node forget --force`.
-            crate::nodes::forget(sv, name, true)
-                .await
-                .map_err(|e| KubeError::Internal(e.to_string()))?;
-            return Ok(json_response(StatusCode::OK, &current));
-        }
-        ("", "namespaces") if SYSTEM_NAMESPACES.contains(&name) => {
-            return Err(KubeError::forbidden(
-                Subject::new("", "namespaces", name),
-                "this namespace may not be deleted",
-            ));
-        }
-        (crate::registry::CRD_GROUP, "customresourcedefinitions") if opts.dry_run.is_empty() => {
-            let current = sv.registry.get(&t.rt, None, name).await?;
-            // Its objects go with it; the kind stops being served.
-            for kind in crate::registry::crd::from_crd(&current).into_iter().take(1) {
-                let (_, items) = sv.registry.list(&kind, None).await?;
-                for o in items {
-                    let r = crate::objects::Ref::of(kind.storage(), &o);
-                    let _ = sv.registry.objects.delete(&r).await;
-                }
-            }
-        }
-        _ => {}
-    }
     let (obj, gone) = sv.registry.delete(&t.rt, t.ns(), name, &opts).await?;
-    if t.rt.resource == "customresourcedefinitions" {
-        sv.registry.refresh().await;
-    }
     Ok(deleted_response(&obj, gone))
 }
 

@@ -3,9 +3,9 @@
 //! every 3 minutes, what stored Services hold is claimed and claims
 //! nobody holds are dropped (see `registry::ranges`).
 
-use crate::registry::kinds;
 use super::client::Client;
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

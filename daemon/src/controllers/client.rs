@@ -28,7 +28,6 @@ pub struct Client {
 /// The registry as the controllers' Event store.
 struct RegistrySink(Arc<Registry>);
 
-
 #[async_trait::async_trait]
 impl EventSink for RegistrySink {
     async fn create(&self, e: &Event) -> Result<(), SinkError> {

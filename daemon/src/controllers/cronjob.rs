@@ -8,11 +8,11 @@
 //! time while a Job is active, `Replace` deletes the active ones first.
 //! Finished Jobs beyond the history limits are deleted, oldest first.
 
-use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
 use super::job::finished;
 use crate::registry::batch::{time_zone, Schedule};
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use chrono::{DateTime, TimeZone, Utc};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;

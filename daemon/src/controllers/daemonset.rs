@@ -10,7 +10,6 @@
 //! `maxUnavailable`, OnDelete only when a user deletes them. Failed pods
 //! and pods on nodes that no longer accept them are deleted.
 
-use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::deployment::scaled;
 use super::expectations::Expectations;
@@ -18,6 +17,7 @@ use super::replicaset::{available, ready};
 use super::revisions::{self, HASH_LABEL};
 use super::scheduler::node_accepts;
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, PodSpec, Toleration};
 use serde::Deserialize;

@@ -10,10 +10,10 @@
 //! Status carries the counts and the Available and Progressing conditions
 //! `kubectl rollout status` reads, ProgressDeadlineExceeded included.
 
-use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::replicaset::{active_pods, available};
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;

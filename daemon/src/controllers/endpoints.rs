@@ -12,10 +12,10 @@
 //! write; a deleted Service's Endpoints go (its slices are owned by it,
 //! the garbage collector removes them).
 
-use crate::registry::kinds;
 use super::client::{controller_ref, deleting, s, Client};
 use super::replicaset::{ready, terminal};
 use crate::registry::cache::{Cache, Change};
+use crate::registry::kinds;
 use crate::registry::validation::selector_matches;
 use crate::registry::KubeError;
 use k8s_openapi::api::core::v1::{Pod, Service};

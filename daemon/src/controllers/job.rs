@@ -10,11 +10,11 @@
 //! their pods. Counts never go down, so pods removed after they were
 //! counted (by a user or the pod GC) do not undo progress.
 
-use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
 use super::expectations::Expectations;
 use super::replicaset::{ready, terminal};
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use serde_json::{json, Value};

@@ -24,6 +24,7 @@ pub mod podgc;
 pub mod recorder;
 pub mod replicaset;
 pub mod revisions;
+pub mod runtime;
 pub mod scheduler;
 pub mod serviceaccounts;
 pub mod statefulset;

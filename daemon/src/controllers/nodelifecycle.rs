@@ -13,12 +13,12 @@
 //! counted from the taint's `timeAdded`. Its controller then replaces it
 //! elsewhere: a deleted pod no longer counts as one of its replicas.
 
-use crate::registry::kinds;
 use super::client::{deleting, s, time, to_utc, Client};
 use super::replicaset::terminal;
 use crate::datastore::EventKind;
 use crate::placement::tolerates;
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -4,10 +4,10 @@
 //! (it may be re-registering); finished pods beyond
 //! `--terminated-pod-gc-threshold` go, oldest first.
 
-use crate::registry::kinds;
 use super::client::{s, Client};
 use super::replicaset::terminal;
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

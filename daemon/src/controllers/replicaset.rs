@@ -7,12 +7,12 @@
 //! deleted) before acting on a set again. Surplus pods go unscheduled
 //! first, then pending, not ready, and newest.
 
-use crate::registry::kinds;
-use crate::registry::resource::Builtin;
 use super::client::{controlled, controller_ref, controller_uid, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use crate::registry::cache::Cache;
 use crate::registry::error::KubeError;
+use crate::registry::kinds;
+use crate::registry::resource::Builtin;
 use crate::registry::validation::selector_matches;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};

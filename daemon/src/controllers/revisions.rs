@@ -3,10 +3,10 @@
 //! per distinct template, named `<owner>-<hash>`; going back to an older
 //! template renumbers its revision as the newest, as upstream does.
 
-use crate::registry::kinds;
 use super::client::{controlled, controller_ref, s, Client};
 use super::deployment::template_hash;
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use crate::registry::KubeError;
 use serde_json::{json, Value};
 use std::collections::HashSet;

@@ -12,7 +12,6 @@
 //! message (`0/3 nodes are available: ...`) and a FailedScheduling Event,
 //! and is tried again when nodes or pods change.
 
-use crate::registry::kinds;
 use super::client::{controller_uid, deleting, s, Client};
 use crate::datastore::EventKind;
 use crate::placement::{
@@ -21,6 +20,7 @@ use crate::placement::{
 };
 use crate::registry::cache::{Cache, Change};
 use crate::registry::core::{bind_pod_from, Bound};
+use crate::registry::kinds;
 use crate::registry::validation::selector_matches;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Pod, PodAffinityTerm, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

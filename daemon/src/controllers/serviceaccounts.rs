@@ -7,10 +7,10 @@
 //!   token, `ca.crt` and `namespace` when their account exists, deleted
 //!   when it does not (or was recreated with another uid).
 
-use crate::registry::kinds;
-use crate::registry::resource::Builtin;
 use crate::auth::Auth;
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
+use crate::registry::resource::Builtin;
 use crate::registry::{KubeError, Registry, WriteOptions};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

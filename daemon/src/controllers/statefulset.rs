@@ -12,12 +12,12 @@
 //! Templates are ControllerRevisions; `currentRevision` becomes the update
 //! revision once every pod runs it.
 
-use crate::registry::kinds;
 use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
 use super::expectations::Expectations;
 use super::replicaset::{available, ready, terminal};
 use super::revisions::{self, HASH_LABEL};
 use crate::registry::cache::Cache;
+use crate::registry::kinds;
 use crate::registry::KubeError;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use serde_json::{json, Value};

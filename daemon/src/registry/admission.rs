@@ -72,6 +72,14 @@ pub struct Write<'a> {
     pub user: Option<&'a UserInfo>,
 }
 
+/// What the server does once an object is gone for good, for kinds that
+/// stand for server state (a Node: its tunnel, Lease, password and pod
+/// CIDR). Registered with [`super::Registry::set_deletions`].
+#[async_trait::async_trait]
+pub trait Deletions: Send + Sync {
+    async fn deleted(&self, rt: &ResourceType, obj: &Value);
+}
+
 #[async_trait::async_trait]
 pub trait Admission: Send + Sync {
     /// Change `obj` before defaults and validation (upstream's mutating

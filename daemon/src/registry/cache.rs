@@ -205,6 +205,11 @@ impl Cache {
         self.tx.subscribe()
     }
 
+    /// A cache with nothing to list, ready at once (tests of its users).
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
+    }
+
     /// Wait until the first full list is in.
     pub async fn synced(&self) {
         let mut rx = self.synced.subscribe();

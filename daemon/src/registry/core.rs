@@ -470,8 +470,36 @@ pub fn pod_summary(p: &Pod) -> (String, String, String) {
     (format!("{ready}/{total}"), reason, restarts)
 }
 
+/// Namespaces the cluster needs: never deleted (upstream's
+/// NamespaceLifecycle admission).
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
 impl Kind for Namespace {
     const NAME_RULE: NameRule = NameRule::Label;
+
+    fn refuse_delete(&self) -> Option<String> {
+        let name = self.metadata.name.as_deref()?;
+        SYSTEM_NAMESPACES
+            .contains(&name)
+            .then(|| "this namespace may not be deleted".to_string())
+    }
+
+    /// A deleted namespace is Terminating while its contents go.
+    fn begin_delete(&mut self) {
+        self.status
+            .get_or_insert_with(NamespaceStatus::default)
+            .phase = Some("Terminating".into());
+    }
+
+    /// Its `kubernetes` finalizer, until the namespace controller is done.
+    fn held(&self) -> bool {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.finalizers.as_ref())
+            .is_some_and(|f| !f.is_empty())
+    }
+
     /// The namespace controller removes its finalizer through `finalize`.
     const PARTS: &'static [(&'static str, &'static str)] = &[("finalize", "/spec/finalizers")];
     const FIELDS: &'static [FieldLabel] = &[("status.phase", "/status/phase", "")];

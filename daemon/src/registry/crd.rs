@@ -18,6 +18,10 @@ pub struct CrdStrategy;
 pub static CRD: CrdStrategy = CrdStrategy;
 
 impl Strategy for CrdStrategy {
+    fn defines_kinds(&self) -> bool {
+        true
+    }
+
     /// A CRD's status is computed on every write (below).
     fn status_on_create(&self) -> bool {
         true

@@ -78,591 +78,591 @@ static BUILTINS: &[&Builtin] = &[
 ];
 
 pub static NAMESPACES: Builtin = builtin!(
-        "",
-        "v1",
-        "namespaces",
-        "namespace",
-        "Namespace",
-        false,
-        &["ns"],
-        &[],
-        &["status", "finalize"],
-        &core::NAMESPACE
-    );
+    "",
+    "v1",
+    "namespaces",
+    "namespace",
+    "Namespace",
+    false,
+    &["ns"],
+    &[],
+    &["status", "finalize"],
+    &core::NAMESPACE
+);
 
 pub static NODES: Builtin = builtin!(
-        "",
-        "v1",
-        "nodes",
-        "node",
-        "Node",
-        false,
-        &["no"],
-        &[],
-        STATUS,
-        &core::NODE
-    );
+    "",
+    "v1",
+    "nodes",
+    "node",
+    "Node",
+    false,
+    &["no"],
+    &[],
+    STATUS,
+    &core::NODE
+);
 
 pub static PODS: Builtin = builtin!(
-        "",
-        "v1",
-        "pods",
-        "pod",
-        "Pod",
-        true,
-        &["po"],
-        ALL,
-        &["status", "binding", "eviction", "ephemeralcontainers"],
-        &core::POD
-    );
+    "",
+    "v1",
+    "pods",
+    "pod",
+    "Pod",
+    true,
+    &["po"],
+    ALL,
+    &["status", "binding", "eviction", "ephemeralcontainers"],
+    &core::POD
+);
 
 pub static POD_TEMPLATES: Builtin = builtin!(
-        "",
-        "v1",
-        "podtemplates",
-        "podtemplate",
-        "PodTemplate",
-        true,
-        &[],
-        &[],
-        &[],
-        &core::POD_TEMPLATE
-    );
+    "",
+    "v1",
+    "podtemplates",
+    "podtemplate",
+    "PodTemplate",
+    true,
+    &[],
+    &[],
+    &[],
+    &core::POD_TEMPLATE
+);
 
 pub static REPLICATION_CONTROLLERS: Builtin = builtin!(
-        "",
-        "v1",
-        "replicationcontrollers",
-        "replicationcontroller",
-        "ReplicationController",
-        true,
-        &["rc"],
-        ALL,
-        SCALED,
-        &core::REPLICATION_CONTROLLER
-    );
+    "",
+    "v1",
+    "replicationcontrollers",
+    "replicationcontroller",
+    "ReplicationController",
+    true,
+    &["rc"],
+    ALL,
+    SCALED,
+    &core::REPLICATION_CONTROLLER
+);
 
 pub static SERVICES: Builtin = builtin!(
-        "",
-        "v1",
-        "services",
-        "service",
-        "Service",
-        true,
-        &["svc"],
-        ALL,
-        STATUS,
-        &core::SERVICE
-    );
+    "",
+    "v1",
+    "services",
+    "service",
+    "Service",
+    true,
+    &["svc"],
+    ALL,
+    STATUS,
+    &core::SERVICE
+);
 
 pub static ENDPOINTS: Builtin = builtin!(
-        "",
-        "v1",
-        "endpoints",
-        "endpoints",
-        "Endpoints",
-        true,
-        &["ep"],
-        &[],
-        &[],
-        &core::ENDPOINTS
-    );
+    "",
+    "v1",
+    "endpoints",
+    "endpoints",
+    "Endpoints",
+    true,
+    &["ep"],
+    &[],
+    &[],
+    &core::ENDPOINTS
+);
 
 pub static SERVICE_ACCOUNTS: Builtin = builtin!(
-        "",
-        "v1",
-        "serviceaccounts",
-        "serviceaccount",
-        "ServiceAccount",
-        true,
-        &["sa"],
-        &[],
-        &["token"],
-        &core::SERVICE_ACCOUNT
-    );
+    "",
+    "v1",
+    "serviceaccounts",
+    "serviceaccount",
+    "ServiceAccount",
+    true,
+    &["sa"],
+    &[],
+    &["token"],
+    &core::SERVICE_ACCOUNT
+);
 
 pub static SECRETS: Builtin = builtin!(
-        "",
-        "v1",
-        "secrets",
-        "secret",
-        "Secret",
-        true,
-        &[],
-        &[],
-        &[],
-        &core::SECRET
-    );
+    "",
+    "v1",
+    "secrets",
+    "secret",
+    "Secret",
+    true,
+    &[],
+    &[],
+    &[],
+    &core::SECRET
+);
 
 pub static CONFIG_MAPS: Builtin = builtin!(
-        "",
-        "v1",
-        "configmaps",
-        "configmap",
-        "ConfigMap",
-        true,
-        &["cm"],
-        &[],
-        &[],
-        &core::CONFIG_MAP
-    );
+    "",
+    "v1",
+    "configmaps",
+    "configmap",
+    "ConfigMap",
+    true,
+    &["cm"],
+    &[],
+    &[],
+    &core::CONFIG_MAP
+);
 
 pub static EVENTS: Builtin = builtin!(
-        "",
-        "v1",
-        "events",
-        "event",
-        "Event",
-        true,
-        &["ev"],
-        &[],
-        &[],
-        &core::EVENT
-    );
+    "",
+    "v1",
+    "events",
+    "event",
+    "Event",
+    true,
+    &["ev"],
+    &[],
+    &[],
+    &core::EVENT
+);
 
 pub static PERSISTENT_VOLUMES: Builtin = builtin!(
-        "",
-        "v1",
-        "persistentvolumes",
-        "persistentvolume",
-        "PersistentVolume",
-        false,
-        &["pv"],
-        &[],
-        STATUS,
-        &core::PERSISTENT_VOLUME
-    );
+    "",
+    "v1",
+    "persistentvolumes",
+    "persistentvolume",
+    "PersistentVolume",
+    false,
+    &["pv"],
+    &[],
+    STATUS,
+    &core::PERSISTENT_VOLUME
+);
 
 pub static PERSISTENT_VOLUME_CLAIMS: Builtin = builtin!(
-        "",
-        "v1",
-        "persistentvolumeclaims",
-        "persistentvolumeclaim",
-        "PersistentVolumeClaim",
-        true,
-        &["pvc"],
-        &[],
-        STATUS,
-        &core::PERSISTENT_VOLUME_CLAIM
-    );
+    "",
+    "v1",
+    "persistentvolumeclaims",
+    "persistentvolumeclaim",
+    "PersistentVolumeClaim",
+    true,
+    &["pvc"],
+    &[],
+    STATUS,
+    &core::PERSISTENT_VOLUME_CLAIM
+);
 
 pub static RESOURCE_QUOTAS: Builtin = builtin!(
-        "",
-        "v1",
-        "resourcequotas",
-        "resourcequota",
-        "ResourceQuota",
-        true,
-        &["quota"],
-        &[],
-        STATUS,
-        &core::RESOURCE_QUOTA
-    );
+    "",
+    "v1",
+    "resourcequotas",
+    "resourcequota",
+    "ResourceQuota",
+    true,
+    &["quota"],
+    &[],
+    STATUS,
+    &core::RESOURCE_QUOTA
+);
 
 pub static LIMIT_RANGES: Builtin = builtin!(
-        "",
-        "v1",
-        "limitranges",
-        "limitrange",
-        "LimitRange",
-        true,
-        &["limits"],
-        &[],
-        &[],
-        &core::LIMIT_RANGE
-    );
+    "",
+    "v1",
+    "limitranges",
+    "limitrange",
+    "LimitRange",
+    true,
+    &["limits"],
+    &[],
+    &[],
+    &core::LIMIT_RANGE
+);
 
 pub static DEPLOYMENTS: Builtin = builtin!(
-        "apps",
-        "v1",
-        "deployments",
-        "deployment",
-        "Deployment",
-        true,
-        &["deploy"],
-        ALL,
-        SCALED,
-        &apps::DEPLOYMENT
-    );
+    "apps",
+    "v1",
+    "deployments",
+    "deployment",
+    "Deployment",
+    true,
+    &["deploy"],
+    ALL,
+    SCALED,
+    &apps::DEPLOYMENT
+);
 
 pub static REPLICA_SETS: Builtin = builtin!(
-        "apps",
-        "v1",
-        "replicasets",
-        "replicaset",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        ALL,
-        SCALED,
-        &apps::REPLICA_SET
-    );
+    "apps",
+    "v1",
+    "replicasets",
+    "replicaset",
+    "ReplicaSet",
+    true,
+    &["rs"],
+    ALL,
+    SCALED,
+    &apps::REPLICA_SET
+);
 
 pub static STATEFUL_SETS: Builtin = builtin!(
-        "apps",
-        "v1",
-        "statefulsets",
-        "statefulset",
-        "StatefulSet",
-        true,
-        &["sts"],
-        ALL,
-        SCALED,
-        &apps::STATEFUL_SET
-    );
+    "apps",
+    "v1",
+    "statefulsets",
+    "statefulset",
+    "StatefulSet",
+    true,
+    &["sts"],
+    ALL,
+    SCALED,
+    &apps::STATEFUL_SET
+);
 
 pub static DAEMON_SETS: Builtin = builtin!(
-        "apps",
-        "v1",
-        "daemonsets",
-        "daemonset",
-        "DaemonSet",
-        true,
-        &["ds"],
-        ALL,
-        STATUS,
-        &apps::DAEMON_SET
-    );
+    "apps",
+    "v1",
+    "daemonsets",
+    "daemonset",
+    "DaemonSet",
+    true,
+    &["ds"],
+    ALL,
+    STATUS,
+    &apps::DAEMON_SET
+);
 
 pub static CONTROLLER_REVISIONS: Builtin = builtin!(
-        "apps",
-        "v1",
-        "controllerrevisions",
-        "controllerrevision",
-        "ControllerRevision",
-        true,
-        &[],
-        &[],
-        &[],
-        &apps::CONTROLLER_REVISION
-    );
+    "apps",
+    "v1",
+    "controllerrevisions",
+    "controllerrevision",
+    "ControllerRevision",
+    true,
+    &[],
+    &[],
+    &[],
+    &apps::CONTROLLER_REVISION
+);
 
 pub static JOBS: Builtin = builtin!(
-        "batch",
-        "v1",
-        "jobs",
-        "job",
-        "Job",
-        true,
-        &[],
-        ALL,
-        STATUS,
-        &batch::JOB
-    );
+    "batch",
+    "v1",
+    "jobs",
+    "job",
+    "Job",
+    true,
+    &[],
+    ALL,
+    STATUS,
+    &batch::JOB
+);
 
 pub static CRON_JOBS: Builtin = builtin!(
-        "batch",
-        "v1",
-        "cronjobs",
-        "cronjob",
-        "CronJob",
-        true,
-        &["cj"],
-        ALL,
-        STATUS,
-        &batch::CRON_JOB
-    );
+    "batch",
+    "v1",
+    "cronjobs",
+    "cronjob",
+    "CronJob",
+    true,
+    &["cj"],
+    ALL,
+    STATUS,
+    &batch::CRON_JOB
+);
 
 pub static HORIZONTAL_POD_AUTOSCALERS: Builtin = builtin!(
-        "autoscaling",
-        "v2",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        "HorizontalPodAutoscaler",
-        true,
-        &["hpa"],
-        ALL,
-        STATUS,
-        &other::HPA_V2
-    );
+    "autoscaling",
+    "v2",
+    "horizontalpodautoscalers",
+    "horizontalpodautoscaler",
+    "HorizontalPodAutoscaler",
+    true,
+    &["hpa"],
+    ALL,
+    STATUS,
+    &other::HPA_V2
+);
 
 pub static HORIZONTAL_POD_AUTOSCALERS_V1: Builtin = builtin!(
-        "autoscaling",
-        "v1",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        "HorizontalPodAutoscaler",
-        true,
-        &["hpa"],
-        ALL,
-        STATUS,
-        &other::HPA_V1
-    );
+    "autoscaling",
+    "v1",
+    "horizontalpodautoscalers",
+    "horizontalpodautoscaler",
+    "HorizontalPodAutoscaler",
+    true,
+    &["hpa"],
+    ALL,
+    STATUS,
+    &other::HPA_V1
+);
 
 pub static LEASES: Builtin = builtin!(
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "lease",
-        "Lease",
-        true,
-        &[],
-        &[],
-        &[],
-        &other::LEASE
-    );
+    "coordination.k8s.io",
+    "v1",
+    "leases",
+    "lease",
+    "Lease",
+    true,
+    &[],
+    &[],
+    &[],
+    &other::LEASE
+);
 
 pub static ENDPOINT_SLICES: Builtin = builtin!(
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "endpointslice",
-        "EndpointSlice",
-        true,
-        &[],
-        &[],
-        &[],
-        &other::ENDPOINT_SLICE
-    );
+    "discovery.k8s.io",
+    "v1",
+    "endpointslices",
+    "endpointslice",
+    "EndpointSlice",
+    true,
+    &[],
+    &[],
+    &[],
+    &other::ENDPOINT_SLICE
+);
 
 pub static EVENTS_API_EVENTS: Builtin = builtin!(
-        "events.k8s.io",
-        "v1",
-        "events",
-        "event",
-        "Event",
-        true,
-        &["ev"],
-        &[],
-        &[],
-        &other::EVENTS_V1
-    );
+    "events.k8s.io",
+    "v1",
+    "events",
+    "event",
+    "Event",
+    true,
+    &["ev"],
+    &[],
+    &[],
+    &other::EVENTS_V1
+);
 
 pub static INGRESSES: Builtin = builtin!(
-        "networking.k8s.io",
-        "v1",
-        "ingresses",
-        "ingress",
-        "Ingress",
-        true,
-        &["ing"],
-        &[],
-        STATUS,
-        &other::INGRESS
-    );
+    "networking.k8s.io",
+    "v1",
+    "ingresses",
+    "ingress",
+    "Ingress",
+    true,
+    &["ing"],
+    &[],
+    STATUS,
+    &other::INGRESS
+);
 
 pub static INGRESS_CLASSES: Builtin = builtin!(
-        "networking.k8s.io",
-        "v1",
-        "ingressclasses",
-        "ingressclass",
-        "IngressClass",
-        false,
-        &[],
-        &[],
-        &[],
-        &other::INGRESS_CLASS
-    );
+    "networking.k8s.io",
+    "v1",
+    "ingressclasses",
+    "ingressclass",
+    "IngressClass",
+    false,
+    &[],
+    &[],
+    &[],
+    &other::INGRESS_CLASS
+);
 
 pub static NETWORK_POLICIES: Builtin = builtin!(
-        "networking.k8s.io",
-        "v1",
-        "networkpolicies",
-        "networkpolicy",
-        "NetworkPolicy",
-        true,
-        &["netpol"],
-        &[],
-        &[],
-        &other::NETWORK_POLICY
-    );
+    "networking.k8s.io",
+    "v1",
+    "networkpolicies",
+    "networkpolicy",
+    "NetworkPolicy",
+    true,
+    &["netpol"],
+    &[],
+    &[],
+    &other::NETWORK_POLICY
+);
 
 pub static POD_DISRUPTION_BUDGETS: Builtin = builtin!(
-        "policy",
-        "v1",
-        "poddisruptionbudgets",
-        "poddisruptionbudget",
-        "PodDisruptionBudget",
-        true,
-        &["pdb"],
-        &[],
-        STATUS,
-        &other::PDB
-    );
+    "policy",
+    "v1",
+    "poddisruptionbudgets",
+    "poddisruptionbudget",
+    "PodDisruptionBudget",
+    true,
+    &["pdb"],
+    &[],
+    STATUS,
+    &other::PDB
+);
 
 pub static SELF_SUBJECT_REVIEWS: Builtin = builtin!(
-        "authentication.k8s.io",
-        "v1",
-        "selfsubjectreviews",
-        "selfsubjectreview",
-        "SelfSubjectReview",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::SELF_SUBJECT_REVIEW
-    );
+    "authentication.k8s.io",
+    "v1",
+    "selfsubjectreviews",
+    "selfsubjectreview",
+    "SelfSubjectReview",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::SELF_SUBJECT_REVIEW
+);
 
 pub static TOKEN_REVIEWS: Builtin = builtin!(
-        "authentication.k8s.io",
-        "v1",
-        "tokenreviews",
-        "tokenreview",
-        "TokenReview",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::TOKEN_REVIEW
-    );
+    "authentication.k8s.io",
+    "v1",
+    "tokenreviews",
+    "tokenreview",
+    "TokenReview",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::TOKEN_REVIEW
+);
 
 // kubectl 1.27 asks `auth whoami` of v1beta1 (same shape as v1).
 
 pub static SELF_SUBJECT_REVIEWS_V1BETA1: Builtin = builtin!(
-        "authentication.k8s.io",
-        "v1beta1",
-        "selfsubjectreviews",
-        "selfsubjectreview",
-        "SelfSubjectReview",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::SELF_SUBJECT_REVIEW
-    );
+    "authentication.k8s.io",
+    "v1beta1",
+    "selfsubjectreviews",
+    "selfsubjectreview",
+    "SelfSubjectReview",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::SELF_SUBJECT_REVIEW
+);
 
 pub static LOCAL_SUBJECT_ACCESS_REVIEWS: Builtin = builtin!(
-        "authorization.k8s.io",
-        "v1",
-        "localsubjectaccessreviews",
-        "localsubjectaccessreview",
-        "LocalSubjectAccessReview",
-        true,
-        &[],
-        &[],
-        &[],
-        &rbac::LSAR
-    );
+    "authorization.k8s.io",
+    "v1",
+    "localsubjectaccessreviews",
+    "localsubjectaccessreview",
+    "LocalSubjectAccessReview",
+    true,
+    &[],
+    &[],
+    &[],
+    &rbac::LSAR
+);
 
 pub static SELF_SUBJECT_ACCESS_REVIEWS: Builtin = builtin!(
-        "authorization.k8s.io",
-        "v1",
-        "selfsubjectaccessreviews",
-        "selfsubjectaccessreview",
-        "SelfSubjectAccessReview",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::SSAR
-    );
+    "authorization.k8s.io",
+    "v1",
+    "selfsubjectaccessreviews",
+    "selfsubjectaccessreview",
+    "SelfSubjectAccessReview",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::SSAR
+);
 
 pub static SELF_SUBJECT_RULES_REVIEWS: Builtin = builtin!(
-        "authorization.k8s.io",
-        "v1",
-        "selfsubjectrulesreviews",
-        "selfsubjectrulesreview",
-        "SelfSubjectRulesReview",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::SSRR
-    );
+    "authorization.k8s.io",
+    "v1",
+    "selfsubjectrulesreviews",
+    "selfsubjectrulesreview",
+    "SelfSubjectRulesReview",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::SSRR
+);
 
 pub static SUBJECT_ACCESS_REVIEWS: Builtin = builtin!(
-        "authorization.k8s.io",
-        "v1",
-        "subjectaccessreviews",
-        "subjectaccessreview",
-        "SubjectAccessReview",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::SAR
-    );
+    "authorization.k8s.io",
+    "v1",
+    "subjectaccessreviews",
+    "subjectaccessreview",
+    "SubjectAccessReview",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::SAR
+);
 
 pub static CLUSTER_ROLE_BINDINGS: Builtin = builtin!(
-        rbac::GROUP,
-        "v1",
-        "clusterrolebindings",
-        "clusterrolebinding",
-        "ClusterRoleBinding",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::CLUSTER_ROLE_BINDING
-    );
+    rbac::GROUP,
+    "v1",
+    "clusterrolebindings",
+    "clusterrolebinding",
+    "ClusterRoleBinding",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::CLUSTER_ROLE_BINDING
+);
 
 pub static CLUSTER_ROLES: Builtin = builtin!(
-        rbac::GROUP,
-        "v1",
-        "clusterroles",
-        "clusterrole",
-        "ClusterRole",
-        false,
-        &[],
-        &[],
-        &[],
-        &rbac::CLUSTER_ROLE
-    );
+    rbac::GROUP,
+    "v1",
+    "clusterroles",
+    "clusterrole",
+    "ClusterRole",
+    false,
+    &[],
+    &[],
+    &[],
+    &rbac::CLUSTER_ROLE
+);
 
 pub static ROLE_BINDINGS: Builtin = builtin!(
-        rbac::GROUP,
-        "v1",
-        "rolebindings",
-        "rolebinding",
-        "RoleBinding",
-        true,
-        &[],
-        &[],
-        &[],
-        &rbac::ROLE_BINDING
-    );
+    rbac::GROUP,
+    "v1",
+    "rolebindings",
+    "rolebinding",
+    "RoleBinding",
+    true,
+    &[],
+    &[],
+    &[],
+    &rbac::ROLE_BINDING
+);
 
 pub static ROLES: Builtin = builtin!(
-        rbac::GROUP,
-        "v1",
-        "roles",
-        "role",
-        "Role",
-        true,
-        &[],
-        &[],
-        &[],
-        &rbac::ROLE
-    );
+    rbac::GROUP,
+    "v1",
+    "roles",
+    "role",
+    "Role",
+    true,
+    &[],
+    &[],
+    &[],
+    &rbac::ROLE
+);
 
 pub static PRIORITY_CLASSES: Builtin = builtin!(
-        "scheduling.k8s.io",
-        "v1",
-        "priorityclasses",
-        "priorityclass",
-        "PriorityClass",
-        false,
-        &["pc"],
-        &[],
-        &[],
-        &other::PRIORITY_CLASS
-    );
+    "scheduling.k8s.io",
+    "v1",
+    "priorityclasses",
+    "priorityclass",
+    "PriorityClass",
+    false,
+    &["pc"],
+    &[],
+    &[],
+    &other::PRIORITY_CLASS
+);
 
 pub static STORAGE_CLASSES: Builtin = builtin!(
-        "storage.k8s.io",
-        "v1",
-        "storageclasses",
-        "storageclass",
-        "StorageClass",
-        false,
-        &["sc"],
-        &[],
-        &[],
-        &other::STORAGE_CLASS
-    );
+    "storage.k8s.io",
+    "v1",
+    "storageclasses",
+    "storageclass",
+    "StorageClass",
+    false,
+    &["sc"],
+    &[],
+    &[],
+    &other::STORAGE_CLASS
+);
 
 pub static CUSTOM_RESOURCE_DEFINITIONS: Builtin = builtin!(
-        CRD_GROUP,
-        "v1",
-        "customresourcedefinitions",
-        "customresourcedefinition",
-        "CustomResourceDefinition",
-        false,
-        &["crd", "crds"],
-        &["api-extensions"],
-        STATUS,
-        &crd::CRD
-    );
+    CRD_GROUP,
+    "v1",
+    "customresourcedefinitions",
+    "customresourcedefinition",
+    "CustomResourceDefinition",
+    false,
+    &["crd", "crds"],
+    &["api-extensions"],
+    STATUS,
+    &crd::CRD
+);
 
 pub fn builtins() -> Vec<ResourceType> {
     BUILTINS.iter().map(|b| b.resource_type()).collect()

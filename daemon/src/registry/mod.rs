@@ -48,6 +48,8 @@ pub struct Registry {
     /// Admission needing other objects or the requester (set once by the
     /// server; none in tests of the registry alone).
     admission: std::sync::OnceLock<Arc<dyn admission::Admission>>,
+    /// The server's part of deletions (none in tests of the registry alone).
+    deletions: std::sync::OnceLock<Arc<dyn admission::Deletions>>,
     /// Allocators by kind storage directory (`services`).
     allocators: RwLock<std::collections::HashMap<String, Arc<dyn allocate::Allocate>>>,
 }
@@ -60,6 +62,7 @@ impl Registry {
             kinds: RwLock::new(Arc::new(kinds::builtins())),
             active_namespaces: RwLock::default(),
             admission: std::sync::OnceLock::new(),
+            deletions: std::sync::OnceLock::new(),
             allocators: RwLock::default(),
         };
         r.refresh().await;
@@ -73,6 +76,15 @@ impl Registry {
 
     pub(crate) fn admission(&self) -> Option<&Arc<dyn admission::Admission>> {
         self.admission.get()
+    }
+
+    /// Install what happens after a deletion (once; later calls are ignored).
+    pub fn set_deletions(&self, d: Arc<dyn admission::Deletions>) {
+        let _ = self.deletions.set(d);
+    }
+
+    pub(crate) fn deletions(&self) -> Option<&Arc<dyn admission::Deletions>> {
+        self.deletions.get()
     }
 
     /// Install the allocator of the kind stored under `storage`.

@@ -233,15 +233,10 @@ fn is_deleting(v: &Value) -> bool {
         .is_some_and(|t| !t.is_null())
 }
 
-/// Whatever keeps a deleted object in place: its finalizers, or a
-/// Namespace's `spec.finalizers`.
+/// Whatever keeps a deleted object in place: its finalizers, or what its
+/// kind holds it by (a Namespace's `spec.finalizers`).
 fn held(rt: &ResourceType, v: &Value) -> bool {
-    !finalizers(v).is_empty()
-        || (rt.group.is_empty()
-            && rt.resource == "namespaces"
-            && v.pointer("/spec/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty()))
+    !finalizers(v).is_empty() || rt.strategy().held(v)
 }
 
 impl Registry {
@@ -385,6 +380,26 @@ impl Registry {
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, KubeError> {
+        let w = self.create_object(rt, namespace, obj, opts).await?;
+        self.after_write(rt, opts.dry_run).await;
+        Ok(w)
+    }
+
+    /// A write that changed which kinds are served takes effect at once
+    /// (the watch of CRDs follows changes made on other servers).
+    async fn after_write(&self, rt: &ResourceType, dry_run: bool) {
+        if rt.strategy().defines_kinds() && !dry_run {
+            self.refresh().await;
+        }
+    }
+
+    async fn create_object(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
         mut obj: Value,
         opts: &WriteOptions,
     ) -> Result<Written, KubeError> {
@@ -514,6 +529,24 @@ impl Registry {
     /// With `subresource` = `status`, only status changes.
     #[allow(clippy::too_many_arguments)]
     pub async fn update(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        old: &Value,
+        new: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, KubeError> {
+        let w = self
+            .update_object(rt, namespace, name, old, new, subresource, opts)
+            .await?;
+        self.after_write(rt, opts.dry_run).await;
+        Ok(w)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_object(
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
@@ -669,6 +702,24 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<(Value, bool), KubeError> {
+        let (obj, gone) = self.delete_object(rt, namespace, name, opts).await?;
+        let dry = !opts.dry_run.is_empty();
+        self.after_write(rt, dry).await;
+        if gone && !dry {
+            if let Some(hooks) = self.deletions() {
+                hooks.deleted(rt, &obj).await;
+            }
+        }
+        Ok((obj, gone))
+    }
+
+    async fn delete_object(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, bool), KubeError> {
         let r = obj_ref(rt, namespace, name);
         for _ in 0..16 {
             let cur = self
@@ -701,6 +752,9 @@ impl Registry {
                     subject(rt, name),
                     format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"),
                 ));
+            }
+            if let Some(why) = rt.strategy().refuse_delete(&cur) {
+                return Err(KubeError::forbidden(subject(rt, name), why));
             }
             let dry = !opts.dry_run.is_empty();
             let mut next = cur.clone();
@@ -789,9 +843,7 @@ impl Registry {
                 next["metadata"]["deletionTimestamp"] = json!((now + chrono::Duration::seconds(g))
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                 next["metadata"]["deletionGracePeriodSeconds"] = json!(g);
-                if rt.group.is_empty() && rt.resource == "namespaces" {
-                    next["status"]["phase"] = json!("Terminating");
-                }
+                rt.strategy().begin_delete(&mut next);
             }
             if dry {
                 return Ok((next, false));

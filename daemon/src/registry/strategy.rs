@@ -81,6 +81,28 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// Why a delete of `obj` is refused, if it is (a system namespace).
+    fn refuse_delete(&self, _obj: &Value) -> Option<String> {
+        None
+    }
+
+    /// What a deletion does first, beyond its `deletionTimestamp` (a
+    /// Namespace turns `Terminating`).
+    fn begin_delete(&self, _obj: &mut Value) {}
+
+    /// Whether something of the kind's own keeps a deleted object in place
+    /// besides `metadata.finalizers` (a Namespace's `spec.finalizers`).
+    fn held(&self, _obj: &Value) -> bool {
+        false
+    }
+
+    /// Whether writing an object of this kind changes which kinds are
+    /// served (CustomResourceDefinitions): the registry refreshes its kind
+    /// list after such a write.
+    fn defines_kinds(&self) -> bool {
+        false
+    }
+
     /// From the stored form to this version (kinds served in two versions
     /// or groups share one stored form). A kind that overrides this also
     /// answers `converts` with true, or its lists go out unconverted.
@@ -136,6 +158,19 @@ pub trait Kind:
     const PARTS: &'static [(&'static str, &'static str)] = &[];
     /// Whether a create may set the status (a Node's registration does).
     const STATUS_ON_CREATE: bool = false;
+
+    /// Why a delete is refused (see [`Strategy::refuse_delete`]).
+    fn refuse_delete(&self) -> Option<String> {
+        None
+    }
+
+    /// See [`Strategy::begin_delete`].
+    fn begin_delete(&mut self) {}
+
+    /// See [`Strategy::held`].
+    fn held(&self) -> bool {
+        false
+    }
 
     /// Top-level fields a write may carry that the kind folds into others
     /// and never stores (a Secret's `stringData`): known, though absent
@@ -237,6 +272,23 @@ impl<K: Kind> Strategy for Typed<K> {
 
     fn status_on_create(&self) -> bool {
         K::STATUS_ON_CREATE
+    }
+
+    fn refuse_delete(&self, obj: &Value) -> Option<String> {
+        decode::<K>(obj).ok()?.refuse_delete()
+    }
+
+    fn begin_delete(&self, obj: &mut Value) {
+        if let Ok(mut typed) = decode::<K>(obj) {
+            typed.begin_delete();
+            if let Ok(v) = serde_json::to_value(&typed) {
+                *obj = v;
+            }
+        }
+    }
+
+    fn held(&self, obj: &Value) -> bool {
+        decode::<K>(obj).is_ok_and(|t| t.held())
     }
 
     fn graceful_delete(&self, obj: &Value) -> Option<i64> {
