@@ -125,6 +125,7 @@ async fn announce(objects: &Objects, m: &Membership) -> objects::Result<()> {
     let now = now_micro();
     let secs = lease_seconds(m.timings.lease_duration);
     let updated = objects
+        .liveness()
         .modify(&r, |l| {
             l["spec"]["renewTime"] = json!(now);
             l["spec"]["leaseDurationSeconds"] = json!(secs);
@@ -140,7 +141,11 @@ async fn announce(objects: &Objects, m: &Membership) -> objects::Result<()> {
         "metadata": {"labels": {LABEL_APISERVER: "true"}, "annotations": {ANNOTATION_ADDRESS: m.address}},
         "spec": {"holderIdentity": m.name, "leaseDurationSeconds": secs, "renewTime": now},
     });
-    objects.create_if_absent(&r, lease).await.map(|_| ())
+    objects
+        .liveness()
+        .create_if_absent(&r, lease)
+        .await
+        .map(|_| ())
 }
 
 /// Addresses of the servers whose Leases are fresh, sorted.
@@ -181,7 +186,7 @@ async fn elect(objects: &Objects, m: &Membership) -> objects::Result<(bool, Stri
                 "spec": {"holderIdentity": m.name, "leaseDurationSeconds": secs,
                          "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0},
             });
-            let won = objects.create_if_absent(&r, lease).await?;
+            let won = objects.liveness().create_if_absent(&r, lease).await?;
             Ok((won, if won { m.name.clone() } else { String::new() }))
         }
         Some(mut lease) => {
@@ -203,7 +208,7 @@ async fn elect(objects: &Objects, m: &Membership) -> objects::Result<(bool, Stri
             lease["spec"]["leaseDurationSeconds"] = json!(secs);
             // At the revision we read: if another server got there first,
             // this is a Conflict and it leads.
-            match objects.update(&r, lease).await {
+            match objects.liveness().update(&r, lease).await {
                 Ok(_) => {
                     if !ours {
                         tracing::info!(server = %m.name, previous = %holder, "acquired the leader lease");
@@ -226,6 +231,7 @@ pub async fn resign(objects: &Objects, m: &Membership) {
     if m.is_leader() {
         let r = leader_lease();
         let _ = objects
+            .liveness()
             .modify(&r, |l| {
                 if l["spec"]["holderIdentity"] != json!(m.name) {
                     return false;
@@ -236,7 +242,7 @@ pub async fn resign(objects: &Objects, m: &Membership) {
             .await;
         m.leader.send_replace(false);
     }
-    let _ = objects.delete(&server_lease(&m.name)).await;
+    let _ = objects.liveness().delete(&server_lease(&m.name)).await;
 }
 
 /// Renew, elect, refresh the server list: every `retry_period` until
@@ -328,7 +334,7 @@ where
 
 /// Keep `default/kubernetes` Endpoints listing the live servers (one
 /// subset per port). The leader runs this.
-pub async fn reconcile_endpoints(objects: &Objects, servers: &[String]) -> objects::Result<()> {
+pub async fn reconcile_endpoints(registry: &Registry, servers: &[String]) -> Result<(), KubeError> {
     let mut by_port: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     for s in servers {
         let Some((host, port)) = s.rsplit_once(':') else {
@@ -347,8 +353,8 @@ pub async fn reconcile_endpoints(objects: &Objects, servers: &[String]) -> objec
         .collect();
     let subsets = Value::Array(subsets);
     let ep = Ref::namespaced("endpoints", "default", "kubernetes");
-    let updated = objects
-        .modify(&ep, |e| {
+    let updated = registry
+        .modify_at(&ep, |e| {
             if e["subsets"] == subsets {
                 return false;
             }
@@ -358,8 +364,11 @@ pub async fn reconcile_endpoints(objects: &Objects, servers: &[String]) -> objec
         .await?;
     if updated.is_none() {
         let obj = json!({"apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
-        objects.create_if_absent(&ep, obj).await?;
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
+        match registry.create_at(&ep, obj).await {
+            Ok(_) | Err(KubeError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -444,7 +453,7 @@ pub async fn endpoints_loop(
                     if created {
                         tracing::info!("recreated the default/kubernetes Service");
                     }
-                    reconcile_endpoints(&registry.objects, &servers)
+                    reconcile_endpoints(&registry, &servers)
                         .await
                         .map_err(|e| e.to_string())
                 }
@@ -524,7 +533,13 @@ mod tests {
         let servers: Vec<String> = ["10.0.0.1:6443", "10.0.0.2:6443", "127.0.0.1:7000"]
             .map(String::from)
             .into();
-        reconcile_endpoints(&o, &servers).await.unwrap();
+        let registry = Registry::new(o.clone()).await;
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        registry
+            .create_at(&Ref::cluster("namespaces", "default"), ns)
+            .await
+            .unwrap();
+        reconcile_endpoints(&registry, &servers).await.unwrap();
         let ep = o
             .get(&Ref::namespaced("endpoints", "default", "kubernetes"))
             .await

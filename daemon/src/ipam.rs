@@ -6,8 +6,9 @@
 //! released. Each server keeps what it knows of the claims in memory
 //! ([`Claims`]) and learns the rest from creates that fail.
 
+use crate::controllers::recorder::{reference, EventType, Recorder};
 use crate::datastore::{Datastore, DatastoreError};
-use crate::objects::{self, Objects};
+use crate::registry::{kinds, KubeError, Registry};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 
@@ -250,17 +251,17 @@ pub async fn for_new_node(
 }
 
 /// Give the Node `current` (as just read or written) its pod CIDR if it
-/// has none yet.
+/// has none yet, through the registry.
 pub async fn assign(
-    objects: &Objects,
+    registry: &Registry,
+    events: &Recorder,
     claims: &Claims,
     ipam: &Ipam,
     current: &Value,
-) -> objects::Result<()> {
+) -> Result<(), KubeError> {
     let Some(node) = current.pointer("/metadata/name").and_then(Value::as_str) else {
         return Ok(());
     };
-    let r = crate::lifecycle::node_ref(node);
     if current
         .pointer("/spec/podCIDR")
         .and_then(Value::as_str)
@@ -268,14 +269,26 @@ pub async fn assign(
     {
         return Ok(());
     }
-    let Some(cidr) = claim(&objects.store, claims, ipam, node).await? else {
+    let Some(cidr) = claim(&registry.objects.store, claims, ipam, node).await? else {
         tracing::warn!(node, cluster_cidr = %ipam.cidr(),
             "no pod CIDR left for this node: the cluster CIDR is exhausted (forget unused nodes or widen --cluster-cidr)");
-        cidr_not_available(objects, current).await?;
+        // Upstream's range allocator reports it on the Node (`kubectl
+        // describe node`); every further attempt raises its count.
+        let mut node_ref = reference(current);
+        node_ref.api_version = Some("v1".into());
+        node_ref.kind = Some("Node".into());
+        events.record(
+            "cidrAllocator",
+            node_ref,
+            EventType::Normal,
+            "CIDRNotAvailable",
+            format!("Node {node} status is now: CIDRNotAvailable"),
+        );
         return Ok(());
     };
-    objects
-        .modify(&r, |n| {
+    let nodes = kinds::NODES.resource_type();
+    registry
+        .modify_in(&nodes, None, node, None, |n| {
             if n.pointer("/spec/podCIDR").is_some() {
                 return false;
             }
@@ -285,47 +298,6 @@ pub async fn assign(
         })
         .await?;
     tracing::info!(node, pod_cidr = %cidr, "assigned the node's pod CIDR");
-    Ok(())
-}
-
-/// Upstream's range allocator reports exhaustion as a `CIDRNotAvailable`
-/// Event on the Node (`kubectl describe node` shows it); every further
-/// attempt raises its count.
-async fn cidr_not_available(objects: &Objects, node: &Value) -> objects::Result<()> {
-    let name = node
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let uid = node.pointer("/metadata/uid").cloned().unwrap_or_default();
-    let r = objects::Ref::namespaced("events", "default", &format!("{name}.cidrnotavailable"));
-    let now = objects::now_rfc3339();
-    let bumped = objects
-        .modify(&r, |ev| {
-            if ev["involvedObject"]["uid"] != uid {
-                return false;
-            }
-            ev["count"] = json!(ev["count"].as_i64().unwrap_or(1) + 1);
-            ev["lastTimestamp"] = json!(now);
-            true
-        })
-        .await?;
-    if bumped
-        .as_ref()
-        .is_some_and(|ev| ev["involvedObject"]["uid"] == uid)
-    {
-        return Ok(());
-    }
-    if bumped.is_some() {
-        // An Event about an earlier Node of the same name.
-        objects.delete(&r).await?;
-    }
-    let ev = json!({"apiVersion": "v1", "kind": "Event",
-        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid},
-        "type": "Normal", "reason": "CIDRNotAvailable",
-        "message": format!("Node {name} status is now: CIDRNotAvailable"),
-        "source": {"component": "cidrAllocator"}, "reportingComponent": "cidrAllocator",
-        "count": 1, "firstTimestamp": now, "lastTimestamp": now});
-    objects.create_if_absent(&r, ev).await?;
     Ok(())
 }
 
@@ -419,31 +391,39 @@ mod tests {
         );
         assert_eq!(claim(&store, &two, &i, "c").await.unwrap(), None);
         // A node that gets none is told so on an Event, counted per try.
-        let objects = Objects::new(store.clone());
-        let node = objects::Ref::cluster("nodes", "c");
-        let stored = objects
-            .create(
+        let objects = crate::objects::Objects::new(store.clone());
+        let registry = std::sync::Arc::new(Registry::new(objects.clone()).await);
+        let events = crate::controllers::client::server_recorder(registry.clone());
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        let default = crate::objects::Ref::cluster("namespaces", "default");
+        registry.create_at(&default, ns).await.unwrap();
+        let node = crate::objects::Ref::cluster("nodes", "c");
+        let stored = registry
+            .create_at(
                 &node,
                 json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "c"}}),
             )
             .await
             .unwrap();
         for _ in 0..2 {
-            assign(&objects, &one, &i, &stored).await.unwrap();
+            assign(&registry, &events, &one, &i, &stored).await.unwrap();
         }
-        let ev = objects
-            .get(&objects::Ref::namespaced(
-                "events",
-                "default",
-                "c.cidrnotavailable",
-            ))
-            .await
-            .unwrap()
-            .expect("a CIDRNotAvailable event");
-        assert_eq!(ev["reason"], "CIDRNotAvailable");
+        let mut ev = Value::Null;
+        for _ in 0..100 {
+            let (_, list) = registry
+                .list(&kinds::EVENTS.resource_type(), Some("default"))
+                .await
+                .unwrap();
+            if let Some(e) = list.into_iter().find(|e| e["count"] == 2) {
+                ev = e;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(ev["reason"], "CIDRNotAvailable", "{ev}");
         assert_eq!(ev["message"], "Node c status is now: CIDRNotAvailable");
         assert_eq!(ev["involvedObject"]["name"], "c");
-        assert_eq!(ev["count"], 2);
+        assert_eq!(ev["source"]["component"], "cidrAllocator");
         let n = objects.get(&node).await.unwrap().unwrap();
         assert!(n.pointer("/spec/podCIDR").is_none());
         release(&store, &one, "a").await.unwrap();

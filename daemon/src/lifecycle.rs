@@ -53,7 +53,11 @@ pub fn lease_ref(name: &str) -> Ref {
 
 /// Remove a node's Lease (gone already is fine).
 pub async fn delete_lease(objects: &Objects, name: &str) -> crate::objects::Result<()> {
-    objects.delete(&lease_ref(name)).await.map(|_| ())
+    objects
+        .liveness()
+        .delete(&lease_ref(name))
+        .await
+        .map(|_| ())
 }
 
 fn ready_condition(status: &str, now: &str, transition: &str) -> Value {
@@ -152,6 +156,7 @@ fn clear_shutdown(node: &mut Value) {
 pub async fn shutting_down(objects: &Objects, name: &str, reason: &str) -> objects::Result<()> {
     let now = now_rfc3339();
     objects
+        .liveness()
         .modify(&node_ref(name), |node| {
             node["metadata"]["annotations"][ANNOTATION_SHUTDOWN] = json!(reason);
             node["spec"]["unschedulable"] = json!(true);
@@ -278,7 +283,7 @@ where
         apply_info(node, name, info);
         true
     };
-    let stored = match objects.modify(&r, refresh).await? {
+    let stored = match objects.liveness().modify(&r, refresh).await? {
         Some(node) => node,
         None => {
             let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {}, "spec": {}});
@@ -288,16 +293,20 @@ where
                 node["spec"]["podCIDRs"] = json!([cidr]);
             }
             apply_info(&mut node, name, info);
-            match objects.create(&r, node).await {
+            match objects.liveness().create(&r, node).await {
                 Ok(node) => node,
                 // Lost a race with another connection of the same node: refresh.
                 Err(objects::ObjectError::Store(
                     crate::datastore::DatastoreError::AlreadyExists(_),
-                )) => objects.modify(&r, refresh).await?.ok_or_else(|| {
-                    objects::ObjectError::Store(crate::datastore::DatastoreError::Unavailable(
-                        format!("node {name} was created and deleted at once; try again"),
-                    ))
-                })?,
+                )) => objects
+                    .liveness()
+                    .modify(&r, refresh)
+                    .await?
+                    .ok_or_else(|| {
+                        objects::ObjectError::Store(crate::datastore::DatastoreError::Unavailable(
+                            format!("node {name} was created and deleted at once; try again"),
+                        ))
+                    })?,
                 Err(e) => return Err(e),
             }
         }
@@ -383,7 +392,7 @@ async fn renew_remembered(
     };
     lease["metadata"]["resourceVersion"] = json!(rev.to_string());
     set_renewed(&mut lease, name, &now_micro(), Some(server));
-    match objects.update(&lease_ref(name), lease).await {
+    match objects.liveness().update(&lease_ref(name), lease).await {
         Ok(v) => Ok(Some(v)),
         Err(objects::ObjectError::Store(
             crate::datastore::DatastoreError::Conflict { .. }
@@ -414,7 +423,7 @@ async fn renew_lease_read(
         set_renewed(lease, name, &now, connected);
         true
     };
-    if let Some(v) = objects.modify(&r, set).await? {
+    if let Some(v) = objects.liveness().modify(&r, set).await? {
         return Ok(Some(v));
     }
     let mut lease = json!({
@@ -431,7 +440,11 @@ async fn renew_lease_read(
     if let Some(s) = connected {
         lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
     }
-    objects.create_if_absent(&r, lease).await.map(|_| None)
+    objects
+        .liveness()
+        .create_if_absent(&r, lease)
+        .await
+        .map(|_| None)
 }
 
 /// A heartbeat: renew the Lease; bring the node back to Ready if it was not,
@@ -473,6 +486,7 @@ pub async fn heartbeat(
     let now = chrono::Utc::now();
     let stamp = now_rfc3339();
     objects
+        .liveness()
         .modify(&node_ref(name), |node| {
             let stale = node
                 .pointer("/status/conditions")
@@ -530,6 +544,7 @@ fn set_ready(node: &mut Value, cond: Value) {
 /// The tunnel closed: forget which server held it (if it was `server`).
 pub async fn disconnected(objects: &Objects, name: &str, server: &str) -> objects::Result<()> {
     objects
+        .liveness()
         .modify(&lease_ref(name), |lease| {
             let holder = lease.pointer(&format!(
                 "/metadata/annotations/{}",
@@ -631,6 +646,7 @@ pub async fn mark_silent_nodes(objects: &Objects, grace: Duration) -> objects::R
         }
         let stamp = now_rfc3339();
         let done = objects
+            .liveness()
             .modify(&node_ref(name), |n| {
                 if ready_status(n) == Some("Unknown") {
                     return false;

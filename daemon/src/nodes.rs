@@ -278,7 +278,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
     let password = nodepassword::generate();
     let pw = password.clone();
     let new_hash = secrets::blocking(move || nodepassword::hash(&pw)).await;
-    if !secrets::set_pending(&sv.objects, name, &new_hash).await? {
+    if !secrets::set_pending(&sv.registry, name, &new_hash).await? {
         return Err(KubeError::NotFoundMessage(format!(
             "node {name:?} has no password secret"
         )));
@@ -306,7 +306,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
                 // Test hook: die between the agent's ack and the swap.
                 std::process::exit(3);
             }
-            secrets::settle(&sv.objects, &r, Some(&new_hash), Some(&new_hash)).await?;
+            secrets::settle(&sv.registry, &r, Some(&new_hash), Some(&new_hash)).await?;
             let (set, _) = sv
                 .objects
                 .get(&r)
@@ -321,7 +321,7 @@ pub async fn rotate_password(sv: &Supervisor, name: &str) -> Result<RotateResult
             })
         }
         Ok(Ok(Err(agent_error))) => {
-            secrets::settle(&sv.objects, &r, Some(&new_hash), None).await?;
+            secrets::settle(&sv.registry, &r, Some(&new_hash), None).await?;
             Err(KubeError::Internal(format!(
                 "node {name:?} could not store the new password ({agent_error}); it keeps its current password"
             )))

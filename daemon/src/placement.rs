@@ -44,10 +44,12 @@ impl Allocatable {
 /// Whether the pod has finished (Succeeded or Failed): it no longer holds
 /// what it asked for, so neither the scheduler nor the kubelet counts it.
 pub fn finished(p: &Pod) -> bool {
-    matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    terminal_phase(p.status.as_ref().and_then(|s| s.phase.as_deref()))
+}
+
+/// A pod phase that is final (Succeeded or Failed).
+pub fn terminal_phase(phase: Option<&str>) -> bool {
+    matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 /// cpu (milli) and memory (bytes) a pod asks for: the larger of its

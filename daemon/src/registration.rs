@@ -175,7 +175,7 @@ async fn admit(sv: &Arc<Supervisor>, headers: &HeaderMap) -> Result<String, Kube
             cause: None,
             retry_after: Some(wait.as_secs().clamp(1, u32::MAX as u64) as u32),
         })?;
-    match verify_or_create(&sv.objects, name, password).await {
+    match verify_or_create(&sv.registry, name, password).await {
         Ok(()) => Ok(name.to_string()),
         Err(PasswordError::Mismatch { node }) => {
             tracing::warn!(node = %node, "registration refused: node password does not match the stored hash");

@@ -23,15 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-async fn ensure_namespaces(objects: &Objects) -> anyhow::Result<()> {
+async fn ensure_namespaces(registry: &crate::registry::Registry) -> anyhow::Result<()> {
     for ns in SYSTEM_NAMESPACES {
         let r = Ref::cluster("namespaces", ns);
-        if objects.get(&r).await?.is_none() {
-            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-            objects
-                .create_if_absent(&r, obj)
-                .await
-                .context("creating system namespaces")?;
+        if registry.objects.get(&r).await?.is_none() {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match registry.create_at(&r, obj).await {
+                Ok(_) | Err(crate::registry::KubeError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e).context("creating system namespaces"),
+            }
         }
     }
     Ok(())
@@ -143,7 +143,7 @@ pub fn router(sv: Arc<Supervisor>) -> Router {
 }
 
 /// The two PriorityClasses every cluster has, as upstream bootstraps them.
-async fn ensure_priority_classes(objects: &Objects) -> anyhow::Result<()> {
+async fn ensure_priority_classes(registry: &crate::registry::Registry) -> anyhow::Result<()> {
     for (name, value, what) in [
         ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
         ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
@@ -151,10 +151,10 @@ async fn ensure_priority_classes(objects: &Objects) -> anyhow::Result<()> {
         let r = Ref::cluster("scheduling.k8s.io/priorityclasses", name);
         let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
                          "value": value, "description": what, "preemptionPolicy": "PreemptLowerPriority"});
-        objects
-            .create_if_absent(&r, obj)
-            .await
-            .context("creating the system PriorityClasses")?;
+        match registry.create_at(&r, obj).await {
+            Ok(_) | Err(crate::registry::KubeError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e).context("creating the system PriorityClasses"),
+        }
     }
     Ok(())
 }
@@ -255,8 +255,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         )?;
     }
 
-    ensure_namespaces(&objects).await?;
-    nodepassword::secrets::import_legacy(&objects, &server_dir.join("cred").join("node-passwd"))
+    let registry = Arc::new(crate::registry::Registry::new(objects.clone()).await);
+    ensure_namespaces(&registry).await?;
+    nodepassword::secrets::import_legacy(&registry, &server_dir.join("cred").join("node-passwd"))
         .await
         .context("importing legacy node passwords")?;
 
@@ -310,7 +311,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
         port,
         ip: cfg.services.api_ip().to_string(),
     };
-    ensure_priority_classes(&objects).await?;
+    ensure_priority_classes(&registry).await?;
     let manifests_dir = server_dir.join("manifests");
     {
         use base64::Engine;
@@ -325,7 +326,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
     let membership = Arc::new(Membership::new(&node_name, &advertise_address, cfg.cluster));
 
     let embedded = (!cfg.disable_agent).then(|| Arc::new(AgentState::default()));
-    let registry = Arc::new(crate::registry::Registry::new(objects.clone()).await);
     let issuer = crate::auth::tokens::Issuer::load(&store, &secret, cfg.max_token_expiration)
         .await
         .context("loading the service-account signing key")?;
@@ -386,6 +386,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
             cfg.max_registrations_inflight,
             Duration::from_secs(6),
         ),
+        events: crate::controllers::client::server_recorder(registry.clone()),
     });
     registry.set_deletions(Arc::new(crate::nodes::NodeDeletions(Arc::downgrade(&sv))));
 
@@ -437,7 +438,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> anyhow::Resu
                 async move {
                     tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints, the manifests, the garbage collector and namespace termination");
                     tokio::join!(
-                        crate::controllers::run(sv.registry.clone(), sv.auth.clone(), sv.pki.server_ca_pem.clone(), term.clone()),
+                        crate::controllers::run(sv.registry.clone(), sv.auth.clone(), sv.pki.server_ca_pem.clone(), sv.events.clone(), term.clone()),
                         term.run_until_cancelled(lifecycle::monitor_loop(o.clone(), grace, period)),
                         term.run_until_cancelled(crate::datastore::compaction_loop(s, keep, every)),
                         term.run_until_cancelled(cluster::endpoints_loop(sv.registry.clone(), m, svc)),

@@ -47,6 +47,8 @@ pub struct Supervisor {
     pub auth: Arc<crate::auth::Auth>,
     /// Registrations in progress (`--max-registrations-inflight`).
     pub registrations: crate::gate::Gate,
+    /// The one Event recorder of the server's components.
+    pub events: crate::controllers::recorder::Recorder,
 }
 
 impl Supervisor {

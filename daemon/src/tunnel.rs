@@ -175,8 +175,14 @@ async fn handle(
                         sv.heartbeat_interval / 2,
                         sv.heartbeat_interval * lifecycle::STATUS_REFRESH_HEARTBEATS,
                     );
-                    if let Err(e) =
-                        crate::ipam::assign(&sv.objects, &sv.pod_cidrs, &sv.ipam, &stored).await
+                    if let Err(e) = crate::ipam::assign(
+                        &sv.registry,
+                        &sv.events,
+                        &sv.pod_cidrs,
+                        &sv.ipam,
+                        &stored,
+                    )
+                    .await
                     {
                         tracing::warn!(node, error = %e, "could not assign the node's pod CIDR; retrying with its next status");
                     }

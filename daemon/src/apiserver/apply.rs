@@ -6,7 +6,7 @@
 use super::patch;
 use crate::registry::{FieldValidation, KubeError, ResourceType, WriteOptions};
 use crate::supervisor::Supervisor;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The manager the manifests' writes are recorded under (`managedFields`).
 pub const FIELD_MANAGER: &str = "rk3s-deploy";
@@ -151,27 +151,13 @@ pub async fn delete(sv: &Supervisor, id: &ObjectRef) -> Result<bool, KubeError> 
 }
 
 /// An Event about `involved` (an Addon), for `kubectl get events`.
-pub async fn event(sv: &Supervisor, involved: &Value, type_: &str, reason: &str, message: &str) {
-    let ns = involved
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = involved
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let now = crate::objects::now_rfc3339();
-    let ev_name = format!("{name}.{:x}", rand::random::<u64>());
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "namespace": ns, "name": name,
-                           "uid": involved.pointer("/metadata/uid")},
-        "type": type_, "reason": reason, "message": message,
-        "source": {"component": "rk3s-deploy"}, "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-    });
-    let r = crate::objects::Ref::namespaced("events", ns, &ev_name);
-    if let Err(e) = sv.objects.create(&r, ev).await {
-        tracing::debug!(error = %e, "could not record an event");
-    }
+pub fn event(sv: &Supervisor, involved: &Value, warning: bool, reason: &str, message: &str) {
+    use crate::controllers::recorder::{reference, EventType};
+    let t = if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    sv.events
+        .record("rk3s-deploy", reference(involved), t, reason, message);
 }

@@ -28,12 +28,26 @@ use std::sync::Arc;
 /// The Kubernetes version rk3s reports; kubectl 1.27-1.33 accept it.
 pub use rk3s_api::{KUBE_MAJOR, KUBE_MINOR};
 
+/// The controllers' work queues and reconciles, as Prometheus text
+/// (authorized as the non-resource path `/metrics`, upstream's
+/// `system:monitoring` role).
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::controllers::runtime::metrics_text(),
+    )
+}
+
 pub fn router(sv: Arc<Supervisor>) -> Router {
     Router::new()
         .route("/version", get(discovery::version))
         .route("/healthz", get(discovery::health))
         .route("/livez", get(discovery::health))
         .route("/readyz", get(discovery::health))
+        .route("/metrics", get(metrics))
         .route("/api", get(discovery::api))
         .route("/apis", get(discovery::apis))
         .route("/api/v1", get(discovery::core_resources))

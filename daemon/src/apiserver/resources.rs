@@ -10,7 +10,7 @@ use crate::registry::resource::VERBS;
 fn verbs_for(r: &ResourceType) -> Vec<&'static str> {
     if r.create_only {
         vec!["create"]
-    } else if r.resource == "namespaces" {
+    } else if r.is(&crate::registry::kinds::NAMESPACES) {
         // No deletecollection on cluster objects kubectl treats carefully.
         VERBS
             .iter()

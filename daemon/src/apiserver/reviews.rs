@@ -8,6 +8,7 @@ use super::request::{parse_body, Target};
 use super::response::json_response;
 use crate::auth::{Decision, Request};
 use crate::objects::str_list;
+use crate::registry::kinds;
 use crate::registry::{FieldError, KubeError, UserInfo};
 use crate::supervisor::Supervisor;
 use axum::http::StatusCode;
@@ -50,22 +51,26 @@ pub async fn create(
     }
     obj["metadata"]["creationTimestamp"] = Value::Null;
     let spec = obj["spec"].clone();
-    let status = match t.rt.resource.as_str() {
-        "selfsubjectaccessreviews" => access(sv, user, t, &spec, None)?,
-        "localsubjectaccessreviews" => {
-            let subject = subject_of(t, &spec)?;
-            access(sv, &subject, t, &spec, t.namespace.as_deref())?
-        }
-        "subjectaccessreviews" => {
-            let subject = subject_of(t, &spec)?;
-            access(sv, &subject, t, &spec, None)?
-        }
-        "selfsubjectrulesreviews" => rules(sv, user, &spec),
-        "selfsubjectreviews" => json!({"userInfo": user_info(user)}),
-        "tokenreviews" => token_review(sv, &spec).await,
-        _ => return Err(KubeError::NoRoute),
+    let rt = &t.rt;
+    let local = rt.is(&kinds::LOCAL_SUBJECT_ACCESS_REVIEWS);
+    let status = if rt.is(&kinds::SELF_SUBJECT_ACCESS_REVIEWS) {
+        access(sv, user, t, &spec, None)?
+    } else if local {
+        let subject = subject_of(t, &spec)?;
+        access(sv, &subject, t, &spec, t.namespace.as_deref())?
+    } else if rt.is(&kinds::SUBJECT_ACCESS_REVIEWS) {
+        let subject = subject_of(t, &spec)?;
+        access(sv, &subject, t, &spec, None)?
+    } else if rt.is(&kinds::SELF_SUBJECT_RULES_REVIEWS) {
+        rules(sv, user, &spec)
+    } else if rt.is(&kinds::SELF_SUBJECT_REVIEWS) {
+        json!({"userInfo": user_info(user)})
+    } else if rt.is(&kinds::TOKEN_REVIEWS) {
+        token_review(sv, &spec).await
+    } else {
+        return Err(KubeError::NoRoute);
     };
-    if t.rt.resource == "localsubjectaccessreviews" {
+    if local {
         obj["metadata"]["namespace"] = json!(t.namespace);
     }
     obj["status"] = status;

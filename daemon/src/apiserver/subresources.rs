@@ -6,6 +6,7 @@
 use super::patch::apply_patch;
 use super::request::{current, parse_body, Target};
 use super::response::{json_response, written_response};
+use crate::registry::kinds;
 use crate::registry::printers;
 use crate::registry::validation::selector_matches;
 use crate::registry::{FieldError, KubeError, WriteOptions};
@@ -102,10 +103,7 @@ pub async fn scale(
                 })?;
                 let mut s = cur.clone();
                 // Scale is a built-in kind whatever it scales: strategic patches apply.
-                let scale_rt = crate::registry::kinds::builtins()
-                    .into_iter()
-                    .find(|r| r.resource == "pods")
-                    .expect("pods");
+                let scale_rt = kinds::PODS.resource_type();
                 apply_patch(&scale_rt, ctype, &mut s, &patch, &name)?;
                 s
             }
@@ -248,25 +246,18 @@ pub async fn eviction(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Respo
                 });
             }
             // Spend one disruption before deleting, as upstream does.
-            let key = format!("/registry/policy/poddisruptionbudgets/{ns}/{pdb_name}");
             let pod_name = name.clone();
             sv.registry
-                .objects
-                .modify(
-                    &crate::objects::Ref::namespaced("policy/poddisruptionbudgets", &ns, &pdb_name),
-                    |p| {
-                        let a = p
-                            .pointer("/status/disruptionsAllowed")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(0);
-                        p["status"]["disruptionsAllowed"] = json!((a - 1).max(0));
-                        p["status"]["disruptedPods"][&pod_name] =
-                            json!(crate::objects::now_rfc3339());
-                        true
-                    },
-                )
-                .await
-                .map_err(|e| KubeError::Internal(format!("{key}: {e}")))?;
+                .modify_in(&pdb_rt, Some(&ns), &pdb_name, Some("status"), |p| {
+                    let a = p
+                        .pointer("/status/disruptionsAllowed")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    p["status"]["disruptionsAllowed"] = json!((a - 1).max(0));
+                    p["status"]["disruptedPods"][&pod_name] = json!(crate::objects::now_rfc3339());
+                    true
+                })
+                .await?;
         }
     }
     let opts: crate::registry::DeleteOptions =

@@ -20,7 +20,7 @@ use crate::objects::{Objects, Ref};
 use crate::registry::admission::{Admission, Write};
 use crate::registry::error::Subject;
 use crate::registry::rbac::GROUP;
-use crate::registry::{KubeError, UserInfo};
+use crate::registry::{kinds, KubeError, UserInfo};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -352,27 +352,29 @@ impl Admit {
 #[async_trait::async_trait]
 impl Admission for Admit {
     async fn mutate(&self, w: &Write<'_>, obj: &mut Value) -> Result<(), KubeError> {
-        match (w.rt.group.as_str(), w.rt.resource.as_str(), w.old) {
-            ("", "pods", None) => {
-                self.admit_pod(w.namespace.unwrap_or(""), obj).await?;
-                self.admit_priority(obj).await
-            }
-            _ => Ok(()),
+        if w.rt.is(&kinds::PODS) && w.old.is_none() {
+            self.admit_pod(w.namespace.unwrap_or(""), obj).await?;
+            return self.admit_priority(obj).await;
         }
+        Ok(())
     }
 
     async fn validate(&self, w: &Write<'_>, obj: &Value) -> Result<(), KubeError> {
         let Some(user) = w.user.filter(|u| !u.in_group(MASTERS)) else {
             return Ok(());
         };
-        match (w.rt.group.as_str(), w.rt.resource.as_str()) {
-            (GROUP, "roles" | "clusterroles") => self.check_role(w, user, obj),
-            (GROUP, "rolebindings" | "clusterrolebindings") => self.check_binding(w, user, obj),
-            ("", "nodes") => match (user.node_name(), w.old) {
+        let rt = w.rt;
+        if rt.is(&kinds::ROLES) || rt.is(&kinds::CLUSTER_ROLES) {
+            self.check_role(w, user, obj)
+        } else if rt.is(&kinds::ROLE_BINDINGS) || rt.is(&kinds::CLUSTER_ROLE_BINDINGS) {
+            self.check_binding(w, user, obj)
+        } else if rt.is(&kinds::NODES) {
+            match (user.node_name(), w.old) {
                 (Some(node), Some(old)) => node_restriction(node, old, obj),
                 _ => Ok(()),
-            },
-            _ => Ok(()),
+            }
+        } else {
+            Ok(())
         }
     }
 }

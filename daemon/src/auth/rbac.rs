@@ -64,7 +64,7 @@ impl Index {
     fn build(objects: &BTreeMap<String, Value>) -> Self {
         let mut ix = Index::default();
         for (key, v) in objects {
-            let Some(rest) = key.strip_prefix("/registry/rbac.authorization.k8s.io/") else {
+            let Some(rest) = key.strip_prefix(PREFIX.as_str()) else {
                 continue;
             };
             let kind = rest.split('/').next().unwrap_or("");
@@ -218,7 +218,9 @@ pub struct Rbac {
     synced: tokio::sync::watch::Sender<bool>,
 }
 
-pub const PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
+/// Where every RBAC object is stored.
+pub static PREFIX: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::objects::prefix(crate::registry::rbac::GROUP, None));
 
 impl Rbac {
     /// Follow the RBAC objects until `stop`.
@@ -229,7 +231,7 @@ impl Rbac {
     ) {
         crate::datastore::follow(
             &store,
-            PREFIX,
+            &PREFIX,
             &stop,
             |_, kvs| {
                 let mut o = self.objects.lock().expect("rbac lock");

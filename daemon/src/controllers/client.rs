@@ -4,20 +4,16 @@
 //! recorder does).
 
 use super::recorder::{EventSink, EventType, Recorder, SinkError};
-use crate::registry::cache::{Cache, Change};
+use crate::registry::cache::Cache;
 use crate::registry::error::KubeError;
 use crate::registry::kinds;
 use crate::registry::store::{DeleteOptions, Preconditions, WriteOptions};
 use crate::registry::{Registry, ResourceType};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::sync::broadcast::{error::RecvError, Receiver};
-use tokio::time::Interval;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct Client {
@@ -87,11 +83,6 @@ pub fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-pub fn deleting(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-}
-
 /// The owner reference with `controller: true`, if any.
 pub fn controller_uid(v: &Value) -> Option<&str> {
     v.pointer("/metadata/ownerReferences")?
@@ -122,11 +113,15 @@ pub fn controller_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
     })
 }
 
+/// The server's one Event recorder: every component of the server (the
+/// controllers, the manifests, pod CIDR allocation) records through it.
+pub fn server_recorder(reg: Arc<Registry>) -> Recorder {
+    Recorder::start(Arc::new(RegistrySink(reg)), None)
+}
+
 impl Client {
-    /// A client whose Events a task of its own writes (it ends when the
-    /// last clone of the client is dropped).
-    pub fn new(reg: Arc<Registry>) -> Self {
-        let events = Recorder::start(Arc::new(RegistrySink(reg.clone())), None);
+    /// A client recording Events through `events` (the server's).
+    pub fn new(reg: Arc<Registry>, events: Recorder) -> Self {
         Self { reg, events }
     }
 
@@ -236,17 +231,7 @@ impl Client {
         message: &str,
         component: &str,
     ) {
-        let meta = &involved["metadata"];
-        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
-        let reference = ObjectReference {
-            api_version: text(&involved["apiVersion"]),
-            kind: text(&involved["kind"]),
-            namespace: text(&meta["namespace"]),
-            name: text(&meta["name"]),
-            uid: text(&meta["uid"]),
-            resource_version: text(&meta["resourceVersion"]),
-            field_path: None,
-        };
+        let reference = super::recorder::reference(involved);
         let type_ = if type_ == "Warning" {
             EventType::Warning
         } else {
@@ -255,47 +240,4 @@ impl Client {
         self.events
             .record(component, reference, type_, reason, message);
     }
-}
-
-/// The next batch of objects under `own` to sync: those that changed,
-/// the controller owners (under `own`) of changed objects under `child`,
-/// or all of them on `tick` or when the feed lagged. `None` at `stop` or
-/// when the cache closed.
-pub async fn next_dirty(
-    rx: &mut Receiver<Change>,
-    cache: &Cache,
-    own: &str,
-    child: &str,
-    tick: &mut Interval,
-    stop: &CancellationToken,
-) -> Option<HashSet<String>> {
-    let mut dirty = HashSet::new();
-    let all =
-        |dirty: &mut HashSet<String>| dirty.extend(cache.list(own).into_iter().map(|(k, _)| k));
-    let note = |ch: &Change, dirty: &mut HashSet<String>| {
-        if ch.key.starts_with(own) {
-            dirty.insert(ch.key.clone());
-        } else if ch.key.starts_with(child) {
-            if let Some((k, _)) = controller_uid(&ch.object).and_then(|u| cache.by_uid(u)) {
-                if k.starts_with(own) {
-                    dirty.insert(k);
-                }
-            }
-        }
-    };
-    tokio::select! {
-        _ = stop.cancelled() => return None,
-        _ = tick.tick() => all(&mut dirty),
-        ch = rx.recv() => match ch {
-            Ok(ch) => {
-                note(&ch, &mut dirty);
-                while let Ok(more) = rx.try_recv() {
-                    note(&more, &mut dirty);
-                }
-            }
-            Err(RecvError::Lagged(_)) => all(&mut dirty),
-            Err(RecvError::Closed) => return None,
-        }
-    }
-    Some(dirty)
 }

@@ -2,35 +2,38 @@
 //! rules the rules of every ClusterRole its selectors match (in name
 //! order, duplicates dropped), kept up to date as those change.
 
+use super::runtime::{single, Controller, Requeue};
 use crate::registry::cache::Cache;
 use crate::registry::validation::selector_matches;
-use crate::registry::Registry;
+use crate::registry::{kinds, KubeError, Registry};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
-const PREFIX: &str = "/registry/rbac.authorization.k8s.io/clusterroles/";
 const RESYNC: Duration = Duration::from_secs(30);
 
-pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => aggregate(&reg, &cache).await,
-            ch = rx.recv() => match ch {
-                Ok(ch) if ch.key.starts_with(PREFIX) => aggregate(&reg, &cache).await,
-                Ok(_) | Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return,
-            }
+/// Aggregation as a controller of one key: any ClusterRole change, and a
+/// resync, look at every aggregated role.
+pub fn controller(reg: Arc<Registry>, cache: Arc<Cache>) -> Controller {
+    let prefix = kinds::CLUSTER_ROLES.prefix(None);
+    let roles = prefix.clone();
+    Controller::new("clusterrole-aggregation", move |_key: String| {
+        let (reg, cache) = (reg.clone(), cache.clone());
+        async move {
+            aggregate(&reg, &cache).await?;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(Box::new(move |ch, _| {
+        if ch.key.starts_with(&roles) {
+            vec!["clusterroles".to_string()]
+        } else {
+            vec![]
+        }
+    }))
+    .lists(single("clusterroles"), Some(RESYNC))
 }
 
 /// The rules an aggregated role should have, from `roles`.
@@ -63,9 +66,10 @@ pub fn aggregated_rules(role: &ClusterRole, roles: &[ClusterRole]) -> Vec<Value>
     rules
 }
 
-async fn aggregate(reg: &Registry, cache: &Cache) {
+async fn aggregate(reg: &Registry, cache: &Cache) -> Result<(), KubeError> {
+    let rt = kinds::CLUSTER_ROLES.resource_type();
     let roles: Vec<ClusterRole> = cache
-        .list(PREFIX)
+        .list(&kinds::CLUSTER_ROLES.prefix(None))
         .into_iter()
         .filter_map(|(_, v)| ClusterRole::deserialize(&*v).ok())
         .collect();
@@ -81,14 +85,11 @@ async fn aggregate(reg: &Registry, cache: &Cache) {
             continue;
         }
         let name = role.metadata.name.clone().unwrap_or_default();
-        let r = reg
-            .modify(&format!("{PREFIX}{name}"), |v| {
-                v["rules"] = json!(want);
-                true
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(clusterrole = name, error = %e, "could not aggregate a ClusterRole");
-        }
+        reg.modify_in(&rt, None, &name, None, |v| {
+            v["rules"] = json!(want);
+            true
+        })
+        .await?;
     }
+    Ok(())
 }

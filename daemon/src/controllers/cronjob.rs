@@ -8,8 +8,10 @@
 //! time while a Job is active, `Replace` deletes the active ones first.
 //! Finished Jobs beyond the history limits are deleted, oldest first.
 
-use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
+use super::client::{controlled, controller_ref, s, time, to_utc, Client};
 use super::job::finished;
+use super::predicates::deleting;
+use super::runtime::{all, own, owner, Controller, Requeue};
 use crate::registry::batch::{time_zone, Schedule};
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
@@ -18,12 +20,12 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "cronjob-controller";
-const PREFIX: &str = "/registry/batch/cronjobs/";
-const JOBS: &str = "/registry/batch/jobs/";
+static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::CRON_JOBS.prefix(None));
+static JOBS: LazyLock<String> = LazyLock::new(|| kinds::JOBS.prefix(None));
 const RESYNC: Duration = Duration::from_secs(1);
 /// Missed times are counted back at most this far: after a long outage
 /// only the latest one runs anyway.
@@ -92,7 +94,7 @@ impl Ctl {
         let mut status = old.clone();
         let now = Utc::now();
 
-        let mut jobs: Vec<(Value, Job)> = controlled(&self.cache, &uid, JOBS)
+        let mut jobs: Vec<(Value, Job)> = controlled(&self.cache, &uid, JOBS.as_str())
             .into_iter()
             .filter_map(|j| Some(((*j).clone(), serde_json::from_value((*j).clone()).ok()?)))
             .collect();
@@ -236,7 +238,11 @@ impl Ctl {
                 .await;
         }
         let job_name = format!("{name}-{}", due.timestamp() / 60);
-        if self.cache.get(&format!("{JOBS}{ns}/{job_name}")).is_some() {
+        if self
+            .cache
+            .get(&kinds::JOBS.key(Some(&ns), &job_name))
+            .is_some()
+        {
             return Some(due);
         }
         let jobs_rt = kinds::JOBS.resource_type();
@@ -297,19 +303,20 @@ impl Ctl {
 }
 
 /// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let ctl = Ctl {
-        c,
-        cache: cache.clone(),
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) = next_dirty(&mut rx, &cache, PREFIX, JOBS, &mut tick, &stop).await {
-        for key in dirty {
+/// CronJobs: their own changes and their Jobs', and a resync every
+/// second (their schedules).
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let ctl = Arc::new(Ctl { c, cache });
+    Controller::new(COMPONENT, move |key: String| {
+        let ctl = ctl.clone();
+        async move {
             ctl.sync(&key).await;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(own(PREFIX.as_str()))
+    .watches(owner(JOBS.as_str(), PREFIX.as_str()))
+    .lists(all(PREFIX.as_str()), Some(RESYNC))
 }
 
 #[cfg(test)]

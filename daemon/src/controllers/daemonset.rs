@@ -10,10 +10,13 @@
 //! `maxUnavailable`, OnDelete only when a user deletes them. Failed pods
 //! and pods on nodes that no longer accept them are deleted.
 
-use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, s, Client};
 use super::deployment::scaled;
 use super::expectations::Expectations;
-use super::replicaset::{available, ready};
+use super::predicates::{available, deleting, ready};
+use super::runtime::{all, own, owner, Controller, Requeue};
+use std::sync::LazyLock;
+
 use super::revisions::{self, HASH_LABEL};
 use super::scheduler::node_accepts;
 use crate::registry::cache::Cache;
@@ -25,10 +28,9 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "daemonset-controller";
-const PREFIX: &str = "/registry/apps/daemonsets/";
+static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::DAEMON_SETS.prefix(None));
 /// Also how soon a new node gets its daemons.
 const RESYNC: Duration = Duration::from_secs(2);
 
@@ -87,7 +89,7 @@ struct Ctl {
 }
 
 impl Ctl {
-    async fn sync(&mut self, key: &str, nodes: &[Node]) {
+    async fn sync(&self, key: &str, nodes: &[Node]) {
         let Some(v) = self.cache.get(key) else {
             return;
         };
@@ -107,7 +109,7 @@ impl Ctl {
         // Pods by node; finished ones are deleted (and replaced).
         let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         let mut doomed: Vec<Value> = vec![];
-        for p in controlled(&self.cache, &uid, "/registry/pods/") {
+        for p in controlled(&self.cache, &uid, &kinds::PODS.prefix(None)) {
             if deleting(&p) {
                 continue;
             }
@@ -267,30 +269,31 @@ impl Ctl {
 }
 
 /// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut ctl = Ctl {
+/// DaemonSets: their own changes and their pods', and a resync (which
+/// also brings new nodes).
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let ctl = Arc::new(Ctl {
         c,
-        cache: cache.clone(),
+        cache,
         expected: Expectations::default(),
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) =
-        next_dirty(&mut rx, &cache, PREFIX, "/registry/pods/", &mut tick, &stop).await
-    {
-        if dirty.is_empty() {
-            continue;
-        }
-        let nodes: Vec<Node> = cache
-            .list("/registry/nodes/")
-            .into_iter()
-            .filter_map(|(_, n)| Node::deserialize(&*n).ok())
-            .collect();
-        for key in dirty {
+    });
+    Controller::new(COMPONENT, move |key: String| {
+        let ctl = ctl.clone();
+        async move {
+            let nodes: Vec<Node> = ctl
+                .cache
+                .list(&kinds::NODES.prefix(None))
+                .into_iter()
+                .filter_map(|(_, n)| Node::deserialize(&*n).ok())
+                .collect();
             ctl.sync(&key, &nodes).await;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(own(PREFIX.as_str()))
+    .watches(owner(kinds::PODS.prefix(None), PREFIX.as_str()))
+    .lists(all(PREFIX.as_str()), Some(RESYNC))
+    .concurrency(2)
 }
 
 #[cfg(test)]

@@ -10,19 +10,21 @@
 //! Status carries the counts and the Available and Progressing conditions
 //! `kubectl rollout status` reads, ProgressDeadlineExceeded included.
 
-use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
-use super::replicaset::{active_pods, available};
+use super::client::{controlled, controller_ref, s, Client};
+use super::predicates::{available, deleting};
+use super::replicaset::active_pods;
+use super::runtime::{all, own, owner, Controller, Requeue};
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "deployment-controller";
-const PREFIX: &str = "/registry/apps/deployments/";
-const RS_PREFIX: &str = "/registry/apps/replicasets/";
+static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::DEPLOYMENTS.prefix(None));
+static RS_PREFIX: LazyLock<String> = LazyLock::new(|| kinds::REPLICA_SETS.prefix(None));
 const RESYNC: Duration = Duration::from_secs(5);
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -105,7 +107,7 @@ struct Ctl {
 impl Ctl {
     fn owned_sets(&self, d: &Value) -> Vec<Value> {
         let uid = s(d, "/metadata/uid");
-        let mut v: Vec<Value> = controlled(&self.cache, uid, RS_PREFIX)
+        let mut v: Vec<Value> = controlled(&self.cache, uid, RS_PREFIX.as_str())
             .into_iter()
             .map(|rs| (*rs).clone())
             .collect();
@@ -634,19 +636,20 @@ fn set_condition(
 }
 
 /// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let ctl = Ctl {
-        c,
-        cache: cache.clone(),
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) = next_dirty(&mut rx, &cache, PREFIX, RS_PREFIX, &mut tick, &stop).await {
-        for key in dirty {
+/// Deployments: their own changes and their ReplicaSets', and a resync.
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let ctl = Arc::new(Ctl { c, cache });
+    Controller::new(COMPONENT, move |key: String| {
+        let ctl = ctl.clone();
+        async move {
             ctl.sync(&key).await;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(own(PREFIX.as_str()))
+    .watches(owner(RS_PREFIX.as_str(), PREFIX.as_str()))
+    .lists(all(PREFIX.as_str()), Some(RESYNC))
+    .concurrency(5)
 }
 
 #[cfg(test)]

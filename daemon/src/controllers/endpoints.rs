@@ -12,8 +12,11 @@
 //! write; a deleted Service's Endpoints go (its slices are owned by it,
 //! the garbage collector removes them).
 
-use super::client::{controller_ref, deleting, s, Client};
-use super::replicaset::{ready, terminal};
+use super::client::{controller_ref, s, Client};
+use super::predicates::{deleting, ready, terminal};
+use super::runtime::{all, Controller, Requeue};
+use std::sync::LazyLock;
+
 use crate::registry::cache::{Cache, Change};
 use crate::registry::kinds;
 use crate::registry::validation::selector_matches;
@@ -23,15 +26,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
-const SERVICES: &str = "/registry/services/";
-const PODS: &str = "/registry/pods/";
-const SLICES: &str = "/registry/discovery.k8s.io/endpointslices/";
+static SERVICES: LazyLock<String> = LazyLock::new(|| kinds::SERVICES.prefix(None));
+static PODS: LazyLock<String> = LazyLock::new(|| kinds::PODS.prefix(None));
 const RESYNC: Duration = Duration::from_secs(30);
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -87,7 +87,7 @@ fn endpoints_of(cache: &Cache, svc: &Service) -> Groups {
     };
     let publish = spec.publish_not_ready_addresses == Some(true);
     let mut groups: Groups = BTreeMap::new();
-    for (_, v) in cache.list(&format!("{PODS}{ns}/")) {
+    for (_, v) in cache.list(&kinds::PODS.prefix(Some(&ns))) {
         if terminal(&v) || s(&v, "/status/podIP").is_empty() {
             continue;
         }
@@ -196,13 +196,16 @@ struct Ctl {
 
 impl Ctl {
     async fn sync(&self, key: &str) -> Result<(), KubeError> {
-        let Some((ns, name)) = key.strip_prefix(SERVICES).and_then(|k| k.split_once('/')) else {
+        let Some((ns, name)) = key
+            .strip_prefix(SERVICES.as_str())
+            .and_then(|k| k.split_once('/'))
+        else {
             return Ok(());
         };
         let ep_rt = kinds::ENDPOINTS.resource_type();
         let Some(v) = self.cache.get(key) else {
             // The Service is gone: so are its Endpoints.
-            if let Some(e) = self.cache.get(&format!("/registry/endpoints/{ns}/{name}")) {
+            if let Some(e) = self.cache.get(&kinds::ENDPOINTS.key(Some(ns), name)) {
                 self.c
                     .delete(&ep_rt, ns, name, s(&e, "/metadata/uid"))
                     .await?;
@@ -242,7 +245,7 @@ impl Ctl {
             labels["service.kubernetes.io/headless"] = json!("");
         }
         let empty = subsets.as_array().is_none_or(|a| a.is_empty());
-        let existing = self.cache.get(&format!("/registry/endpoints/{ns}/{name}"));
+        let existing = self.cache.get(&kinds::ENDPOINTS.key(Some(ns), name));
         match existing {
             None => {
                 let mut ep = json!({"apiVersion": "v1", "kind": "Endpoints",
@@ -291,7 +294,7 @@ impl Ctl {
         let rt = kinds::ENDPOINT_SLICES.resource_type();
         let mut have: Vec<Value> = self
             .cache
-            .list(&format!("{SLICES}{ns}/"))
+            .list(&kinds::ENDPOINT_SLICES.prefix(Some(ns)))
             .into_iter()
             .map(|(_, v)| std::sync::Arc::unwrap_or_clone(v))
             .filter(|v| {
@@ -356,50 +359,38 @@ impl Ctl {
     }
 }
 
-fn note(cache: &Cache, ch: &Change, dirty: &mut HashSet<String>) {
-    if ch.key.starts_with(SERVICES) {
-        dirty.insert(ch.key.clone());
-    } else if let Some(rest) = ch.key.strip_prefix(PODS) {
-        if let Some((ns, _)) = rest.split_once('/') {
-            dirty.extend(
-                cache
-                    .list(&format!("{SERVICES}{ns}/"))
-                    .into_iter()
-                    .map(|(k, _)| k),
-            );
-        }
+/// The Services a change concerns: a Service's own, and every Service in
+/// the namespace of a pod that changed.
+fn services_of(ch: &Change, cache: &Cache) -> Vec<String> {
+    if ch.key.starts_with(SERVICES.as_str()) {
+        return vec![ch.key.clone()];
     }
+    let Some((ns, _)) = ch
+        .key
+        .strip_prefix(PODS.as_str())
+        .and_then(|r| r.split_once('/'))
+    else {
+        return vec![];
+    };
+    cache
+        .list(&kinds::SERVICES.prefix(Some(ns)))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
-/// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let ctl = Ctl {
-        c,
-        cache: cache.clone(),
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        let mut dirty = HashSet::new();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => dirty.extend(cache.list(SERVICES).into_iter().map(|(k, _)| k)),
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    note(&cache, &ch, &mut dirty);
-                    while let Ok(more) = rx.try_recv() {
-                        note(&cache, &more, &mut dirty);
-                    }
-                }
-                Err(RecvError::Lagged(_)) => dirty.extend(cache.list(SERVICES).into_iter().map(|(k, _)| k)),
-                Err(RecvError::Closed) => return,
-            }
+/// Endpoints and EndpointSlices of every Service: its own changes and its
+/// namespace's pods', and a resync.
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let ctl = Arc::new(Ctl { c, cache });
+    Controller::new("endpoints", move |key: String| {
+        let ctl = ctl.clone();
+        async move {
+            ctl.sync(&key).await?;
+            Ok(Requeue::Never)
         }
-        for key in dirty {
-            if let Err(e) = ctl.sync(&key).await {
-                tracing::debug!(service = %key, error = %e, "endpoints not written");
-            }
-        }
-    }
+    })
+    .watches(Box::new(services_of))
+    .lists(all(SERVICES.as_str()), Some(RESYNC))
+    .concurrency(5)
 }

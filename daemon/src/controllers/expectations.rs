@@ -3,9 +3,11 @@
 //! catches up the owner is left alone, so a slow cache never yields extra
 //! or missing pods.
 
-use super::client::{deleting, s};
+use super::client::s;
+use super::predicates::deleting;
 use crate::registry::cache::Cache;
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// An expectation the cache never confirmed is given up after this long.
@@ -18,15 +20,17 @@ struct Pending {
     at: Option<Instant>,
 }
 
-/// Per owner uid, the names of dependents created or deleted.
+/// Per owner uid, the names of dependents created or deleted (shared by
+/// a controller's concurrent reconciles of different owners).
 #[derive(Default)]
-pub struct Expectations(HashMap<String, Pending>);
+pub struct Expectations(Mutex<HashMap<String, Pending>>);
 
 impl Expectations {
     /// Whether the cache shows everything done for `owner` (or it is too
     /// old to wait for).
-    pub fn satisfied(&mut self, cache: &Cache, owner: &str) -> bool {
-        let Some(e) = self.0.get_mut(owner) else {
+    pub fn satisfied(&self, cache: &Cache, owner: &str) -> bool {
+        let mut all = self.0.lock().expect("expectations");
+        let Some(e) = all.get_mut(owner) else {
             return true;
         };
         let present: HashSet<String> = cache
@@ -39,27 +43,32 @@ impl Expectations {
         e.deleted.retain(|n| present.contains(n));
         let fresh = e.at.is_some_and(|t| t.elapsed() < TTL);
         if (e.created.is_empty() && e.deleted.is_empty()) || !fresh {
-            self.0.remove(owner);
+            all.remove(owner);
             return true;
         }
         false
     }
 
-    fn pending(&mut self, owner: &str) -> &mut Pending {
-        let e = self.0.entry(owner.to_string()).or_default();
+    fn pending(&self, owner: &str, f: impl FnOnce(&mut Pending)) {
+        let mut all = self.0.lock().expect("expectations");
+        let e = all.entry(owner.to_string()).or_default();
         e.at = Some(Instant::now());
-        e
+        f(e);
     }
 
-    pub fn created(&mut self, owner: &str, name: &str) {
-        self.pending(owner).created.insert(name.to_string());
+    pub fn created(&self, owner: &str, name: &str) {
+        self.pending(owner, |p| {
+            p.created.insert(name.to_string());
+        });
     }
 
-    pub fn deleted(&mut self, owner: &str, name: &str) {
-        self.pending(owner).deleted.insert(name.to_string());
+    pub fn deleted(&self, owner: &str, name: &str) {
+        self.pending(owner, |p| {
+            p.deleted.insert(name.to_string());
+        });
     }
 
-    pub fn forget(&mut self, owner: &str) {
-        self.0.remove(owner);
+    pub fn forget(&self, owner: &str) {
+        self.0.lock().expect("expectations").remove(owner);
     }
 }

@@ -3,14 +3,14 @@
 //! `foregroundDeletion` finalizer) for dependents that block it; an owner
 //! deleted with `Orphan` first lets its dependents go free.
 
+use super::predicates::deleting;
+use super::runtime::{Controller, Requeue};
 use crate::registry::cache::{owner_uids, Cache, Change, Deletion};
 use crate::registry::store::{FOREGROUND, ORPHAN};
 use crate::registry::Registry;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 /// A full pass also runs this often, to catch anything an event missed.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -19,11 +19,6 @@ fn uid(v: &Value) -> &str {
     v.pointer("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("")
-}
-
-fn deleting(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
 }
 
 fn has_finalizer(v: &Value, f: &str) -> bool {
@@ -63,63 +58,68 @@ fn drop_owners(v: &mut Value, owners: &[String]) -> bool {
     changed
 }
 
-pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    full_pass(&reg, &cache).await;
-    let mut tick = tokio::time::interval(RESYNC);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => full_pass(&reg, &cache).await,
-            ch = rx.recv() => match ch {
-                Ok(ch) => on_change(&reg, &cache, ch).await,
-                Err(RecvError::Lagged(_)) => full_pass(&reg, &cache).await,
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-async fn full_pass(reg: &Registry, cache: &Cache) {
-    for (key, v) in cache.collector_work() {
-        if Deletion::of(&v).held_for_collector() {
-            attend_owner(reg, cache, &key, &v).await;
-        }
-        if !owner_uids(&v).is_empty() {
-            attend_dependent(reg, cache, &key, &v).await;
-        }
-    }
-}
-
-async fn on_change(reg: &Registry, cache: &Cache, ch: Change) {
-    let v = &ch.object;
-    if matches!(ch.kind, crate::datastore::EventKind::Delete) {
-        for (k, d) in cache.dependents(uid(v)) {
-            attend_dependent(reg, cache, &k, &d).await;
-        }
-        // An owner waiting in the foreground may now be free.
-        for o in owner_uids(v) {
-            if let Some((k, owner)) = cache.by_uid(&o) {
-                attend_owner(reg, cache, &k, &owner).await;
-            }
-        }
-        return;
-    }
-    if Deletion::of(v).held_for_collector() {
-        attend_owner(reg, cache, &ch.key, v).await;
-    }
-    if !owner_uids(v).is_empty() {
-        attend_dependent(reg, cache, &ch.key, v).await;
-        if deleting(v) {
-            for o in owner_uids(v) {
-                if let Some((k, owner)) = cache.by_uid(&o) {
-                    attend_owner(reg, cache, &k, &owner).await;
+/// One key per object that needs the collector: those with owners, and
+/// owners held for it (foreground or orphaning deletion). A change enqueues
+/// the object itself, its owners when it is deleted or deleting (an owner
+/// waiting in the foreground may now be free), and its dependents when it
+/// is gone; a resync goes over every such object again.
+pub fn controller(reg: Arc<Registry>, cache: Arc<Cache>) -> Controller {
+    let c = cache.clone();
+    let listed = cache.clone();
+    Controller::new("garbagecollector", move |key: String| {
+        let (reg, cache) = (reg.clone(), c.clone());
+        async move {
+            if let Some(v) = cache.get(&key) {
+                if Deletion::of(&v).held_for_collector() {
+                    attend_owner(&reg, &cache, &key, &v).await;
+                }
+                if !owner_uids(&v).is_empty() {
+                    attend_dependent(&reg, &cache, &key, &v).await;
                 }
             }
+            Ok(Requeue::Never)
         }
+    })
+    .watches(Box::new(affected))
+    .lists(
+        Box::new(move |_| {
+            listed
+                .collector_work()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        }),
+        Some(RESYNC),
+    )
+    .concurrency(4)
+}
+
+/// The keys a change gives the collector to look at.
+fn affected(ch: &Change, cache: &Cache) -> Vec<String> {
+    let v = &ch.object;
+    let owners_of = |v: &Value| -> Vec<String> {
+        owner_uids(v)
+            .iter()
+            .filter_map(|o| cache.by_uid(o).map(|(k, _)| k))
+            .collect()
+    };
+    if matches!(ch.kind, crate::datastore::EventKind::Delete) {
+        let mut keys: Vec<String> = cache
+            .dependents(uid(v))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.extend(owners_of(v));
+        return keys;
     }
+    let mut keys = vec![];
+    if Deletion::of(v).held_for_collector() || !owner_uids(v).is_empty() {
+        keys.push(ch.key.clone());
+    }
+    if deleting(v) {
+        keys.extend(owners_of(v));
+    }
+    keys
 }
 
 async fn attend_dependent(reg: &Registry, cache: &Cache, key: &str, d: &Value) {

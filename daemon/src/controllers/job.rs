@@ -10,9 +10,12 @@
 //! their pods. Counts never go down, so pods removed after they were
 //! counted (by a user or the pod GC) do not undo progress.
 
-use super::client::{controlled, controller_ref, deleting, next_dirty, s, time, to_utc, Client};
+use super::client::{controlled, controller_ref, s, time, to_utc, Client};
 use super::expectations::Expectations;
-use super::replicaset::{ready, terminal};
+use super::predicates::{deleting, ready, terminal};
+use super::runtime::{all, own, owner, Controller, Requeue};
+use std::sync::LazyLock;
+
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
 use chrono::{DateTime, Utc};
@@ -21,10 +24,9 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "job-controller";
-const PREFIX: &str = "/registry/batch/jobs/";
+static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::JOBS.prefix(None));
 const RESYNC: Duration = Duration::from_secs(2);
 pub const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -167,7 +169,7 @@ impl Ctl {
                 .unwrap_or_default(),
             last_failure: None,
         };
-        for p in controlled(&self.cache, uid, "/registry/pods/") {
+        for p in controlled(&self.cache, uid, &kinds::PODS.prefix(None)) {
             match s(&p, "/status/phase") {
                 "Succeeded" => {
                     o.succeeded += 1;
@@ -186,7 +188,7 @@ impl Ctl {
         o
     }
 
-    async fn sync(&mut self, key: &str) {
+    async fn sync(&self, key: &str) {
         let Some(v) = self.cache.get(key) else {
             return;
         };
@@ -452,7 +454,7 @@ impl Ctl {
     }
 
     /// A finished Job with `ttlSecondsAfterFinished` goes when it expires.
-    async fn after_finish(&mut self, v: &Value, job: &Job, at: DateTime<Utc>, now: DateTime<Utc>) {
+    async fn after_finish(&self, v: &Value, job: &Job, at: DateTime<Utc>, now: DateTime<Utc>) {
         let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
             return;
         };
@@ -484,22 +486,24 @@ impl Ctl {
 }
 
 /// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut ctl = Ctl {
+/// Jobs: their own changes and their pods', and a resync.
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let ctl = Arc::new(Ctl {
         c,
-        cache: cache.clone(),
+        cache,
         expected: Expectations::default(),
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) =
-        next_dirty(&mut rx, &cache, PREFIX, "/registry/pods/", &mut tick, &stop).await
-    {
-        for key in dirty {
+    });
+    Controller::new(COMPONENT, move |key: String| {
+        let ctl = ctl.clone();
+        async move {
             ctl.sync(&key).await;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(own(PREFIX.as_str()))
+    .watches(owner(kinds::PODS.prefix(None), PREFIX.as_str()))
+    .lists(all(PREFIX.as_str()), Some(RESYNC))
+    .concurrency(5)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 pub mod allocations;
 pub mod client;
 pub mod clusterroles;
+pub mod crds;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -21,6 +22,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
+pub mod predicates;
 pub mod recorder;
 pub mod replicaset;
 pub mod revisions;
@@ -39,46 +41,43 @@ pub async fn run(
     registry: Arc<Registry>,
     auth: Arc<crate::auth::Auth>,
     ca_pem: String,
+    events: recorder::Recorder,
     stop: CancellationToken,
 ) {
     let cache = Arc::new(Cache::default());
-    let client = client::Client::new(registry.clone());
+    let client = client::Client::new(registry.clone(), events);
     let feed = {
         let (c, o, s) = (cache.clone(), registry.objects.clone(), stop.clone());
         async move { c.run(o, s).await }
     };
+    let (accounts, tokens) =
+        serviceaccounts::controllers(registry.clone(), cache.clone(), auth, ca_pem);
     tokio::join!(
         feed,
-        gc::run(registry.clone(), cache.clone(), stop.clone()),
-        namespace::run(registry.clone(), cache.clone(), stop.clone()),
-        clusterroles::run(registry.clone(), cache.clone(), stop.clone()),
-        scheduler::run(client.clone(), cache.clone(), stop.clone()),
-        replicaset::run(
+        gc::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        crds::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        namespace::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        clusterroles::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        scheduler::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        replicaset::controller(client.clone(), cache.clone(), replicaset::REPLICA_SETS)
+            .run(cache.clone(), stop.clone()),
+        replicaset::controller(
             client.clone(),
             cache.clone(),
-            replicaset::REPLICA_SETS,
-            stop.clone()
-        ),
-        replicaset::run(
-            client.clone(),
-            cache.clone(),
-            replicaset::REPLICATION_CONTROLLERS,
-            stop.clone()
-        ),
-        deployment::run(client.clone(), cache.clone(), stop.clone()),
-        daemonset::run(client.clone(), cache.clone(), stop.clone()),
-        statefulset::run(client.clone(), cache.clone(), stop.clone()),
-        job::run(client.clone(), cache.clone(), stop.clone()),
-        nodelifecycle::run(client.clone(), cache.clone(), stop.clone()),
-        endpoints::run(client.clone(), cache.clone(), stop.clone()),
-        allocations::run(client.clone(), cache.clone(), stop.clone()),
-        podgc::run(
-            client.clone(),
-            cache.clone(),
-            podgc::TERMINATED_THRESHOLD,
-            stop.clone()
-        ),
-        cronjob::run(client, cache.clone(), stop.clone()),
-        serviceaccounts::run(registry, cache, auth, ca_pem, stop),
+            replicaset::REPLICATION_CONTROLLERS
+        )
+        .run(cache.clone(), stop.clone()),
+        deployment::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        daemonset::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        statefulset::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        job::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        nodelifecycle::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        endpoints::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        allocations::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        podgc::controller(client.clone(), cache.clone(), podgc::TERMINATED_THRESHOLD)
+            .run(cache.clone(), stop.clone()),
+        cronjob::controller(client, cache.clone()).run(cache.clone(), stop.clone()),
+        accounts.run(cache.clone(), stop.clone()),
+        tokens.run(cache, stop),
     );
 }

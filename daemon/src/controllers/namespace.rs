@@ -2,86 +2,75 @@
 //! contents are deleted; when nothing is left its `kubernetes` finalizer is
 //! removed and it goes.
 
+use super::predicates::deleting;
+use super::runtime::{all, Controller, Requeue, Result};
 use crate::objects::prefix;
 use crate::registry::cache::Cache;
-use crate::registry::Registry;
+use crate::registry::{kinds, Registry};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
-/// Terminating namespaces are looked at again this often (their grace
-/// ends between two changes).
-const RESYNC: Duration = Duration::from_secs(1);
 /// How long a deleted namespace stays `Terminating` before its contents
 /// are deleted (upstream's `namespaceDeletionGracePeriod`): clients that
 /// delete a namespace and then its objects (`kubectl delete -k`) find
 /// them still there, and an empty namespace is seen Terminating.
 const DELETION_GRACE: Duration = Duration::from_secs(5);
+/// A terminating namespace whose contents are still going is looked at
+/// again this often, besides when they change.
+const RECHECK: Duration = Duration::from_secs(5);
 
-fn deleting(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
+/// One key per namespace: its own changes, and those of anything in it.
+pub fn controller(reg: Arc<Registry>, cache: Arc<Cache>) -> Controller {
+    let namespaces = kinds::NAMESPACES.prefix(None);
+    let key_of = namespaces.clone();
+    let c = cache.clone();
+    Controller::new("namespace", move |key: String| {
+        let (reg, cache) = (reg.clone(), c.clone());
+        async move { reconcile(&reg, &cache, &key).await }
+    })
+    .watches(Box::new(move |ch, _| {
+        let ns = if ch.key.starts_with(&key_of) {
+            ch.object.pointer("/metadata/name")
+        } else {
+            ch.object.pointer("/metadata/namespace")
+        };
+        ns.and_then(Value::as_str)
+            .map(|n| vec![format!("{key_of}{n}")])
+            .unwrap_or_default()
+    }))
+    .lists(all(namespaces), Some(Duration::from_secs(60)))
+    .concurrency(4)
 }
 
-pub async fn run(reg: Arc<Registry>, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                for (_, ns) in cache.list("/registry/namespaces/") {
-                    if deleting(&ns) {
-                        finalize(&reg, &cache, &ns).await;
-                    }
-                }
-            }
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    // A namespace being deleted, or something leaving one.
-                    let ns_name = if ch.key.starts_with("/registry/namespaces/") {
-                        ch.object.pointer("/metadata/name")
-                    } else {
-                        ch.object.pointer("/metadata/namespace")
-                    }.and_then(Value::as_str).map(str::to_string);
-                    let Some(ns_name) = ns_name else { continue };
-                    if let Some(ns) = cache.get(&format!("/registry/namespaces/{ns_name}")) {
-                        if deleting(&ns) {
-                            finalize(&reg, &cache, &ns).await;
-                        }
-                    }
-                }
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-/// Whether the namespace was deleted longer than [`DELETION_GRACE`] ago.
-fn grace_over(ns: &Value) -> bool {
-    let Some(at) = ns
+/// What is left of the namespace's deletion grace, if any.
+fn grace_left(ns: &Value) -> Option<Duration> {
+    let at = ns
         .pointer("/metadata/deletionTimestamp")
         .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    else {
-        return true;
-    };
-    let since = chrono::Utc::now().signed_duration_since(at);
-    since.to_std().is_ok_and(|d| d >= DELETION_GRACE)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+    let since = chrono::Utc::now()
+        .signed_duration_since(at)
+        .to_std()
+        .unwrap_or_default();
+    DELETION_GRACE.checked_sub(since).filter(|d| !d.is_zero())
 }
 
-async fn finalize(reg: &Registry, cache: &Cache, ns: &Value) {
-    let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
-        return;
+async fn reconcile(reg: &Registry, cache: &Cache, key: &str) -> Result {
+    let Some(ns) = cache.get(key) else {
+        return Ok(Requeue::Never);
     };
-    if !grace_over(ns) {
-        return;
+    if !deleting(&ns) {
+        return Ok(Requeue::Never);
     }
+    if let Some(left) = grace_left(&ns) {
+        return Ok(Requeue::After(left));
+    }
+    let name = ns
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let mut seen = HashSet::new();
     let mut remaining = 0;
     for rt in reg.kinds().iter().filter(|k| k.namespaced) {
@@ -95,30 +84,26 @@ async fn finalize(reg: &Registry, cache: &Cache, ns: &Value) {
                     .pointer("/metadata/uid")
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                if let Err(e) = reg.delete_key(&key, uid, "Background").await {
-                    tracing::warn!(namespace = name, %key, error = %e, "could not delete an object of a terminating namespace");
-                }
+                reg.delete_key(&key, uid, "Background").await?;
             }
         }
     }
-    if remaining == 0 {
-        let rt = crate::registry::kinds::NAMESPACES.resource_type();
-        // Through `finalize`, the one write that changes spec.finalizers.
-        let r = reg
-            .modify_in(&rt, None, name, Some("finalize"), |v| {
-                let Some(f) = v
-                    .pointer_mut("/spec/finalizers")
-                    .and_then(Value::as_array_mut)
-                else {
-                    return false;
-                };
-                let before = f.len();
-                f.retain(|x| x != "kubernetes");
-                before != f.len()
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(namespace = name, error = %e, "could not finalize a terminating namespace");
-        }
+    if remaining > 0 {
+        return Ok(Requeue::After(RECHECK));
     }
+    let rt = kinds::NAMESPACES.resource_type();
+    // Through `finalize`, the one write that changes spec.finalizers.
+    reg.modify_in(&rt, None, name, Some("finalize"), |v| {
+        let Some(f) = v
+            .pointer_mut("/spec/finalizers")
+            .and_then(Value::as_array_mut)
+        else {
+            return false;
+        };
+        let before = f.len();
+        f.retain(|x| x != "kubernetes");
+        before != f.len()
+    })
+    .await?;
+    Ok(Requeue::Never)
 }

@@ -13,8 +13,11 @@
 //! counted from the taint's `timeAdded`. Its controller then replaces it
 //! elsewhere: a deleted pod no longer counts as one of its replicas.
 
-use super::client::{deleting, s, time, to_utc, Client};
-use super::replicaset::terminal;
+use super::client::{s, time, to_utc, Client};
+use super::predicates::{deleting, terminal};
+use super::runtime::{Controller, Requeue};
+use std::sync::LazyLock;
+
 use crate::datastore::EventKind;
 use crate::placement::tolerates;
 use crate::registry::cache::Cache;
@@ -25,14 +28,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "node-controller";
 const PERIOD: Duration = Duration::from_secs(1);
-const NODES: &str = "/registry/nodes/";
+static NODES: LazyLock<String> = LazyLock::new(|| kinds::NODES.prefix(None));
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
@@ -258,7 +259,7 @@ async fn evict(
     }
     let rt = kinds::PODS.resource_type();
     let mut pending = HashMap::new();
-    for (_, v) in cache.list("/registry/pods/") {
+    for (_, v) in cache.list(&kinds::PODS.prefix(None)) {
         let Some(taints) = tainted.get(s(&v, "/spec/nodeName")) else {
             continue;
         };
@@ -298,45 +299,73 @@ async fn evict(
 
 fn all_nodes(cache: &Cache) -> HashMap<String, Option<Arc<Value>>> {
     cache
-        .list(NODES)
+        .list(NODES.as_str())
         .into_iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(NODES)?.to_string(), Some(v))))
+        .filter_map(|(k, v)| Some((k.strip_prefix(NODES.as_str())?.to_string(), Some(v))))
         .collect()
 }
 
-/// Run until `stop`. Taints follow node changes (all nodes at start and
-/// after the change feed lagged): with ten thousand nodes, re-reading each
-/// one every second was most of the leader's work.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut tick = tokio::time::interval(PERIOD);
-    let mut logged = HashMap::new();
-    let mut tainted = HashMap::new();
-    let mut changed = all_nodes(&cache);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                let now = Utc::now();
-                changed = sync_taints(&c, std::mem::take(&mut changed), &mut tainted, now).await;
-                evict(&c, &cache, &tainted, now, &mut logged).await;
+/// What the controller carries from one pass to the next.
+#[derive(Default)]
+struct State {
+    /// Nodes changed since the last pass (`None`: deleted).
+    changed: HashMap<String, Option<Arc<Value>>>,
+    tainted: HashMap<String, Vec<Taint>>,
+    logged: HashMap<String, DateTime<Utc>>,
+}
+
+/// One key, a pass every [`PERIOD`] over the nodes that changed since the
+/// last (all of them at start and after the change feed lagged): with ten
+/// thousand nodes, re-reading each one every second was most of the
+/// leader's work. Node changes are only noted; the pass picks them up.
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let state = Arc::new(Mutex::new(State::default()));
+    let noted = state.clone();
+    let listed = state.clone();
+    Controller::new(COMPONENT, move |_key: String| {
+        let (c, cache, state) = (c.clone(), cache.clone(), state.clone());
+        async move {
+            let now = Utc::now();
+            let (changed, mut tainted, mut logged) = {
+                let mut st = state.lock().expect("node controller");
+                (
+                    std::mem::take(&mut st.changed),
+                    std::mem::take(&mut st.tainted),
+                    std::mem::take(&mut st.logged),
+                )
+            };
+            let left = sync_taints(&c, changed, &mut tainted, now).await;
+            evict(&c, &cache, &tainted, now, &mut logged).await;
+            let mut st = state.lock().expect("node controller");
+            // Noted meanwhile wins over what is left to do again.
+            for (k, v) in left {
+                st.changed.entry(k).or_insert(v);
             }
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    if let Some(name) = ch.key.strip_prefix(NODES) {
-                        let v = (ch.kind != EventKind::Delete).then(|| ch.object.clone());
-                        changed.insert(name.to_string(), v);
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    tainted.clear();
-                    changed = all_nodes(&cache);
-                }
-                Err(RecvError::Closed) => return,
-            }
+            st.tainted = tainted;
+            st.logged = logged;
+            Ok(Requeue::After(PERIOD))
         }
-    }
+    })
+    .watches(Box::new(move |ch, _| {
+        if let Some(name) = ch.key.strip_prefix(NODES.as_str()) {
+            let v = (ch.kind != EventKind::Delete).then(|| ch.object.clone());
+            noted
+                .lock()
+                .expect("node controller")
+                .changed
+                .insert(name.to_string(), v);
+        }
+        vec![]
+    }))
+    .lists(
+        Box::new(move |cache| {
+            let mut st = listed.lock().expect("node controller");
+            st.tainted.clear();
+            st.changed = all_nodes(cache);
+            vec!["nodes".to_string()]
+        }),
+        None,
+    )
 }
 
 #[cfg(test)]

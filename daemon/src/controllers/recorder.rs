@@ -205,6 +205,21 @@ impl Writer {
     }
 }
 
+/// A reference to the object `v` (as stored: apiVersion, kind, metadata).
+pub fn reference(v: &serde_json::Value) -> ObjectReference {
+    let meta = &v["metadata"];
+    let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    ObjectReference {
+        api_version: text(&v["apiVersion"]),
+        kind: text(&v["kind"]),
+        namespace: text(&meta["namespace"]),
+        name: text(&meta["name"]),
+        uid: text(&meta["uid"]),
+        resource_version: text(&meta["resourceVersion"]),
+        field_path: None,
+    }
+}
+
 /// client-go's `GenerateEventName`: the object's name and the time.
 fn event_name(object: &str, at: DateTime<Utc>) -> String {
     let nanos = at.timestamp_nanos_opt().unwrap_or_default();

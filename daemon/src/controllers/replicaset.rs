@@ -7,8 +7,10 @@
 //! deleted) before acting on a set again. Surplus pods go unscheduled
 //! first, then pending, not ready, and newest.
 
-use super::client::{controlled, controller_ref, controller_uid, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, controller_uid, s, Client};
 use super::expectations::Expectations;
+use super::predicates::{available, deleting, ready, terminal};
+use super::runtime::{all, own, owner, Controller, Requeue};
 use crate::registry::cache::Cache;
 use crate::registry::error::KubeError;
 use crate::registry::kinds;
@@ -18,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Full pass over every set this often, besides the changes.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -28,7 +29,6 @@ const BURST: usize = 500;
 /// Which of the two kinds a controller instance runs.
 pub struct Flavor {
     of: &'static Builtin,
-    prefix: &'static str,
     group: &'static str,
     api_version: &'static str,
     kind: &'static str,
@@ -37,7 +37,6 @@ pub struct Flavor {
 
 pub const REPLICA_SETS: Flavor = Flavor {
     of: &kinds::REPLICA_SETS,
-    prefix: "/registry/apps/replicasets/",
     group: "apps",
     api_version: "apps/v1",
     kind: "ReplicaSet",
@@ -46,41 +45,11 @@ pub const REPLICA_SETS: Flavor = Flavor {
 
 pub const REPLICATION_CONTROLLERS: Flavor = Flavor {
     of: &kinds::REPLICATION_CONTROLLERS,
-    prefix: "/registry/replicationcontrollers/",
     group: "",
     api_version: "v1",
     kind: "ReplicationController",
     component: "replication-controller",
 };
-
-pub fn terminal(pod: &Value) -> bool {
-    matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
-}
-
-pub fn ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
-
-/// Ready for at least `min_ready` seconds.
-pub fn available(pod: &Value, min_ready: i64, now: chrono::DateTime<chrono::Utc>) -> bool {
-    if !ready(pod) {
-        return false;
-    }
-    if min_ready <= 0 {
-        return true;
-    }
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .and_then(|c| c["lastTransitionTime"].as_str())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .is_some_and(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() >= min_ready)
-}
 
 fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
     serde_json::from_value(v.pointer("/metadata/labels").cloned().unwrap_or(json!({})))
@@ -89,7 +58,7 @@ fn labels(v: &Value) -> std::collections::BTreeMap<String, String> {
 
 /// The set's pods that count: owned, not finished, not being deleted.
 pub fn active_pods(cache: &Cache, rs: &Value) -> Vec<Arc<Value>> {
-    controlled(cache, s(rs, "/metadata/uid"), "/registry/pods/")
+    controlled(cache, s(rs, "/metadata/uid"), &kinds::PODS.prefix(None))
         .into_iter()
         .filter(|p| !terminal(p) && !deleting(p))
         .collect()
@@ -113,7 +82,7 @@ struct Ctl {
 }
 
 impl Ctl {
-    async fn sync(&mut self, key: &str) {
+    async fn sync(&self, key: &str) {
         let Some(rs) = self.cache.get(key) else {
             return;
         };
@@ -253,14 +222,12 @@ impl Ctl {
         {
             return false;
         }
-        let orphans = self
-            .cache
-            .list_where(&format!("/registry/pods/{ns}/"), |p| {
-                controller_uid(p).is_none()
-                    && !deleting(p)
-                    && !terminal(p)
-                    && selector_matches(&sel, Some(&labels(p)))
-            });
+        let orphans = self.cache.list_where(&kinds::PODS.prefix(Some(ns)), |p| {
+            controller_uid(p).is_none()
+                && !deleting(p)
+                && !terminal(p)
+                && selector_matches(&sel, Some(&labels(p)))
+        });
         let pods_rt = kinds::PODS.resource_type();
         let owner = controller_ref(rs, self.flavor.api_version, self.flavor.kind);
         let mut adopted = false;
@@ -359,30 +326,28 @@ fn same_counts(a: &Value, b: &Value) -> bool {
 }
 
 /// Run the controller of `flavor` until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, flavor: Flavor, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut ctl = Ctl {
+/// The controller of `flavor`'s sets: a set's own changes and those of
+/// the pods it controls, and a resync.
+pub fn controller(c: Client, cache: Arc<Cache>, flavor: Flavor) -> Controller {
+    let (own_prefix, name) = (flavor.of.prefix(None), flavor.component);
+    let ctl = Arc::new(Ctl {
         c,
-        cache: cache.clone(),
+        cache,
         expected: Expectations::default(),
         flavor,
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) = next_dirty(
-        &mut rx,
-        &cache,
-        ctl.flavor.prefix,
-        "/registry/pods/",
-        &mut tick,
-        &stop,
-    )
-    .await
-    {
-        for key in dirty {
+    });
+    let pods = kinds::PODS.prefix(None);
+    Controller::new(name, move |key: String| {
+        let ctl = ctl.clone();
+        async move {
             ctl.sync(&key).await;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(own(own_prefix.clone()))
+    .watches(owner(pods, own_prefix.clone()))
+    .lists(all(own_prefix), Some(RESYNC))
+    .concurrency(5)
 }
 
 #[cfg(test)]

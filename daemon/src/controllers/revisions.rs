@@ -10,8 +10,9 @@ use crate::registry::kinds;
 use crate::registry::KubeError;
 use serde_json::{json, Value};
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
-const PREFIX: &str = "/registry/apps/controllerrevisions/";
+static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::CONTROLLER_REVISIONS.prefix(None));
 pub const HASH_LABEL: &str = "controller-revision-hash";
 
 /// The revision of an owner's current template.
@@ -28,7 +29,7 @@ fn number(cr: &Value) -> i64 {
 
 /// The owner's revisions, oldest first.
 pub fn list(cache: &Cache, owner_uid: &str) -> Vec<Value> {
-    let mut crs: Vec<Value> = controlled(cache, owner_uid, PREFIX)
+    let mut crs: Vec<Value> = controlled(cache, owner_uid, PREFIX.as_str())
         .into_iter()
         .map(|v| (*v).clone())
         .collect();

@@ -379,6 +379,9 @@ struct Queue {
     /// Asked for while being processed: queued again when done.
     again: HashSet<String>,
     delayed: BTreeMap<Instant, Vec<String>>,
+    /// When each delayed key is due: a key waits once, for the earliest
+    /// time asked (client-go's delaying queue).
+    due_at: std::collections::HashMap<String, Instant>,
     failures: std::collections::HashMap<String, u32>,
     metrics: Arc<Metrics>,
 }
@@ -391,6 +394,7 @@ impl Queue {
             processing: HashSet::new(),
             again: HashSet::new(),
             delayed: BTreeMap::new(),
+            due_at: Default::default(),
             failures: Default::default(),
             metrics,
         }
@@ -413,10 +417,20 @@ impl Queue {
     }
 
     fn add_after(&mut self, key: String, d: Duration) {
-        self.delayed
-            .entry(Instant::now() + d)
-            .or_default()
-            .push(key);
+        let at = Instant::now() + d;
+        if let Some(&earlier) = self.due_at.get(&key) {
+            if earlier <= at {
+                return;
+            }
+            if let Some(keys) = self.delayed.get_mut(&earlier) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.delayed.remove(&earlier);
+                }
+            }
+        }
+        self.due_at.insert(key.clone(), at);
+        self.delayed.entry(at).or_default().push(key);
     }
 
     /// The next key to reconcile, now marked as being processed.
@@ -438,6 +452,7 @@ impl Queue {
         let later = self.delayed.split_off(&(now + Duration::from_nanos(1)));
         let due = std::mem::replace(&mut self.delayed, later);
         for k in due.into_values().flatten() {
+            self.due_at.remove(&k);
             self.add(k);
         }
     }
@@ -496,6 +511,19 @@ mod tests {
         q.done("a", None, false);
         q.done("b", None, false);
         assert_eq!(q.next(), None);
+    }
+
+    #[test]
+    fn a_delayed_key_waits_once_for_the_earliest_time() {
+        let mut q = Queue::new(Arc::default());
+        q.add_after("a".into(), Duration::from_secs(60));
+        q.add_after("a".into(), Duration::from_secs(120));
+        q.add_after("a".into(), Duration::from_millis(1));
+        assert_eq!(q.delayed.values().flatten().count(), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        q.promote();
+        assert_eq!(q.next().as_deref(), Some("a"));
+        assert!(q.delayed.is_empty() && q.due_at.is_empty());
     }
 
     /// A reconciler that fails `fail` times, then asks to come back after

@@ -12,7 +12,9 @@
 //! message (`0/3 nodes are available: ...`) and a FailedScheduling Event,
 //! and is tried again when nodes or pods change.
 
-use super::client::{controller_uid, deleting, s, Client};
+use super::client::{controller_uid, s, Client};
+use super::predicates::deleting;
+use super::runtime::{Controller, Requeue, Result};
 use crate::datastore::EventKind;
 use crate::placement::{
     finished, host_ports, node_affinity_holds, nonzero_requests, ports_clash, requests, term_holds,
@@ -27,10 +29,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 pub const NAME: &str = "default-scheduler";
 /// Bindings written at once. The datastore commits the writes waiting at
@@ -340,7 +341,7 @@ fn candidate(v: &Value) -> Option<Candidate> {
 /// Every node, by name (the cache's key order).
 fn candidates(cache: &Cache) -> Vec<Candidate> {
     cache
-        .list(NODES)
+        .list(NODES.as_str())
         .into_iter()
         .filter_map(|(_, v)| candidate(&v))
         .collect()
@@ -349,7 +350,7 @@ fn candidates(cache: &Cache) -> Vec<Candidate> {
 /// Follow one node change: only that node is read again, so ten thousand
 /// heartbeating nodes do not each cost a pass over all of them.
 fn update_candidates(nodes: &mut Vec<Candidate>, ch: &Change) {
-    let Some(name) = ch.key.strip_prefix(NODES) else {
+    let Some(name) = ch.key.strip_prefix(NODES.as_str()) else {
         return;
     };
     let at = nodes.binary_search_by(|c| c.name.as_str().cmp(name));
@@ -377,7 +378,7 @@ fn unready_claims(cache: &Cache, p: &Pod) -> Option<String> {
         .iter()
         .filter_map(|v| v.persistent_volume_claim.as_ref())
     {
-        let key = format!("/registry/persistentvolumeclaims/{ns}/{}", claim.claim_name);
+        let key = kinds::PERSISTENT_VOLUME_CLAIMS.key(Some(ns), &claim.claim_name);
         match cache.get(&key) {
             None => {
                 return Some(format!(
@@ -589,12 +590,12 @@ async fn schedule(
 /// decoding every pod again).
 type PodIndex = BTreeMap<String, (Arc<Value>, Pod)>;
 
-const PODS: &str = "/registry/pods/";
-const NODES: &str = "/registry/nodes/";
+static PODS: LazyLock<String> = LazyLock::new(|| kinds::PODS.prefix(None));
+static NODES: LazyLock<String> = LazyLock::new(|| kinds::NODES.prefix(None));
 
 fn index_all(cache: &Cache) -> PodIndex {
     cache
-        .list(PODS)
+        .list(&PODS)
         .into_iter()
         .filter_map(|(k, v)| {
             let p = <Pod as serde::Deserialize>::deserialize(&*v).ok()?;
@@ -624,9 +625,9 @@ fn apply(
     pending: &mut Pending,
     ch: &Change,
 ) -> bool {
-    if !ch.key.starts_with(PODS) {
+    if !ch.key.starts_with(PODS.as_str()) {
         update_candidates(nodes, ch);
-        return ch.key.starts_with(NODES) && !pending.is_empty();
+        return ch.key.starts_with(NODES.as_str()) && !pending.is_empty();
     }
     let pod = match ch.kind {
         EventKind::Delete => None,
@@ -649,61 +650,108 @@ fn apply(
     !pending.is_empty()
 }
 
-/// Schedule until `stop`: on a pod or node change while some pod waits
-/// for this scheduler ([`apply`]; at once after a quiet spell, gathered
-/// when changes come close together: [`gather_for`]), and every few
-/// seconds whatever waits.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut tick = tokio::time::interval(RETRY);
-    let mut assumed = HashMap::new();
-    let mut index = index_all(&cache);
-    let mut pending = pending_in(&index);
-    let mut nodes = candidates(&cache);
-    let mut last_pass = Duration::ZERO;
-    let mut last_end: Option<std::time::Instant> = None;
-    loop {
-        let mut lagged = false;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    if !apply(&mut index, &mut nodes, &mut pending, &ch) {
-                        continue;
-                    }
-                    let since = last_end.map_or(Duration::MAX, |t| t.elapsed());
-                    match gather_for(since, last_pass) {
-                        // What is already queued still joins the pass.
-                        Duration::ZERO => tokio::task::yield_now().await,
-                        d => tokio::time::sleep(d).await,
-                    }
-                    // Take in what arrived meanwhile: one pass covers it.
-                    loop {
-                        match rx.try_recv() {
-                            Ok(more) => {
-                                apply(&mut index, &mut nodes, &mut pending, &more);
-                            }
-                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                                lagged = true;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvError::Lagged(_)) => lagged = true,
-                Err(RecvError::Closed) => return,
-            }
+/// What the scheduler keeps between passes.
+struct State {
+    index: PodIndex,
+    pending: Pending,
+    nodes: Vec<Candidate>,
+    assumed: HashMap<String, String>,
+    last_pass: Duration,
+    last_end: Option<std::time::Instant>,
+    /// When the last pass ran whether or not anything changed.
+    last_tick: std::time::Instant,
+}
+
+/// The scheduler as a controller of one key. Pod and Node changes are
+/// handed to it as they come and decide whether a pass is due ([`apply`]):
+/// only while some pod waits for this scheduler, at once after a quiet
+/// spell, gathered when changes come close together ([`gather_for`]).
+/// Every [`RETRY`] a pass runs for whatever waits; at start, and after
+/// the change feed lagged, the index is built anew.
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let changes: Arc<Mutex<Vec<Change>>> = Arc::default();
+    let rebuild = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let state = Arc::new(tokio::sync::Mutex::new(State {
+        index: PodIndex::new(),
+        pending: Pending::new(),
+        nodes: vec![],
+        assumed: HashMap::new(),
+        last_pass: Duration::ZERO,
+        last_end: None,
+        last_tick: std::time::Instant::now(),
+    }));
+    let (noted, flagged) = (changes.clone(), rebuild.clone());
+    Controller::new(NAME, move |_key: String| {
+        let (c, cache, changes, rebuild, state) = (
+            c.clone(),
+            cache.clone(),
+            changes.clone(),
+            rebuild.clone(),
+            state.clone(),
+        );
+        async move { pass(&c, &cache, &changes, &rebuild, &state).await }
+    })
+    .watches(Box::new(move |ch, _| {
+        if !ch.key.starts_with(PODS.as_str()) && !ch.key.starts_with(NODES.as_str()) {
+            return vec![];
         }
-        if lagged {
-            index = index_all(&cache);
-            pending = pending_in(&index);
-            nodes = candidates(&cache);
-        }
-        last_pass = schedule(&c, &cache, &nodes, &index, &mut assumed).await;
-        last_end = Some(std::time::Instant::now());
+        noted.lock().expect("scheduler changes").push(ch.clone());
+        vec!["pass".to_string()]
+    }))
+    .lists(
+        Box::new(move |_| {
+            flagged.store(true, std::sync::atomic::Ordering::Release);
+            vec!["pass".to_string()]
+        }),
+        None,
+    )
+}
+
+/// Take in the changes noted so far; whether any makes a pass due.
+fn take_in(st: &mut State, changes: &Mutex<Vec<Change>>) -> bool {
+    let batch = std::mem::take(&mut *changes.lock().expect("scheduler changes"));
+    let mut due = false;
+    for ch in &batch {
+        due |= apply(&mut st.index, &mut st.nodes, &mut st.pending, ch);
     }
+    due
+}
+
+async fn pass(
+    c: &Client,
+    cache: &Cache,
+    changes: &Mutex<Vec<Change>>,
+    rebuild: &std::sync::atomic::AtomicBool,
+    state: &tokio::sync::Mutex<State>,
+) -> Result {
+    let mut st = state.lock().await;
+    let st = &mut *st;
+    let mut due = false;
+    if rebuild.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        changes.lock().expect("scheduler changes").clear();
+        st.index = index_all(cache);
+        st.pending = pending_in(&st.index);
+        st.nodes = candidates(cache);
+        due = true;
+    }
+    due |= take_in(st, changes);
+    let tick = st.last_tick.elapsed() >= RETRY;
+    if !due && !tick {
+        return Ok(Requeue::After(RETRY - st.last_tick.elapsed()));
+    }
+    if due && !tick {
+        let since = st.last_end.map_or(Duration::MAX, |t| t.elapsed());
+        let gather = gather_for(since, st.last_pass);
+        if !gather.is_zero() {
+            tokio::time::sleep(gather).await;
+        }
+        // What arrived meanwhile joins this pass.
+        take_in(st, changes);
+    }
+    st.last_tick = std::time::Instant::now();
+    st.last_pass = schedule(c, cache, &st.nodes, &st.index, &mut st.assumed).await;
+    st.last_end = Some(std::time::Instant::now());
+    Ok(Requeue::After(RETRY))
 }
 
 #[cfg(test)]
@@ -714,7 +762,7 @@ mod tests {
     fn node_changes_update_only_their_candidate_in_name_order() {
         let ch = |kind: EventKind, name: &str, ready: &str| Change {
             kind,
-            key: format!("{NODES}{name}"),
+            key: kinds::NODES.key(None, name),
             object: Arc::new(json!({"metadata": {"name": name},
                 "status": {"conditions": [{"type": "Ready", "status": ready}]}})),
         };
@@ -736,7 +784,7 @@ mod tests {
     fn only_a_pod_waiting_for_the_scheduler_makes_a_pass_due() {
         let pod = |kind: EventKind, name: &str, spec: Value| Change {
             kind,
-            key: format!("{PODS}d/{name}"),
+            key: kinds::PODS.key(Some("d"), name),
             object: Arc::new(
                 json!({"metadata": {"name": name, "namespace": "d", "uid": name},
                 "spec": spec}),
@@ -744,7 +792,7 @@ mod tests {
         };
         let node = Change {
             kind: EventKind::Update,
-            key: format!("{NODES}n1"),
+            key: kinds::NODES.key(None, "n1"),
             object: Arc::new(json!({"metadata": {"name": "n1"},
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}})),
         };

@@ -7,6 +7,8 @@
 //!   token, `ca.crt` and `namespace` when their account exists, deleted
 //!   when it does not (or was recreated with another uid).
 
+use super::predicates::deleting;
+use super::runtime::{all, Controller, Requeue};
 use crate::auth::Auth;
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
@@ -17,8 +19,6 @@ use base64::Engine;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 const RESYNC: Duration = Duration::from_secs(30);
 pub const ROOT_CA: &str = "kube-root-ca.crt";
@@ -30,11 +30,6 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
-fn deleting(v: &Value) -> bool {
-    v.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-}
-
 struct Ctl {
     reg: Arc<Registry>,
     cache: Arc<Cache>,
@@ -42,62 +37,101 @@ struct Ctl {
     ca_pem: String,
 }
 
-pub async fn run(
+/// Two controllers: the namespaces' plumbing (one key per namespace, from
+/// changes of it and of its accounts and ConfigMaps), and the legacy token
+/// Secrets (one key per Secret, from its changes and its account's).
+pub fn controllers(
     reg: Arc<Registry>,
     cache: Arc<Cache>,
     auth: Arc<Auth>,
     ca_pem: String,
-    stop: CancellationToken,
-) {
-    let ctl = Ctl {
+) -> (Controller, Controller) {
+    let ctl = Arc::new(Ctl {
         reg,
         cache,
         auth,
         ca_pem,
-    };
-    let mut rx = ctl.cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = ctl.cache.synced() => {} }
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                for (_, ns) in ctl.cache.list("/registry/namespaces/") {
-                    ctl.namespace(s(&ns, "/metadata/name")).await;
-                }
-                for (_, secret) in ctl.cache.list_mentioning("/registry/secrets/", TOKEN_TYPE) {
-                    ctl.token_secret(&secret).await;
-                }
+    });
+    let namespaces = kinds::NAMESPACES.prefix(None);
+    let (accounts, maps, secrets) = (
+        kinds::SERVICE_ACCOUNTS.prefix(None),
+        kinds::CONFIG_MAPS.prefix(None),
+        kinds::SECRETS.prefix(None),
+    );
+    let c = ctl.clone();
+    let plumbing = Controller::new("serviceaccount", move |key: String| {
+        let c = c.clone();
+        async move {
+            if let Some(ns) = c.cache.get(&key) {
+                c.namespace(s(&ns, "/metadata/name")).await;
             }
-            ch = rx.recv() => match ch {
-                Ok(ch) => {
-                    let ns = if ch.key.starts_with("/registry/namespaces/") {
-                        s(&ch.object, "/metadata/name")
-                    } else {
-                        s(&ch.object, "/metadata/namespace")
-                    };
-                    let watched = ["/registry/namespaces/", "/registry/serviceaccounts/", "/registry/configmaps/"];
-                    if watched.iter().any(|p| ch.key.starts_with(p)) {
-                        ctl.namespace(ns).await;
-                    }
-                    if ch.key.starts_with("/registry/serviceaccounts/") {
-                        // Its token Secrets follow it.
-                        let name = s(&ch.object, "/metadata/name");
-                        for (_, secret) in ctl.cache.list(&format!("/registry/secrets/{ns}/")) {
-                            if s(&secret, &format!("/metadata/annotations/{}", SA_NAME.replace('/', "~1"))) == name {
-                                ctl.token_secret(&secret).await;
-                            }
-                        }
-                    }
-                    if ch.key.starts_with("/registry/secrets/") && !matches!(ch.kind, crate::datastore::EventKind::Delete) {
-                        ctl.token_secret(&ch.object).await;
-                    }
-                }
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return,
-            }
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches({
+        let (namespaces, accounts, maps) = (namespaces.clone(), accounts.clone(), maps.clone());
+        Box::new(move |ch, _| {
+            let ns = if ch.key.starts_with(&namespaces) {
+                s(&ch.object, "/metadata/name")
+            } else if ch.key.starts_with(&accounts) || ch.key.starts_with(&maps) {
+                s(&ch.object, "/metadata/namespace")
+            } else {
+                return vec![];
+            };
+            vec![format!("{namespaces}{ns}")]
+        })
+    })
+    .lists(all(namespaces), Some(RESYNC));
+    let c = ctl.clone();
+    let list_cache = ctl.cache.clone();
+    let tokens = Controller::new("serviceaccount-token", move |key: String| {
+        let c = c.clone();
+        async move {
+            if let Some(secret) = c.cache.get(&key) {
+                c.token_secret(&secret).await;
+            }
+            Ok(Requeue::Never)
+        }
+    })
+    .watches({
+        let secrets = secrets.clone();
+        Box::new(move |ch, cache| {
+            if ch.key.starts_with(&secrets) {
+                let deleted = matches!(ch.kind, crate::datastore::EventKind::Delete);
+                return if deleted {
+                    vec![]
+                } else {
+                    vec![ch.key.clone()]
+                };
+            }
+            if !ch.key.starts_with(&accounts) {
+                return vec![];
+            }
+            // Its token Secrets follow it.
+            let (ns, name) = (
+                s(&ch.object, "/metadata/namespace"),
+                s(&ch.object, "/metadata/name"),
+            );
+            let annotation = format!("/metadata/annotations/{}", SA_NAME.replace('/', "~1"));
+            cache
+                .list(&format!("{secrets}{ns}/"))
+                .into_iter()
+                .filter(|(_, secret)| s(secret, &annotation) == name)
+                .map(|(k, _)| k)
+                .collect()
+        })
+    })
+    .lists(
+        Box::new(move |_| {
+            list_cache
+                .list_mentioning(&secrets, TOKEN_TYPE)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        }),
+        Some(RESYNC),
+    );
+    (plumbing, tokens)
 }
 
 impl Ctl {
@@ -121,13 +155,13 @@ impl Ctl {
         if ns.is_empty() {
             return;
         }
-        match self.cache.get(&format!("/registry/namespaces/{ns}")) {
+        match self.cache.get(&kinds::NAMESPACES.key(None, ns)) {
             Some(n) if !deleting(&n) => {}
             _ => return,
         }
         if self
             .cache
-            .get(&format!("/registry/serviceaccounts/{ns}/default"))
+            .get(&kinds::SERVICE_ACCOUNTS.key(Some(ns), "default"))
             .is_none()
         {
             self.create(
@@ -140,7 +174,7 @@ impl Ctl {
         let data = json!({ "ca.crt": self.ca_pem });
         match self
             .cache
-            .get(&format!("/registry/configmaps/{ns}/{ROOT_CA}"))
+            .get(&kinds::CONFIG_MAPS.key(Some(ns), ROOT_CA))
         {
             None => {
                 self.create(
@@ -154,7 +188,7 @@ impl Ctl {
                 .await
             }
             Some(cm) if cm["data"] != data && !deleting(&cm) => {
-                let key = format!("/registry/configmaps/{ns}/{ROOT_CA}");
+                let key = kinds::CONFIG_MAPS.key(Some(ns), ROOT_CA);
                 let r = self
                     .reg
                     .modify(&key, |v| {
@@ -184,10 +218,10 @@ impl Ctl {
             )
         };
         let sa_name = ann(SA_NAME);
-        let key = format!("/registry/secrets/{ns}/{name}");
+        let key = kinds::SECRETS.key(Some(ns), name);
         let sa = self
             .cache
-            .get(&format!("/registry/serviceaccounts/{ns}/{sa_name}"))
+            .get(&kinds::SERVICE_ACCOUNTS.key(Some(ns), sa_name))
             .filter(|sa| !deleting(sa));
         let sa_uid = sa.as_ref().map(|sa| s(sa, "/metadata/uid").to_string());
         let stale = match &sa_uid {

@@ -12,9 +12,12 @@
 //! Templates are ControllerRevisions; `currentRevision` becomes the update
 //! revision once every pod runs it.
 
-use super::client::{controlled, controller_ref, deleting, next_dirty, s, Client};
+use super::client::{controlled, controller_ref, s, Client};
 use super::expectations::Expectations;
-use super::replicaset::{available, ready, terminal};
+use super::predicates::{available, deleting, ready, terminal};
+use super::runtime::{all, own, owner, Controller, Requeue};
+use std::sync::LazyLock;
+
 use super::revisions::{self, HASH_LABEL};
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
@@ -24,10 +27,9 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const COMPONENT: &str = "statefulset-controller";
-const PREFIX: &str = "/registry/apps/statefulsets/";
+static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::STATEFUL_SETS.prefix(None));
 const RESYNC: Duration = Duration::from_secs(5);
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
@@ -48,7 +50,7 @@ struct Ctl {
 }
 
 impl Ctl {
-    async fn sync(&mut self, key: &str) {
+    async fn sync(&self, key: &str) {
         let Some(v) = self.cache.get(key) else {
             return;
         };
@@ -68,7 +70,7 @@ impl Ctl {
 
         let mut pods: BTreeMap<i32, Value> = BTreeMap::new();
         let mut stray: Vec<Value> = vec![];
-        for p in controlled(&self.cache, &uid, "/registry/pods/") {
+        for p in controlled(&self.cache, &uid, &kinds::PODS.prefix(None)) {
             match ordinal(&name, s(&p, "/metadata/name")) {
                 Some(i) => {
                     pods.insert(i, (*p).clone());
@@ -224,7 +226,7 @@ impl Ctl {
         }
     }
 
-    async fn delete_pod(&mut self, set: &Value, uid: &str, p: &Value) {
+    async fn delete_pod(&self, set: &Value, uid: &str, p: &Value) {
         let rt = kinds::PODS.resource_type();
         let pname = s(p, "/metadata/name");
         if self
@@ -250,7 +252,7 @@ impl Ctl {
     }
 
     async fn create_pod(
-        &mut self,
+        &self,
         v: &Value,
         sts: &StatefulSet,
         ns: &str,
@@ -279,7 +281,7 @@ impl Ctl {
             let claim = format!("{tname}-{pod_name}");
             if self
                 .cache
-                .get(&format!("/registry/persistentvolumeclaims/{ns}/{claim}"))
+                .get(&kinds::PERSISTENT_VOLUME_CLAIMS.key(Some(ns), &claim))
                 .is_none()
             {
                 let mut pvc = json!(t);
@@ -329,22 +331,24 @@ impl Ctl {
 }
 
 /// Run until `stop`.
-pub async fn run(c: Client, cache: Arc<Cache>, stop: CancellationToken) {
-    let mut rx = cache.subscribe();
-    tokio::select! { _ = stop.cancelled() => return, _ = cache.synced() => {} }
-    let mut ctl = Ctl {
+/// StatefulSets: their own changes and their pods', and a resync.
+pub fn controller(c: Client, cache: Arc<Cache>) -> Controller {
+    let ctl = Arc::new(Ctl {
         c,
-        cache: cache.clone(),
+        cache,
         expected: Expectations::default(),
-    };
-    let mut tick = tokio::time::interval(RESYNC);
-    while let Some(dirty) =
-        next_dirty(&mut rx, &cache, PREFIX, "/registry/pods/", &mut tick, &stop).await
-    {
-        for key in dirty {
+    });
+    Controller::new(COMPONENT, move |key: String| {
+        let ctl = ctl.clone();
+        async move {
             ctl.sync(&key).await;
+            Ok(Requeue::Never)
         }
-    }
+    })
+    .watches(own(PREFIX.as_str()))
+    .watches(owner(kinds::PODS.prefix(None), PREFIX.as_str()))
+    .lists(all(PREFIX.as_str()), Some(RESYNC))
+    .concurrency(5)
 }
 
 #[cfg(test)]

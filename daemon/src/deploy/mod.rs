@@ -13,7 +13,8 @@ pub mod manifest;
 use crate::addons::{disabled, BUNDLED};
 use crate::apiserver::apply::{self, ObjectRef};
 use crate::fsutil;
-use crate::objects::{now_rfc3339, Objects, Ref};
+use crate::objects::{now_rfc3339, Ref};
+use crate::registry::{KubeError, Registry};
 use crate::supervisor::Supervisor;
 use manifest::ManifestFile;
 use serde_json::{json, Value};
@@ -88,26 +89,55 @@ async fn ensure_addon_crd(sv: &Supervisor) -> Result<(), String> {
     Ok(())
 }
 
-/// Record the Addon of `file` (create or replace spec and status).
-async fn write_addon(objects: &Objects, file: &ManifestFile, status: Value) -> Result<(), String> {
+/// Record the Addon of `file` (create or replace spec and status),
+/// through the registry: its spec, then its status through `status`.
+async fn write_addon(
+    registry: &Registry,
+    file: &ManifestFile,
+    status: Value,
+) -> Result<(), String> {
     let r = addon_ref(&file.addon);
     let spec = json!({"source": file.path.display().to_string(), "checksum": file.checksum});
-    let updated = objects
-        .modify(&r, |a| {
+    let e = |e: KubeError| e.to_string();
+    let existed = registry
+        .modify_at(&r, |a| {
+            if a["spec"] == spec {
+                return false;
+            }
             a["spec"] = spec.clone();
-            a["status"] = status.clone();
             true
         })
         .await
-        .map_err(|e| e.to_string())?;
-    if updated.is_none() {
-        let a = json!({"apiVersion": "rk3s.io/v1", "kind": "Addon", "metadata": {}, "spec": spec, "status": status});
-        objects
-            .create_if_absent(&r, a)
-            .await
-            .map_err(|e| e.to_string())?;
+        .map_err(e)?
+        .is_some();
+    if !existed {
+        let a = json!({"apiVersion": "rk3s.io/v1", "kind": "Addon", "metadata": {"name": file.addon}, "spec": spec, "status": status});
+        match registry.create_at(&r, a).await {
+            Ok(_) => return Ok(()),
+            Err(KubeError::AlreadyExists(_)) => {}
+            Err(err) => return Err(e(err)),
+        }
     }
-    Ok(())
+    write_addon_status(registry, &file.addon, |s| *s = status.clone()).await
+}
+
+/// Change an Addon's status through its `status` subresource.
+async fn write_addon_status(
+    registry: &Registry,
+    name: &str,
+    mut f: impl FnMut(&mut Value),
+) -> Result<(), String> {
+    let Some((rt, ns, name)) = registry.locate(&addon_ref(name).key()) else {
+        return Err("the Addon kind is not served".into());
+    };
+    registry
+        .modify_in(&rt, ns.as_deref(), &name, Some("status"), |a| {
+            let before = a["status"].clone();
+            f(&mut a["status"]);
+            a["status"] != before
+        })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Apply one file; prune what an earlier version applied and this one
@@ -119,11 +149,11 @@ async fn apply_file(sv: &Supervisor, file: &ManifestFile, previous: Option<&Valu
         tracing::error!(file = %file.path.display(), addon = %file.addon, error = %error, "manifest not applied");
         let status = json!({"objects": objects, "objectCount": objects.len(), "error": error,
             "lastApplied": previous.and_then(|p| p.pointer("/status/lastApplied")).cloned().unwrap_or(Value::Null)});
-        if let Err(e) = write_addon(&sv.objects, file, status).await {
+        if let Err(e) = write_addon(&sv.registry, file, status).await {
             tracing::warn!(error = %e, "could not record the manifest error");
         }
         if let Ok(Some(addon)) = sv.objects.get(&addon_ref(&file.addon)).await {
-            apply::event(sv, &addon, "Warning", "ApplyFailed", &error).await;
+            apply::event(sv, &addon, true, "ApplyFailed", &error);
         }
     };
     let mut objects = match manifest::parse(&file.content) {
@@ -179,7 +209,7 @@ async fn apply_file(sv: &Supervisor, file: &ManifestFile, previous: Option<&Valu
     }
     let status = json!({"objects": applied, "objectCount": applied.len(), "lastApplied": now_rfc3339(),
         "appliedChecksum": file.checksum, "error": ""});
-    if let Err(e) = write_addon(&sv.objects, file, status).await {
+    if let Err(e) = write_addon(&sv.registry, file, status).await {
         tracing::warn!(addon = %file.addon, error = %e, "could not record the applied manifest; it will be applied again");
         return;
     }
@@ -197,7 +227,7 @@ async fn remove_addon(sv: &Supervisor, name: &str) {
             tracing::warn!(object = %id, error = %e, "could not remove an object of a disabled manifest");
         }
     }
-    let _ = sv.objects.delete(&r).await;
+    let _ = sv.registry.delete_at(&r).await;
     tracing::info!(addon = name, "disabled manifest removed with its objects");
 }
 
@@ -234,16 +264,12 @@ pub async fn sync(sv: &Supervisor, dir: &Path) {
         let gone = source.starts_with(&dir_text) && !files.iter().any(|f| &f.addon == name);
         if gone && addon["status"]["removed"] != true {
             tracing::warn!(addon = %name, file = source, "manifest file removed; the objects it applied are left in place (delete them with kubectl)");
-            let _ = sv
-                .objects
-                .modify(&addon_ref(name), |a| {
-                    a["status"]["removed"] = json!(true);
-                    a["status"]["appliedChecksum"] = Value::Null;
-                    a["status"]["error"] =
-                        json!("source file removed; its objects are left in place");
-                    true
-                })
-                .await;
+            let _ = write_addon_status(&sv.registry, name, |s| {
+                s["removed"] = json!(true);
+                s["appliedChecksum"] = Value::Null;
+                s["error"] = json!("source file removed; its objects are left in place");
+            })
+            .await;
         }
     }
 }
@@ -294,7 +320,7 @@ pub async fn controller(sv: Arc<Supervisor>, dir: PathBuf, disable: Vec<String>)
 
 /// What `rk3sctl manifest list` shows: every Addon, by name.
 pub async fn summaries(
-    objects: &Objects,
+    objects: &crate::objects::Objects,
 ) -> crate::objects::Result<Vec<rk3s_api::admin::ManifestSummary>> {
     let (_, addons) = objects
         .list("rk3s.io/addons", Some(ADDON_NAMESPACE))

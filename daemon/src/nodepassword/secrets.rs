@@ -7,7 +7,8 @@
 use super::{hash, judge, secret_name, HashError, Verdict};
 use super::{ANNOTATION_SET_AT, DATA_HASH, DATA_PENDING_HASH, SECRET_NAMESPACE, SECRET_TYPE};
 use crate::datastore::DatastoreError;
-use crate::objects::{now_rfc3339, ObjectError, Objects, Ref};
+use crate::objects::{now_rfc3339, ObjectError, Ref};
+use crate::registry::Registry;
 use crate::registry::{KubeError, Subject};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -20,6 +21,8 @@ pub enum PasswordError {
     Corrupt { node: String, reason: String },
     #[error(transparent)]
     Objects(#[from] ObjectError),
+    #[error(transparent)]
+    Write(#[from] KubeError),
 }
 
 impl From<PasswordError> for KubeError {
@@ -30,6 +33,7 @@ impl From<PasswordError> for KubeError {
             }
             PasswordError::Corrupt { .. } => KubeError::Internal(e.to_string()),
             PasswordError::Objects(o) => o.into(),
+            PasswordError::Write(k) => k,
         }
     }
 }
@@ -86,23 +90,23 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 /// Check a registering node's password; the first registration stores it.
 /// Settles a half-done rotation either way (see [`Verdict`]).
 pub async fn verify_or_create(
-    objects: &Objects,
+    registry: &Registry,
     node: &str,
     password: &str,
 ) -> Result<(), PasswordError> {
     let r = secret_ref(node);
     for _ in 0..4 {
-        let Some(secret) = objects.get(&r).await? else {
+        let Some(secret) = registry.objects.get(&r).await? else {
             let pw = password.to_string();
             let h = blocking(move || hash(&pw)).await;
-            match objects.create(&r, new_secret(node, &h)).await {
+            match registry.create_at(&r, new_secret(node, &h)).await {
                 Ok(_) => {
                     tracing::info!(node, "stored node password hash for first registration");
                     return Ok(());
                 }
                 // Someone registered the same name at the same moment:
                 // verify against theirs.
-                Err(ObjectError::Store(DatastoreError::AlreadyExists(_))) => continue,
+                Err(KubeError::AlreadyExists(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         };
@@ -131,7 +135,7 @@ pub async fn verify_or_create(
                     node,
                     "node still uses its previous password; dropping the unconfirmed rotation"
                 );
-                settle(objects, &r, pending.as_deref(), None).await?;
+                settle(registry, &r, pending.as_deref(), None).await?;
                 return Ok(());
             }
             Verdict::Pending => {
@@ -139,7 +143,7 @@ pub async fn verify_or_create(
                     node,
                     "node uses its rotated password; completing the rotation"
                 );
-                settle(objects, &r, pending.as_deref(), pending.as_deref()).await?;
+                settle(registry, &r, pending.as_deref(), pending.as_deref()).await?;
                 return Ok(());
             }
         }
@@ -153,14 +157,14 @@ pub async fn verify_or_create(
 /// Resolve a pending rotation: `promote` = the pending hash becomes current;
 /// `None` = drop it. Only acts if the pending hash is still `expected`.
 pub async fn settle(
-    objects: &Objects,
+    registry: &Registry,
     r: &Ref,
     expected: Option<&str>,
     promote: Option<&str>,
 ) -> Result<(), PasswordError> {
     let now = now_rfc3339();
-    objects
-        .modify(r, |s| {
+    registry
+        .modify_at(r, |s| {
             if data_field(s, DATA_PENDING_HASH).as_deref() != expected || expected.is_none() {
                 return false;
             }
@@ -178,13 +182,13 @@ pub async fn settle(
 
 /// Record `hash` as pending next to the current one (rotation step 1).
 pub async fn set_pending(
-    objects: &Objects,
+    registry: &Registry,
     node: &str,
     new_hash: &str,
 ) -> Result<bool, PasswordError> {
     let encoded = b64(new_hash);
-    Ok(objects
-        .modify(&secret_ref(node), |s| {
+    Ok(registry
+        .modify_at(&secret_ref(node), |s| {
             s["data"][DATA_PENDING_HASH] = json!(encoded);
             true
         })
@@ -211,7 +215,7 @@ pub fn describe(secret: &Value) -> (Option<String>, bool) {
 
 /// Import K3s's pre-v1.20.2 `server/cred/node-passwd` into secrets, then
 /// rename it `node-passwd.migrated`. Nodes that already have a secret keep it.
-pub async fn import_legacy(objects: &Objects, path: &std::path::Path) -> anyhow::Result<()> {
+pub async fn import_legacy(registry: &Registry, path: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     let Some(bytes) = crate::fsutil::read_optional(path)? else {
         return Ok(());
@@ -224,7 +228,7 @@ pub async fn import_legacy(objects: &Objects, path: &std::path::Path) -> anyhow:
     let mut imported = 0;
     for (node, pw) in entries {
         let r = secret_ref(&node);
-        if objects.get(&r).await?.is_some() {
+        if registry.objects.get(&r).await?.is_some() {
             tracing::info!(
                 node,
                 "legacy node-passwd entry skipped: the node already has a password secret"
@@ -232,8 +236,8 @@ pub async fn import_legacy(objects: &Objects, path: &std::path::Path) -> anyhow:
             continue;
         }
         let h = blocking(move || hash(&pw)).await;
-        match objects.create(&r, new_secret(&node, &h)).await {
-            Ok(_) | Err(ObjectError::Store(DatastoreError::AlreadyExists(_))) => imported += 1,
+        match registry.create_at(&r, new_secret(&node, &h)).await {
+            Ok(_) | Err(KubeError::AlreadyExists(_)) => imported += 1,
             Err(e) => return Err(e).with_context(|| format!("importing {}", path.display())),
         }
     }

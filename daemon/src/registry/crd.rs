@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
 
+/// The finalizer that holds a deleted CRD until its resources are gone.
+pub const CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
+
 /// CustomResourceDefinitions: kept as JSON (schemas are passed through
 /// untouched), checked for what serving the kind needs.
 pub struct CrdStrategy;
@@ -71,6 +74,15 @@ impl Strategy for CrdStrategy {
         if let Some(old) = old {
             if old["spec"]["group"] != crd["spec"]["group"] {
                 errs.push(validation::immutable("spec.group", &crd["spec"]["group"]));
+            }
+        }
+        if old.is_none() {
+            let meta = &mut crd["metadata"];
+            let fins = meta["finalizers"].as_array().cloned().unwrap_or_default();
+            if !fins.iter().any(|f| f == CLEANUP) {
+                let mut fins = fins;
+                fins.push(json!(CLEANUP));
+                meta["finalizers"] = json!(fins);
             }
         }
         let names = crd["spec"]["names"].clone();

@@ -301,6 +301,55 @@ impl Registry {
     }
 
     /// Delete the object at `key` if it still has `uid`.
+    /// Create the object at `r` through the write path, as the server
+    /// (no requester, no field manager).
+    pub async fn create_at(
+        &self,
+        r: &crate::objects::Ref,
+        obj: serde_json::Value,
+    ) -> Result<serde_json::Value, KubeError> {
+        let (rt, ns, _) = self.locate(&r.key()).ok_or_else(|| unserved(r))?;
+        self.create(&rt, ns.as_deref(), obj, &WriteOptions::default())
+            .await
+            .map(|w| w.object)
+    }
+
+    /// Read-modify-write of the object at `r` through the write path:
+    /// the object as it is afterwards, `None` when there is none. `f`
+    /// returns false to leave it alone.
+    pub async fn modify_at(
+        &self,
+        r: &crate::objects::Ref,
+        mut f: impl FnMut(&mut serde_json::Value) -> bool,
+    ) -> Result<Option<serde_json::Value>, KubeError> {
+        let (rt, ns, name) = self.locate(&r.key()).ok_or_else(|| unserved(r))?;
+        let mut after = None;
+        let mut existed = false;
+        self.modify_in(&rt, ns.as_deref(), &name, None, |v| {
+            existed = true;
+            let changed = f(v);
+            after = Some(v.clone());
+            changed
+        })
+        .await?;
+        Ok(after.filter(|_| existed))
+    }
+
+    /// Delete the object at `r` through the write path (at once, in the
+    /// background): whether there was one.
+    pub async fn delete_at(&self, r: &crate::objects::Ref) -> Result<bool, KubeError> {
+        let (rt, ns, name) = self.locate(&r.key()).ok_or_else(|| unserved(r))?;
+        let opts = DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            ..Default::default()
+        };
+        match self.delete(&rt, ns.as_deref(), &name, &opts).await {
+            Ok(_) => Ok(true),
+            Err(KubeError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn delete_key(&self, key: &str, uid: &str, policy: &str) -> Result<(), KubeError> {
         let Some((rt, ns, name)) = self.locate(key) else {
             return Ok(());
@@ -318,4 +367,8 @@ impl Registry {
             Err(e) => Err(e),
         }
     }
+}
+
+fn unserved(r: &crate::objects::Ref) -> KubeError {
+    KubeError::Internal(format!("no kind is served at {}", r.key()))
 }

@@ -191,6 +191,17 @@ impl Builtin {
         self.resource_type().storage()
     }
 
+    /// The key prefix of its objects (`/registry/pods/`), in `namespace`
+    /// or all of them.
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        crate::objects::prefix(&self.storage(), namespace)
+    }
+
+    /// The key of one of its objects.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.prefix(namespace))
+    }
+
     pub fn group(&self) -> &'static str {
         self.group
     }
