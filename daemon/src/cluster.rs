@@ -125,7 +125,7 @@ async fn announce(objects: &Objects, m: &Membership) -> objects::Result<()> {
     let now = now_micro();
     let secs = lease_seconds(m.timings.lease_duration);
     let updated = objects
-        .liveness()
+        .raw()
         .modify(&r, |l| {
             l["spec"]["renewTime"] = json!(now);
             l["spec"]["leaseDurationSeconds"] = json!(secs);
@@ -141,11 +141,7 @@ async fn announce(objects: &Objects, m: &Membership) -> objects::Result<()> {
         "metadata": {"labels": {LABEL_APISERVER: "true"}, "annotations": {ANNOTATION_ADDRESS: m.address}},
         "spec": {"holderIdentity": m.name, "leaseDurationSeconds": secs, "renewTime": now},
     });
-    objects
-        .liveness()
-        .create_if_absent(&r, lease)
-        .await
-        .map(|_| ())
+    objects.raw().create_if_absent(&r, lease).await.map(|_| ())
 }
 
 /// Addresses of the servers whose Leases are fresh, sorted.
@@ -186,7 +182,7 @@ async fn elect(objects: &Objects, m: &Membership) -> objects::Result<(bool, Stri
                 "spec": {"holderIdentity": m.name, "leaseDurationSeconds": secs,
                          "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0},
             });
-            let won = objects.liveness().create_if_absent(&r, lease).await?;
+            let won = objects.raw().create_if_absent(&r, lease).await?;
             Ok((won, if won { m.name.clone() } else { String::new() }))
         }
         Some(mut lease) => {
@@ -208,7 +204,7 @@ async fn elect(objects: &Objects, m: &Membership) -> objects::Result<(bool, Stri
             lease["spec"]["leaseDurationSeconds"] = json!(secs);
             // At the revision we read: if another server got there first,
             // this is a Conflict and it leads.
-            match objects.liveness().update(&r, lease).await {
+            match objects.raw().update(&r, lease).await {
                 Ok(_) => {
                     if !ours {
                         tracing::info!(server = %m.name, previous = %holder, "acquired the leader lease");
@@ -231,7 +227,7 @@ pub async fn resign(objects: &Objects, m: &Membership) {
     if m.is_leader() {
         let r = leader_lease();
         let _ = objects
-            .liveness()
+            .raw()
             .modify(&r, |l| {
                 if l["spec"]["holderIdentity"] != json!(m.name) {
                     return false;
@@ -242,7 +238,7 @@ pub async fn resign(objects: &Objects, m: &Membership) {
             .await;
         m.leader.send_replace(false);
     }
-    let _ = objects.liveness().delete(&server_lease(&m.name)).await;
+    let _ = objects.raw().delete(&server_lease(&m.name)).await;
 }
 
 /// Renew, elect, refresh the server list: every `retry_period` until

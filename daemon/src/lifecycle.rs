@@ -53,11 +53,7 @@ pub fn lease_ref(name: &str) -> Ref {
 
 /// Remove a node's Lease (gone already is fine).
 pub async fn delete_lease(objects: &Objects, name: &str) -> crate::objects::Result<()> {
-    objects
-        .liveness()
-        .delete(&lease_ref(name))
-        .await
-        .map(|_| ())
+    objects.raw().delete(&lease_ref(name)).await.map(|_| ())
 }
 
 fn ready_condition(status: &str, now: &str, transition: &str) -> Value {
@@ -156,7 +152,7 @@ fn clear_shutdown(node: &mut Value) {
 pub async fn shutting_down(objects: &Objects, name: &str, reason: &str) -> objects::Result<()> {
     let now = now_rfc3339();
     objects
-        .liveness()
+        .raw()
         .modify(&node_ref(name), |node| {
             node["metadata"]["annotations"][ANNOTATION_SHUTDOWN] = json!(reason);
             node["spec"]["unschedulable"] = json!(true);
@@ -283,7 +279,7 @@ where
         apply_info(node, name, info);
         true
     };
-    let stored = match objects.liveness().modify(&r, refresh).await? {
+    let stored = match objects.raw().modify(&r, refresh).await? {
         Some(node) => node,
         None => {
             let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {}, "spec": {}});
@@ -293,20 +289,16 @@ where
                 node["spec"]["podCIDRs"] = json!([cidr]);
             }
             apply_info(&mut node, name, info);
-            match objects.liveness().create(&r, node).await {
+            match objects.raw().create(&r, node).await {
                 Ok(node) => node,
                 // Lost a race with another connection of the same node: refresh.
                 Err(objects::ObjectError::Store(
                     crate::datastore::DatastoreError::AlreadyExists(_),
-                )) => objects
-                    .liveness()
-                    .modify(&r, refresh)
-                    .await?
-                    .ok_or_else(|| {
-                        objects::ObjectError::Store(crate::datastore::DatastoreError::Unavailable(
-                            format!("node {name} was created and deleted at once; try again"),
-                        ))
-                    })?,
+                )) => objects.raw().modify(&r, refresh).await?.ok_or_else(|| {
+                    objects::ObjectError::Store(crate::datastore::DatastoreError::Unavailable(
+                        format!("node {name} was created and deleted at once; try again"),
+                    ))
+                })?,
                 Err(e) => return Err(e),
             }
         }
@@ -392,7 +384,7 @@ async fn renew_remembered(
     };
     lease["metadata"]["resourceVersion"] = json!(rev.to_string());
     set_renewed(&mut lease, name, &now_micro(), Some(server));
-    match objects.liveness().update(&lease_ref(name), lease).await {
+    match objects.raw().update(&lease_ref(name), lease).await {
         Ok(v) => Ok(Some(v)),
         Err(objects::ObjectError::Store(
             crate::datastore::DatastoreError::Conflict { .. }
@@ -423,7 +415,7 @@ async fn renew_lease_read(
         set_renewed(lease, name, &now, connected);
         true
     };
-    if let Some(v) = objects.liveness().modify(&r, set).await? {
+    if let Some(v) = objects.raw().modify(&r, set).await? {
         return Ok(Some(v));
     }
     let mut lease = json!({
@@ -441,7 +433,7 @@ async fn renew_lease_read(
         lease["metadata"]["annotations"][ANNOTATION_CONNECTED_TO] = json!(s);
     }
     objects
-        .liveness()
+        .raw()
         .create_if_absent(&r, lease)
         .await
         .map(|_| None)
@@ -486,7 +478,7 @@ pub async fn heartbeat(
     let now = chrono::Utc::now();
     let stamp = now_rfc3339();
     objects
-        .liveness()
+        .raw()
         .modify(&node_ref(name), |node| {
             let stale = node
                 .pointer("/status/conditions")
@@ -544,7 +536,7 @@ fn set_ready(node: &mut Value, cond: Value) {
 /// The tunnel closed: forget which server held it (if it was `server`).
 pub async fn disconnected(objects: &Objects, name: &str, server: &str) -> objects::Result<()> {
     objects
-        .liveness()
+        .raw()
         .modify(&lease_ref(name), |lease| {
             let holder = lease.pointer(&format!(
                 "/metadata/annotations/{}",
@@ -646,7 +638,7 @@ pub async fn mark_silent_nodes(objects: &Objects, grace: Duration) -> objects::R
         }
         let stamp = now_rfc3339();
         let done = objects
-            .liveness()
+            .raw()
             .modify(&node_ref(name), |n| {
                 if ready_status(n) == Some("Unknown") {
                     return false;

@@ -247,13 +247,18 @@ impl Objects {
 
     /// Create `obj`, filling name, namespace, and uid and creationTimestamp
     /// unless given.
-    /// The writes that skip the registry's write path. Only liveness
-    /// takes it: Lease renewals and the Node status agents report, tens of
-    /// thousands a minute at scale, where admission, validation and managed
-    /// fields would be most of a server's work. Every other write of an API
-    /// object goes through the registry (an architecture test holds both).
-    pub fn liveness(&self) -> Liveness<'_> {
-        Liveness(self)
+    /// The writes that skip the registry's write path, for the two kinds
+    /// of objects only the server itself writes:
+    /// - liveness: Lease renewals and the Node status agents report, tens
+    ///   of thousands a minute at scale, where admission, validation and
+    ///   managed fields would be most of a server's work;
+    /// - node password Secrets, immutable to every API client (as K3s makes
+    ///   them), which the server alone rotates in place.
+    ///
+    /// Every other write of an API object goes through the registry (an
+    /// architecture test holds both, and the list of callers).
+    pub fn raw(&self) -> Raw<'_> {
+        Raw(self)
     }
 
     pub async fn create(&self, r: &Ref, mut obj: Value) -> Result<Value> {
@@ -348,10 +353,10 @@ pub fn str_list(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// See [`Objects::liveness`].
-pub struct Liveness<'a>(&'a Objects);
+/// See [`Objects::raw`].
+pub struct Raw<'a>(&'a Objects);
 
-impl Liveness<'_> {
+impl Raw<'_> {
     pub async fn create(&self, r: &Ref, obj: Value) -> Result<Value> {
         self.0.create(r, obj).await
     }

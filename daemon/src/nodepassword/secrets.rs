@@ -163,8 +163,12 @@ pub async fn settle(
     promote: Option<&str>,
 ) -> Result<(), PasswordError> {
     let now = now_rfc3339();
+    // In place beside the registry: the Secret is immutable to API
+    // clients (see `Objects::raw`).
     registry
-        .modify_at(r, |s| {
+        .objects
+        .raw()
+        .modify(r, |s| {
             if data_field(s, DATA_PENDING_HASH).as_deref() != expected || expected.is_none() {
                 return false;
             }
@@ -188,7 +192,9 @@ pub async fn set_pending(
 ) -> Result<bool, PasswordError> {
     let encoded = b64(new_hash);
     Ok(registry
-        .modify_at(&secret_ref(node), |s| {
+        .objects
+        .raw()
+        .modify(&secret_ref(node), |s| {
             s["data"][DATA_PENDING_HASH] = json!(encoded);
             true
         })
