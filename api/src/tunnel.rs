@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 /// Largest frame either side accepts. Messages are small JSON objects; a
 /// megabyte frame is an attack or a bug.
@@ -120,6 +121,15 @@ pub enum ServerMessage {
     Error {
         message: String,
     },
+}
+
+/// Default silence after which either side drops the tunnel.
+pub fn keepalive_for(heartbeat: Duration) -> Duration {
+    // The agent checks every fifth of this, so a dead server (a cut
+    // cable: no FIN, no RST) is noticed within ~7 s and the agent can fail
+    // over well inside the 40 s grace period. The agent pings a tunnel
+    // quiet for half of this; the server allows twice this.
+    (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(6))
 }
 
 #[cfg(test)]

@@ -1,150 +1,27 @@
 //! rk3sd: the rk3s server (control plane) and node agent as a library; the
-//! binary in `main.rs` only parses flags and calls [`run`].
+//! binary in `main.rs` only parses flags and calls [`run`], which starts
+//! the parts in named phases. docs/architecture.md maps the layers.
 
-pub mod addons;
 pub mod admin;
 pub mod agent;
-pub mod apiclient;
 pub mod apiserver;
 pub mod auth;
-pub mod bootstrap;
-pub mod certs;
-pub mod cluster;
 pub mod config;
 pub mod controllers;
+pub mod credentials;
 pub mod datastore;
-pub mod deploy;
-pub mod fsutil;
-pub mod gate;
-pub mod https;
-pub mod ipam;
-pub mod kubeconfig;
-pub mod kubelet;
-pub mod lifecycle;
-pub mod loadbalancer;
-pub mod memory;
-pub mod names;
-pub mod network;
-pub mod nodeinfo;
-pub mod nodepassword;
-pub mod nodes;
-pub mod objects;
-pub mod placement;
-pub mod quantity;
-pub mod registration;
+pub mod host;
+pub mod kube;
 pub mod registry;
-pub mod runtime;
 pub mod server;
-pub mod supervisor;
-pub mod sysctls;
-pub mod systemd;
-pub mod token;
-pub mod tunnel;
-pub mod tunnels;
-pub mod yaml;
 
+use crate::agent::{AgentParams, AgentState, NodeSettings};
+use crate::host::process::init_logging;
+use crate::host::{fsutil, systemd};
 use anyhow::Context;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// Flags whose values are secrets: moved into the environment by
-/// [`hide_secret_args`] so they do not linger in `ps` output.
-const SECRET_FLAGS: [(&str, &str); 2] = [
-    ("--token", "RK3S_TOKEN"),
-    ("--agent-token", "RK3S_AGENT_TOKEN"),
-];
-
-/// If a secret was passed as a flag, re-exec without it (value moved to
-/// the environment, readable only by the process owner). Returns only if
-/// there was nothing to hide or the re-exec failed.
-pub fn hide_secret_args() {
-    use std::os::unix::process::CommandExt;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let mut kept = Vec::with_capacity(args.len());
-    let mut env = Vec::new();
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
-        let s = a.to_string_lossy();
-        let hit = SECRET_FLAGS.iter().find_map(|(flag, var)| {
-            if s == *flag || (*flag == "--token" && s == "-t") {
-                Some((*var, it.next().map(|v| v.to_string_lossy().into_owned())))
-            } else {
-                s.strip_prefix(&format!("{flag}="))
-                    .map(|v| (*var, Some(v.to_string())))
-            }
-        });
-        match hit {
-            Some((var, Some(v))) => env.push((var, v)),
-            Some((_, None)) => kept.push(a.clone()),
-            None => kept.push(a.clone()),
-        }
-        if s == "--" {
-            kept.extend(it.cloned());
-            break;
-        }
-    }
-    if env.is_empty() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .arg0(args[0].clone())
-        .args(kept)
-        .envs(env)
-        .exec();
-    eprintln!("warning: could not re-exec to hide secret flags from ps: {err}");
-}
-
-/// Raise the open-file soft limit to the hard limit: a server holds a
-/// socket per agent, and the common default of 1024 is far too low.
-pub fn raise_nofile_limit() {
-    // SAFETY: plain libc calls on a stack struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-pub fn init_logging(debug: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if debug {
-        "debug,hyper=info,rustls=info,tungstenite=info"
-    } else {
-        "info"
-    };
-    let filter = EnvFilter::try_from_env("RK3S_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // Under systemd, log to the journal natively: structured fields
-    // (NODE=, SERVER=, ...) and priorities instead of parsed text.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(layer) = tracing_journald::layer() {
-            use tracing_subscriber::layer::SubscriberExt;
-            use tracing_subscriber::util::SubscriberInitExt;
-            let layer = layer
-                .with_field_prefix(None)
-                .with_syslog_identifier("rk3sd".into());
-            let _ = tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .try_init();
-            return;
-        }
-    }
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 /// Resolves on SIGTERM or SIGINT.
 async fn termination() {
@@ -171,7 +48,7 @@ pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
             let cfg = config::ServerConfig::resolve(&args)?;
             init_logging(cfg.debug);
             let span = tracing::info_span!("rk3s", role = "server");
-            server::run(cfg, shutdown).instrument(span).await
+            run_server(cfg, shutdown).instrument(span).await
         }
         config::Command::Agent(args) => {
             let cfg = config::AgentConfig::resolve(&args)?;
@@ -182,22 +59,90 @@ pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `rk3sd server`: the server, its admin socket, then its own node agent
+/// (unless --disable-agent); on SIGTERM the agent stops first, then the
+/// server drains.
+async fn run_server(cfg: config::ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let own_agent = cfg.agent.as_ref().map(|_| Arc::new(AgentState::default()));
+    let data_dir = cfg.server.data_dir.clone();
+    let server = server::start(cfg.server, own_agent.clone(), &shutdown).await?;
+    let backend = admin::Backend::Server(server.supervisor.clone());
+    let admin = match admin::Socket::start(&cfg.admin_socket, backend, &shutdown) {
+        Ok(a) => a,
+        Err(e) => {
+            server.stop().await;
+            return Err(e);
+        }
+    };
+    systemd::ready(&format!("serving on {}", server.advertise_address()));
+    tracing::info!(admin_socket = %cfg.admin_socket.display(), "admin socket listening");
+    let agent = own_agent
+        .zip(cfg.agent)
+        .map(|(state, node)| start_own_agent(&server, node, data_dir, state, &shutdown));
+
+    shutdown.cancelled().await;
+    systemd::stopping("closing tunnels and draining connections");
+    tracing::info!("shutting down: closing tunnels and draining connections");
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
+    server.stop().await;
+    admin.stop().await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// The server's own node: an agent that registers through loopback with
+/// the CA it already has, and stays on this server.
+fn start_own_agent(
+    server: &server::Server,
+    mut node: NodeSettings,
+    data_dir: std::path::PathBuf,
+    state: Arc<AgentState>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    if node.node_ips.is_empty() {
+        node.node_ips.push(server.node_ip.clone());
+    }
+    let sv = &server.supervisor;
+    let params = AgentParams {
+        server_url: server.local_url.clone(),
+        token: sv.token.clone(),
+        node,
+        data_dir,
+        ca_pem: Some(sv.pki.ca_bundle().to_vec()),
+        balance: false,
+    };
+    let cancel = shutdown.child_token();
+    let (tx, shutdowns) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(systemd::shutdown_inhibitor(
+        tx,
+        std::time::Duration::from_secs(10),
+        cancel.clone(),
+    ));
+    tokio::spawn(async move {
+        if let Err(e) = agent::run(params, state, shutdowns, cancel).await {
+            tracing::error!(error = %e, "embedded agent stopped");
+        }
+    })
+}
+
+/// `rk3sd agent`: the admin socket, systemd's inhibitor, watchdog and
+/// status, and the agent until SIGTERM.
 async fn run_agent(cfg: config::AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     fsutil::ensure_dir(&cfg.data_dir, 0o700)?;
-    let state = Arc::new(agent::AgentState::default());
+    let state = Arc::new(AgentState::default());
     let info = Arc::new(admin::AgentInfo {
         started: std::time::Instant::now(),
         server_url: cfg.server_url.clone(),
     });
-    let listener = admin::bind(&cfg.admin_socket)?;
-    let admin_cancel = shutdown.child_token();
-    let admin_task = tokio::spawn(admin::serve(
-        listener,
+    let admin = admin::Socket::start(
+        &cfg.admin_socket,
         admin::Backend::Agent(state.clone(), info),
-        admin_cancel.clone(),
-    ));
+        &shutdown,
+    )?;
     tracing::info!(server = %cfg.server_url, data_dir = %cfg.data_dir.display(), "rk3s agent starting");
-    let params = agent::AgentParams {
+    let params = AgentParams {
         server_url: cfg.server_url.clone(),
         token: cfg.token.clone(),
         node: cfg.node.clone(),
@@ -215,9 +160,7 @@ async fn run_agent(cfg: config::AgentConfig, shutdown: CancellationToken) -> any
     tokio::spawn(report_agent_progress(state.clone(), shutdown.child_token()));
     let result = agent::run(params, state, shutdowns, shutdown.clone()).await;
     systemd::stopping("agent stopping");
-    admin_cancel.cancel();
-    let _ = admin_task.await;
-    let _ = std::fs::remove_file(&cfg.admin_socket);
+    admin.stop().await;
     result.context("agent stopped")?;
     tracing::info!("agent stopped");
     Ok(())

@@ -29,7 +29,7 @@ impl ByRole {
 // made once, and blocks mimalloc made before it are recognised).
 unsafe impl GlobalAlloc for ByRole {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if rk3sd::memory::on_system_malloc() {
+        if rk3sd::host::memory::on_system_malloc() {
             System.alloc(layout)
         } else {
             mimalloc::MiMalloc.alloc(layout)
@@ -37,7 +37,7 @@ unsafe impl GlobalAlloc for ByRole {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if rk3sd::memory::on_system_malloc() {
+        if rk3sd::host::memory::on_system_malloc() {
             System.alloc_zeroed(layout)
         } else {
             mimalloc::MiMalloc.alloc_zeroed(layout)
@@ -45,7 +45,7 @@ unsafe impl GlobalAlloc for ByRole {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if rk3sd::memory::on_system_malloc() && !Self::from_mimalloc(ptr) {
+        if rk3sd::host::memory::on_system_malloc() && !Self::from_mimalloc(ptr) {
             System.dealloc(ptr, layout)
         } else {
             mimalloc::MiMalloc.dealloc(ptr, layout)
@@ -53,7 +53,7 @@ unsafe impl GlobalAlloc for ByRole {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if !rk3sd::memory::on_system_malloc() {
+        if !rk3sd::host::memory::on_system_malloc() {
             return mimalloc::MiMalloc.realloc(ptr, layout, new_size);
         }
         if !Self::from_mimalloc(ptr) {
@@ -115,7 +115,7 @@ static CHOOSE_ALLOCATOR: extern "C" fn(
             _ => agent,
         };
         if system {
-            rk3sd::memory::use_system_malloc();
+            rk3sd::host::memory::use_system_malloc();
             return;
         }
         // mimalloc's `mi_option_arena_eager_commit` and
@@ -142,8 +142,8 @@ fn main() -> std::process::ExitCode {
             v.to_string_lossy()
         );
     }
-    rk3sd::hide_secret_args();
-    rk3sd::raise_nofile_limit();
+    rk3sd::host::process::hide_secret_args();
+    rk3sd::host::process::raise_nofile_limit();
     let cli = rk3sd::config::Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -1,7 +1,10 @@
 //! The shape of `daemon/src`, checked from its text (docs/architecture.md
 //! says why each rule holds):
-//! - no import cycles between top-level modules, nor between the modules
-//!   of one folder (`crate::` and `super::` paths alike);
+//! - the root holds the entry points and one folder per layer, and a
+//!   layer imports only from its own or lower ones (the server nothing of
+//!   the agent but its state);
+//! - no import cycles between the modules of any folder, the root
+//!   included (`crate::` and `super::` paths alike);
 //! - every write of an API object goes through the registry; only
 //!   liveness (Lease renewals, agents' Node status) takes
 //!   `Objects::raw()` (and node password rotation), only in the modules
@@ -191,55 +194,110 @@ fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     t.out
 }
 
-#[test]
-fn no_import_cycles_between_modules_or_within_a_folder() {
+/// Every import edge between modules: `crate::` and `super::` paths
+/// resolved to the deepest module of the crate they name.
+fn edges() -> Vec<(Vec<String>, Vec<String>)> {
     let all = sources();
     let known: BTreeSet<Vec<String>> = all.iter().map(|s| s.module.clone()).collect();
-    // Top level: `a` → `b` when a file under `a` names `b`.
-    let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    // Within a folder `f`: `f::a` → `f::b`.
-    let mut inner: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    let mut out = vec![];
     for s in &all {
-        let Some(from_top) = s.module.first() else {
-            continue;
-        };
         for r in references(s) {
             // The longest prefix of the path that is a module of the crate.
             let target = (1..=r.len())
                 .rev()
                 .map(|n| r[..n].to_vec())
                 .find(|m| known.contains(m));
-            let Some(target) = target else { continue };
-            let to_top = &target[0];
-            if to_top != from_top {
-                top.entry(from_top.clone())
-                    .or_default()
-                    .insert(to_top.clone());
-            } else if s.module.len() >= 2 && target.len() >= 2 && s.module[1] != target[1] {
-                inner
-                    .entry(from_top.clone())
-                    .or_default()
-                    .entry(s.module[1].clone())
-                    .or_default()
-                    .insert(target[1].clone());
+            if let Some(target) = target {
+                out.push((s.module.clone(), target));
             }
         }
     }
-    let mut found = vec![];
-    for c in cycles(&top) {
-        found.push(format!("crate: {}", c.join(" <-> ")));
+    out
+}
+
+#[test]
+fn no_import_cycles_between_modules_or_within_a_folder() {
+    // In each folder (the crate root included), `f::a` → `f::b` when a
+    // module under `f::a` names one under `f::b`.
+    let mut folders: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (from, to) in edges() {
+        let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+        if common < from.len() && common < to.len() {
+            folders
+                .entry(from[..common].join("::"))
+                .or_default()
+                .entry(from[common].clone())
+                .or_default()
+                .insert(to[common].clone());
+        }
     }
-    for (folder, edges) in &inner {
+    let mut found = vec![];
+    for (folder, edges) in &folders {
         for c in cycles(edges) {
+            let folder = if folder.is_empty() { "crate" } else { folder };
             found.push(format!("{folder}: {}", c.join(" <-> ")));
         }
     }
     assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
 }
 
+/// The layers of `daemon/src`, lowest first; a module imports only from
+/// its own layer or below (docs/architecture.md).
+const LAYERS: &[&[&str]] = &[
+    &["kube", "host"],
+    &["datastore", "credentials"],
+    &["registry"],
+    &["auth", "apiserver", "controllers"],
+    &["agent", "server"],
+    &["admin", "config"],
+];
+
+fn layer(top: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&top))
+}
+
+#[test]
+fn the_root_holds_entry_points_and_layers_that_only_point_down() {
+    let mut found = vec![];
+    for e in std::fs::read_dir(src()).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let known = if e.path().is_dir() {
+            layer(&name).is_some()
+        } else {
+            name == "lib.rs" || name == "main.rs"
+        };
+        if !known {
+            found.push(format!(
+                "{name}: neither an entry point nor a layer's folder"
+            ));
+        }
+    }
+    for (from, to) in edges() {
+        let (Some(f), Some(t)) = (from.first(), to.first()) else {
+            continue;
+        };
+        if let (Some(lf), Some(lt)) = (layer(f), layer(t)) {
+            if lt > lf {
+                found.push(format!(
+                    "{} imports {} (a higher layer)",
+                    from.join("::"),
+                    to.join("::")
+                ));
+            }
+        }
+        // The server reads its own agent's state, and nothing else of it.
+        if f == "server" && t == "agent" && to.get(1).map(String::as_str) != Some("state") {
+            found.push(format!("{} imports {}", from.join("::"), to.join("::")));
+        }
+    }
+    found.sort();
+    found.dedup();
+    assert!(found.is_empty(), "\n{}", found.join("\n"));
+}
+
 /// Where API objects may be written without the registry.
 fn writes_allowed(rel: &Path) -> bool {
-    rel.starts_with("registry") || rel.starts_with("datastore") || rel == Path::new("objects.rs")
+    rel.starts_with("registry") || rel.starts_with("datastore")
 }
 
 #[test]
@@ -267,10 +325,14 @@ fn every_write_goes_through_the_registry_but_the_named_raw_ones() {
     );
     // The named raw writes: the Leases and Node status of liveness, and
     // node password rotation.
-    let expected: BTreeSet<String> = ["cluster.rs", "lifecycle.rs", "nodepassword/secrets.rs"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let expected: BTreeSet<String> = [
+        "server/cluster.rs",
+        "server/lifecycle.rs",
+        "server/nodepasswords.rs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(
         liveness, expected,
         "Objects::raw() callers changed: update docs/architecture.md and this list"

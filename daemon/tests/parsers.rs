@@ -235,7 +235,7 @@ fn field_selectors() {
         rk3sd::datastore::sqlite::SqliteBackend::open(&dir.path().join("s.db")).unwrap(),
     ));
     let reg = rt.block_on(rk3sd::registry::Registry::new(
-        rk3sd::objects::Objects::new(store),
+        rk3sd::datastore::objects::Objects::new(store),
     ));
     let pods = reg.find("", "v1", "pods").unwrap();
     let p = pod();
@@ -453,9 +453,9 @@ fn json_and_yaml_bodies_and_manifests() {
         ],
         &["---", "\n", "items:", "- ", "kind: List", "&a", "*a", "!!str", "<<: *a", "{", "}"],
         |b| {
-            let _ = rk3sd::deploy::manifest::parse(b);
+            let _ = rk3sd::server::deploy::manifest::parse(b);
             // The file's path names its Addon.
-            let _ = rk3sd::deploy::manifest::addon_name(std::path::Path::new(&text(b)));
+            let _ = rk3sd::server::deploy::manifest::addon_name(std::path::Path::new(&text(b)));
         },
     );
 }
@@ -471,7 +471,7 @@ fn tokens_node_passwords_and_agent_messages() {
         ],
         &["K10", "::", "server:", "node:"],
         |b| {
-            let _ = rk3sd::token::Token::parse(&text(b));
+            let _ = rk3sd::credentials::token::Token::parse(&text(b));
         },
     );
     fuzz(
@@ -479,7 +479,7 @@ fn tokens_node_passwords_and_agent_messages() {
         &[b"hash1,node-a,node-a,rk3s:agent\nhash2,node-b,node-b,rk3s:agent\n"],
         &[",", "\n", "rk3s:agent"],
         |b| {
-            let _ = rk3sd::nodepassword::parse_legacy(&text(b));
+            let _ = rk3sd::credentials::nodepassword::parse_legacy(&text(b));
         },
     );
     fuzz(
@@ -504,7 +504,7 @@ fn quantities_durations_addresses_and_schedules() {
             "m", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "e", "E", ".",
         ],
         |b| {
-            let _ = rk3sd::quantity::milli(&text(b));
+            let _ = rk3sd::kube::quantity::milli(&text(b));
         },
     );
     fuzz(
@@ -565,7 +565,7 @@ fn quantities_durations_addresses_and_schedules() {
         |b| {
             let s = text(b);
             let (cidr, ports) = s.split_once(' ').unwrap_or((&s, "30000-32767"));
-            let _ = rk3sd::ipam::Ipam::parse(cidr, 24);
+            let _ = rk3sd::server::ipam::Ipam::parse(cidr, 24);
             let _ = rk3sd::registry::ranges::ServiceRanges::parse(cidr, ports);
             let _ = rk3sd::registry::ranges::parse_cidr(cidr);
         },
@@ -597,9 +597,9 @@ fn quantities_durations_addresses_and_schedules() {
         |b| {
             let s = text(b);
             let args: Vec<String> = s.lines().map(String::from).collect();
-            let _ = rk3sd::kubelet::settings::parse(&args);
-            let _ = rk3sd::objects::parse_time(&s);
-            let _ = rk3sd::kubeconfig::parse_mode(&s);
+            let _ = rk3sd::agent::kubelet::settings::parse(&args);
+            let _ = rk3sd::datastore::objects::parse_time(&s);
+            let _ = rk3sd::credentials::kubeconfig::parse_mode(&s);
         },
     );
 }
@@ -669,7 +669,7 @@ fn admin_requests() {
             rt.block_on(async {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let (mut client, server) = tokio::io::duplex(64 * 1024);
-                let serve = rk3sd::https::serve_connection(
+                let serve = rk3sd::server::https::serve_connection(
                     server,
                     app,
                     Duration::from_millis(200),

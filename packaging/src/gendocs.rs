@@ -47,8 +47,8 @@ fn main() -> std::io::Result<()> {
     let images = out.join("images");
     std::fs::create_dir_all(&images)?;
     std::fs::write(
-        images.join(rk3sd::runtime::images::PAUSE_TARBALL),
-        rk3sd::runtime::images::pause_archive(),
+        images.join(rk3sd::agent::runtime::images::PAUSE_TARBALL),
+        rk3sd::agent::runtime::images::pause_archive(),
     )?;
     println!("{}", out.display());
     Ok(())

@@ -2,7 +2,7 @@
 //! busybox-static, and the cleanup of what a test's containerd ran.
 
 use crate::{kubectl, stderr, stdout, wait_for, Kubectl, Server, RUNTIME};
-use rk3sd::runtime::images::{docker_archive, LayerFile, LayerLink};
+use rk3sd::agent::runtime::images::{docker_archive, LayerFile, LayerLink};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +15,7 @@ pub struct Containers(std::path::PathBuf);
 impl Containers {
     /// For the server or agent whose data dir is `data_dir`.
     pub fn of(data_dir: &Path) -> Self {
-        Self(rk3sd::runtime::containerd::Paths::new(data_dir).socket)
+        Self(rk3sd::agent::runtime::containerd::Paths::new(data_dir).socket)
     }
 }
 
@@ -79,7 +79,7 @@ impl Drop for Containers {
         remove_hostport_rules(&ids);
         // Its pod network's bridge (named after the data dir: one per test).
         if let Some(data_dir) = &data_dir {
-            let bridge = rk3sd::runtime::containerd::Paths::new(data_dir).bridge;
+            let bridge = rk3sd::agent::runtime::containerd::Paths::new(data_dir).bridge;
             let _ = std::process::Command::new("ip")
                 .args(["link", "delete", &bridge])
                 .output();

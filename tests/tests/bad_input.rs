@@ -3,14 +3,15 @@
 
 use futures_util::{SinkExt, StreamExt};
 use rk3s_tests::*;
-use rk3sd::agent::{connect_tunnel, AgentError};
+use rk3sd::agent::registration::connect_tunnel;
+use rk3sd::agent::AgentError;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 fn tls(server: &Server) -> Arc<rustls::ClientConfig> {
-    Arc::new(rk3sd::certs::client_config_pinned(&server.ca_pem()).unwrap())
+    Arc::new(rk3sd::credentials::certs::client_config_pinned(&server.ca_pem()).unwrap())
 }
 
 fn secret(server: &Server) -> String {

@@ -343,7 +343,7 @@ fn ca_hash_mismatch_refuses_to_connect() {
     let code = a.wait_exit(JOIN).expect("agent exits on CA mismatch");
     assert_ne!(code, 0);
     let log = a.log();
-    let real = rk3sd::token::ca_hash(&server.ca_pem());
+    let real = rk3sd::credentials::token::ca_hash(&server.ca_pem());
     assert!(log.contains("token CA hash does not match"), "{log}");
     assert!(
         log.contains(&"0".repeat(64)) && log.contains(&real),

@@ -73,12 +73,14 @@ fn containerd_runs_under_the_agent_and_imports_air_gap_images() {
     let socket = dir.join("data/agent/run/containerd/containerd.sock");
     // The runtime reports the same sandbox image back (image GC keeps it).
     let reported = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let cri = rk3sd::runtime::cri::Cri::connect(&socket).await.unwrap();
+        let cri = rk3sd::agent::runtime::cri::Cri::connect(&socket)
+            .await
+            .unwrap();
         cri.sandbox_image().await
     });
     assert_eq!(
         reported.as_deref(),
-        Some(rk3sd::runtime::images::PAUSE_IMAGE)
+        Some(rk3sd::agent::runtime::images::PAUSE_IMAGE)
     );
     let listed = wait_for(Duration::from_secs(30), || {
         let l = ctr(&socket, &["images", "ls"]);
@@ -392,7 +394,7 @@ fn pods_bound_to_the_node_run_report_status_and_terminate() {
     // Only the newest dead container and its log stay (upstream's
     // MaxPerPodContainer = 1): it is the container's last state.
     let crash_uid = k.ok(&["get", "pod", "crash", "-o", "jsonpath={.metadata.uid}"]);
-    let socket = rk3sd::runtime::containerd::Paths::new(&dir.join("data")).socket;
+    let socket = rk3sd::agent::runtime::containerd::Paths::new(&dir.join("data")).socket;
     let logs = std::path::PathBuf::from(format!("/var/log/pods/default_crash_{crash_uid}/c"));
     let kept = wait_for(Duration::from_secs(10), || {
         let ids = ctr(
@@ -1437,7 +1439,7 @@ fn disk_pressure_evicts_the_pod_using_the_most_disk() {
 /// bytes of filler; its config differs by `name`, so each is an image of
 /// its own even where the layers are shared.
 fn image_archive(name: &str, extra: usize) -> Vec<u8> {
-    use rk3sd::runtime::images::{docker_archive, LayerFile, LayerLink};
+    use rk3sd::agent::runtime::images::{docker_archive, LayerFile, LayerLink};
     let bin = std::fs::read("/bin/busybox").expect("busybox-static is installed");
     // Not zeros: nothing along the way may store it sparse.
     let filler: Vec<u8> = (0..extra).map(|i| (i % 251) as u8).collect();
@@ -1492,7 +1494,7 @@ fn unused_image_goes_and_the_rest_stays(cidr: &str, kubelet_args: &[&str], event
     ];
     args.extend_from_slice(kubelet_args);
     let (server, _containers, k) = ready_node(&dir, &args);
-    let socket = rk3sd::runtime::containerd::Paths::new(&dir.join("data")).socket;
+    let socket = rk3sd::agent::runtime::containerd::Paths::new(&dir.join("data")).socket;
     let import = |name: &str, extra: usize| {
         let file = t
             .path()
@@ -1529,7 +1531,7 @@ fn unused_image_goes_and_the_rest_stays(cidr: &str, kubelet_args: &[&str], event
     });
     for kept in [
         "docker.io/library/busybox:test",
-        rk3sd::runtime::images::PAUSE_IMAGE,
+        rk3sd::agent::runtime::images::PAUSE_IMAGE,
         used,
     ] {
         assert!(

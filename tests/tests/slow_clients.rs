@@ -13,7 +13,7 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection to the API port with no client certificate.
 fn tls(server: &Server) -> Tls {
-    let cfg = Arc::new(rk3sd::certs::client_config_pinned(&server.ca_pem()).unwrap());
+    let cfg = Arc::new(rk3sd::credentials::certs::client_config_pinned(&server.ca_pem()).unwrap());
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")
         .unwrap()
         .to_owned();

@@ -4,8 +4,8 @@
 //! object, so fields others set and the manifest does not mention stay.
 
 use super::patch;
+use crate::apiserver::state::ApiState;
 use crate::registry::{FieldValidation, KubeError, ResourceType, WriteOptions};
-use crate::supervisor::Supervisor;
 use serde_json::Value;
 
 /// The manager the manifests' writes are recorded under (`managedFields`).
@@ -34,7 +34,7 @@ impl std::fmt::Display for ObjectRef {
 
 /// The resource type of `apiVersion` + `kind`, as currently served
 /// (built-ins and CRDs).
-fn resolve(sv: &Supervisor, api_version: &str, kind: &str) -> Result<ResourceType, KubeError> {
+fn resolve(sv: &ApiState, api_version: &str, kind: &str) -> Result<ResourceType, KubeError> {
     sv.registry.by_kind(api_version, kind).ok_or_else(|| {
         KubeError::BadRequest(format!(
             "no kind \"{kind}\" is registered for version \"{api_version}\" (a CRD must define it first)"
@@ -54,7 +54,7 @@ fn namespace_of(rt: &ResourceType, namespace: &str) -> Option<String> {
 
 /// Identify a manifest object (with the namespace it will live in),
 /// resolving its kind once.
-fn locate(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, ResourceType), KubeError> {
+fn locate(sv: &ApiState, obj: &Value) -> Result<(ObjectRef, ResourceType), KubeError> {
     let api_version = obj["apiVersion"].as_str().unwrap_or("");
     let kind = obj["kind"].as_str().unwrap_or("");
     if api_version.is_empty() || kind.is_empty() {
@@ -87,7 +87,7 @@ fn locate(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, ResourceType), Kub
 
 /// Create or merge-update `obj` through the registry's write path.
 /// Returns whether anything changed.
-pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), KubeError> {
+pub async fn apply(sv: &ApiState, obj: &Value) -> Result<(ObjectRef, bool), KubeError> {
     let (id, rt) = locate(sv, obj)?;
     let ns = (!id.namespace.is_empty()).then_some(id.namespace.as_str());
     let mut desired = obj.clone();
@@ -136,7 +136,7 @@ pub async fn apply(sv: &Supervisor, obj: &Value) -> Result<(ObjectRef, bool), Ku
 }
 
 /// Delete an object an earlier apply created; gone already is fine.
-pub async fn delete(sv: &Supervisor, id: &ObjectRef) -> Result<bool, KubeError> {
+pub async fn delete(sv: &ApiState, id: &ObjectRef) -> Result<bool, KubeError> {
     let rt = resolve(sv, &id.api_version, &id.kind)?;
     let ns = namespace_of(&rt, &id.namespace);
     match sv
@@ -151,7 +151,7 @@ pub async fn delete(sv: &Supervisor, id: &ObjectRef) -> Result<bool, KubeError> 
 }
 
 /// An Event about `involved` (an Addon), for `kubectl get events`.
-pub fn event(sv: &Supervisor, involved: &Value, warning: bool, reason: &str, message: &str) {
+pub fn event(sv: &ApiState, involved: &Value, warning: bool, reason: &str, message: &str) {
     use crate::controllers::recorder::{reference, EventType};
     let t = if warning {
         EventType::Warning

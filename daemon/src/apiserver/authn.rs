@@ -5,9 +5,9 @@
 //! Without credentials only the public health and version paths answer
 //! (K3s runs the API with anonymous authentication off).
 
+use crate::apiserver::state::ApiState;
 use crate::auth::{tokens, Request as AuthzRequest};
 use crate::registry::{KubeError, UserInfo};
-use crate::supervisor::Supervisor;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
@@ -66,11 +66,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticate, impersonate, and authorize non-resource paths.
-pub async fn middleware(
-    State(sv): State<Arc<Supervisor>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn middleware(State(sv): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
     let caller = req
         .extensions()
         .get::<Caller>()
@@ -122,7 +118,7 @@ const IMPERSONATE_EXTRA: &str = "impersonate-extra-";
 
 /// Upstream's impersonation filter: every impersonated attribute needs
 /// `impersonate` on it (users, groups, serviceaccounts, uids, userextras).
-fn impersonate(sv: &Supervisor, user: UserInfo, h: &HeaderMap) -> Result<UserInfo, KubeError> {
+fn impersonate(sv: &ApiState, user: UserInfo, h: &HeaderMap) -> Result<UserInfo, KubeError> {
     let values = |name: &str| -> Vec<String> {
         h.get_all(name)
             .iter()

@@ -3,9 +3,9 @@
 
 use super::resources;
 use super::{KUBE_MAJOR, KUBE_MINOR};
+use crate::apiserver::state::ApiState;
 use crate::registry::error::KubeError;
 use crate::registry::ResourceType;
-use crate::supervisor::Supervisor;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -25,11 +25,11 @@ pub async fn version() -> Json<Value> {
         "buildDate": "",
         "goVersion": "",
         "compiler": "rustc",
-        "platform": format!("linux/{}", crate::nodeinfo::go_arch()),
+        "platform": format!("linux/{}", crate::host::nodeinfo::go_arch()),
     }))
 }
 
-pub async fn health(State(sv): State<Arc<Supervisor>>) -> Response {
+pub async fn health(State(sv): State<Arc<ApiState>>) -> Response {
     if sv.is_ready() {
         "ok".into_response()
     } else {
@@ -54,11 +54,11 @@ fn typed(content_type: &'static str, body: Value) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body.to_string()).into_response()
 }
 
-async fn types(sv: &Supervisor) -> Vec<ResourceType> {
+async fn types(sv: &ApiState) -> Vec<ResourceType> {
     sv.registry.kinds().as_ref().clone()
 }
 
-pub async fn api(State(sv): State<Arc<Supervisor>>, h: HeaderMap) -> Result<Response, KubeError> {
+pub async fn api(State(sv): State<Arc<ApiState>>, h: HeaderMap) -> Result<Response, KubeError> {
     if wants_aggregated(&h) {
         return Ok(typed(
             AGGREGATED,
@@ -68,7 +68,7 @@ pub async fn api(State(sv): State<Arc<Supervisor>>, h: HeaderMap) -> Result<Resp
     Ok(Json(resources::legacy_api_versions(&sv.advertise_address)).into_response())
 }
 
-pub async fn apis(State(sv): State<Arc<Supervisor>>, h: HeaderMap) -> Result<Response, KubeError> {
+pub async fn apis(State(sv): State<Arc<ApiState>>, h: HeaderMap) -> Result<Response, KubeError> {
     let t = types(&sv).await;
     if wants_aggregated(&h) {
         return Ok(typed(AGGREGATED, resources::aggregated(&t, false)));
@@ -76,14 +76,14 @@ pub async fn apis(State(sv): State<Arc<Supervisor>>, h: HeaderMap) -> Result<Res
     Ok(Json(resources::legacy_group_list(&t)).into_response())
 }
 
-pub async fn core_resources(State(sv): State<Arc<Supervisor>>) -> Result<Response, KubeError> {
+pub async fn core_resources(State(sv): State<Arc<ApiState>>) -> Result<Response, KubeError> {
     resources::resource_list(&types(&sv).await, "", "v1")
         .map(|v| Json(v).into_response())
         .ok_or(KubeError::NoRoute)
 }
 
 pub async fn group(
-    State(sv): State<Arc<Supervisor>>,
+    State(sv): State<Arc<ApiState>>,
     Path(g): Path<String>,
 ) -> Result<Response, KubeError> {
     resources::legacy_group(&types(&sv).await, &g)
@@ -92,7 +92,7 @@ pub async fn group(
 }
 
 pub async fn group_resources(
-    State(sv): State<Arc<Supervisor>>,
+    State(sv): State<Arc<ApiState>>,
     Path((g, v)): Path<(String, String)>,
 ) -> Result<Response, KubeError> {
     resources::resource_list(&types(&sv).await, &g, &v)
@@ -101,7 +101,7 @@ pub async fn group_resources(
 }
 
 /// OpenAPI v2, protobuf only (what kubectl 1.27 asks for).
-pub async fn openapi_v2(State(sv): State<Arc<Supervisor>>) -> Result<Response, KubeError> {
+pub async fn openapi_v2(State(sv): State<Arc<ApiState>>) -> Result<Response, KubeError> {
     let doc = super::openapiv2::document(&types(&sv).await);
     Ok((
         [(

@@ -8,8 +8,8 @@ use super::request::{parse, parse_body, selectors, Target};
 use super::response::{json_response, written_response};
 use super::subresources;
 use super::table;
+use crate::apiserver::state::ApiState;
 use crate::registry::{DeleteOptions, FieldValidation, KubeError, WriteOptions};
-use crate::supervisor::Supervisor;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -22,7 +22,7 @@ use std::sync::Arc;
 type Q = Query<HashMap<String, String>>;
 
 pub async fn core(
-    State(sv): State<Arc<Supervisor>>,
+    State(sv): State<Arc<ApiState>>,
     Extension(requester): Extension<Requester>,
     method: Method,
     headers: HeaderMap,
@@ -36,7 +36,7 @@ pub async fn core(
 }
 
 pub async fn grouped(
-    State(sv): State<Arc<Supervisor>>,
+    State(sv): State<Arc<ApiState>>,
     Extension(requester): Extension<Requester>,
     method: Method,
     headers: HeaderMap,
@@ -53,7 +53,7 @@ pub async fn grouped(
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    sv: Arc<Supervisor>,
+    sv: Arc<ApiState>,
     Requester(user): Requester,
     method: Method,
     headers: HeaderMap,
@@ -169,7 +169,7 @@ fn table_response(t: &table::Table) -> Response {
     ([(header::CONTENT_TYPE, TABLE_TYPE)], body).into_response()
 }
 
-async fn get(sv: &Supervisor, t: &Target, as_table: bool) -> Result<Response, KubeError> {
+async fn get(sv: &ApiState, t: &Target, as_table: bool) -> Result<Response, KubeError> {
     let obj = sv.registry.get(&t.rt, t.ns(), t.name()).await?;
     if t.subresource.as_deref() == Some("status") || !as_table {
         return Ok(json_response(StatusCode::OK, &obj));
@@ -183,7 +183,7 @@ async fn get(sv: &Supervisor, t: &Target, as_table: bool) -> Result<Response, Ku
 
 /// The objects a list or deletecollection request selects, and the revision read at.
 async fn matching(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     q: &HashMap<String, String>,
 ) -> Result<(i64, Vec<Value>), KubeError> {
@@ -227,7 +227,7 @@ fn list_object<'a>(t: &Target, rev: &'a str, items: Vec<Value>) -> List<'a> {
 }
 
 async fn list(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     q: &HashMap<String, String>,
     as_table: bool,
@@ -256,7 +256,7 @@ async fn list(
 }
 
 async fn create(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     body: &Bytes,
     opts: &WriteOptions,
@@ -267,7 +267,7 @@ async fn create(
 }
 
 async fn update(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     body: &Bytes,
     opts: &WriteOptions,
@@ -315,7 +315,7 @@ fn is_apply(headers: &HeaderMap) -> bool {
 /// Server-side apply: the body is the manager's whole intent for the
 /// object (YAML or JSON); it is created if absent.
 async fn apply_object(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     body: &Bytes,
     force: bool,
@@ -332,7 +332,7 @@ async fn apply_object(
             )],
         });
     };
-    let applied: Value = crate::yaml::from_slice(body)
+    let applied: Value = crate::kube::yaml::from_slice(body)
         .map_err(|e| KubeError::BadRequest(format!("error decoding YAML: {e}")))?;
     if !applied.is_object() {
         return Err(KubeError::BadRequest(
@@ -406,7 +406,7 @@ async fn apply_object(
 }
 
 async fn patch_object(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     headers: &HeaderMap,
     body: &Bytes,
@@ -507,7 +507,7 @@ fn deleted_response(obj: &Value, gone: bool) -> Response {
 }
 
 async fn delete(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     q: &HashMap<String, String>,
     body: &Bytes,
@@ -519,7 +519,7 @@ async fn delete(
 }
 
 async fn delete_collection(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     q: &HashMap<String, String>,
     body: &Bytes,

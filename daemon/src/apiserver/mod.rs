@@ -15,12 +15,13 @@ pub mod response;
 pub mod reviews;
 pub mod selectors;
 pub mod serviceaccounts;
+pub mod state;
 pub mod status;
 pub mod subresources;
 pub mod table;
 pub mod watch;
 
-use crate::supervisor::Supervisor;
+use crate::apiserver::state::ApiState;
 use axum::routing::{any, get};
 use axum::Router;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ async fn metrics() -> impl axum::response::IntoResponse {
     )
 }
 
-pub fn router(sv: Arc<Supervisor>) -> Router {
+pub fn router(sv: Arc<ApiState>) -> Router {
     Router::new()
         .route("/version", get(discovery::version))
         .route("/healthz", get(discovery::health))

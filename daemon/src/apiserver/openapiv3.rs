@@ -11,9 +11,9 @@
 //! served kinds (a CRD change makes a new set).
 
 use super::{KUBE_MAJOR, KUBE_MINOR};
+use crate::apiserver::state::ApiState;
 use crate::registry::error::KubeError;
 use crate::registry::ResourceType;
-use crate::supervisor::Supervisor;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,7 @@ type Docs = BTreeMap<String, (Arc<Value>, String)>;
 type Built = Option<(Arc<Vec<ResourceType>>, Arc<Docs>)>;
 
 /// The documents for the kinds served now, rebuilt when those change.
-fn documents(sv: &Supervisor) -> Arc<Docs> {
+fn documents(sv: &ApiState) -> Arc<Docs> {
     static CACHE: Mutex<Built> = Mutex::new(None);
     let kinds = sv.registry.kinds();
     let mut cache = CACHE.lock().expect("openapi cache");
@@ -52,7 +52,7 @@ fn documents(sv: &Supervisor) -> Arc<Docs> {
         .into_iter()
         .map(|(g, v)| {
             let doc = document(&kinds, g, v);
-            let hash = crate::token::ca_hash(doc.to_string().as_bytes());
+            let hash = crate::credentials::token::ca_hash(doc.to_string().as_bytes());
             (gv_path(g, v), (Arc::new(doc), hash[..16].to_string()))
         })
         .collect();
@@ -71,7 +71,7 @@ fn gv_path(group: &str, version: &str) -> String {
 
 /// `/openapi/v3`: where each group-version's document is. The hash in the
 /// URL changes with the document, so kubectl's cache follows.
-pub async fn index(State(sv): State<Arc<Supervisor>>) -> Result<Response, KubeError> {
+pub async fn index(State(sv): State<Arc<ApiState>>) -> Result<Response, KubeError> {
     let paths: Map<String, Value> = documents(&sv)
         .iter()
         .map(|(p, (_, hash))| {
@@ -85,7 +85,7 @@ pub async fn index(State(sv): State<Arc<Supervisor>>) -> Result<Response, KubeEr
 }
 
 pub async fn group_version(
-    State(sv): State<Arc<Supervisor>>,
+    State(sv): State<Arc<ApiState>>,
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, KubeError> {

@@ -2,9 +2,9 @@
 //! name and subresource its path names, its body, and its selectors.
 
 use super::selectors::{FieldSelector, LabelSelector};
+use crate::apiserver::state::ApiState;
 use crate::registry::store::{obj_ref, store_err};
 use crate::registry::{KubeError, ResourceType, Subject};
-use crate::supervisor::Supervisor;
 use axum::body::Bytes;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ impl Target {
 }
 
 /// The Target of a request to `/apis/<group>/<version>/<rest>` (`/api/v1/<rest>` for the core group).
-pub fn parse(sv: &Supervisor, group: &str, version: &str, rest: &str) -> Result<Target, KubeError> {
+pub fn parse(sv: &ApiState, group: &str, version: &str, rest: &str) -> Result<Target, KubeError> {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (ns, res, name, sub) = match segs.as_slice() {
         ["namespaces", ns, res, tail @ ..]
@@ -100,7 +100,7 @@ pub fn parse_body(body: &Bytes) -> Result<Value, KubeError> {
 }
 
 /// For subresources that read the object first.
-pub async fn current(sv: &Supervisor, t: &Target) -> Result<Value, KubeError> {
+pub async fn current(sv: &ApiState, t: &Target) -> Result<Value, KubeError> {
     sv.registry
         .objects
         .get(&obj_ref(&t.rt, t.ns(), t.name()))

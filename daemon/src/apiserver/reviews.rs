@@ -6,11 +6,11 @@
 
 use super::request::{parse_body, Target};
 use super::response::json_response;
+use crate::apiserver::state::ApiState;
 use crate::auth::{Decision, Request};
-use crate::objects::str_list;
+use crate::datastore::objects::str_list;
 use crate::registry::kinds;
 use crate::registry::{FieldError, KubeError, UserInfo};
-use crate::supervisor::Supervisor;
 use axum::http::StatusCode;
 use axum::response::Response;
 use k8s_openapi::api::authorization::v1::{
@@ -38,7 +38,7 @@ fn decode<T: serde::de::DeserializeOwned + Default>(v: &Value) -> Result<Option<
 
 /// Answer a review of kind `t.rt` for `user`.
 pub async fn create(
-    sv: &Supervisor,
+    sv: &ApiState,
     user: &UserInfo,
     t: &Target,
     body: &[u8],
@@ -110,7 +110,7 @@ fn subject_of(t: &Target, spec: &Value) -> Result<UserInfo, KubeError> {
 }
 
 fn access(
-    sv: &Supervisor,
+    sv: &ApiState,
     user: &UserInfo,
     t: &Target,
     spec: &Value,
@@ -173,7 +173,7 @@ fn access(
 /// What `user` may do in `spec.namespace`, from RBAC (the Node authorizer
 /// and `system:masters` are not rule-based; their answers are marked
 /// incomplete, as upstream marks what an authorizer cannot list).
-fn rules(sv: &Supervisor, user: &UserInfo, spec: &Value) -> Value {
+fn rules(sv: &ApiState, user: &UserInfo, spec: &Value) -> Value {
     let ns = spec["namespace"].as_str().unwrap_or("");
     let mut resource_rules = vec![];
     let mut non_resource_rules = vec![];
@@ -207,7 +207,7 @@ fn rules(sv: &Supervisor, user: &UserInfo, spec: &Value) -> Value {
     })
 }
 
-async fn token_review(sv: &Supervisor, spec: &Value) -> Value {
+async fn token_review(sv: &ApiState, spec: &Value) -> Value {
     let token = spec["token"].as_str().unwrap_or("");
     let wanted: Vec<String> = str_list(&spec["audiences"]);
     let audiences: Vec<&str> = if wanted.is_empty() {

@@ -4,11 +4,11 @@
 
 use super::request::{parse_body, Target};
 use super::response::json_response;
+use crate::apiserver::state::ApiState;
 use crate::auth::tokens::{API_AUDIENCES, ISSUER};
-use crate::objects::str_list;
-use crate::objects::Ref;
+use crate::datastore::objects::str_list;
+use crate::datastore::objects::Ref;
 use crate::registry::{FieldError, KubeError, Subject, UserInfo};
-use crate::supervisor::Supervisor;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,7 @@ fn uid(v: &Value) -> &str {
 
 /// Issue a token for service account `t.name` in `t.namespace`.
 pub async fn token_request(
-    sv: &Supervisor,
+    sv: &ApiState,
     user: &UserInfo,
     t: &Target,
     body: &[u8],
@@ -162,8 +162,7 @@ pub async fn token_request(
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     req["apiVersion"] = json!("authentication.k8s.io/v1");
     req["kind"] = json!("TokenRequest");
-    req["metadata"] =
-        json!({"name": name, "namespace": ns, "creationTimestamp": crate::objects::now_rfc3339()});
+    req["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": crate::datastore::objects::now_rfc3339()});
     req["spec"]["audiences"] = json!(audiences);
     req["spec"]["expirationSeconds"] = json!(secs);
     if bound.is_none() {
@@ -174,7 +173,7 @@ pub async fn token_request(
 }
 
 /// `/.well-known/openid-configuration`.
-pub async fn openid_configuration(State(sv): State<Arc<Supervisor>>) -> Response {
+pub async fn openid_configuration(State(sv): State<Arc<ApiState>>) -> Response {
     let doc = json!({
         "issuer": ISSUER,
         "jwks_uri": format!("https://{}/openid/v1/jwks", sv.advertise_address),
@@ -190,7 +189,7 @@ pub async fn openid_configuration(State(sv): State<Arc<Supervisor>>) -> Response
 }
 
 /// `/openid/v1/jwks`.
-pub async fn jwks(State(sv): State<Arc<Supervisor>>) -> Response {
+pub async fn jwks(State(sv): State<Arc<ApiState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/jwk-set+json")],
         sv.auth.tokens.jwks().to_string(),

@@ -6,11 +6,11 @@
 use super::patch::apply_patch;
 use super::request::{current, parse_body, Target};
 use super::response::{json_response, written_response};
+use crate::apiserver::state::ApiState;
 use crate::registry::kinds;
 use crate::registry::printers;
 use crate::registry::validation::selector_matches;
 use crate::registry::{FieldError, KubeError, WriteOptions};
-use crate::supervisor::Supervisor;
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
@@ -78,7 +78,7 @@ fn scale_of(t: &Target, obj: &Value) -> Result<Value, KubeError> {
 }
 
 pub async fn scale(
-    sv: &Supervisor,
+    sv: &ApiState,
     t: &Target,
     verb: &str,
     headers: &HeaderMap,
@@ -173,7 +173,7 @@ pub async fn scale(
 }
 
 /// `POST pods/<name>/binding`: set the node once.
-pub async fn binding(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Response, KubeError> {
+pub async fn binding(sv: &ApiState, t: &Target, body: &Bytes) -> Result<Response, KubeError> {
     let b = parse_body(body)?;
     let name = t.name.clone().unwrap_or_default();
     let node = b
@@ -204,7 +204,7 @@ pub async fn binding(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Respon
 
 /// `POST pods/<name>/eviction`: delete unless a PodDisruptionBudget
 /// selecting the pod has no disruption to spare (429).
-pub async fn eviction(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Response, KubeError> {
+pub async fn eviction(sv: &ApiState, t: &Target, body: &Bytes) -> Result<Response, KubeError> {
     let ev = parse_body(body)?;
     let name = t.name.clone().unwrap_or_default();
     let ns = t.namespace.clone().unwrap_or_default();
@@ -254,7 +254,8 @@ pub async fn eviction(sv: &Supervisor, t: &Target, body: &Bytes) -> Result<Respo
                         .and_then(Value::as_i64)
                         .unwrap_or(0);
                     p["status"]["disruptionsAllowed"] = json!((a - 1).max(0));
-                    p["status"]["disruptedPods"][&pod_name] = json!(crate::objects::now_rfc3339());
+                    p["status"]["disruptedPods"][&pod_name] =
+                        json!(crate::datastore::objects::now_rfc3339());
                     true
                 })
                 .await?;

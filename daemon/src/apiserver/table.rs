@@ -92,7 +92,7 @@ fn cell(type_: &str, v: Value) -> Value {
         ("string", Value::String(_)) => v,
         // A string column prints any value as text.
         ("string", other) => Value::String(other.to_string()),
-        ("date", Value::String(s)) => match crate::objects::parse_time(s) {
+        ("date", Value::String(s)) => match crate::datastore::objects::parse_time(s) {
             Some(t) => match (chrono::Utc::now() - t).num_seconds() {
                 s if s < -1 => json!("<invalid>"),
                 s => json!(human_duration(s.max(0))),
@@ -145,7 +145,7 @@ mod tests {
             .into_iter()
             .find(|r| r.resource == "nodes")
             .unwrap();
-        let n = json!({"metadata": {"name": "a", "creationTimestamp": crate::objects::now_rfc3339(),
+        let n = json!({"metadata": {"name": "a", "creationTimestamp": crate::datastore::objects::now_rfc3339(),
                        "labels": {"node-role.kubernetes.io/control-plane": "true"}},
                        "spec": {"unschedulable": true},
                        "status": {"conditions": [{"type": "Ready", "status": "True"}],

@@ -9,10 +9,10 @@
 
 use super::request::{selectors, Target};
 use super::table;
+use crate::apiserver::state::ApiState;
+use crate::datastore::objects::prefix;
 use crate::datastore::{DatastoreError, EventKind, Watch};
-use crate::objects::prefix;
 use crate::registry::error::KubeError;
-use crate::supervisor::Supervisor;
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -72,7 +72,7 @@ fn error_event(e: &KubeError) -> Bytes {
 }
 
 pub async fn serve(
-    sv: Arc<Supervisor>,
+    sv: Arc<ApiState>,
     t: Target,
     q: &HashMap<String, String>,
     as_table: bool,
@@ -114,7 +114,7 @@ pub async fn serve(
             .into_iter()
             .filter(|o| state.labels.matches(o) && state.fields.matches(o))
         {
-            held.insert(crate::objects::Ref::of(&storage, &o).key());
+            held.insert(crate::datastore::objects::Ref::of(&storage, &o).key());
             if replay {
                 pending.push_back(state.event("ADDED", o));
             }

@@ -16,7 +16,7 @@
 
 use super::rbac::{describe, go_quoted, uncovered};
 use super::{Auth, Request, MASTERS};
-use crate::objects::{Objects, Ref};
+use crate::datastore::objects::{Objects, Ref};
 use crate::registry::admission::{Admission, Write};
 use crate::registry::error::Subject;
 use crate::registry::rbac::GROUP;

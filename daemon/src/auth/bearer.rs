@@ -5,7 +5,7 @@
 //! cache does; failures are not.
 
 use super::Auth;
-use crate::objects::Ref;
+use crate::datastore::objects::Ref;
 use crate::registry::UserInfo;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

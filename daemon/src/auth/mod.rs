@@ -117,14 +117,14 @@ pub struct Auth {
     pub pods: Arc<node::PodGraph>,
     pub tokens: Arc<tokens::Issuer>,
     /// For the objects tokens name.
-    objects: crate::objects::Objects,
+    objects: crate::datastore::objects::Objects,
     token_cache: bearer::TokenCache,
 }
 
 pub const MASTERS: &str = "system:masters";
 
 impl Auth {
-    pub fn new(tokens: Arc<tokens::Issuer>, objects: crate::objects::Objects) -> Self {
+    pub fn new(tokens: Arc<tokens::Issuer>, objects: crate::datastore::objects::Objects) -> Self {
         Self {
             rbac: Arc::default(),
             pods: Arc::default(),

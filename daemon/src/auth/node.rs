@@ -148,7 +148,7 @@ impl PodGraph {
         store: crate::datastore::Datastore,
         stop: CancellationToken,
     ) {
-        let prefix = crate::objects::prefix("pods", None);
+        let prefix = crate::datastore::objects::prefix("pods", None);
         crate::datastore::follow(
             &store,
             &prefix,

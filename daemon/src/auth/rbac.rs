@@ -219,8 +219,9 @@ pub struct Rbac {
 }
 
 /// Where every RBAC object is stored.
-pub static PREFIX: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| crate::objects::prefix(crate::registry::rbac::GROUP, None));
+pub static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    crate::datastore::objects::prefix(crate::registry::rbac::GROUP, None)
+});
 
 impl Rbac {
     /// Follow the RBAC objects until `stop`.

@@ -159,7 +159,7 @@ impl Issuer {
         let Some(kv) = store.get(&self.store_key).await? else {
             return Ok(None);
         };
-        let plain = crate::bootstrap::open(&self.secret, &kv.value).ok_or_else(|| {
+        let plain = crate::credentials::sealed::open(&self.secret, &kv.value).ok_or_else(|| {
             TokenError::Keys("they cannot be decrypted with this server's token".into())
         })?;
         let s: Stored =
@@ -190,7 +190,10 @@ impl Issuer {
                     retire_at: None,
                 }],
             };
-            let sealed = crate::bootstrap::seal(secret, &serde_json::to_vec(&fresh).expect("json"));
+            let sealed = crate::credentials::sealed::seal(
+                secret,
+                &serde_json::to_vec(&fresh).expect("json"),
+            );
             match store.create(&me.store_key, sealed).await {
                 Ok(_) => {
                     tracing::info!("created the service-account signing key");
@@ -229,8 +232,10 @@ impl Issuer {
                     retire_at: None,
                 },
             );
-            let sealed =
-                crate::bootstrap::seal(&self.secret, &serde_json::to_vec(&s).expect("json"));
+            let sealed = crate::credentials::sealed::seal(
+                &self.secret,
+                &serde_json::to_vec(&s).expect("json"),
+            );
             match store.update(&self.store_key, sealed, rev).await {
                 Ok(_) => {
                     let keys = parse(&s)?;
@@ -251,7 +256,7 @@ impl Issuer {
     pub async fn follow(self: Arc<Self>, store: Datastore, stop: CancellationToken) {
         let key = self.store_key.clone();
         let apply = |bytes: &[u8]| {
-            let parsed = crate::bootstrap::open(&self.secret, bytes)
+            let parsed = crate::credentials::sealed::open(&self.secret, bytes)
                 .and_then(|p| serde_json::from_slice::<Stored>(&p).ok())
                 .map(|s| parse(&s));
             match parsed {

@@ -47,7 +47,7 @@ async fn reconcile(reg: &Registry, cache: &Cache, key: &str) -> Result {
         .to_string();
     // Every served version shares one storage: the first names it.
     if let Some(kind) = from_crd(&crd).into_iter().next() {
-        let items = cache.list(&crate::objects::prefix(&kind.storage(), None));
+        let items = cache.list(&crate::datastore::objects::prefix(&kind.storage(), None));
         if !items.is_empty() {
             for (_, o) in items.iter().filter(|(_, o)| !deleting(o)) {
                 let ns = o.pointer("/metadata/namespace").and_then(Value::as_str);

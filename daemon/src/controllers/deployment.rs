@@ -290,7 +290,7 @@ impl Ctl {
 
     async fn set_progressing(&self, d: &Value, status: &str, reason: &str, message: &str) {
         let dt = kinds::DEPLOYMENTS.resource_type();
-        let now = crate::objects::now_rfc3339();
+        let now = crate::datastore::objects::now_rfc3339();
         let _ = self
             .c
             .update(
@@ -479,7 +479,7 @@ impl Ctl {
             .pointer("/spec/progressDeadlineSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(600);
-        let stamp = crate::objects::now_rfc3339();
+        let stamp = crate::datastore::objects::now_rfc3339();
         let dt = kinds::DEPLOYMENTS.resource_type();
         let generation = d
             .pointer("/metadata/generation")

@@ -4,7 +4,7 @@
 
 use super::predicates::deleting;
 use super::runtime::{all, Controller, Requeue, Result};
-use crate::objects::prefix;
+use crate::datastore::objects::prefix;
 use crate::registry::cache::Cache;
 use crate::registry::{kinds, Registry};
 use serde_json::Value;

@@ -19,7 +19,7 @@ use super::runtime::{Controller, Requeue};
 use std::sync::LazyLock;
 
 use crate::datastore::EventKind;
-use crate::placement::tolerates;
+use crate::kube::placement::tolerates;
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
 use chrono::{DateTime, Utc};

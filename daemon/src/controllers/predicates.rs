@@ -2,7 +2,7 @@
 //! is being deleted, and whether a pod has finished, is ready, or has
 //! been ready long enough to count as available.
 
-use crate::placement::terminal_phase;
+use crate::kube::placement::terminal_phase;
 use serde_json::Value;
 
 /// `metadata.deletionTimestamp` is set.

@@ -16,7 +16,7 @@ use super::client::{controller_uid, s, Client};
 use super::predicates::deleting;
 use super::runtime::{Controller, Requeue, Result};
 use crate::datastore::EventKind;
-use crate::placement::{
+use crate::kube::placement::{
     finished, host_ports, node_affinity_holds, nonzero_requests, ports_clash, requests, term_holds,
     tolerates, Allocatable,
 };
@@ -502,7 +502,7 @@ async fn schedule(
                 let message = unschedulable_message(nodes.len(), &reasons);
                 let rt = kinds::PODS.resource_type();
                 let mut changed = false;
-                let now = crate::objects::now_rfc3339();
+                let now = crate::datastore::objects::now_rfc3339();
                 let r = c
                     .update(&rt, &ns, &name, true, |pod| {
                         let conds = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
@@ -546,7 +546,7 @@ async fn schedule(
         .map(|(v, ns, name, node, uid)| {
             let objects = c.reg.objects.clone();
             tokio::spawn(async move {
-                let r = crate::objects::Ref::namespaced("pods", &ns, &name);
+                let r = crate::datastore::objects::Ref::namespaced("pods", &ns, &name);
                 let res = bind_pod_from(&objects, &r, (*v).clone(), &node).await;
                 (v, ns, name, node, uid, res)
             })

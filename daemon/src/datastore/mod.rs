@@ -12,6 +12,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod objects;
 mod pgtls;
 pub mod postgres;
 pub use pgtls::TlsFiles;

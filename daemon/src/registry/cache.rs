@@ -3,8 +3,8 @@
 //! index of owners. Controllers read it instead of listing the datastore
 //! and subscribe to its events.
 
+use crate::datastore::objects::Objects;
 use crate::datastore::{EventKind, Revision};
-use crate::objects::Objects;
 use crate::registry::store::{FOREGROUND, ORPHAN};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};

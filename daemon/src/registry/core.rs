@@ -1592,12 +1592,12 @@ fn assign_node(p: &mut Value, node: &str, now: &str) -> Result<(), String> {
 
 /// Bind the pod at `r` to `node` once, with its PodScheduled condition.
 pub async fn bind_pod(
-    objects: &crate::objects::Objects,
-    r: &crate::objects::Ref,
+    objects: &crate::datastore::objects::Objects,
+    r: &crate::datastore::objects::Ref,
     node: &str,
-) -> crate::objects::Result<Bound> {
+) -> crate::datastore::objects::Result<Bound> {
     let mut refused = None;
-    let now = crate::objects::now_rfc3339();
+    let now = crate::datastore::objects::now_rfc3339();
     let res = objects
         .modify(r, |p| match assign_node(p, node, &now) {
             Ok(()) => true,
@@ -1618,23 +1618,23 @@ pub async fn bind_pod(
 /// cache has it) instead of reading it again: the write is made at that
 /// revision, and only a conflict costs the read.
 pub async fn bind_pod_from(
-    objects: &crate::objects::Objects,
-    r: &crate::objects::Ref,
+    objects: &crate::datastore::objects::Objects,
+    r: &crate::datastore::objects::Ref,
     mut p: Value,
     node: &str,
-) -> crate::objects::Result<Bound> {
-    let now = crate::objects::now_rfc3339();
+) -> crate::datastore::objects::Result<Bound> {
+    let now = crate::datastore::objects::now_rfc3339();
     if let Err(m) = assign_node(&mut p, node, &now) {
         return Ok(Bound::Refused(m));
     }
     match objects.update(r, p).await {
         Ok(_) => Ok(Bound::Yes),
-        Err(crate::objects::ObjectError::Store(crate::datastore::DatastoreError::Conflict {
-            ..
-        })) => bind_pod(objects, r, node).await,
-        Err(crate::objects::ObjectError::Store(crate::datastore::DatastoreError::NotFound(_))) => {
-            Ok(Bound::Missing)
-        }
+        Err(crate::datastore::objects::ObjectError::Store(
+            crate::datastore::DatastoreError::Conflict { .. },
+        )) => bind_pod(objects, r, node).await,
+        Err(crate::datastore::objects::ObjectError::Store(
+            crate::datastore::DatastoreError::NotFound(_),
+        )) => Ok(Bound::Missing),
         Err(e) => Err(e),
     }
 }

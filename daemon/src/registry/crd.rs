@@ -7,7 +7,7 @@ use super::printers::{column, name_cell, name_col};
 use super::resource::{PrinterColumn, ResourceType, ScalePaths, StrategyRef};
 use super::strategy::{Generic, Strategy};
 use super::validation;
-use crate::objects::str_list;
+use crate::datastore::objects::str_list;
 use serde_json::{json, Value};
 
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
@@ -86,7 +86,7 @@ impl Strategy for CrdStrategy {
             }
         }
         let names = crd["spec"]["names"].clone();
-        let now = crate::objects::now_rfc3339();
+        let now = crate::datastore::objects::now_rfc3339();
         crd["status"] = json!({
             "acceptedNames": names,
             "storedVersions": crd["spec"]["versions"].as_array().map(|v| v.iter().filter(|v| v["storage"].as_bool().unwrap_or(false)).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),

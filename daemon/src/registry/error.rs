@@ -6,8 +6,8 @@
 //! become a 422 `Invalid` whose `details.causes` name each field path, as
 //! upstream's.
 
+use crate::datastore::objects::ObjectError;
 use crate::datastore::DatastoreError;
-use crate::objects::ObjectError;
 
 /// The group/resource an error is about (`nodes`, `configmaps`, `widgets.example.com`).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -405,7 +405,7 @@ fn release(list: &mut [Entry], paths: &BTreeSet<Path>) {
 }
 
 fn now() -> String {
-    crate::objects::now_rfc3339()
+    crate::datastore::objects::now_rfc3339()
 }
 
 /// Record a write (`old` → `new`, `None` for a create) by `manager`.

@@ -32,8 +32,8 @@ pub use error::{FieldError, KubeError, Subject};
 pub use resource::ResourceType;
 pub use store::{DeleteOptions, FieldValidation, WriteOptions, Written};
 
+use crate::datastore::objects::Objects;
 use crate::datastore::EventKind;
-use crate::objects::Objects;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -149,8 +149,10 @@ impl Registry {
 
     /// Keep the kind list in step with CRD changes made by any server.
     pub async fn follow_crds(self: Arc<Self>, stop: CancellationToken) {
-        let prefix =
-            crate::objects::prefix(&format!("{CRD_GROUP}/customresourcedefinitions"), None);
+        let prefix = crate::datastore::objects::prefix(
+            &format!("{CRD_GROUP}/customresourcedefinitions"),
+            None,
+        );
         let crds = std::sync::Mutex::new(BTreeMap::new());
         crate::datastore::follow(
             &self.objects.store,
@@ -192,7 +194,7 @@ impl Registry {
 
     /// Keep `active_namespaces` in step with the datastore.
     pub async fn follow_namespaces(self: Arc<Self>, stop: CancellationToken) {
-        let prefix = crate::objects::prefix("namespaces", None);
+        let prefix = crate::datastore::objects::prefix("namespaces", None);
         let active = |bytes: &[u8]| {
             json_of(bytes).is_some_and(|v| {
                 v.pointer("/metadata/deletionTimestamp")
@@ -305,7 +307,7 @@ impl Registry {
     /// (no requester, no field manager).
     pub async fn create_at(
         &self,
-        r: &crate::objects::Ref,
+        r: &crate::datastore::objects::Ref,
         obj: serde_json::Value,
     ) -> Result<serde_json::Value, KubeError> {
         let (rt, ns, _) = self.locate(&r.key()).ok_or_else(|| unserved(r))?;
@@ -319,7 +321,7 @@ impl Registry {
     /// returns false to leave it alone.
     pub async fn modify_at(
         &self,
-        r: &crate::objects::Ref,
+        r: &crate::datastore::objects::Ref,
         mut f: impl FnMut(&mut serde_json::Value) -> bool,
     ) -> Result<Option<serde_json::Value>, KubeError> {
         let (rt, ns, name) = self.locate(&r.key()).ok_or_else(|| unserved(r))?;
@@ -337,7 +339,7 @@ impl Registry {
 
     /// Delete the object at `r` through the write path (at once, in the
     /// background): whether there was one.
-    pub async fn delete_at(&self, r: &crate::objects::Ref) -> Result<bool, KubeError> {
+    pub async fn delete_at(&self, r: &crate::datastore::objects::Ref) -> Result<bool, KubeError> {
         let (rt, ns, name) = self.locate(&r.key()).ok_or_else(|| unserved(r))?;
         let opts = DeleteOptions {
             propagation_policy: Some("Background".into()),
@@ -369,6 +371,6 @@ impl Registry {
     }
 }
 
-fn unserved(r: &crate::objects::Ref) -> KubeError {
+fn unserved(r: &crate::datastore::objects::Ref) -> KubeError {
     KubeError::Internal(format!("no kind is served at {}", r.key()))
 }

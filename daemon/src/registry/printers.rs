@@ -31,7 +31,7 @@ pub fn age_col() -> Value {
 
 /// kubectl's age format (`45s`, `12m`, `5h`, `3d`), from a timestamp.
 pub fn age(created: Option<&str>) -> String {
-    let Some(t) = created.and_then(crate::objects::parse_time) else {
+    let Some(t) = created.and_then(crate::datastore::objects::parse_time) else {
         return "<unknown>".into();
     };
     human_duration((chrono::Utc::now() - t).num_seconds().max(0))

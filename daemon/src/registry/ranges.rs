@@ -128,7 +128,7 @@ pub struct Allocator {
 
 fn owner_of(v: &Value) -> Value {
     json!({"namespace": v["metadata"]["namespace"], "name": v["metadata"]["name"],
-        "uid": v["metadata"]["uid"], "at": crate::objects::now_rfc3339()})
+        "uid": v["metadata"]["uid"], "at": crate::datastore::objects::now_rfc3339()})
 }
 
 fn invalid(svc: &Value, errors: Vec<FieldError>) -> KubeError {

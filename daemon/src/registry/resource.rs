@@ -194,7 +194,7 @@ impl Builtin {
     /// The key prefix of its objects (`/registry/pods/`), in `namespace`
     /// or all of them.
     pub fn prefix(&self, namespace: Option<&str>) -> String {
-        crate::objects::prefix(&self.storage(), namespace)
+        crate::datastore::objects::prefix(&self.storage(), namespace)
     }
 
     /// The key of one of its objects.

@@ -13,8 +13,8 @@ use super::error::{FieldError, KubeError, Subject};
 use super::resource::ResourceType;
 use super::validation;
 use super::Registry;
+use crate::datastore::objects::{now_rfc3339, revision_of, ObjectError, Ref};
 use crate::datastore::DatastoreError;
-use crate::objects::{now_rfc3339, revision_of, ObjectError, Ref};
 use serde_json::{json, Value};
 
 /// What to do with fields the kind does not have (`fieldValidation`).

@@ -384,7 +384,7 @@ fn containers(
 /// change the node's own namespace (a net sysctl with hostNetwork, an IPC
 /// one with hostIPC), as upstream validates them.
 fn sysctls(path: &str, spec: &PodSpec, errs: &mut Vec<FieldError>) {
-    use crate::sysctls::{normalize, valid_name, Namespace, NAME_FORMAT, NAME_MAX};
+    use crate::kube::sysctls::{normalize, valid_name, Namespace, NAME_FORMAT, NAME_MAX};
     let Some(list) = spec
         .security_context
         .as_ref()

@@ -112,7 +112,7 @@ fn manifests_at_startup(dir: &std::path::Path, n: usize) {
             .iter()
             .filter(|m| m["applied"].is_string() && m["error"] == "")
             .count();
-        (ok >= n + rk3sd::addons::BUNDLED.len()).then(|| t0.elapsed())
+        (ok >= n + rk3sd::server::deploy::addons::BUNDLED.len()).then(|| t0.elapsed())
     })
     .expect("all manifests applied");
     println!(
@@ -125,7 +125,7 @@ fn manifests_at_startup(dir: &std::path::Path, n: usize) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    rk3sd::raise_nofile_limit();
+    rk3sd::host::process::raise_nofile_limit();
     let objects = arg("--objects", 10_000) as usize;
     let watchers = arg("--watchers", 100) as usize;
     let rate = arg("--rate", 200);

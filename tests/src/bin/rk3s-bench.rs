@@ -136,19 +136,19 @@ async fn agent(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = format!("bench-{:05}", a.index);
-    let password = rk3sd::nodepassword::generate();
+    let password = rk3sd::credentials::nodepassword::generate();
     let mut backoff = rk3sd::agent::Backoff::new(BACKOFF_MAX);
     let mut permit = Some(first_permit.acquire_owned().await.unwrap());
     // Servers picked as the agent picks them: its load balancer's order,
     // busy servers' Retry-After, failed servers last.
-    let lb = rk3sd::loadbalancer::LoadBalancer::in_memory(
+    let lb = rk3sd::agent::loadbalancer::LoadBalancer::in_memory(
         a.urls
             .iter()
             .map(|u| u.trim_start_matches("https://").to_string())
             .collect(),
         &name,
     );
-    let creds = rk3sd::agent::Credentials {
+    let creds = rk3sd::agent::registration::Credentials {
         tls: a.tls.clone(),
         secret: &a.secret,
         name: &name,
@@ -157,7 +157,7 @@ async fn agent(
     let ips = ["127.0.0.1".to_string()];
     let offset = a.heartbeat.mul_f64((a.index as f64 * 0.618_033_988) % 1.0);
     while !*stop.borrow() {
-        let (url, ws) = rk3sd::agent::connect_any(&lb, &creds, &ips, |_| {
+        let (url, ws) = rk3sd::agent::registration::connect_any(&lb, &creds, &ips, |_| {
             fleet.attempts.fetch_add(1, Ordering::Relaxed);
         })
         .await;
@@ -175,7 +175,7 @@ async fn agent(
         lb.connected(&url);
         let server = a.urls.iter().position(|u| *u == url).unwrap_or(0);
         let started = Instant::now();
-        let info = rk3sd::nodeinfo::collect(vec!["127.0.0.1".into()], Default::default());
+        let info = rk3sd::host::nodeinfo::collect(vec!["127.0.0.1".into()], Default::default());
         let status = serde_json::to_string(&AgentMessage::NodeStatus {
             info: Box::new(info),
         })
@@ -198,7 +198,7 @@ async fn agent(
                 tokio::time::interval_at(tokio::time::Instant::now() + offset, a.heartbeat);
             // Pings as the agent sends them: on a tunnel quiet for half
             // the keepalive.
-            let keepalive = rk3sd::tunnels::keepalive_for(a.heartbeat);
+            let keepalive = rk3s_api::tunnel::keepalive_for(a.heartbeat);
             let mut ping = tokio::time::interval(keepalive / 5);
             let (mut last_rx, mut last_ping) = (Instant::now(), Instant::now());
             loop {
@@ -378,7 +378,7 @@ fn report_slow(fleet: &Fleet) {
 
 fn main() {
     EPOCH.get_or_init(Instant::now);
-    rk3sd::raise_nofile_limit();
+    rk3sd::host::process::raise_nofile_limit();
     let a = args();
     let dir = tempdir();
     let hb = format!("{}ms", a.heartbeat.as_millis());
@@ -416,7 +416,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let tls = Arc::new(rk3sd::certs::client_config_pinned(&servers[0].ca_pem()).unwrap());
+    let tls =
+        Arc::new(rk3sd::credentials::certs::client_config_pinned(&servers[0].ca_pem()).unwrap());
     let secret = servers[0].token().rsplit(':').next().unwrap().to_string();
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     let fleet = Arc::new(Fleet::default());

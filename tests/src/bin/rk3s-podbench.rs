@@ -221,7 +221,7 @@ fn ctr_at_once(sockets: &[PathBuf], count: usize) -> Vec<Duration> {
 /// the work the kubelet has containerd do for a pod, without the API and
 /// the kubelet. Its sandbox carries none of rk3s's pod labels, so the
 /// kubelet leaves it alone.
-async fn cri_pod(c: rk3sd::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Duration, String) {
+async fn cri_pod(c: rk3sd::agent::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Duration, String) {
     use k8s_cri::v1 as cri;
     let t0 = Instant::now();
     let name = format!("bench-cri-{i}");
@@ -281,7 +281,9 @@ async fn cri_pod(c: rk3sd::runtime::cri::Cri, dir: PathBuf, i: usize) -> (Durati
 /// [`cri_pod`] `count` times, one after the other (`at_once` false) or
 /// all at once; then every sandbox is stopped and removed.
 async fn cri_pods(socket: &Path, dir: &Path, count: usize, at_once: bool) -> Vec<Duration> {
-    let c = rk3sd::runtime::cri::Cri::connect(socket).await.unwrap();
+    let c = rk3sd::agent::runtime::cri::Cri::connect(socket)
+        .await
+        .unwrap();
     let mut done = Vec::new();
     if at_once {
         let tasks: Vec<_> = (0..count)

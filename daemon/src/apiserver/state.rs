@@ -1,0 +1,56 @@
+//! What the API handlers work with. The server builds it and keeps it in
+//! its supervisor; the API imports nothing of the server.
+
+use crate::auth::Auth;
+use crate::controllers::recorder::Recorder;
+use crate::datastore::objects::Objects;
+use crate::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub struct ApiState {
+    pub objects: Objects,
+    /// Kinds and the write path every API write goes through.
+    pub registry: Arc<Registry>,
+    /// Authorization, the token issuer, and what they follow.
+    pub auth: Arc<Auth>,
+    /// The server components' one Event recorder.
+    pub events: Recorder,
+    /// host:port clients reach this server at (discovery, OIDC issuer).
+    pub advertise_address: String,
+    ready: AtomicBool,
+}
+
+impl ApiState {
+    pub fn new(
+        objects: Objects,
+        registry: Arc<Registry>,
+        auth: Arc<Auth>,
+        events: Recorder,
+        advertise_address: String,
+    ) -> Self {
+        Self {
+            objects,
+            registry,
+            auth,
+            events,
+            advertise_address,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Called once the server's core runs; until then /readyz says no.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// The core is up (see [`Self::set_ready`]), whatever the datastore.
+    pub fn core_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Serving, and the datastore answered the last time it was asked.
+    pub fn is_ready(&self) -> bool {
+        self.core_ready() && self.objects.store.outage().is_none()
+    }
+}
