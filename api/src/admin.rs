@@ -118,6 +118,19 @@ pub struct StatusResponse {
     /// Server: the server holding the leader lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// Agent (and the server's embedded agent): heartbeat round trips on
+    /// the tunnel, the most recent ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_rtt: Option<RttSummary>,
+}
+
+/// Round trips of the last `samples` heartbeats (heartbeat → ack).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RttSummary {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 /// `rk3sctl token`: where the token lives. The secret itself is returned

@@ -123,6 +123,130 @@ pub enum ServerMessage {
     },
 }
 
+/// Largest payload of one [`StreamFrame::Data`]: small enough that a
+/// heartbeat queued behind it waits a few milliseconds at most.
+pub const STREAM_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Bytes either end of a stream may send before the other grants more
+/// (HTTP/2's default window is 64 KiB; a tunnel's round trip is longer).
+pub const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+
+/// Streams multiplexed on the tunnel travel in websocket *binary* frames
+/// (control messages stay JSON text): one kind byte, the stream id (u32,
+/// big-endian), then the payload. Flow control is per stream, as in
+/// HTTP/2: each end may have at most [`STREAM_WINDOW_BYTES`] unacknowledged
+/// `Data` in flight and the reader grants more with `Window` as it
+/// consumes, so one stalled reader holds one window, never the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFrame {
+    /// Open stream `id` to a named service on the peer (only the server
+    /// opens streams today; `kubelet` is the node's kubelet API).
+    Open {
+        id: u32,
+        target: String,
+    },
+    Data {
+        id: u32,
+        data: Vec<u8>,
+    },
+    /// The sender may send `increment` more bytes on `id`.
+    Window {
+        id: u32,
+        increment: u32,
+    },
+    /// The sender has nothing more to send on `id` (half close).
+    Close {
+        id: u32,
+    },
+    /// The stream is gone on the sender's side; `reason` for the log.
+    Reset {
+        id: u32,
+        reason: String,
+    },
+}
+
+/// Why a binary tunnel frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("stream frame of {0} bytes is shorter than its 5-byte header")]
+    Short(usize),
+    #[error("stream frame has unknown kind {0}")]
+    Kind(u8),
+    #[error("stream frame of kind {kind} has a malformed payload of {len} bytes")]
+    Payload { kind: u8, len: usize },
+}
+
+impl StreamFrame {
+    const OPEN: u8 = 0;
+    const DATA: u8 = 1;
+    const WINDOW: u8 = 2;
+    const CLOSE: u8 = 3;
+    const RESET: u8 = 4;
+
+    pub fn id(&self) -> u32 {
+        match self {
+            Self::Open { id, .. }
+            | Self::Data { id, .. }
+            | Self::Window { id, .. }
+            | Self::Close { id }
+            | Self::Reset { id, .. } => *id,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload): (u8, &[u8]) = match self {
+            Self::Open { target, .. } => (Self::OPEN, target.as_bytes()),
+            Self::Data { data, .. } => (Self::DATA, data),
+            Self::Window { .. } => (Self::WINDOW, &[]),
+            Self::Close { .. } => (Self::CLOSE, &[]),
+            Self::Reset { reason, .. } => (Self::RESET, reason.as_bytes()),
+        };
+        let mut out = Vec::with_capacity(9 + payload.len());
+        out.push(kind);
+        out.extend_from_slice(&self.id().to_be_bytes());
+        if let Self::Window { increment, .. } = self {
+            out.extend_from_slice(&increment.to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, FrameError> {
+        if b.len() < 5 {
+            return Err(FrameError::Short(b.len()));
+        }
+        let kind = b[0];
+        let id = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+        let p = &b[5..];
+        let bad = || FrameError::Payload { kind, len: p.len() };
+        let text = |p: &[u8]| String::from_utf8(p.to_vec()).map_err(|_| bad());
+        Ok(match kind {
+            Self::OPEN => Self::Open {
+                id,
+                target: text(p)?,
+            },
+            Self::DATA => Self::Data {
+                id,
+                data: p.to_vec(),
+            },
+            Self::WINDOW => {
+                let n: [u8; 4] = p.try_into().map_err(|_| bad())?;
+                Self::Window {
+                    id,
+                    increment: u32::from_be_bytes(n),
+                }
+            }
+            Self::CLOSE if p.is_empty() => Self::Close { id },
+            Self::RESET => Self::Reset {
+                id,
+                reason: String::from_utf8_lossy(p).into_owned(),
+            },
+            Self::CLOSE => return Err(bad()),
+            k => return Err(FrameError::Kind(k)),
+        })
+    }
+}
+
 /// Default silence after which either side drops the tunnel.
 pub fn keepalive_for(heartbeat: Duration) -> Duration {
     // The agent checks every fifth of this, so a dead server (a cut
@@ -147,6 +271,37 @@ mod tests {
         let wire = serde_json::to_string(&m).unwrap();
         assert!(wire.contains("\"type\":\"rotate_password\""), "{wire}");
         assert_eq!(serde_json::from_str::<ServerMessage>(&wire).unwrap(), m);
+    }
+
+    #[test]
+    fn stream_frames_round_trip() {
+        for f in [
+            StreamFrame::Open {
+                id: 1,
+                target: "kubelet".into(),
+            },
+            StreamFrame::Data {
+                id: u32::MAX,
+                data: vec![0, 1, 2, 255],
+            },
+            StreamFrame::Window {
+                id: 7,
+                increment: 65536,
+            },
+            StreamFrame::Close { id: 7 },
+            StreamFrame::Reset {
+                id: 9,
+                reason: "gone".into(),
+            },
+        ] {
+            assert_eq!(StreamFrame::decode(&f.encode()).unwrap(), f);
+        }
+        assert_eq!(StreamFrame::decode(&[1, 0, 0]), Err(FrameError::Short(3)));
+        assert_eq!(
+            StreamFrame::decode(&[9, 0, 0, 0, 1]),
+            Err(FrameError::Kind(9))
+        );
+        assert!(StreamFrame::decode(&[2, 0, 0, 0, 1, 0]).is_err());
     }
 
     #[test]

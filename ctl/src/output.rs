@@ -246,6 +246,15 @@ pub fn status(s: &StatusResponse) -> String {
             .clone()
             .unwrap_or_else(|| "<none>".into()),
     );
+    if let Some(r) = &s.heartbeat_rtt {
+        kv(
+            "Heartbeat RTT",
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (last {} heartbeats)",
+                r.p50_ms, r.p99_ms, r.max_ms, r.samples
+            ),
+        );
+    }
     out
 }
 

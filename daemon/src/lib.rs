@@ -14,6 +14,7 @@ pub mod host;
 pub mod kube;
 pub mod registry;
 pub mod server;
+pub mod streams;
 
 use crate::agent::{AgentParams, AgentState, NodeSettings};
 use crate::host::process::init_logging;

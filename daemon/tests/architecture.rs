@@ -244,7 +244,7 @@ fn no_import_cycles_between_modules_or_within_a_folder() {
 /// The layers of `daemon/src`, lowest first; a module imports only from
 /// its own layer or below (docs/architecture.md).
 const LAYERS: &[&[&str]] = &[
-    &["kube", "host"],
+    &["kube", "host", "streams"],
     &["datastore", "credentials"],
     &["registry"],
     &["auth", "apiserver", "controllers"],

@@ -600,6 +600,16 @@ pub fn kubectl(version: Option<&str>) -> PathBuf {
     }
 }
 
+/// Run a Python `script` (the `kubernetes` client is installed) with the
+/// kubeconfig as its first argument.
+pub fn python(script: &str, kubeconfig: &Path) -> Output {
+    Command::new("python3")
+        .args(["-c", script])
+        .arg(kubeconfig)
+        .output()
+        .expect("python3")
+}
+
 /// The events of a `?watch=1` response, one JSON object per line (the
 /// benches follow pods this way).
 pub struct WatchEvents {

@@ -255,6 +255,8 @@ pub fn busybox_archive(name: &str) -> Vec<u8> {
     let bin = std::fs::read("/bin/busybox").expect("busybox-static is installed");
     let links: Vec<LayerLink> = [
         "sh", "sleep", "cat", "echo", "ls", "ping", "wget", "nc", "hostname", "ip",
+        // kubectl cp runs tar in the container.
+        "tar", "mkdir", "tty", "stty",
     ]
     .iter()
     .map(|l| LayerLink {

@@ -277,6 +277,41 @@ fn garbage_and_oversized_websocket_frames_close_only_that_tunnel() {
         .await;
         assert!(end.is_ok(), "oversized frame must end the tunnel");
 
+        // Streams are the server's to open: an agent's attempt is reset,
+        // and its tunnel stays up.
+        use rk3s_api::tunnel::StreamFrame;
+        let mut ws = connect_tunnel(
+            &server.url(),
+            tls.clone(),
+            &sec,
+            "evil-open",
+            "evilpassword-123",
+            &[],
+        )
+        .await
+        .unwrap();
+        let open = StreamFrame::Open {
+            id: 7,
+            target: "kubelet".into(),
+        };
+        ws.send(Message::binary(open.encode())).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => return StreamFrame::decode(&b).ok(),
+                    Some(Ok(Message::Close(f))) => panic!("tunnel closed: {f:?}"),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("no answer to a stream opened by an agent");
+        assert!(
+            matches!(answer, Some(StreamFrame::Reset { id: 7, .. })),
+            "{answer:?}"
+        );
+
         // Password mismatch through the real client gives the actionable 403.
         match connect_tunnel(
             &server.url(),

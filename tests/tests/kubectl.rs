@@ -489,11 +489,7 @@ except client.exceptions.ApiException as e:
     print("conflict", e.status, e.reason)
     sys.stdout.write("body<" + e.body + ">")
 "#;
-    let o = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(server.kubeconfig())
-        .output()
-        .expect("python3");
+    let o = python(script, &server.kubeconfig());
     let out = stdout(&o);
     assert!(
         o.status.success(),

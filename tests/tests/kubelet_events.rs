@@ -122,7 +122,9 @@ fn the_kubelet_records_upstreams_events_as_the_node() {
     // A liveness probe that fails with output.
     let mut sick = container("exec sleep 3600");
     sick["livenessProbe"] = json!({"exec": {"command": ["sh", "-c", "echo not feeling well; exit 1"]},
-        "periodSeconds": 1, "failureThreshold": 2});
+        "periodSeconds": 1, "failureThreshold": 2,
+        // Under load a 1 s timeout gives a second, "timed out" event.
+        "timeoutSeconds": 10});
     k.ok_stdin(
         &["apply", "-f", "-"],
         &pod(
@@ -212,11 +214,15 @@ fn the_kubelet_records_upstreams_events_as_the_node() {
             .find(|e| e["reason"] == "Unhealthy" && e["count"].as_i64().unwrap_or(0) >= 2)
     });
     assert!(repeated.is_some(), "{:?}", events_of(&k, "default", "sick"));
-    let unhealthy = events_of(&k, "default", "sick")
-        .iter()
+    let unhealthy: Vec<Value> = events_of(&k, "default", "sick")
+        .into_iter()
         .filter(|e| e["reason"] == "Unhealthy")
-        .count();
-    assert_eq!(unhealthy, 1, "one Unhealthy event, counted");
+        .collect();
+    assert_eq!(
+        unhealthy.len(),
+        1,
+        "one Unhealthy event, counted: {unhealthy:#?}"
+    );
 
     // `kubectl debug` with a target: an ephemeral container in the
     // target's process namespace, never restarted, with its status.

@@ -230,6 +230,7 @@ async fn status(State(b): State<Backend>) -> R {
                 ),
                 None => (None, Some("disabled (--disable-agent)".into())),
             };
+            let heartbeat_rtt = sv.embedded_agent.as_ref().and_then(|a| a.heartbeat_rtt());
             StatusResponse {
                 mode: Mode::Server,
                 version: rk3s_api::VERSION.into(),
@@ -246,6 +247,7 @@ async fn status(State(b): State<Backend>) -> R {
                 datastore_error: sv.api.objects.store.outage(),
                 servers: sv.membership.servers(),
                 leader: Some(sv.membership.leader_name()).filter(|l| !l.is_empty()),
+                heartbeat_rtt,
             }
         }
         Backend::Agent(state, info) => StatusResponse {
@@ -264,6 +266,7 @@ async fn status(State(b): State<Backend>) -> R {
             datastore_error: None,
             servers: state.servers.lock().expect("lock").clone(),
             leader: None,
+            heartbeat_rtt: state.heartbeat_rtt(),
         },
     };
     Ok(Json(resp).into_response())

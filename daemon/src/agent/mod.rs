@@ -126,8 +126,14 @@ pub async fn run(
         return Ok(());
     };
     backoff.reset();
+    // The kubelet's API, once it runs; the tunnel serves the servers' streams with it.
+    let (kubelet_api, kubelet_api_rx) = watch::channel(None);
     if let Some(node_runtime) = &node_runtime {
-        start_kubelet_and_network(&params, &name, &ca_pem, &lb, &state, node_runtime, &cancel);
+        let kubelet = Kubelet {
+            runtime: node_runtime,
+            api: kubelet_api,
+        };
+        start_kubelet_and_network(&params, &name, &ca_pem, &lb, &state, kubelet, &cancel);
     }
     if params.balance {
         start_health_checks(&params, &lb, &ca_pem, &state, &cancel);
@@ -141,6 +147,7 @@ pub async fn run(
         runtime: node_runtime
             .map(|r| r.status)
             .unwrap_or_else(|| watch::channel(None).1),
+        kubelet_api: kubelet_api_rx,
     };
     registration::stay_registered(joined, backoff, &mut shutdowns, &cancel).await
 }
@@ -154,6 +161,12 @@ struct NodeRuntime {
     imports: runtime::images::Imports,
     /// Its state (`None` until known), for the node status.
     status: watch::Receiver<Option<RuntimeInfo>>,
+}
+
+/// What the kubelet runs on and where it publishes its API.
+struct Kubelet<'a> {
+    runtime: &'a NodeRuntime,
+    api: watch::Sender<Option<axum::Router>>,
 }
 
 /// Start containerd (or wait on the configured CRI socket); `None` with
@@ -203,9 +216,10 @@ fn start_kubelet_and_network(
     ca_pem: &[u8],
     lb: &Arc<LoadBalancer>,
     state: &AgentState,
-    node_runtime: &NodeRuntime,
+    kubelet: Kubelet<'_>,
     cancel: &CancellationToken,
 ) {
+    let node_runtime = kubelet.runtime;
     let servers_lb = lb.clone();
     let servers: apiclient::Servers = Arc::new(move || servers_lb.candidates());
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -241,6 +255,7 @@ fn start_kubelet_and_network(
         pods_root: params.data_dir.join("agent/pods"),
         imports: node_runtime.imports.clone(),
         settings: params.node.kubelet.clone(),
+        api: kubelet.api,
     };
     tokio::spawn(kubelet::run(
         kp,

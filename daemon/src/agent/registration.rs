@@ -205,6 +205,8 @@ pub(crate) struct Joined<'a> {
     pub ca_pem: &'a [u8],
     /// The container runtime's state, reported on the node status.
     pub runtime: watch::Receiver<Option<RuntimeInfo>>,
+    /// The kubelet's API once it runs (`None` before, and without a runtime).
+    pub kubelet_api: watch::Receiver<Option<axum::Router>>,
 }
 
 /// Register, run the session, and register again when it ends, until
@@ -223,6 +225,7 @@ pub(crate) async fn stay_registered(
         name,
         ca_pem,
         runtime,
+        kubelet_api,
     } = joined;
     let tls = Arc::new(certs::client_config_pinned(ca_pem)?);
     let mut password = nodepassword::load_or_create(&params.node.node_config_dir)?;
@@ -268,6 +271,7 @@ pub(crate) async fn stay_registered(
                     lb,
                     state,
                     runtime: runtime.clone(),
+                    kubelet_api: kubelet_api.clone(),
                 };
                 let end = session(ws, link, &info, &mut password, shutdowns, cancel).await;
                 if end == ENDED_FOR_SHUTDOWN {

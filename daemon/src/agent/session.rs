@@ -1,5 +1,7 @@
 //! One tunnel session: node status, heartbeats and keepalive pings out;
-//! server hellos, server lists and password rotations in.
+//! server hellos, server lists and password rotations in; and the
+//! streams the server opens (binary frames, `streams::mux`), served by
+//! the kubelet's API.
 
 use super::loadbalancer::LoadBalancer;
 use super::state::AgentState;
@@ -7,6 +9,7 @@ use super::AgentParams;
 use crate::credentials::nodepassword;
 use crate::host::nodeinfo;
 use crate::host::systemd::Shutdown;
+use crate::streams::mux::{Accepted, Mux};
 use futures_util::{SinkExt, StreamExt};
 use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage};
 use std::time::{Duration, Instant};
@@ -71,6 +74,38 @@ pub(crate) struct Link<'a> {
     pub state: &'a AgentState,
     /// The container runtime's state (`None`: no runtime, or not known yet).
     pub runtime: tokio::sync::watch::Receiver<Option<rk3s_api::tunnel::RuntimeInfo>>,
+    /// The kubelet's API, for the streams the server opens.
+    pub kubelet_api: tokio::sync::watch::Receiver<Option<axum::Router>>,
+}
+
+/// Streams a server may have opening at once before it is refused.
+const ACCEPT_BACKLOG: usize = 64;
+
+/// Ends a session's streams however the session ends.
+struct EndStreams(Mux);
+
+impl Drop for EndStreams {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// Serve a stream the server opened: `kubelet` is the kubelet's API (a
+/// 503 until the kubelet runs); anything else is refused by closing it.
+fn serve_stream(acc: Accepted, kubelet_api: &tokio::sync::watch::Receiver<Option<axum::Router>>) {
+    if acc.target != "kubelet" {
+        tracing::warn!(target = %acc.target, "the server opened a stream to an unknown target; closing it");
+        return;
+    }
+    let router = kubelet_api.borrow().clone().unwrap_or_else(|| {
+        axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the kubelet on this node is not running yet (waiting for the container runtime)",
+            )
+        })
+    });
+    tokio::spawn(crate::agent::kubelet::serving::serve(acc.stream, router));
 }
 
 pub(crate) async fn session(
@@ -86,7 +121,11 @@ pub(crate) async fn session(
         lb,
         state,
         mut runtime,
+        kubelet_api,
     } = link;
+    let (accepted, mut accepts) = mpsc::channel(ACCEPT_BACKLOG);
+    let (mux, mut mux_out) = Mux::new(Some(accepted));
+    let _end_streams = EndStreams(mux.clone());
     let hb_every = params.node.heartbeat_interval;
     let keepalive = rk3s_api::tunnel::keepalive_for(hb_every);
     let mut info = info.clone();
@@ -108,10 +147,16 @@ pub(crate) async fn session(
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
     let mut seq = 0u64;
+    // The newest heartbeat's send time: its ack gives the round trip.
+    let mut beat_sent = (0u64, Instant::now());
     let mut last_rx = Instant::now();
     let mut last_ping = Instant::now();
     loop {
+        // Biased: heartbeats, pings and what the server sends go before
+        // stream data (bounded by the streams' windows, so it cannot
+        // starve the rest either: a sender out of window waits for grants).
         tokio::select! {
+            biased;
             _ = cancel.cancelled() => {
                 // Stopped because the host goes down (a root `systemctl
                 // poweroff` bypasses logind): cordon the node first.
@@ -130,6 +175,7 @@ pub(crate) async fn session(
             }
             _ = hb.tick() => {
                 seq += 1;
+                beat_sent = (seq, Instant::now());
                 if let Err(e) = send(&mut ws, &AgentMessage::Heartbeat { seq }).await {
                     return e;
                 }
@@ -177,6 +223,13 @@ pub(crate) async fn session(
                         }
                     }
                     Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(b))) => {
+                        if let Err(e) = mux.deliver(&b) {
+                            let _ = ws.close(None).await;
+                            return format!("server sent an unreadable stream frame: {e}");
+                        }
+                        continue;
+                    }
                     Some(Ok(_)) => continue,
                 };
                 match serde_json::from_str::<ServerMessage>(text.as_str()) {
@@ -205,7 +258,12 @@ pub(crate) async fn session(
                             state.set_servers(lb.servers());
                         }
                     }
-                    Ok(ServerMessage::HeartbeatAck { .. } | ServerMessage::ShutdownAck) => {}
+                    Ok(ServerMessage::HeartbeatAck { seq: acked }) => {
+                        if acked == beat_sent.0 {
+                            state.record_rtt(beat_sent.1.elapsed());
+                        }
+                    }
+                    Ok(ServerMessage::ShutdownAck) => {}
                     Ok(ServerMessage::Error { message }) => tracing::warn!(message, "server reported an error"),
                     Ok(ServerMessage::RotatePassword { rotation_id, password: new }) => {
                         let reply = match nodepassword::store(&params.node.node_config_dir, &new.0) {
@@ -228,6 +286,12 @@ pub(crate) async fn session(
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "ignoring a message this agent does not understand"),
+                }
+            }
+            Some(acc) = accepts.recv() => serve_stream(acc, &kubelet_api),
+            Some(frame) = mux_out.recv() => {
+                if let Err(e) = ws.send(Message::binary(frame)).await {
+                    return e.to_string();
                 }
             }
         }

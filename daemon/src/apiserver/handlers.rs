@@ -140,6 +140,8 @@ async fn serve(
         ("create", Some("token")) => {
             super::serviceaccounts::token_request(&sv, &user, &t, &body).await
         }
+        ("get", Some("log")) => super::logs::serve(&sv, &t, &q).await,
+        (_, Some("log")) => Err(KubeError::MethodNotAllowed),
         ("get", _) => get(&sv, &t, as_table).await,
         ("list", _) => list(&sv, &t, &q, as_table).await,
         ("watch", _) => super::watch::serve(sv.clone(), t, &q, as_table).await,

@@ -3,8 +3,10 @@
 
 pub mod apply;
 pub mod authn;
+pub mod connect;
 pub mod discovery;
 pub mod handlers;
+pub mod logs;
 pub mod openapiv2;
 pub mod openapiv3;
 pub mod patch;
@@ -57,6 +59,18 @@ pub fn router(sv: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(openapiv3::index))
         .route("/openapi/v3/{*path}", get(openapiv3::group_version))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(connect::exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            any(connect::attach),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            any(connect::portforward),
+        )
         .route("/api/v1/{*rest}", any(handlers::core))
         .route("/apis/{group}/{version}/{*rest}", any(handlers::grouped))
         .route(

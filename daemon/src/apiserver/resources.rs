@@ -41,6 +41,23 @@ fn subresource_shape(t: &ResourceType, sub: &str) -> (Value, Vec<&'static str>) 
             json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}),
             vec!["create"],
         ),
+        "log" => (
+            json!({"group": t.group, "version": t.version, "kind": t.kind}),
+            vec!["get"],
+        ),
+        // Upstream lists these with the options kind they take.
+        "exec" => (
+            json!({"group": "", "version": "v1", "kind": "PodExecOptions"}),
+            vec!["create", "get"],
+        ),
+        "attach" => (
+            json!({"group": "", "version": "v1", "kind": "PodAttachOptions"}),
+            vec!["create", "get"],
+        ),
+        "portforward" => (
+            json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"}),
+            vec!["create", "get"],
+        ),
         "finalize" => (
             json!({"group": t.group, "version": t.version, "kind": t.kind}),
             vec!["update"],

@@ -8,6 +8,14 @@ use crate::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// How the API reaches a node's kubelet: a byte stream carrying one
+/// HTTP/1.1 connection to its API. The server implements it with the
+/// agent tunnels; an error is the Status the client gets (naming the node
+/// and why it cannot be reached).
+pub trait Kubelets: Send + Sync {
+    fn dial(&self, node: &str) -> Result<tokio::io::DuplexStream, crate::registry::KubeError>;
+}
+
 pub struct ApiState {
     pub objects: Objects,
     /// Kinds and the write path every API write goes through.
@@ -18,6 +26,8 @@ pub struct ApiState {
     pub events: Recorder,
     /// host:port clients reach this server at (discovery, OIDC issuer).
     pub advertise_address: String,
+    /// The nodes' kubelets (`pods/log`).
+    pub kubelets: Arc<dyn Kubelets>,
     ready: AtomicBool,
 }
 
@@ -28,6 +38,7 @@ impl ApiState {
         auth: Arc<Auth>,
         events: Recorder,
         advertise_address: String,
+        kubelets: Arc<dyn Kubelets>,
     ) -> Self {
         Self {
             objects,
@@ -35,6 +46,7 @@ impl ApiState {
             auth,
             events,
             advertise_address,
+            kubelets,
             ready: AtomicBool::new(false),
         }
     }

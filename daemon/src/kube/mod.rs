@@ -2,6 +2,7 @@
 //! documents, where a pod fits (the scheduler's and the kubelet's
 //! admission), and which sysctls a pod may set.
 
+pub mod log_options;
 pub mod names;
 pub mod placement;
 pub mod quantity;

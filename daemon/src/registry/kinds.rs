@@ -112,7 +112,16 @@ pub static PODS: Builtin = builtin!(
     true,
     &["po"],
     ALL,
-    &["status", "binding", "eviction", "ephemeralcontainers"],
+    &[
+        "status",
+        "binding",
+        "eviction",
+        "ephemeralcontainers",
+        "log",
+        "exec",
+        "attach",
+        "portforward"
+    ],
     &core::POD
 );
 

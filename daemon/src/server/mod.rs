@@ -99,12 +99,14 @@ pub async fn start(
         tracing::warn!(error = %e, "could not create the default/kubernetes Service yet; the leader will retry");
     }
 
+    let tunnels = Arc::new(Tunnels::default());
     let api = Arc::new(ApiState::new(
         objects.clone(),
         registry.clone(),
         auth,
         crate::controllers::client::server_recorder(registry.clone()),
         advertise_address.clone(),
+        tunnels.clone(),
     ));
     let membership = Arc::new(Membership::new(
         &cfg.node_name,
@@ -117,7 +119,7 @@ pub async fn start(
         token: creds.token,
         agent_token: creds.agent_token,
         token_file: creds.token_file,
-        tunnels: Tunnels::default(),
+        tunnels,
         server_name: cfg.node_name.clone(),
         own_node: own_agent.is_some().then(|| cfg.node_name.clone()),
         heartbeat_interval: cfg.heartbeat_interval,

@@ -1,10 +1,12 @@
 //! Server side of the agent tunnel: the message loop of one node's
 //! websocket session (registered in `tunnels`), which turns heartbeats
-//! into Lease renewals.
+//! into Lease renewals and carries the streams the server opens to the
+//! node (binary frames, `streams::mux`).
 
 use crate::server::lifecycle;
 use crate::server::supervisor::Supervisor;
 use crate::server::tunnels::{RotationReply, Session};
+use crate::streams::mux::Mux;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use rk3s_api::tunnel::{AgentMessage, NodeInfo, ServerMessage};
 use std::sync::Arc;
@@ -23,7 +25,9 @@ enum End {
 /// Run one node's session until it ends.
 pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String) {
     let (tx, mut rx) = mpsc::channel::<Box<ServerMessage>>(16);
-    let session = sv.tunnels.insert(&node, tx, &sv.shutdown);
+    // Only the server opens streams: the agent's attempts are refused.
+    let (mux, mut mux_out) = Mux::new(None);
+    let session = sv.tunnels.insert(&node, tx, mux, &sv.shutdown);
     tracing::info!(node = %node, "tunnel connected");
     let hello = ServerMessage::Hello {
         node_name: node.clone(),
@@ -52,7 +56,10 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
             break 'outer End::Transport(e);
         }
         loop {
+            // Biased: control messages and what the agent sends go before
+            // stream data (bounded by each stream's window).
             tokio::select! {
+                biased;
                 _ = session.cancel.cancelled() => break 'outer End::Cancelled,
                 Some(msg) = rx.recv() => {
                     if let Err(e) = send(&mut ws, &msg, keepalive).await {
@@ -83,7 +90,12 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
                         Some(Err(e)) => break 'outer End::Transport(e.to_string()),
                         Some(Ok(Message::Close(_))) => break 'outer End::PeerClosed,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Binary(_))) => break 'outer End::Protocol("binary frames are not part of the protocol".into()),
+                        Some(Ok(Message::Binary(b))) => {
+                            if let Err(e) = session.mux.deliver(&b) {
+                                break 'outer End::Protocol(e.to_string());
+                            }
+                            continue;
+                        }
                         Some(Ok(Message::Text(t))) => t,
                     };
                     let msg = match serde_json::from_str::<AgentMessage>(text.as_str()) {
@@ -95,6 +107,11 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
                     // that big, for as long as it lives.
                     if let Err(e) = Box::pin(handle(&sv, &session, &node, (&mut registered, &mut beats), msg, &mut ws)).await {
                         break 'outer e;
+                    }
+                }
+                Some(frame) = mux_out.recv() => {
+                    if let Err(e) = send_frame(&mut ws, Message::Binary(frame.into()), keepalive).await {
+                        break 'outer End::Transport(e);
                     }
                 }
             }
@@ -116,6 +133,7 @@ pub async fn serve_session(sv: Arc<Supervisor>, mut ws: WebSocket, node: String)
         }
         End::Transport(m) => tracing::info!(node = %node, error = %m, "tunnel transport error"),
     }
+    session.mux.shutdown();
     let truncated: String = reason.chars().take(120).collect();
     let _ = ws
         .send(Message::Close(Some(CloseFrame {

@@ -22,7 +22,7 @@ pub struct Supervisor {
     pub token: Token,
     pub agent_token: Option<Token>,
     pub token_file: PathBuf,
-    pub tunnels: Tunnels,
+    pub tunnels: Arc<Tunnels>,
     /// This server's name (its node name), shown as CONNECTED.
     pub server_name: String,
     /// The server's own node, when it runs its embedded agent.

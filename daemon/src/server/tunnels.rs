@@ -1,7 +1,11 @@
 //! The agent tunnels open on this server: one session per node, the
-//! newest connection of a node winning. `tunnel` runs each session; the
-//! admin socket, node removal and password rotation look sessions up here.
+//! newest connection of a node winning. `session` runs each one; the
+//! admin socket, node removal and password rotation look sessions up
+//! here, and the API reaches kubelets through them ([`Kubelets`]).
 
+use crate::apiserver::state::Kubelets;
+use crate::registry::KubeError;
+use crate::streams::mux::Mux;
 use rk3s_api::tunnel::ServerMessage;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +24,8 @@ pub struct Session {
     pub tx: mpsc::Sender<Box<ServerMessage>>,
     pub(crate) cancel: CancellationToken,
     pub connected_at: Instant,
+    /// The streams to the node (its kubelet's API).
+    pub mux: Mux,
     pub(crate) rotations: Mutex<HashMap<String, oneshot::Sender<RotationReply>>>,
 }
 
@@ -35,10 +41,57 @@ impl Session {
     }
 }
 
-#[derive(Default)]
 pub struct Tunnels {
     next_id: AtomicU64,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// When each node's last tunnel closed, for the errors that name it.
+    closed_at: Mutex<HashMap<String, Instant>>,
+    started: Instant,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            closed_at: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// `95s`, `3m5s`, `2h0m`: kubectl's way of saying how long ago.
+fn ago(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl Kubelets for Tunnels {
+    fn dial(&self, node: &str) -> Result<tokio::io::DuplexStream, KubeError> {
+        let unreachable = |why: String| {
+            KubeError::Unavailable(format!("cannot reach the kubelet on node {node:?}: {why}"))
+        };
+        let Some(s) = self.get(node) else {
+            let why = match self.closed_at.lock().expect("lock").get(node) {
+                Some(t) => format!(
+                    "its tunnel to this server closed {} ago and has not reconnected",
+                    ago(t.elapsed())
+                ),
+                None => format!(
+                    "it has had no tunnel to this server since the server started {} ago",
+                    ago(self.started.elapsed())
+                ),
+            };
+            return Err(unreachable(why));
+        };
+        s.mux
+            .open("kubelet")
+            .map_err(|e| unreachable(e.to_string()))
+    }
 }
 
 impl Tunnels {
@@ -64,6 +117,7 @@ impl Tunnels {
         match self.sessions.lock().expect("lock").remove(node) {
             Some(s) => {
                 s.cancel.cancel();
+                self.mark_closed(node);
                 true
             }
             None => false,
@@ -80,11 +134,13 @@ impl Tunnels {
         &self,
         node: &str,
         tx: mpsc::Sender<Box<ServerMessage>>,
+        mux: Mux,
         parent: &CancellationToken,
     ) -> Arc<Session> {
         let s = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
+            mux,
             cancel: parent.child_token(),
             connected_at: Instant::now(),
             rotations: Mutex::new(HashMap::new()),
@@ -106,9 +162,18 @@ impl Tunnels {
         let mut m = self.sessions.lock().expect("lock");
         if m.get(node).is_some_and(|s| s.id == id) {
             m.remove(node);
+            drop(m);
+            self.mark_closed(node);
             true
         } else {
             false
         }
+    }
+
+    fn mark_closed(&self, node: &str) {
+        self.closed_at
+            .lock()
+            .expect("lock")
+            .insert(node.to_string(), Instant::now());
     }
 }

@@ -14,11 +14,15 @@
 //! threshold, unused images are removed first and then pods are evicted
 //! one at a time (`eviction`); unused images are also collected when the
 //! image filesystem fills up (`image_gc`), and dead containers once a
-//! second (`container_gc`).
+//! second (`container_gc`). Its own API (`serving`: container logs,
+//! read by `container_logs`; exec, attach and port-forward passed on to
+//! the runtime's stream server by `streaming`) answers the servers
+//! through the tunnel.
 
 pub mod admission;
 pub mod backoff;
 pub mod container_gc;
+pub mod container_logs;
 pub mod containers;
 pub mod desired;
 pub mod downward;
@@ -28,6 +32,7 @@ pub mod hooks;
 pub mod image_gc;
 pub mod listing;
 pub mod logs;
+pub mod lookup;
 pub mod node;
 pub mod node_status;
 pub mod pod_status;
@@ -36,7 +41,9 @@ pub mod probes;
 pub mod processes;
 pub mod resources;
 pub mod sandbox;
+pub mod serving;
 pub mod settings;
+pub mod streaming;
 pub mod sync;
 pub mod volumes;
 pub mod workers;
@@ -67,6 +74,9 @@ pub struct KubeletParams {
     pub settings: settings::Settings,
     /// Shared with the image importer: image GC holds it while it decides.
     pub imports: crate::agent::runtime::images::Imports,
+    /// Where the kubelet publishes its API once it runs (`serving`); the
+    /// tunnel session serves the server's streams with it.
+    pub api: watch::Sender<Option<axum::Router>>,
 }
 
 /// The node's InternalIP from its Node object (the pods' hostIP).
@@ -190,6 +200,8 @@ fn start_node_loops(
         cancel.child_token(),
     ));
     let desired = Arc::new(Desired::default());
+    p.api
+        .send_replace(Some(serving::router(cri.clone(), desired.clone())));
     tokio::spawn(desired::follow(
         api.clone(),
         p.node.clone(),

@@ -1,0 +1,153 @@
+//! `pods/exec`, `pods/attach` and `pods/portforward`: upstream's
+//! "connect" subresources. Authorized here (`create` on the subresource,
+//! whatever the method: a WebSocket's GET included, as upstream has
+//! required since 1.31), checked against the pod (on a node, not
+//! finished, the container its own), then passed with its upgrade to the
+//! node's kubelet over a tunnel stream (`streams::upgrade`). The client
+//! and the runtime's stream server then speak the streaming protocol
+//! end to end (SPDY/3.1, or the `v4.channel.k8s.io` WebSocket protocols).
+
+use super::authn::Requester;
+use super::state::ApiState;
+use crate::registry::{kinds, KubeError};
+use crate::streams::upgrade;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use k8s_openapi::api::core::v1::Pod;
+use std::sync::Arc;
+
+/// The three subresources, as their path segment names them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Connect {
+    Exec,
+    Attach,
+    PortForward,
+}
+
+impl Connect {
+    fn subresource(self) -> &'static str {
+        match self {
+            Connect::Exec => "exec",
+            Connect::Attach => "attach",
+            Connect::PortForward => "portforward",
+        }
+    }
+}
+
+/// The query's `container`, or the pod's only container.
+fn container_of(pod: &Pod, name: &str, query: &str) -> Result<String, KubeError> {
+    let asked = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.into_owned())
+        .filter(|c| !c.is_empty());
+    let spec = pod.spec.clone().unwrap_or_default();
+    match asked {
+        Some(c) => {
+            let known = spec.containers.iter().any(|x| x.name == c)
+                || spec.init_containers.iter().flatten().any(|x| x.name == c)
+                || spec
+                    .ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .any(|x| x.name == c);
+            if known {
+                Ok(c)
+            } else {
+                Err(KubeError::BadRequest(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
+        }
+        None => match spec.containers.as_slice() {
+            [only] => Ok(only.name.clone()),
+            many => Err(KubeError::BadRequest(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                many.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))),
+        },
+    }
+}
+
+async fn connect(
+    sv: &ApiState,
+    Requester(user): Requester,
+    kind: Connect,
+    (ns, name): (String, String),
+    query: String,
+    req: Request,
+) -> Result<Response, KubeError> {
+    sv.auth.authorize(
+        &user,
+        &crate::auth::Request::resource("create", "", "pods", kind.subresource(), &ns, &name),
+    )?;
+    let obj = sv
+        .registry
+        .get(&kinds::PODS.resource_type(), Some(&ns), &name)
+        .await?;
+    let pod: Pod = serde_json::from_value(obj)
+        .map_err(|e| KubeError::Internal(format!("stored pod {name} does not decode: {e}")))?;
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    if kind != Connect::PortForward && matches!(phase.as_str(), "Succeeded" | "Failed") {
+        return Err(KubeError::BadRequest(format!(
+            "cannot {} into a container in a completed pod; current phase is {phase}",
+            kind.subresource()
+        )));
+    }
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+        return Err(KubeError::BadRequest(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    let path = match kind {
+        Connect::PortForward => format!("/portForward/{ns}/{name}?{query}"),
+        _ => {
+            let container = container_of(&pod, &name, &query)?;
+            let which = if kind == Connect::Exec {
+                "exec"
+            } else {
+                "attach"
+            };
+            format!("/{which}/{ns}/{name}/{container}?{query}")
+        }
+    };
+    let stream = sv.kubelets.dial(&node)?;
+    upgrade::forward(stream, req, &path).await.map_err(|e| {
+        KubeError::Unavailable(format!("cannot reach the kubelet on node {node:?}: {e}"))
+    })
+}
+
+macro_rules! handler {
+    ($fn:ident, $kind:expr) => {
+        pub async fn $fn(
+            State(sv): State<Arc<ApiState>>,
+            Extension(requester): Extension<Requester>,
+            Path(target): Path<(String, String)>,
+            RawQuery(query): RawQuery,
+            req: Request<Body>,
+        ) -> Response {
+            connect(
+                &sv,
+                requester,
+                $kind,
+                target,
+                query.unwrap_or_default(),
+                req,
+            )
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+        }
+    };
+}
+
+handler!(exec, Connect::Exec);
+handler!(attach, Connect::Attach);
+handler!(portforward, Connect::PortForward);

@@ -1,0 +1,207 @@
+//! `pods/log`: the options and the container checked here, as upstream's
+//! pod registry checks them (the container named, or the pod's only one;
+//! a pod on no node yet has no log), then the log streamed from the
+//! node's kubelet (`/containerLogs`) over a stream [`Kubelets`] opens.
+//! The kubelet's plain-text errors become Statuses as upstream's response
+//! checker makes them (400 → BadRequest, 404 → NotFound).
+
+use super::request::Target;
+use super::state::{ApiState, Kubelets};
+use crate::kube::log_options::{LogOptions, LogOptionsError};
+use crate::registry::{FieldError, KubeError};
+use axum::body::{Body, Bytes};
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Empty};
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long the kubelet may take to start answering (the log itself may
+/// then stream for as long as the client follows it).
+const KUBELET_ANSWER: Duration = Duration::from_secs(60);
+/// How much of a kubelet's error body becomes the Status message.
+const ERROR_BODY_BYTES: usize = 4096;
+
+fn invalid(pod: &str, e: LogOptionsError) -> KubeError {
+    let error = match &e {
+        LogOptionsError::Parse(m) => return KubeError::BadRequest(m.clone()),
+        LogOptionsError::Invalid {
+            field,
+            value,
+            detail,
+        } => FieldError::invalid(field, value, detail),
+        LogOptionsError::BothSince => FieldError::forbidden("", &e.to_string()),
+    };
+    KubeError::Invalid {
+        kind: "PodLogOptions".into(),
+        name: pod.to_string(),
+        errors: vec![error],
+    }
+}
+
+fn names(cs: impl Iterator<Item = String>) -> String {
+    cs.collect::<Vec<_>>().join(" ")
+}
+
+/// The container the log is of, as upstream's LogLocation picks it.
+fn container_of(pod: &Pod, name: &str, asked: Option<&str>) -> Result<String, KubeError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let init = spec.init_containers.unwrap_or_default();
+    let ephemeral = spec.ephemeral_containers.unwrap_or_default();
+    match asked {
+        Some(c) => {
+            let known = spec.containers.iter().any(|x| x.name == c)
+                || init.iter().any(|x| x.name == c)
+                || ephemeral.iter().any(|x| x.name == c);
+            if known {
+                Ok(c.to_string())
+            } else {
+                Err(KubeError::BadRequest(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
+        }
+        None => match spec.containers.as_slice() {
+            [only] => Ok(only.name.clone()),
+            [] => Err(KubeError::BadRequest(format!(
+                "a container name must be specified for pod {name}"
+            ))),
+            many => {
+                let mut m = format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names(many.iter().map(|c| c.name.clone()))
+                );
+                if !init.is_empty() {
+                    m.push_str(&format!(
+                        " or one of the init containers: [{}]",
+                        names(init.iter().map(|c| c.name.clone()))
+                    ));
+                }
+                if !ephemeral.is_empty() {
+                    m.push_str(&format!(
+                        " or one of the ephemeral containers: [{}]",
+                        names(ephemeral.iter().map(|c| c.name.clone()))
+                    ));
+                }
+                Err(KubeError::BadRequest(m))
+            }
+        },
+    }
+}
+
+fn text_plain(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+pub async fn serve(
+    sv: &ApiState,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<Response, KubeError> {
+    let name = t.name();
+    let opts = LogOptions::from_query(q, chrono::Utc::now()).map_err(|e| invalid(name, e))?;
+    let obj = sv.registry.get(&t.rt, t.ns(), name).await?;
+    let pod: Pod = serde_json::from_value(obj)
+        .map_err(|e| KubeError::Internal(format!("stored pod {name} does not decode: {e}")))?;
+    let container = container_of(&pod, name, opts.container.as_deref())?;
+    // Not on a node yet: upstream answers with an empty log.
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+        return Ok(text_plain(Body::empty()));
+    };
+    let ns = t.ns().unwrap_or("default");
+    let path = format!(
+        "/containerLogs/{ns}/{name}/{container}?{}",
+        opts.kubelet_query()
+    );
+    fetch(sv.kubelets.as_ref(), &node, &path).await
+}
+
+/// GET `path` from the kubelet of `node`; its body streams to the client.
+async fn fetch(kubelets: &dyn Kubelets, node: &str, path: &str) -> Result<Response, KubeError> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        KubeError::Unavailable(format!("cannot reach the kubelet on node {node:?}: {e}"))
+    };
+    let stream = kubelets.dial(node)?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let answer = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "kubelet connection ended");
+            }
+        });
+        let req = Request::get(path)
+            .header(header::HOST, "kubelet")
+            .body(Empty::<Bytes>::new())
+            .expect("a GET with a valid path");
+        sender.send_request(req).await
+    };
+    let resp = match tokio::time::timeout(KUBELET_ANSWER, answer).await {
+        Err(_) => {
+            return Err(unreachable(&format!(
+                "no answer within {} s",
+                KUBELET_ANSWER.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(unreachable(&e)),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(text_plain(Body::new(resp.into_body())));
+    }
+    let body = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_BYTES)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+        .unwrap_or_else(|e| format!("the kubelet answered {status}: {e}"));
+    Err(match status {
+        StatusCode::BAD_REQUEST => KubeError::BadRequest(body),
+        StatusCode::NOT_FOUND => KubeError::NotFoundMessage(body),
+        StatusCode::SERVICE_UNAVAILABLE => KubeError::Unavailable(format!("node {node:?}: {body}")),
+        _ => KubeError::Internal(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn the_container_is_named_or_the_only_one() {
+        let one = pod(json!({"containers": [{"name": "a"}]}));
+        assert_eq!(container_of(&one, "web", None).unwrap(), "a");
+        let e = container_of(&one, "web", Some("zz")).unwrap_err();
+        assert_eq!(e.to_string(), "container zz is not valid for pod web");
+        let two = pod(json!({"containers": [{"name": "a"}, {"name": "b"}],
+            "initContainers": [{"name": "setup"}]}));
+        assert_eq!(container_of(&two, "web", Some("setup")).unwrap(), "setup");
+        let e = container_of(&two, "web", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a container name must be specified for pod web, choose one of: [a b] or one of the init containers: [setup]"
+        );
+    }
+
+    #[test]
+    fn invalid_options_are_invalid_pod_log_options() {
+        let e = invalid(
+            "web",
+            LogOptionsError::Invalid {
+                field: "tailLines",
+                value: -1,
+                detail: "must be greater than or equal to 0",
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "PodLogOptions \"web\" is invalid: tailLines: Invalid value: -1: must be greater than or equal to 0"
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! Empty on purpose: this crate only unifies dependency features across
+//! the workspace (see `tools/unify-features`).
