@@ -69,7 +69,10 @@ pub async fn connect_tunnel(
             url,
             message: "timed out after 10s".into(),
         }),
-        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Ok((ws, _))) => {
+            limit_unsent(&ws);
+            Ok(ws)
+        }
         Ok(Err(tungstenite::Error::Http(resp))) => {
             let status = resp.status().as_u16();
             let message = resp
@@ -93,6 +96,35 @@ pub async fn connect_tunnel(
             url,
             message: e.to_string(),
         }),
+    }
+}
+
+/// What the tunnel's socket may hold unsent in the kernel. The session
+/// sends heartbeats before stream data, but bytes already queued in the
+/// socket go first: without a cap a transfer queues megabytes there and a
+/// heartbeat waits behind them (TCP_NOTSENT_LOWAT, as HTTP/2 servers set it).
+const UNSENT_BYTES: libc::c_int = 16 * 1024;
+
+fn limit_unsent(ws: &Tunnel) {
+    use std::os::fd::AsRawFd;
+    let tcp = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(t) => t,
+        tokio_tungstenite::MaybeTlsStream::Rustls(t) => t.get_ref().0,
+        _ => return,
+    };
+    // SAFETY: setsockopt on a socket this stream owns, with a c_int value
+    // of the size given; a failure only leaves the kernel's default.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&UNSENT_BYTES as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set on the tunnel");
     }
 }
 

@@ -15,9 +15,9 @@
 //! 3. heartbeat round trips on the same tunnel (the agent's own, from
 //!    `rk3sctl status`), over `--idle-secs` with nothing else on the
 //!    tunnel and then during (2): p50/p99 and their ratio;
-//! 4. `kubectl exec -- true`, `--execs` times, next to `ctr task exec` of
+//! 4. `kubectl exec -- echo`, `--execs` times, next to `ctr task exec` of
 //!    the same command in the same container (both are processes that
-//!    connect, run `true` and wait for its exit): p50/p99 and the ratio;
+//!    connect, run `echo` and wait for its exit): p50/p99 and the ratio;
 //! 5. `kubectl port-forward`: a `--pf-mb` MB download from busybox httpd
 //!    in a pod through it, next to the same download straight from the
 //!    pod's IP (the host reaches it on the pod bridge); then `--conns`
@@ -222,8 +222,12 @@ fn main() {
     let mut ctr_exec = vec![];
     for i in 0..execs {
         let t0 = Instant::now();
-        let o = k.run(&["exec", "bulk", "--", "true"]);
-        assert!(o.status.success(), "kubectl exec failed");
+        let o = k.run(&["exec", "bulk", "--", "echo"]);
+        assert!(
+            o.status.success(),
+            "kubectl exec failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         kube_exec.push(t0.elapsed());
         let t0 = Instant::now();
         ctr(
@@ -234,13 +238,13 @@ fn main() {
                 "--exec-id",
                 &format!("bench{i}"),
                 &cid,
-                "true",
+                "echo",
             ],
         );
         ctr_exec.push(t0.elapsed());
     }
     println!(
-        "  exec -- true  kubectl p50/p99: {:7.1} / {:7.1} ms   ctr task exec: {:7.1} / {:7.1} ms   p50 ratio {:.2}×",
+        "  exec -- echo  kubectl p50/p99: {:7.1} / {:7.1} ms   ctr task exec: {:7.1} / {:7.1} ms   p50 ratio {:.2}×",
         pct(&kube_exec, 0.5),
         pct(&kube_exec, 0.99),
         pct(&ctr_exec, 0.5),
