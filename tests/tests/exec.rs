@@ -57,7 +57,8 @@ fn exec_attach_cp_and_port_forward_through_the_tunnel() {
     let t = tempdir();
     let dir = t.path().join("s");
     let (server, _containers, k) = ready_node(&dir, &["--cluster-cidr", "10.71.0.0/16"]);
-    let shell = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shell"},
+    let shell = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "shell", "labels": {"app": "shell"}},
         "spec": {"terminationGracePeriodSeconds": 1,
             "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
                 "command": ["sh", "-c", "mkdir -p /www /tmp; echo hello-from-pod > /www/index.html; \
@@ -66,7 +67,10 @@ fn exec_attach_cp_and_port_forward_through_the_tunnel() {
         "spec": {"terminationGracePeriodSeconds": 1,
             "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
                 "command": ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"]}]}});
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": [shell, ticker]});
+    // kubectl resolves a Service (and its targetPort) to one of its pods.
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "shell"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [shell, ticker, svc]});
     k.ok_stdin(&["apply", "-f", "-"], &list.to_string());
     wait_ready(&k, &server, "shell");
     wait_ready(&k, &server, "ticker");
@@ -135,6 +139,10 @@ fn exec_attach_cp_and_port_forward_through_the_tunnel() {
         for a in &answers {
             assert!(a.contains("hello-from-pod"), "{a}");
         }
+        pf.kill().unwrap();
+        let _ = pf.wait();
+        let (mut pf, port) = port_forward(&k, "svc/web", 80);
+        assert!(http_get(port).contains("hello-from-pod"));
         pf.kill().unwrap();
         let _ = pf.wait();
     }
