@@ -510,6 +510,11 @@ fn stream_frames_log_records_and_log_options() {
         data: b"GET / HTTP/1.1\r\n".to_vec(),
     }
     .encode();
+    // One runtime for every input: the multiplexer spawns its tasks on it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let window = StreamFrame::Window {
         id: 1,
         increment: 65536,
@@ -528,10 +533,6 @@ fn stream_frames_log_records_and_log_options() {
         |b| {
             // Decoded, and delivered to a live multiplexer: neither panics.
             let _ = StreamFrame::decode(b);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
             rt.block_on(async {
                 let (accepted, _accepts) = tokio::sync::mpsc::channel(1);
                 let (mux, _out) = rk3sd::streams::mux::Mux::new(Some(accepted));

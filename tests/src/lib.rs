@@ -600,6 +600,16 @@ pub fn kubectl(version: Option<&str>) -> PathBuf {
     }
 }
 
+/// The `p` quantile of `v` in milliseconds (0 for none).
+pub fn pct(v: &[Duration], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
 /// Run a Python `script` (the `kubernetes` client is installed) with the
 /// kubeconfig as its first argument.
 pub fn python(script: &str, kubeconfig: &Path) -> Output {
@@ -709,6 +719,28 @@ impl Kubectl {
             .write_all(input.as_bytes())
             .unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// `kubectl port-forward <target> :<remote>`: the running child and
+    /// the local port it chose (from its "Forwarding from" line).
+    pub fn port_forward(&self, target: &str, remote: u16) -> (Child, u16) {
+        use std::io::BufRead;
+        let mut child = self
+            .command(&["port-forward", target, &format!(":{remote}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl port-forward");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line);
+        // "Forwarding from 127.0.0.1:41234 -> 8080"
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("kubectl port-forward {target} said {line:?}"));
+        (child, port)
     }
 
     /// Run and require failure; returns stderr.

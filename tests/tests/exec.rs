@@ -29,29 +29,6 @@ fn http_get(port: u16) -> String {
     out
 }
 
-/// `kubectl port-forward` to `target` on a free local port, and the port.
-fn port_forward(k: &Kubectl, target: &str, remote: u16) -> (std::process::Child, u16) {
-    let spec = format!(":{remote}");
-    let mut child = k
-        .command(&["port-forward", target, &spec])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "Forwarding from 127.0.0.1:41234 -> 8080"
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("kubectl port-forward said {line:?}"));
-    (child, port)
-}
-
 #[test]
 fn exec_attach_cp_and_port_forward_through_the_tunnel() {
     let t = tempdir();
@@ -131,7 +108,7 @@ fn exec_attach_cp_and_port_forward_through_the_tunnel() {
         k.ok(&["cp", "shell:/tmp/blob", back.to_str().unwrap()]);
         assert_eq!(sha256(&back), want);
         // port-forward: several connections at once.
-        let (mut pf, port) = port_forward(&k, "pod/shell", 8080);
+        let (mut pf, port) = k.port_forward("pod/shell", 8080);
         let answers: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8).map(|_| s.spawn(move || http_get(port))).collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -141,7 +118,7 @@ fn exec_attach_cp_and_port_forward_through_the_tunnel() {
         }
         pf.kill().unwrap();
         let _ = pf.wait();
-        let (mut pf, port) = port_forward(&k, "svc/web", 80);
+        let (mut pf, port) = k.port_forward("svc/web", 80);
         assert!(http_get(port).contains("hello-from-pod"));
         pf.kill().unwrap();
         let _ = pf.wait();

@@ -8,7 +8,8 @@
 //! end to end (SPDY/3.1, or the `v4.channel.k8s.io` WebSocket protocols).
 
 use super::authn::Requester;
-use super::state::ApiState;
+use super::logs::container_of;
+use super::state::{unreachable, ApiState};
 use crate::registry::{kinds, KubeError};
 use crate::streams::upgrade;
 use axum::body::Body;
@@ -36,41 +37,12 @@ impl Connect {
     }
 }
 
-/// The query's `container`, or the pod's only container.
-fn container_of(pod: &Pod, name: &str, query: &str) -> Result<String, KubeError> {
-    let asked = form_urlencoded::parse(query.as_bytes())
+/// The query's `container` (the pod's only one when it names none).
+fn asked_container(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "container")
         .map(|(_, v)| v.into_owned())
-        .filter(|c| !c.is_empty());
-    let spec = pod.spec.clone().unwrap_or_default();
-    match asked {
-        Some(c) => {
-            let known = spec.containers.iter().any(|x| x.name == c)
-                || spec.init_containers.iter().flatten().any(|x| x.name == c)
-                || spec
-                    .ephemeral_containers
-                    .iter()
-                    .flatten()
-                    .any(|x| x.name == c);
-            if known {
-                Ok(c)
-            } else {
-                Err(KubeError::BadRequest(format!(
-                    "container {c} is not valid for pod {name}"
-                )))
-            }
-        }
-        None => match spec.containers.as_slice() {
-            [only] => Ok(only.name.clone()),
-            many => Err(KubeError::BadRequest(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                many.iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ))),
-        },
-    }
+        .filter(|c| !c.is_empty())
 }
 
 async fn connect(
@@ -110,7 +82,7 @@ async fn connect(
     let path = match kind {
         Connect::PortForward => format!("/portForward/{ns}/{name}?{query}"),
         _ => {
-            let container = container_of(&pod, &name, &query)?;
+            let container = container_of(&pod, &name, asked_container(&query).as_deref())?;
             let which = if kind == Connect::Exec {
                 "exec"
             } else {
@@ -120,9 +92,9 @@ async fn connect(
         }
     };
     let stream = sv.kubelets.dial(&node)?;
-    upgrade::forward(stream, req, &path).await.map_err(|e| {
-        KubeError::Unavailable(format!("cannot reach the kubelet on node {node:?}: {e}"))
-    })
+    upgrade::forward(stream, req, &path)
+        .await
+        .map_err(|e| unreachable(&node, e))
 }
 
 macro_rules! handler {

@@ -6,13 +6,14 @@
 //! checker makes them (400 → BadRequest, 404 → NotFound).
 
 use super::request::Target;
-use super::state::{ApiState, Kubelets};
+use super::state::{unreachable, ApiState, Kubelets};
 use crate::kube::log_options::{LogOptions, LogOptionsError};
 use crate::registry::{FieldError, KubeError};
-use axum::body::{Body, Bytes};
+use crate::streams::upgrade;
+use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,8 +45,13 @@ fn names(cs: impl Iterator<Item = String>) -> String {
     cs.collect::<Vec<_>>().join(" ")
 }
 
-/// The container the log is of, as upstream's LogLocation picks it.
-fn container_of(pod: &Pod, name: &str, asked: Option<&str>) -> Result<String, KubeError> {
+/// The container a log or a stream is of, as upstream's LogLocation and
+/// its exec/attach options pick it.
+pub(super) fn container_of(
+    pod: &Pod,
+    name: &str,
+    asked: Option<&str>,
+) -> Result<String, KubeError> {
     let spec = pod.spec.clone().unwrap_or_default();
     let init = spec.init_containers.unwrap_or_default();
     let ephemeral = spec.ephemeral_containers.unwrap_or_default();
@@ -119,37 +125,22 @@ pub async fn serve(
 
 /// GET `path` from the kubelet of `node`; its body streams to the client.
 async fn fetch(kubelets: &dyn Kubelets, node: &str, path: &str) -> Result<Response, KubeError> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        KubeError::Unavailable(format!("cannot reach the kubelet on node {node:?}: {e}"))
-    };
     let stream = kubelets.dial(node)?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let answer = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "kubelet connection ended");
-            }
-        });
-        let req = Request::get(path)
-            .header(header::HOST, "kubelet")
-            .body(Empty::<Bytes>::new())
-            .expect("a GET with a valid path");
-        sender.send_request(req).await
-    };
-    let resp = match tokio::time::timeout(KUBELET_ANSWER, answer).await {
+    let req = Request::get(path)
+        .body(Body::empty())
+        .expect("a GET with a valid path");
+    let resp = match tokio::time::timeout(KUBELET_ANSWER, upgrade::forward(stream, req, path)).await
+    {
         Err(_) => {
-            return Err(unreachable(&format!(
-                "no answer within {} s",
-                KUBELET_ANSWER.as_secs()
-            )))
+            let why = format!("no answer within {} s", KUBELET_ANSWER.as_secs());
+            return Err(unreachable(node, why));
         }
-        Ok(Err(e)) => return Err(unreachable(&e)),
+        Ok(Err(e)) => return Err(unreachable(node, e)),
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
     if status.is_success() {
-        return Ok(text_plain(Body::new(resp.into_body())));
+        return Ok(text_plain(resp.into_body()));
     }
     let body = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_BYTES)
         .collect()

@@ -16,6 +16,13 @@ pub trait Kubelets: Send + Sync {
     fn dial(&self, node: &str) -> Result<tokio::io::DuplexStream, crate::registry::KubeError>;
 }
 
+/// The error for a kubelet that cannot be reached, and why.
+pub fn unreachable(node: &str, why: impl std::fmt::Display) -> crate::registry::KubeError {
+    crate::registry::KubeError::Unavailable(format!(
+        "cannot reach the kubelet on node {node:?}: {why}"
+    ))
+}
+
 pub struct ApiState {
     pub objects: Objects,
     /// Kinds and the write path every API write goes through.

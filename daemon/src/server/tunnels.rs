@@ -3,7 +3,8 @@
 //! admin socket, node removal and password rotation look sessions up
 //! here, and the API reaches kubelets through them ([`Kubelets`]).
 
-use crate::apiserver::state::Kubelets;
+use crate::apiserver::state::{unreachable, Kubelets};
+use crate::registry::printers::human_duration;
 use crate::registry::KubeError;
 use crate::streams::mux::Mux;
 use rk3s_api::tunnel::ServerMessage;
@@ -60,37 +61,27 @@ impl Default for Tunnels {
     }
 }
 
-/// `95s`, `3m5s`, `2h0m`: kubectl's way of saying how long ago.
-fn ago(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=3599 => format!("{}m{}s", s / 60, s % 60),
-        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-    }
+/// How long ago, as kubectl says it (`95s`, `3m5s`).
+fn ago(t: Instant) -> String {
+    human_duration(t.elapsed().as_secs() as i64)
 }
 
 impl Kubelets for Tunnels {
     fn dial(&self, node: &str) -> Result<tokio::io::DuplexStream, KubeError> {
-        let unreachable = |why: String| {
-            KubeError::Unavailable(format!("cannot reach the kubelet on node {node:?}: {why}"))
-        };
         let Some(s) = self.get(node) else {
             let why = match self.closed_at.lock().expect("lock").get(node) {
                 Some(t) => format!(
                     "its tunnel to this server closed {} ago and has not reconnected",
-                    ago(t.elapsed())
+                    ago(*t)
                 ),
                 None => format!(
                     "it has had no tunnel to this server since the server started {} ago",
-                    ago(self.started.elapsed())
+                    ago(self.started)
                 ),
             };
-            return Err(unreachable(why));
+            return Err(unreachable(node, why));
         };
-        s.mux
-            .open("kubelet")
-            .map_err(|e| unreachable(e.to_string()))
+        s.mux.open("kubelet").map_err(|e| unreachable(node, e))
     }
 }
 

@@ -25,7 +25,7 @@
 
 use rk3s_tests::netns::{node_agent, node_server, Net};
 use rk3s_tests::pods::{ctr, with_busybox, Containers};
-use rk3s_tests::{arg, cpu_secs, Agent, Server, WatchEvents, RUNTIME};
+use rk3s_tests::{arg, cpu_secs, pct, Agent, Server, WatchEvents, RUNTIME};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
@@ -35,15 +35,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const IMAGE: &str = "docker.io/library/busybox:test";
-
-fn pct(v: &[Duration], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
 
 fn pod(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "pods"}},

@@ -24,7 +24,7 @@
 //!    connections at once through the one forward.
 
 use rk3s_tests::pods::{ctr, with_busybox, Containers};
-use rk3s_tests::{arg, kubectl, wait_for, Kubectl, Server, RUNTIME};
+use rk3s_tests::{arg, kubectl, pct, wait_for, Kubectl, Server, RUNTIME};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
@@ -61,12 +61,6 @@ fn drain(mut cmd: Command) -> (u64, Duration) {
     let status = child.wait().unwrap();
     assert!(status.success(), "{cmd:?} failed");
     (n, t0.elapsed())
-}
-
-fn pct(v: &[Duration], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
 /// GET `path` from `addr` (HTTP/1.0): the bytes received and the time.
@@ -270,24 +264,7 @@ fn main() {
     assert!(o.status.success(), "the web pod never became Ready");
     let ip = k.ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     let direct_addr = format!("{ip}:8080");
-    let mut pf = k
-        .command(&["port-forward", "pod/web", ":8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(pf.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port: u16 = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("kubectl port-forward said {line:?}"));
+    let (mut pf, port) = k.port_forward("pod/web", 8080);
     let forward_addr = format!("127.0.0.1:{port}");
     let best = |addr: &str| {
         (0..3)

@@ -75,7 +75,7 @@ async fn running(s: &Lookup, ns: &str, pod: &str, name: &str) -> Result<String, 
         .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("pod {pod:?} does not exist")))?;
     let found = containers_of(&s.cri, &uid(&p))
         .await
-        .map_err(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))?
+        .map_err(runtime_error)?
         .into_iter()
         .filter(|c| c.labels.get(LABEL_CONTAINER).map(String::as_str) == Some(name))
         .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
@@ -117,28 +117,34 @@ async fn to_runtime(url: &str, req: Request<Body>) -> Response {
         .unwrap_or_else(|e| failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-pub(super) async fn exec(
-    State(s): State<Lookup>,
-    Path((ns, pod, container)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    req: Request<Body>,
-) -> Response {
-    let p = match params(query.as_deref().unwrap_or("")) {
-        Ok(p) => p,
-        Err(e) => return failure(StatusCode::BAD_REQUEST, e),
-    };
-    if p.command.is_empty() {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            "you must specify at least 1 command".into(),
-        );
+/// The runtime's error, as a streaming failure.
+fn runtime_error(e: tonic::Status) -> Response {
+    failure(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string())
+}
+
+fn bad_request(message: String) -> Response {
+    failure(StatusCode::BAD_REQUEST, message)
+}
+
+/// Pass `req` on to the stream URL `url` gives, or answer its failure.
+async fn answer(url: Result<String, Response>, req: Request<Body>) -> Response {
+    match url {
+        Ok(url) => to_runtime(&url, req).await,
+        Err(r) => r,
     }
-    let id = match running(&s, &ns, &pod, &container).await {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+}
+
+async fn exec_url(
+    s: &Lookup,
+    (ns, pod, c): (String, String, String),
+    query: &str,
+) -> Result<String, Response> {
+    let p = params(query).map_err(bad_request)?;
+    if p.command.is_empty() {
+        return Err(bad_request("you must specify at least 1 command".into()));
+    }
     let asked = cri::ExecRequest {
-        container_id: id,
+        container_id: running(s, &ns, &pod, &c).await?,
         cmd: p.command,
         tty: p.tty,
         stdin: p.stdin,
@@ -146,73 +152,81 @@ pub(super) async fn exec(
         // The runtime refuses stderr with a tty (it is part of the tty).
         stderr: p.stderr && !p.tty,
     };
-    match s.cri.exec(asked).await {
-        Ok(r) => to_runtime(&r.url, req).await,
-        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
-    }
+    Ok(s.cri.exec(asked).await.map_err(runtime_error)?.url)
 }
 
-pub(super) async fn attach(
-    State(s): State<Lookup>,
-    Path((ns, pod, container)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    req: Request<Body>,
-) -> Response {
-    let p = match params(query.as_deref().unwrap_or("")) {
-        Ok(p) => p,
-        Err(e) => return failure(StatusCode::BAD_REQUEST, e),
-    };
-    let id = match running(&s, &ns, &pod, &container).await {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+async fn attach_url(
+    s: &Lookup,
+    (ns, pod, c): (String, String, String),
+    query: &str,
+) -> Result<String, Response> {
+    let p = params(query).map_err(bad_request)?;
     let asked = cri::AttachRequest {
-        container_id: id,
+        container_id: running(s, &ns, &pod, &c).await?,
         stdin: p.stdin,
         tty: p.tty,
         stdout: p.stdout,
         stderr: p.stderr && !p.tty,
     };
-    match s.cri.attach(asked).await {
-        Ok(r) => to_runtime(&r.url, req).await,
-        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
-    }
+    Ok(s.cri.attach(asked).await.map_err(runtime_error)?.url)
 }
 
-pub(super) async fn port_forward(
-    State(s): State<Lookup>,
-    Path((ns, pod)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    req: Request<Body>,
-) -> Response {
-    let p = match params(query.as_deref().unwrap_or("")) {
-        Ok(p) => p,
-        Err(e) => return failure(StatusCode::BAD_REQUEST, e),
-    };
-    let Some(found) = s.pod(&ns, &pod) else {
-        return failure(StatusCode::NOT_FOUND, format!("pod {pod:?} does not exist"));
-    };
-    let sandbox = match sandboxes_of(&s.cri, &uid(&found)).await {
-        Ok(all) => all
-            .into_iter()
-            .filter(|sb| sb.state == cri::PodSandboxState::SandboxReady as i32)
-            .max_by_key(|sb| sb.created_at),
-        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
-    };
-    let Some(sandbox) = sandbox else {
-        return failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("pod {pod:?} has no running sandbox"),
-        );
-    };
+async fn port_forward_url(
+    s: &Lookup,
+    (ns, pod): (String, String),
+    query: &str,
+) -> Result<String, Response> {
+    let p = params(query).map_err(bad_request)?;
+    let found = s
+        .pod(&ns, &pod)
+        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("pod {pod:?} does not exist")))?;
+    let sandbox = sandboxes_of(&s.cri, &uid(&found))
+        .await
+        .map_err(runtime_error)?
+        .into_iter()
+        .filter(|sb| sb.state == cri::PodSandboxState::SandboxReady as i32)
+        .max_by_key(|sb| sb.created_at)
+        .ok_or_else(|| {
+            failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("pod {pod:?} has no running sandbox"),
+            )
+        })?;
     let asked = cri::PortForwardRequest {
         pod_sandbox_id: sandbox.id,
         port: p.ports,
     };
-    match s.cri.port_forward(asked).await {
-        Ok(r) => to_runtime(&r.url, req).await,
-        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
-    }
+    Ok(s.cri.port_forward(asked).await.map_err(runtime_error)?.url)
+}
+
+pub(super) async fn exec(
+    State(s): State<Lookup>,
+    Path(target): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request<Body>,
+) -> Response {
+    let url = exec_url(&s, target, query.as_deref().unwrap_or("")).await;
+    answer(url, req).await
+}
+
+pub(super) async fn attach(
+    State(s): State<Lookup>,
+    Path(target): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request<Body>,
+) -> Response {
+    let url = attach_url(&s, target, query.as_deref().unwrap_or("")).await;
+    answer(url, req).await
+}
+
+pub(super) async fn port_forward(
+    State(s): State<Lookup>,
+    Path(target): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request<Body>,
+) -> Response {
+    let url = port_forward_url(&s, target, query.as_deref().unwrap_or("")).await;
+    answer(url, req).await
 }
 
 #[cfg(test)]
