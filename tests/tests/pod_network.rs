@@ -227,7 +227,12 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip() {
 
     let restored = wait_for(Duration::from_secs(45), || {
         let rules = net.exec_ok(&hosts[1], &["iptables", "-t", "nat", "-S", "RK3S-POSTRTG"]);
-        rules.contains("MASQUERADE").then_some(())
+        // The agent logs after it has written the rules, so wait for both:
+        // the rules alone can be seen a moment before the line is logged.
+        let logged = agents[0]
+            .log()
+            .contains("masquerade rules were changed or removed; restored");
+        (rules.contains("MASQUERADE") && logged).then_some(())
     });
     assert!(
         restored.is_some(),
