@@ -591,13 +591,48 @@ fn stream_frames_log_records_and_log_options() {
     );
 }
 
+/// A kubelet's `/stats/summary`, as the server's metrics API reads it
+/// from an agent.
+#[test]
+fn kubelet_stats_summaries() {
+    let seed = br#"{"node":{"nodeName":"n","cpu":{"time":"2026-01-01T00:00:00Z","usageNanoCores":5,"usageCoreNanoSeconds":9,"windowNanoSeconds":1000},"memory":{"time":"2026-01-01T00:00:00Z","workingSetBytes":4096}},"pods":[{"podRef":{"name":"p","namespace":"d","uid":"u"},"containers":[{"name":"c","cpu":{"time":"2026-01-01T00:00:00.5Z","usageNanoCores":1}}]}]}"#;
+    fuzz(
+        "stats summary",
+        &[seed, b"{}", br#"{"node":{"nodeName":""}}"#],
+        &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "null",
+            "-1",
+            "18446744073709551616",
+            "1e309",
+        ],
+        |b| {
+            let _ = serde_json::from_slice::<rk3sd::kube::stats_summary::Summary>(b);
+        },
+    );
+}
+
 #[test]
 fn quantities_durations_addresses_and_schedules() {
     fuzz(
         "quantity",
-        &[b"250m", b"1.5Gi", b"1e3", b"64Mi", b"0.001"],
         &[
-            "m", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "e", "E", ".",
+            b"250m",
+            b"1.5Gi",
+            b"1e3",
+            b"64Mi",
+            b"0.001",
+            b"1500000n",
+            b"12u",
+        ],
+        &[
+            "m", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "e", "E", ".", "n", "u",
         ],
         |b| {
             let _ = rk3sd::kube::quantity::milli(&text(b));

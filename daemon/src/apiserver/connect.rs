@@ -6,6 +6,7 @@
 //! node's kubelet over a tunnel stream (`streams::upgrade`). The client
 //! and the runtime's stream server then speak the streaming protocol
 //! end to end (SPDY/3.1, or the `v4.channel.k8s.io` WebSocket protocols).
+//! `nodes/proxy` passes any request on to the node's kubelet the same way.
 
 use super::authn::Requester;
 use super::logs::container_of;
@@ -123,3 +124,66 @@ macro_rules! handler {
 handler!(exec, Connect::Exec);
 handler!(attach, Connect::Attach);
 handler!(portforward, Connect::PortForward);
+
+/// `nodes/{name}/proxy/{path}`: a request passed on to the node's kubelet
+/// with its upgrade, if any (`kubectl get --raw
+/// /api/v1/nodes/<node>/proxy/stats/summary`). Authorized as upstream
+/// authorizes it: the method's verb on `nodes/proxy`.
+async fn node_proxy(
+    sv: &ApiState,
+    Requester(user): Requester,
+    name: String,
+    path: String,
+    query: Option<String>,
+    req: Request,
+) -> Result<Response, KubeError> {
+    let verb = match *req.method() {
+        axum::http::Method::GET | axum::http::Method::HEAD => "get",
+        axum::http::Method::POST => "create",
+        axum::http::Method::PUT => "update",
+        axum::http::Method::PATCH => "patch",
+        axum::http::Method::DELETE => "delete",
+        _ => return Err(KubeError::MethodNotAllowed),
+    };
+    sv.auth.authorize(
+        &user,
+        &crate::auth::Request::resource(verb, "", "nodes", "proxy", "", &name),
+    )?;
+    // The node must exist (a NotFound names it, as upstream's does).
+    sv.registry
+        .get(&kinds::NODES.resource_type(), None, &name)
+        .await?;
+    let mut target = format!("/{}", path.trim_start_matches('/'));
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(&q);
+    }
+    let stream = sv.kubelets.dial(&name)?;
+    upgrade::forward(stream, req, &target)
+        .await
+        .map_err(|e| unreachable(&name, e))
+}
+
+pub async fn node_proxy_root(
+    State(sv): State<Arc<ApiState>>,
+    Extension(requester): Extension<Requester>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    req: Request<Body>,
+) -> Response {
+    node_proxy(&sv, requester, name, String::new(), query, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn node_proxy_path(
+    State(sv): State<Arc<ApiState>>,
+    Extension(requester): Extension<Requester>,
+    Path((name, path)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request<Body>,
+) -> Response {
+    node_proxy(&sv, requester, name, path, query, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}

@@ -81,6 +81,9 @@ async fn serve(
     if t.rt.create_only && verb != "create" {
         return Err(KubeError::MethodNotAllowed);
     }
+    if t.rt.read_only && !matches!(verb, "get" | "list") {
+        return Err(KubeError::MethodNotAllowed);
+    }
     // Namespaced kinds are created and bulk-deleted only inside a namespace.
     if t.rt.namespaced && t.namespace.is_none() && matches!(verb, "create" | "deletecollection") {
         return Err(KubeError::MethodNotAllowed);
@@ -132,6 +135,9 @@ async fn serve(
     };
     if t.rt.create_only {
         return super::reviews::create(&sv, &user, &t, &body).await;
+    }
+    if t.rt.read_only {
+        return super::resource_metrics::serve(&sv, &t, &q).await;
     }
     match (verb, t.subresource.as_deref()) {
         (_, Some("scale")) => subresources::scale(&sv, &t, verb, &headers, &body, &opts).await,

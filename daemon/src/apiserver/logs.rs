@@ -6,23 +6,14 @@
 //! checker makes them (400 → BadRequest, 404 → NotFound).
 
 use super::request::Target;
-use super::state::{unreachable, ApiState, Kubelets};
+use super::state::ApiState;
 use crate::kube::log_options::{LogOptions, LogOptionsError};
 use crate::registry::{FieldError, KubeError};
-use crate::streams::upgrade;
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::HashMap;
-use std::time::Duration;
-
-/// How long the kubelet may take to start answering (the log itself may
-/// then stream for as long as the client follows it).
-const KUBELET_ANSWER: Duration = Duration::from_secs(60);
-/// How much of a kubelet's error body becomes the Status message.
-const ERROR_BODY_BYTES: usize = 4096;
 
 fn invalid(pod: &str, e: LogOptionsError) -> KubeError {
     let error = match &e {
@@ -120,39 +111,8 @@ pub async fn serve(
         "/containerLogs/{ns}/{name}/{container}?{}",
         opts.kubelet_query()
     );
-    fetch(sv.kubelets.as_ref(), &node, &path).await
-}
-
-/// GET `path` from the kubelet of `node`; its body streams to the client.
-async fn fetch(kubelets: &dyn Kubelets, node: &str, path: &str) -> Result<Response, KubeError> {
-    let stream = kubelets.dial(node)?;
-    let req = Request::get(path)
-        .body(Body::empty())
-        .expect("a GET with a valid path");
-    let resp = match tokio::time::timeout(KUBELET_ANSWER, upgrade::forward(stream, req, path)).await
-    {
-        Err(_) => {
-            let why = format!("no answer within {} s", KUBELET_ANSWER.as_secs());
-            return Err(unreachable(node, why));
-        }
-        Ok(Err(e)) => return Err(unreachable(node, e)),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(text_plain(resp.into_body()));
-    }
-    let body = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_BYTES)
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-        .unwrap_or_else(|e| format!("the kubelet answered {status}: {e}"));
-    Err(match status {
-        StatusCode::BAD_REQUEST => KubeError::BadRequest(body),
-        StatusCode::NOT_FOUND => KubeError::NotFoundMessage(body),
-        StatusCode::SERVICE_UNAVAILABLE => KubeError::Unavailable(format!("node {node:?}: {body}")),
-        _ => KubeError::Internal(body),
-    })
+    let resp = super::kubelet::get(sv.kubelets.as_ref(), &node, &path).await?;
+    Ok(text_plain(resp.into_body()))
 }
 
 #[cfg(test)]

@@ -6,12 +6,14 @@ pub mod authn;
 pub mod connect;
 pub mod discovery;
 pub mod handlers;
+pub mod kubelet;
 pub mod logs;
 pub mod openapiv2;
 pub mod openapiv3;
 pub mod patch;
 pub mod protobuf;
 pub mod request;
+pub mod resource_metrics;
 pub mod resources;
 pub mod response;
 pub mod reviews;
@@ -70,6 +72,11 @@ pub fn router(sv: Arc<ApiState>) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
             any(connect::portforward),
+        )
+        .route("/api/v1/nodes/{name}/proxy", any(connect::node_proxy_root))
+        .route(
+            "/api/v1/nodes/{name}/proxy/{*path}",
+            any(connect::node_proxy_path),
         )
         .route("/api/v1/{*rest}", any(handlers::core))
         .route("/apis/{group}/{version}/{*rest}", any(handlers::grouped))

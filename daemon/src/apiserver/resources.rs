@@ -10,6 +10,8 @@ use crate::registry::resource::VERBS;
 fn verbs_for(r: &ResourceType) -> Vec<&'static str> {
     if r.create_only {
         vec!["create"]
+    } else if r.read_only {
+        vec!["get", "list"]
     } else if r.is(&crate::registry::kinds::NAMESPACES) {
         // No deletecollection on cluster objects kubectl treats carefully.
         VERBS
@@ -57,6 +59,10 @@ fn subresource_shape(t: &ResourceType, sub: &str) -> (Value, Vec<&'static str>) 
         "portforward" => (
             json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"}),
             vec!["create", "get"],
+        ),
+        "proxy" => (
+            json!({"group": "", "version": "v1", "kind": "NodeProxyOptions"}),
+            vec!["create", "delete", "get", "patch", "update"],
         ),
         "finalize" => (
             json!({"group": t.group, "version": t.version, "kind": t.kind}),

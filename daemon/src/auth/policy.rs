@@ -180,6 +180,17 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule(ALL_VERBS, "coordination.k8s.io", &["leases"]),
             ],
         ),
+        // What K3s's metrics-server manifest adds, so the default roles
+        // can read the metrics API rk3s serves itself.
+        role(
+            "system:aggregated-metrics-reader",
+            &[
+                (agg_view.as_str(), "true"),
+                (agg_edit.as_str(), "true"),
+                (agg_admin.as_str(), "true"),
+            ],
+            vec![rule(READ, "metrics.k8s.io", &["pods", "nodes"])],
+        ),
         role(
             "system:aggregate-to-view",
             &[(agg_view.as_str(), "true")],

@@ -229,4 +229,8 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account_max_token_expiration: Option<String>,
+    /// Controller manager setting name=value, as K3s passes them (repeatable): horizontal-pod-autoscaler-sync-period, -downscale-stabilization, -tolerance, -cpu-initialization-period, -initial-readiness-delay.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kube_controller_manager_arg: Vec<String>,
 }

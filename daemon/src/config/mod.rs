@@ -326,6 +326,13 @@ impl ServerConfig {
                     Duration::ZERO,
                 )?),
             },
+            controllers: crate::controllers::Settings {
+                autoscaler: crate::controllers::autoscaler::parse(&a.kube_controller_manager_arg)
+                    .map_err(|message| ConfigError::Invalid {
+                        origin: "--kube-controller-manager-arg".into(),
+                        message,
+                    })?,
+            },
             data_dir,
         };
         Ok(Self {

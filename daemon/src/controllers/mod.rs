@@ -5,10 +5,11 @@
 //! termination, ClusterRole aggregation, the service-account plumbing,
 //! the scheduler, and the workload controllers (ReplicaSet and
 //! ReplicationController, Deployment, DaemonSet, StatefulSet, Job,
-//! CronJob). They read the watch cache and write through the registry,
-//! like any other client.
+//! CronJob), and the HorizontalPodAutoscaler. They read the watch cache
+//! and write through the registry, like any other client.
 
 pub mod allocations;
+pub mod autoscaler;
 pub mod client;
 pub mod clusterroles;
 pub mod crds;
@@ -36,14 +37,33 @@ use crate::registry::Registry;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What the controllers take from the server's flags
+/// (`--kube-controller-manager-arg`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub autoscaler: autoscaler::Settings,
+}
+
+/// What the controllers need from outside the registry.
+pub struct Inputs {
+    pub auth: Arc<crate::auth::Auth>,
+    /// The cluster CA, for service-account token Secrets.
+    pub ca_pem: String,
+    pub events: recorder::Recorder,
+    /// Pods' resource metrics, for the HorizontalPodAutoscaler.
+    pub pod_metrics: Arc<dyn autoscaler::PodMetricsSource>,
+    pub settings: Settings,
+}
+
 /// Run every controller until `stop` (the end of a leadership term).
-pub async fn run(
-    registry: Arc<Registry>,
-    auth: Arc<crate::auth::Auth>,
-    ca_pem: String,
-    events: recorder::Recorder,
-    stop: CancellationToken,
-) {
+pub async fn run(registry: Arc<Registry>, inputs: Inputs, stop: CancellationToken) {
+    let Inputs {
+        auth,
+        ca_pem,
+        events,
+        pod_metrics,
+        settings,
+    } = inputs;
     let cache = Arc::new(Cache::default());
     let client = client::Client::new(registry.clone(), events);
     let feed = {
@@ -76,7 +96,9 @@ pub async fn run(
         allocations::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
         podgc::controller(client.clone(), cache.clone(), podgc::TERMINATED_THRESHOLD)
             .run(cache.clone(), stop.clone()),
-        cronjob::controller(client, cache.clone()).run(cache.clone(), stop.clone()),
+        cronjob::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        autoscaler::controller(client, cache.clone(), pod_metrics, settings.autoscaler)
+            .run(cache.clone(), stop.clone()),
         accounts.run(cache.clone(), stop.clone()),
         tokens.run(cache, stop),
     );

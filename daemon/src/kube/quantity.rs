@@ -10,6 +10,16 @@ pub fn milli(q: &str) -> Option<i128> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(q.len());
     let (num, suffix) = q.split_at(split);
+    // Below a thousandth (the metrics API's nanocores): rounded down.
+    let divisor: i128 = match suffix {
+        "n" => 1_000_000,
+        "u" => 1_000,
+        _ => 1,
+    };
+    if divisor > 1 {
+        let whole: i128 = num.split_once('.').map_or(num, |(i, _)| i).parse().ok()?;
+        return Some(whole / divisor);
+    }
     let factor: i128 = match suffix {
         "" => 1000,
         "m" => 1,
@@ -46,5 +56,7 @@ mod tests {
         assert_eq!(milli("128Mi"), Some(128 * 1024 * 1024 * 1000));
         assert_eq!(milli("1G"), Some(1_000_000_000_000));
         assert_eq!(milli("lots"), None);
+        assert_eq!(milli("1500000n"), Some(1));
+        assert_eq!(milli("250000u"), Some(250));
     }
 }

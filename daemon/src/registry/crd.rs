@@ -184,6 +184,7 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
                     .pointer("/schema/openAPIV3Schema")
                     .map(|s| std::sync::Arc::new(s.clone())),
                 create_only: false,
+                read_only: false,
                 strategy: StrategyRef(&Generic),
                 builtin: false,
             })

@@ -75,6 +75,8 @@ static BUILTINS: &[&Builtin] = &[
     &PRIORITY_CLASSES,
     &STORAGE_CLASSES,
     &CUSTOM_RESOURCE_DEFINITIONS,
+    &NODE_METRICS,
+    &POD_METRICS,
 ];
 
 pub static NAMESPACES: Builtin = builtin!(
@@ -99,7 +101,7 @@ pub static NODES: Builtin = builtin!(
     false,
     &["no"],
     &[],
-    STATUS,
+    &["status", "proxy"],
     &core::NODE
 );
 
@@ -676,6 +678,35 @@ pub static CUSTOM_RESOURCE_DEFINITIONS: Builtin = builtin!(
 pub fn builtins() -> Vec<ResourceType> {
     BUILTINS.iter().map(|b| b.resource_type()).collect()
 }
+
+// metrics.k8s.io: computed from the kubelets when read, never stored
+// (`apiserver::resource_metrics`), as metrics-server serves them.
+
+pub static NODE_METRICS: Builtin = builtin!(
+    "metrics.k8s.io",
+    "v1beta1",
+    "nodes",
+    "node",
+    "NodeMetrics",
+    false,
+    &[],
+    &[],
+    &[],
+    &super::strategy::Generic
+);
+
+pub static POD_METRICS: Builtin = builtin!(
+    "metrics.k8s.io",
+    "v1beta1",
+    "pods",
+    "pod",
+    "PodMetrics",
+    true,
+    &[],
+    &[],
+    &[],
+    &super::strategy::Generic
+);
 
 #[cfg(test)]
 mod tests {

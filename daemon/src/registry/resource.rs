@@ -34,6 +34,9 @@ pub struct ResourceType {
     /// A review kind (access, rules, token, self-subject): only `create`,
     /// answered by the API server and never stored.
     pub create_only: bool,
+    /// A metrics kind: only `get` and `list`, computed by the API server
+    /// from the kubelets when read and never stored.
+    pub read_only: bool,
     /// The kind's behaviour (a CRD's kinds: [`super::strategy::Generic`]).
     pub strategy: StrategyRef,
     /// One of the kinds the API serves on its own (not from a CRD).
@@ -159,6 +162,8 @@ pub struct Builtin {
 
 /// Groups whose kinds are all reviews (create-only, never stored).
 const REVIEW_GROUPS: [&str; 2] = ["authentication.k8s.io", "authorization.k8s.io"];
+/// Groups whose kinds are computed when read (read-only, never stored).
+const COMPUTED_GROUPS: [&str; 1] = ["metrics.k8s.io"];
 
 fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|x| x.to_string()).collect()
@@ -181,6 +186,7 @@ impl Builtin {
             scale_paths: None,
             schema: None,
             create_only: REVIEW_GROUPS.contains(&self.group),
+            read_only: COMPUTED_GROUPS.contains(&self.group),
             strategy: StrategyRef((self.strategy)()),
             builtin: true,
         }

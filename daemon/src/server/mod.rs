@@ -350,6 +350,7 @@ fn lead_when_elected(
 ) {
     let (sv, store) = (sv.clone(), store.clone());
     let disable = cfg.disable.clone();
+    let controller_settings = cfg.controllers.clone();
     let (grace, period, keep, every) = (
         cfg.grace_period,
         cfg.monitor_period,
@@ -362,11 +363,24 @@ fn lead_when_elected(
         move |term| {
             let (sv, store) = (sv.clone(), store.clone());
             let (dir, disable, svc) = (manifests_dir.clone(), disable.clone(), kubernetes_service.clone());
+            let settings = controller_settings.clone();
             async move {
                 tracing::info!("leading: running the node monitor, compaction, the kubernetes Endpoints, the manifests, the garbage collector and namespace termination");
                 let api = &sv.api;
                 tokio::join!(
-                    crate::controllers::run(api.registry.clone(), api.auth.clone(), sv.pki.server_ca_pem.clone(), api.events.clone(), term.clone()),
+                    crate::controllers::run(
+                        api.registry.clone(),
+                        crate::controllers::Inputs {
+                            auth: api.auth.clone(),
+                            ca_pem: sv.pki.server_ca_pem.clone(),
+                            events: api.events.clone(),
+                            pod_metrics: Arc::new(crate::apiserver::resource_metrics::Scraper {
+                                kubelets: api.kubelets.clone(),
+                            }),
+                            settings,
+                        },
+                        term.clone(),
+                    ),
                     term.run_until_cancelled(lifecycle::monitor_loop(api.objects.clone(), grace, period)),
                     term.run_until_cancelled(crate::datastore::compaction_loop(store, keep, every)),
                     term.run_until_cancelled(cluster::endpoints_loop(api.registry.clone(), sv.membership.clone(), svc)),

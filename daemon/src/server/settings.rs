@@ -42,4 +42,6 @@ pub struct Settings {
     pub ipam: super::ipam::Ipam,
     /// `--service-cidr`, `--service-node-port-range`.
     pub services: crate::registry::ranges::ServiceRanges,
+    /// `--kube-controller-manager-arg`.
+    pub controllers: crate::controllers::Settings,
 }

@@ -1,8 +1,9 @@
 //! What the kubelet's API answers from: the runtime, and the pods the
 //! kubelet follows (its watch), found by namespace and name as the API's
-//! paths name them. Shared by the log and the streaming endpoints.
+//! paths name them, and the latest usage sample. Shared by every endpoint.
 
 use super::desired::Desired;
+use super::usage::Usage;
 use crate::agent::runtime::cri::Cri;
 use k8s_openapi::api::core::v1::Pod;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub struct Lookup {
     pub cri: Cri,
     pub desired: Arc<Desired>,
+    /// Resource usage, sampled every housekeeping interval.
+    pub usage: Arc<Usage>,
 }
 
 impl Lookup {

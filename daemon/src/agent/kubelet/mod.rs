@@ -45,6 +45,7 @@ pub mod serving;
 pub mod settings;
 pub mod streaming;
 pub mod sync;
+pub mod usage;
 pub mod volumes;
 pub mod workers;
 
@@ -200,8 +201,18 @@ fn start_node_loops(
         cancel.child_token(),
     ));
     let desired = Arc::new(Desired::default());
-    p.api
-        .send_replace(Some(serving::router(cri.clone(), desired.clone())));
+    let usage = Arc::new(usage::Usage::new(&p.node));
+    tokio::spawn(usage::run(
+        usage.clone(),
+        cri.clone(),
+        p.settings.housekeeping_interval,
+        cancel.child_token(),
+    ));
+    p.api.send_replace(Some(serving::router(lookup::Lookup {
+        cri: cri.clone(),
+        desired: desired.clone(),
+        usage,
+    })));
     tokio::spawn(desired::follow(
         api.clone(),
         p.node.clone(),

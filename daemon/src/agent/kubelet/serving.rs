@@ -4,10 +4,10 @@
 //! answers as well as one next to the server. The tunnel is already
 //! mutually authenticated (the node's password, the cluster CA), which is
 //! why there is no TLS inside it. Today: `/containerLogs`, `/healthz`,
-//! and `/exec`, `/attach`, `/portForward` (`streaming`).
+//! `/pods`, `/stats/summary` and `/metrics/resource` (`usage`), and
+//! `/exec`, `/attach`, `/portForward` (`streaming`).
 
 use super::container_logs::{self, Liveness, LogOptions};
-use super::desired::Desired;
 use super::listing::{containers_of, uid, LABEL_CONTAINER};
 use super::lookup::Lookup;
 use super::streaming;
@@ -23,13 +23,15 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::io::DuplexStream;
 
 /// The API's routes, over the runtime and the pods the kubelet follows.
-pub fn router(cri: Cri, desired: Arc<Desired>) -> Router {
+pub fn router(lookup: Lookup) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pods))
+        .route("/stats/summary", get(summary))
+        .route("/metrics/resource", get(resource_metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -43,7 +45,32 @@ pub fn router(cri: Cri, desired: Arc<Desired>) -> Router {
             "/portForward/{namespace}/{pod}",
             any(streaming::port_forward),
         )
-        .with_state(Lookup { cri, desired })
+        .with_state(lookup)
+}
+
+/// The pods the kubelet follows, as a PodList (upstream's `/pods`).
+async fn pods(State(s): State<Lookup>) -> Response {
+    let snapshot = s.desired.snapshot();
+    let items: Vec<&Pod> = snapshot.iter().map(|(_, p)| p.as_ref()).collect();
+    axum::Json(
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+    )
+    .into_response()
+}
+
+async fn summary(State(s): State<Lookup>) -> Response {
+    axum::Json(s.usage.summary()).into_response()
+}
+
+async fn resource_metrics(State(s): State<Lookup>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::usage::resource_metrics(&s.usage.summary()),
+    )
+        .into_response()
 }
 
 /// Serve one tunnel stream as an HTTP/1.1 connection (requests until the
