@@ -20,6 +20,13 @@ pub const CLIENT_KUBELET_CERT: &str = "/v1-rk3s/client-kubelet.crt";
 /// `client-k3s-controller.crt`).
 pub const CLIENT_CONTROLLER_CERT: &str = "/v1-rk3s/client-rk3s-controller.crt";
 
+/// Server to server, with a client certificate of the cluster's servers:
+/// `GET <KUBELET_RELAY>/<node>` upgraded to [`KUBELET_RELAY_PROTOCOL`]
+/// becomes a stream to the node's kubelet through the node's tunnel to
+/// the answering server.
+pub const KUBELET_RELAY: &str = "/v1-rk3s/kubelet";
+pub const KUBELET_RELAY_PROTOCOL: &str = "rk3s-kubelet";
+
 /// Header carrying the agent's node name.
 pub const HEADER_NODE_NAME: &str = "Rk3s-Node-Name";
 /// Header carrying the agent's node password (over TLS only).

@@ -11,6 +11,7 @@
 use super::authn::Requester;
 use super::logs::container_of;
 use super::state::{unreachable, ApiState};
+use crate::auth::SERVERS;
 use crate::registry::{kinds, KubeError};
 use crate::streams::upgrade;
 use axum::body::Body;
@@ -92,7 +93,7 @@ async fn connect(
             format!("/{which}/{ns}/{name}/{container}?{query}")
         }
     };
-    let stream = sv.kubelets.dial(&node)?;
+    let stream = sv.kubelets.dial(&node).await?;
     upgrade::forward(stream, req, &path)
         .await
         .map_err(|e| unreachable(&node, e))
@@ -158,7 +159,7 @@ async fn node_proxy(
         target.push('?');
         target.push_str(&q);
     }
-    let stream = sv.kubelets.dial(&name)?;
+    let stream = sv.kubelets.dial(&name).await?;
     upgrade::forward(stream, req, &target)
         .await
         .map_err(|e| unreachable(&name, e))
@@ -186,4 +187,56 @@ pub async fn node_proxy_path(
     node_proxy(&sv, requester, name, path, query, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1-rk3s/kubelet/{node}` with `Upgrade: rk3s-kubelet`, from
+/// another server (a client certificate in [`SERVERS`]): the upgraded
+/// connection becomes a stream to the node's kubelet through its tunnel
+/// to this server, never relayed again, so any server answers for any
+/// node in one hop.
+pub async fn relay(
+    State(sv): State<Arc<ApiState>>,
+    Extension(Requester(user)): Extension<Requester>,
+    Path(node): Path<String>,
+    mut req: Request<Body>,
+) -> Response {
+    let relayed = async {
+        if !user.groups.iter().any(|g| g == SERVERS) {
+            return Err(KubeError::Forbidden {
+                subject: crate::registry::error::Subject::new("", "nodes", &node),
+                reason: format!("user {:?} is not a server of this cluster", user.name),
+            });
+        }
+        let wanted = req
+            .headers()
+            .get(axum::http::header::UPGRADE)
+            .is_some_and(|v| v == rk3s_api::routes::KUBELET_RELAY_PROTOCOL);
+        if !wanted {
+            return Err(KubeError::BadRequest(format!(
+                "a kubelet relay needs Upgrade: {}",
+                rk3s_api::routes::KUBELET_RELAY_PROTOCOL
+            )));
+        }
+        let mut stream = sv.kubelets.here(&node)?;
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(up) => {
+                    let mut up = hyper_util::rt::TokioIo::new(up);
+                    let _ = tokio::io::copy_bidirectional(&mut up, &mut stream).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "kubelet relay: no upgrade"),
+            }
+        });
+        Ok(Response::builder()
+            .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+            .header(axum::http::header::CONNECTION, "Upgrade")
+            .header(
+                axum::http::header::UPGRADE,
+                rk3s_api::routes::KUBELET_RELAY_PROTOCOL,
+            )
+            .body(Body::empty())
+            .expect("a valid 101"))
+    };
+    relayed.await.unwrap_or_else(IntoResponse::into_response)
 }

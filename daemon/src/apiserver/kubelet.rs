@@ -25,7 +25,7 @@ pub async fn get(
     node: &str,
     path: &str,
 ) -> Result<Response<Body>, KubeError> {
-    let stream = kubelets.dial(node)?;
+    let stream = kubelets.dial(node).await?;
     let req = Request::get(path)
         .body(Body::empty())
         .expect("a GET with a valid path");

@@ -78,6 +78,10 @@ pub fn router(sv: Arc<ApiState>) -> Router {
             "/api/v1/nodes/{name}/proxy/{*path}",
             any(connect::node_proxy_path),
         )
+        .route(
+            &format!("{}/{{node}}", rk3s_api::routes::KUBELET_RELAY),
+            get(connect::relay),
+        )
         .route("/api/v1/{*rest}", any(handlers::core))
         .route("/apis/{group}/{version}/{*rest}", any(handlers::grouped))
         .route(

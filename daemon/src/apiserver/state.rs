@@ -8,12 +8,32 @@ use crate::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// A byte stream to a kubelet's API (one HTTP/1.1 connection).
+pub trait KubeletIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> KubeletIo for T {}
+
+pub type KubeletStream = Box<dyn KubeletIo>;
+
 /// How the API reaches a node's kubelet: a byte stream carrying one
 /// HTTP/1.1 connection to its API. The server implements it with the
-/// agent tunnels; an error is the Status the client gets (naming the node
-/// and why it cannot be reached).
+/// agent tunnels, its own and (through a relay) the other servers'; an
+/// error is the Status the client gets (naming the node and why it cannot
+/// be reached).
 pub trait Kubelets: Send + Sync {
-    fn dial(&self, node: &str) -> Result<tokio::io::DuplexStream, crate::registry::KubeError>;
+    /// Through the node's tunnel to this server only.
+    fn here(&self, node: &str) -> Result<tokio::io::DuplexStream, crate::registry::KubeError>;
+    /// Through this server's tunnel, else through the server that holds
+    /// the node's tunnel.
+    fn dial<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<KubeletStream, crate::registry::KubeError>>
+                + Send
+                + 'a,
+        >,
+    >;
 }
 
 /// The error for a kubelet that cannot be reached, and why.

@@ -122,6 +122,9 @@ pub struct Auth {
 }
 
 pub const MASTERS: &str = "system:masters";
+/// The group of the client certificate servers present to each other to
+/// relay a kubelet stream (HA: any server reaches any node).
+pub const SERVERS: &str = "rk3s:servers";
 
 impl Auth {
     pub fn new(tokens: Arc<tokens::Issuer>, objects: crate::datastore::objects::Objects) -> Self {

@@ -307,6 +307,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 ),
             ],
         ),
+        // Servers relay kubelet streams for each other (HA).
+        role(
+            "rk3s:kubelet-relay",
+            &[],
+            vec![urls(&["get"], &["/v1-rk3s/kubelet/*"])],
+        ),
         role(
             "system:public-info-viewer",
             &[],
@@ -382,6 +388,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:basic-user",
             "system:basic-user",
             vec![authenticated()],
+        ),
+        binding(
+            "rk3s:kubelet-relay",
+            "rk3s:kubelet-relay",
+            vec![group(super::SERVERS)],
         ),
         binding(
             "system:public-info-viewer",

@@ -272,8 +272,31 @@ fn client_params(cn: &str, orgs: &[&str]) -> CertificateParams {
     p
 }
 
-/// A rustls client config trusting exactly the CA bundle `ca_pem`.
-pub fn client_config_pinned(ca_pem: &[u8]) -> Result<rustls::ClientConfig, CertError> {
+/// A rustls client config trusting exactly `ca_pem` and presenting the
+/// client certificate `cert_pem` with its key.
+pub fn client_config_with_identity(
+    ca_pem: &[u8],
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ClientConfig, CertError> {
+    let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
+    let roots = roots_of(ca_pem)?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| tls(&e))?
+        .ok_or_else(|| CertError::Tls("no private key".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| tls(&e))
+}
+
+fn roots_of(ca_pem: &[u8]) -> Result<rustls::RootCertStore, CertError> {
     let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
@@ -282,6 +305,13 @@ pub fn client_config_pinned(ca_pem: &[u8]) -> Result<rustls::ClientConfig, CertE
     if roots.is_empty() {
         return Err(CertError::Tls("the CA bundle holds no certificate".into()));
     }
+    Ok(roots)
+}
+
+/// A rustls client config trusting exactly the CA bundle `ca_pem`.
+pub fn client_config_pinned(ca_pem: &[u8]) -> Result<rustls::ClientConfig, CertError> {
+    let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
+    let roots = roots_of(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

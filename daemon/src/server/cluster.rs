@@ -144,6 +144,19 @@ async fn announce(objects: &Objects, m: &Membership) -> objects::Result<()> {
     objects.raw().create_if_absent(&r, lease).await.map(|_| ())
 }
 
+/// The address of server `name`, if its Lease is fresh.
+pub async fn server_address(objects: &Objects, name: &str) -> objects::Result<Option<String>> {
+    let lease = objects.get(&server_lease(name)).await?;
+    Ok(lease
+        .filter(|l| !lease_expired(l, chrono::Utc::now()))
+        .and_then(|l| {
+            l.pointer("/metadata/annotations")?
+                .get(ANNOTATION_ADDRESS)?
+                .as_str()
+                .map(str::to_string)
+        }))
+}
+
 /// Addresses of the servers whose Leases are fresh, sorted.
 pub async fn live_servers(objects: &Objects) -> objects::Result<Vec<String>> {
     let (_, leases) = objects.list("leases", Some(LEASE_NAMESPACE)).await?;

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod nodepasswords;
 pub mod nodes;
 pub mod registration;
+pub mod relay;
 pub mod routes;
 pub mod session;
 pub mod settings;
@@ -100,13 +101,21 @@ pub async fn start(
     }
 
     let tunnels = Arc::new(Tunnels::default());
+    let kubelets = relay::Dialer::new(
+        tunnels.clone(),
+        objects.clone(),
+        &cfg.node_name,
+        cfg.grace_period,
+        &creds.pki,
+    )
+    .context("minting this server's certificate for relaying kubelet streams")?;
     let api = Arc::new(ApiState::new(
         objects.clone(),
         registry.clone(),
         auth,
         crate::controllers::client::server_recorder(registry.clone()),
         advertise_address.clone(),
-        tunnels.clone(),
+        Arc::new(kubelets),
     ));
     let membership = Arc::new(Membership::new(
         &cfg.node_name,

@@ -1,9 +1,9 @@
 //! The agent tunnels open on this server: one session per node, the
 //! newest connection of a node winning. `session` runs each one; the
 //! admin socket, node removal and password rotation look sessions up
-//! here, and the API reaches kubelets through them ([`Kubelets`]).
+//! here, and the API reaches kubelets through them (`relay::Dialer`).
 
-use crate::apiserver::state::{unreachable, Kubelets};
+use crate::apiserver::state::unreachable;
 use crate::registry::printers::human_duration;
 use crate::registry::KubeError;
 use crate::streams::mux::Mux;
@@ -66,8 +66,10 @@ fn ago(t: Instant) -> String {
     human_duration(t.elapsed().as_secs() as i64)
 }
 
-impl Kubelets for Tunnels {
-    fn dial(&self, node: &str) -> Result<tokio::io::DuplexStream, KubeError> {
+impl Tunnels {
+    /// A stream to the node's kubelet through its tunnel to this server,
+    /// or the error saying since when there is none.
+    pub fn here(&self, node: &str) -> Result<tokio::io::DuplexStream, KubeError> {
         let Some(s) = self.get(node) else {
             let why = match self.closed_at.lock().expect("lock").get(node) {
                 Some(t) => format!(
