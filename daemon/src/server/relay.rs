@@ -178,7 +178,16 @@ impl Kubelets for Dialer {
             };
             match self.holder(node).await {
                 Some(h) if h != self.server_name => self.relay(node, &h).await,
-                _ => Err(local),
+                // Its Lease says this server, which a moment ago was true.
+                Some(_) => Err(local),
+                None => Err(unreachable(
+                    node,
+                    format!(
+                        "{}, and no other server holds it (its Lease names none, or has not been renewed within {} s)",
+                        self.tunnels.absence(node),
+                        self.grace.as_secs()
+                    ),
+                )),
             }
         })
     }

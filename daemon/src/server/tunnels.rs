@@ -71,19 +71,24 @@ impl Tunnels {
     /// or the error saying since when there is none.
     pub fn here(&self, node: &str) -> Result<tokio::io::DuplexStream, KubeError> {
         let Some(s) = self.get(node) else {
-            let why = match self.closed_at.lock().expect("lock").get(node) {
-                Some(t) => format!(
-                    "its tunnel to this server closed {} ago and has not reconnected",
-                    ago(*t)
-                ),
-                None => format!(
-                    "it has had no tunnel to this server since the server started {} ago",
-                    ago(self.started)
-                ),
-            };
-            return Err(unreachable(node, why));
+            return Err(unreachable(node, self.absence(node)));
         };
         s.mux.open("kubelet").map_err(|e| unreachable(node, e))
+    }
+
+    /// Why `node` has no tunnel here: since when it closed, or that it
+    /// never had one since this server started.
+    pub fn absence(&self, node: &str) -> String {
+        match self.closed_at.lock().expect("lock").get(node) {
+            Some(t) => format!(
+                "its tunnel to this server closed {} ago and has not reconnected",
+                ago(*t)
+            ),
+            None => format!(
+                "it has had no tunnel to this server since the server started {} ago",
+                ago(self.started)
+            ),
+        }
     }
 }
 
