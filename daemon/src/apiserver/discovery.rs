@@ -71,9 +71,19 @@ pub async fn api(State(sv): State<Arc<ApiState>>, h: HeaderMap) -> Result<Respon
 pub async fn apis(State(sv): State<Arc<ApiState>>, h: HeaderMap) -> Result<Response, KubeError> {
     let t = types(&sv).await;
     if wants_aggregated(&h) {
-        return Ok(typed(AGGREGATED, resources::aggregated(&t, false)));
+        let mut doc = resources::aggregated(&t, false);
+        let extensions = super::aggregator::aggregated_groups(&sv).await;
+        if let Some(items) = doc["items"].as_array_mut() {
+            items.extend(extensions);
+        }
+        return Ok(typed(AGGREGATED, doc));
     }
-    Ok(Json(resources::legacy_group_list(&t)).into_response())
+    let mut doc = resources::legacy_group_list(&t);
+    let extensions = super::aggregator::legacy_groups(&sv).await;
+    if let Some(groups) = doc["groups"].as_array_mut() {
+        groups.extend(extensions);
+    }
+    Ok(Json(doc).into_response())
 }
 
 pub async fn core_resources(State(sv): State<Arc<ApiState>>) -> Result<Response, KubeError> {

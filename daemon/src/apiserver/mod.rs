@@ -1,6 +1,7 @@
 //! The Kubernetes API that kubectl talks to: discovery, OpenAPI, and
 //! get/list/watch/create/update/patch/delete over the datastore.
 
+pub mod aggregator;
 pub mod apply;
 pub mod authn;
 pub mod connect;
@@ -89,6 +90,12 @@ pub fn router(sv: Arc<ApiState>) -> Router {
             get(serviceaccounts::openid_configuration),
         )
         .route("/openid/v1/jwks", get(serviceaccounts::jwks))
+        // Layers run last-added first: authentication, then the
+        // aggregator (which needs the user).
+        .route_layer(axum::middleware::from_fn_with_state(
+            sv.clone(),
+            aggregator::middleware,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             sv.clone(),
             authn::middleware,

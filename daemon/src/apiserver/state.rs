@@ -14,6 +14,20 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> KubeletIo f
 
 pub type KubeletStream = Box<dyn KubeletIo>;
 
+/// The front-proxy identity the aggregator presents to extension API
+/// servers (`aggregator`): a client certificate for `system:auth-proxy`.
+#[derive(Clone, Default)]
+pub struct Aggregation {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Aggregation {
+    pub fn new(cert_pem: String, key_pem: String) -> Self {
+        Aggregation { cert_pem, key_pem }
+    }
+}
+
 /// How the API reaches a node's kubelet: a byte stream carrying one
 /// HTTP/1.1 connection to its API. The server implements it with the
 /// agent tunnels, its own and (through a relay) the other servers'; an
@@ -55,6 +69,8 @@ pub struct ApiState {
     pub advertise_address: String,
     /// The nodes' kubelets (`pods/log`).
     pub kubelets: Arc<dyn Kubelets>,
+    /// The front-proxy identity for extension API servers.
+    pub aggregation: Aggregation,
     ready: AtomicBool,
 }
 
@@ -66,6 +82,7 @@ impl ApiState {
         events: Recorder,
         advertise_address: String,
         kubelets: Arc<dyn Kubelets>,
+        aggregation: Aggregation,
     ) -> Self {
         Self {
             objects,
@@ -74,6 +91,7 @@ impl ApiState {
             events,
             advertise_address,
             kubelets,
+            aggregation,
             ready: AtomicBool::new(false),
         }
     }

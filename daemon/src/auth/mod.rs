@@ -125,6 +125,9 @@ pub const MASTERS: &str = "system:masters";
 /// The group of the client certificate servers present to each other to
 /// relay a kubelet stream (HA: any server reaches any node).
 pub const SERVERS: &str = "rk3s:servers";
+/// The user of the aggregator's front-proxy client certificate, the only
+/// name extension API servers accept X-Remote headers from.
+pub const FRONT_PROXY: &str = "system:auth-proxy";
 
 impl Auth {
     pub fn new(tokens: Arc<tokens::Issuer>, objects: crate::datastore::objects::Objects) -> Self {

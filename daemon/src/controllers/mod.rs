@@ -9,6 +9,7 @@
 //! and write through the registry, like any other client.
 
 pub mod allocations;
+pub mod apiservices;
 pub mod autoscaler;
 pub mod client;
 pub mod clusterroles;
@@ -52,6 +53,10 @@ pub struct Inputs {
     pub events: recorder::Recorder,
     /// Pods' resource metrics, for the HorizontalPodAutoscaler.
     pub pod_metrics: Arc<dyn autoscaler::PodMetricsSource>,
+    /// Whether an extension API server answers (APIService availability).
+    pub extensions: Arc<dyn apiservices::ExtensionProbe>,
+    /// The client CA, published for extension API servers.
+    pub client_ca_pem: String,
     pub settings: Settings,
 }
 
@@ -62,6 +67,8 @@ pub async fn run(registry: Arc<Registry>, inputs: Inputs, stop: CancellationToke
         ca_pem,
         events,
         pod_metrics,
+        extensions,
+        client_ca_pem,
         settings,
     } = inputs;
     let cache = Arc::new(Cache::default());
@@ -78,6 +85,8 @@ pub async fn run(registry: Arc<Registry>, inputs: Inputs, stop: CancellationToke
         crds::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
         namespace::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
         clusterroles::controller(registry.clone(), cache.clone()).run(cache.clone(), stop.clone()),
+        apiservices::controller(registry.clone(), cache.clone(), extensions, client_ca_pem)
+            .run(cache.clone(), stop.clone()),
         scheduler::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
         replicaset::controller(client.clone(), cache.clone(), replicaset::REPLICA_SETS)
             .run(cache.clone(), stop.clone()),

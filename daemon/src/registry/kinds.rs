@@ -75,6 +75,7 @@ static BUILTINS: &[&Builtin] = &[
     &PRIORITY_CLASSES,
     &STORAGE_CLASSES,
     &CUSTOM_RESOURCE_DEFINITIONS,
+    &API_SERVICES,
     &NODE_METRICS,
     &POD_METRICS,
 ];
@@ -678,6 +679,19 @@ pub static CUSTOM_RESOURCE_DEFINITIONS: Builtin = builtin!(
 pub fn builtins() -> Vec<ResourceType> {
     BUILTINS.iter().map(|b| b.resource_type()).collect()
 }
+
+pub static API_SERVICES: Builtin = builtin!(
+    "apiregistration.k8s.io",
+    "v1",
+    "apiservices",
+    "apiservice",
+    "APIService",
+    false,
+    &[],
+    &["api-extensions"],
+    STATUS,
+    &super::apiregistration::API_SERVICE
+);
 
 // metrics.k8s.io: computed from the kubelets when read, never stored
 // (`apiserver::resource_metrics`), as metrics-server serves them.

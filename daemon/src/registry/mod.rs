@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod allocate;
+pub mod apiregistration;
 pub mod apps;
 pub mod batch;
 pub mod cache;

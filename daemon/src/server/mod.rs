@@ -109,6 +109,13 @@ pub async fn start(
         &creds.pki,
     )
     .context("minting this server's certificate for relaying kubelet streams")?;
+    let front_proxy = {
+        let (cert, key) = creds
+            .pki
+            .issue_client_keypair(crate::apiserver::aggregator::PROXY_USER, &[])
+            .context("minting the aggregator's front-proxy certificate")?;
+        crate::apiserver::state::Aggregation::new(cert, key)
+    };
     let api = Arc::new(ApiState::new(
         objects.clone(),
         registry.clone(),
@@ -116,6 +123,7 @@ pub async fn start(
         crate::controllers::client::server_recorder(registry.clone()),
         advertise_address.clone(),
         Arc::new(kubelets),
+        front_proxy,
     ));
     let membership = Arc::new(Membership::new(
         &cfg.node_name,
@@ -386,6 +394,8 @@ fn lead_when_elected(
                             pod_metrics: Arc::new(crate::apiserver::resource_metrics::Scraper {
                                 kubelets: api.kubelets.clone(),
                             }),
+                            extensions: Arc::new(crate::apiserver::aggregator::Prober(api.clone())),
+                            client_ca_pem: sv.pki.client_ca_pem.clone(),
                             settings,
                         },
                         term.clone(),
