@@ -1,6 +1,7 @@
 //! Any server reaches any node's kubelet: with two servers on PostgreSQL
 //! and an agent whose tunnel is on one of them, `kubectl logs`, `exec`,
-//! `top` and `nodes/proxy` through the other server reach the pod (the
+//! `top`, `nodes/proxy` and the Python client's `stream()` through the
+//! other server reach the pod (the
 //! second server relays through the first over TLS with its own client
 //! certificate). Only servers may relay. Needs root (containerd, network
 //! namespaces).
@@ -108,8 +109,16 @@ fn the_server_without_the_tunnel_relays_through_the_one_with_it() {
     let o = k.run(&["exec", "far", "--", "sh", "-c", "hostname; exit 4"]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert_eq!(stdout(&o), "far\n");
-    let summary = k.ok(&["get", "--raw", "/api/v1/nodes/a1/proxy/stats/summary"]);
-    assert!(summary.contains("\"name\":\"far\""), "{summary}");
+    // The kubelet lists the pod from its next usage sample on.
+    let summary = wait_for(Duration::from_secs(20), || {
+        let s = k.ok(&["get", "--raw", "/api/v1/nodes/a1/proxy/stats/summary"]);
+        s.contains("\"name\":\"far\"").then_some(s)
+    });
+    assert!(
+        summary.is_some(),
+        "{}",
+        k.ok(&["get", "--raw", "/api/v1/nodes/a1/proxy/stats/summary"])
+    );
     let top = wait_for(Duration::from_secs(30), || {
         let o = k.run(&["top", "pod", "far", "--no-headers"]);
         o.status.success().then(|| stdout(&o))
@@ -119,6 +128,27 @@ fn the_server_without_the_tunnel_relays_through_the_one_with_it() {
         "{}",
         stderr(&k.run(&["top", "pod", "far"]))
     );
+
+    // The Python client's stream() (WebSocket v4.channel.k8s.io), too.
+    let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(config_file=sys.argv[1])
+out = stream(client.CoreV1Api().connect_get_namespaced_pod_exec, "far", "default",
+    command=["sh", "-c", "echo py-$((6*7))"], stderr=True, stdin=False, stdout=True, tty=False)
+print(repr(out))
+"#;
+    let kubeconfig = servers[other].kubeconfig();
+    let o = net
+        .exec(
+            &ns_s[other],
+            &["python3", "-c", script, kubeconfig.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), "'py-42\\n'\n");
 
     // The relay route is for servers only, even for cluster admins.
     let e = k.fails(&["get", "--raw", "/v1-rk3s/kubelet/a1"]);
