@@ -272,3 +272,200 @@ fn the_autoscaler_scales_a_deployment_up_under_cpu_load_and_back_down() {
         "{events}"
     );
 }
+
+/// A custom and external metrics adapter (as prometheus-adapter or KEDA
+/// serve them) behind the aggregation layer: it lists the pods a query
+/// selects through the API and reports the values the test writes.
+const ADAPTER: &str = r#"
+import datetime, json, os, ssl, sys, urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from kubernetes import client, config
+state, kubeconfig, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+config.load_kube_config(config_file=kubeconfig)
+core = client.CoreV1Api()
+def read(name):
+    with open(os.path.join(state, name)) as f:
+        return f.read().strip()
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+class H(BaseHTTPRequestHandler):
+    def send(self, code, body):
+        b = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def do_GET(self):
+        url = urllib.parse.urlparse(self.path)
+        q = urllib.parse.parse_qs(url.query)
+        p = url.path
+        if p == "/apis/custom.metrics.k8s.io/v1beta2":
+            return self.send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "custom.metrics.k8s.io/v1beta2",
+                "resources": [{"name": "pods/requests_per_second", "singularName": "", "namespaced": True, "kind": "MetricValueList", "verbs": ["get"]}]})
+        if p == "/apis/external.metrics.k8s.io/v1beta1":
+            return self.send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "external.metrics.k8s.io/v1beta1",
+                "resources": [{"name": "queue_depth", "singularName": "", "namespaced": True, "kind": "ExternalMetricValueList", "verbs": ["get"]}]})
+        with open(os.path.join(state, "users"), "a") as f:
+            f.write(self.headers.get("X-Remote-User", "") + "\n")
+        if p == "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests_per_second":
+            pods = core.list_namespaced_pod("default", label_selector=q.get("labelSelector", [""])[0]).items
+            items = [{"describedObject": {"kind": "Pod", "namespace": "default", "name": x.metadata.name, "apiVersion": "/v1"},
+                      "metric": {"name": "requests_per_second"}, "timestamp": now(), "windowSeconds": 60,
+                      "value": read("requests_per_second")} for x in pods if x.status.phase == "Running"]
+            return self.send(200, {"kind": "MetricValueList", "apiVersion": "custom.metrics.k8s.io/v1beta2", "metadata": {}, "items": items})
+        if p == "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth":
+            return self.send(200, {"kind": "ExternalMetricValueList", "apiVersion": "external.metrics.k8s.io/v1beta1", "metadata": {},
+                "items": [{"metricName": "queue_depth", "metricLabels": {}, "timestamp": now(), "value": read("queue_depth")}]})
+        self.send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": p})
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(os.path.join(state, "tls.crt"), os.path.join(state, "tls.key"))
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(ca)
+srv = HTTPServer(("127.0.0.1", 0), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+with open(os.path.join(state, "port.tmp"), "w") as f:
+    f.write(str(srv.server_address[1]))
+os.rename(os.path.join(state, "port.tmp"), os.path.join(state, "port"))
+srv.serve_forever()
+"#;
+
+#[test]
+fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
+    let t = tempdir();
+    let dir = t.path().join("s");
+    let mut args = vec!["--cluster-cidr", "10.74.0.0/16"];
+    args.extend_from_slice(FAST);
+    let (server, _containers, k) = ready_node(&dir, &args);
+    let state = t.path().join("adapter");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("requests_per_second"), "25").unwrap();
+    std::fs::write(state.join("queue_depth"), "20").unwrap();
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=adapter.default.svc"])
+        .arg("-keyout")
+        .arg(state.join("tls.key"))
+        .arg("-out")
+        .arg(state.join("tls.crt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ca = wait_for(Duration::from_secs(30), || {
+        let o = k.run(&[
+            "get",
+            "configmap",
+            "-n",
+            "kube-system",
+            "extension-apiserver-authentication",
+            "-o",
+            "jsonpath={.data.requestheader-client-ca-file}",
+        ]);
+        o.status.success().then(|| stdout(&o))
+    })
+    .expect("the extension-apiserver-authentication ConfigMap");
+    std::fs::write(state.join("ca.crt"), ca).unwrap();
+    let script = state.join("adapter.py");
+    std::fs::write(&script, ADAPTER).unwrap();
+    let mut adapter = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&state)
+        .arg(server.kubeconfig())
+        .arg(state.join("ca.crt"))
+        .stderr(std::fs::File::create(state.join("adapter.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let port = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(state.join("port")).ok()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the adapter did not start: {}",
+            std::fs::read_to_string(state.join("adapter.log")).unwrap_or_default()
+        )
+    });
+    let port: u16 = port.trim().parse().unwrap();
+    let api_service = |group: &str, version: &str| {
+        json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": format!("{version}.{group}")},
+            "spec": {"group": group, "version": version,
+                "service": {"namespace": "default", "name": "adapter", "port": 443},
+                "insecureSkipTLSVerify": true, "groupPriorityMinimum": 100, "versionPriority": 100}})
+    };
+    let deployment = |name: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                    "spec": {"terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "c", "image": IMAGE, "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"]}]}}}})
+    };
+    let hpa = |name: &str, metric: Value| {
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": 1, "maxReplicas": 4, "metrics": [metric]}})
+    };
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "adapter"},
+            "spec": {"ports": [{"port": 443, "targetPort": port}]}},
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "adapter"},
+            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": port}]}]},
+        api_service("custom.metrics.k8s.io", "v1beta2"),
+        api_service("external.metrics.k8s.io", "v1beta1"),
+        deployment("web"),
+        deployment("queue"),
+        hpa("web", json!({"type": "Pods", "pods": {"metric": {"name": "requests_per_second"},
+            "target": {"type": "AverageValue", "averageValue": "10"}}})),
+        hpa("queue", json!({"type": "External", "external": {"metric": {"name": "queue_depth"},
+            "target": {"type": "AverageValue", "averageValue": "5"}}})),
+    ]});
+    k.ok_stdin(&["apply", "-f", "-"], &list.to_string());
+
+    let replicas = |name: &str| -> Option<i64> {
+        let d: Value =
+            serde_json::from_str(&k.ok(&["get", "deployment", name, "-o", "json"])).ok()?;
+        d["spec"]["replicas"].as_i64()
+    };
+    let describe = |name: &str| k.ok(&["describe", "hpa", name]);
+    // 25 per pod against 10: 2.5 times the one pod, three.
+    let up = wait_for(Duration::from_secs(60), || {
+        (replicas("web")? == 3).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "web: {}\n{}",
+        describe("web"),
+        std::fs::read_to_string(state.join("adapter.log")).unwrap_or_default()
+    );
+    // 20 in the queue at 5 per replica: four.
+    let up = wait_for(Duration::from_secs(60), || {
+        (replicas("queue")? == 4).then_some(())
+    });
+    assert!(up.is_some(), "queue: {}", describe("queue"));
+    let shown = describe("web");
+    assert!(shown.contains("\"requests_per_second\" on pods"), "{shown}");
+    assert!(
+        shown.contains("New size: 3; reason: pods metric requests_per_second above target"),
+        "{shown}"
+    );
+    let users = std::fs::read_to_string(state.join("users")).unwrap();
+    assert!(
+        users
+            .lines()
+            .all(|u| u == "system:serviceaccount:kube-system:horizontal-pod-autoscaler"),
+        "{users}"
+    );
+    // The metric falls; after the stabilization window, one again.
+    std::fs::write(state.join("requests_per_second"), "1").unwrap();
+    let down = wait_for(Duration::from_secs(60), || {
+        (replicas("web")? == 1).then_some(())
+    });
+    assert!(down.is_some(), "web: {}", describe("web"));
+    let _ = adapter.kill();
+    let _ = adapter.wait();
+}

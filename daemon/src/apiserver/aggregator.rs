@@ -409,6 +409,104 @@ pub async fn legacy_groups(sv: &ApiState) -> Vec<Value> {
         .collect()
 }
 
+/// A GET through the aggregation layer as `user`: the extension's JSON
+/// answer, or why there is none (no APIService, unavailable, an error
+/// status with its message).
+pub async fn get_as(
+    sv: &ApiState,
+    user: &crate::registry::admission::UserInfo,
+    path: &str,
+) -> Result<Value, String> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, version) = match segs.as_slice() {
+        ["apis", g, v, ..] => (g.to_string(), v.split('?').next().unwrap_or("").to_string()),
+        _ => return Err(format!("{path} is not an API group path")),
+    };
+    let Some(a) = remote(sv, &group, &version).await else {
+        return Err(format!(
+            "the server could not find the requested resource ({group}/{version} is not served by any extension API server)"
+        ));
+    };
+    let mut req = Request::get(path)
+        .header(header::ACCEPT, "application/json")
+        .body(Body::empty())
+        .map_err(|e| e.to_string())?;
+    identify(&mut req, user);
+    let ask = async {
+        let stream = connect(sv, &a).await.map_err(|e| e.to_string())?;
+        let resp = upgrade::forward(stream, req, path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), DISCOVERY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "the server answered {status}: {}",
+                v["message"].as_str().unwrap_or("")
+            ));
+        }
+        Ok(v)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT * 2, ask)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()))
+}
+
+/// The HPA's metrics: resource metrics from the kubelets, custom and
+/// external ones through the aggregation layer as the controller's
+/// service account (`kube-system/horizontal-pod-autoscaler`, the name
+/// adapters' RBAC grants, as upstream's controller manager uses it).
+pub struct Metrics(pub Arc<ApiState>);
+
+impl crate::controllers::autoscaler::MetricsSource for Metrics {
+    fn pod_metrics<'a>(
+        &'a self,
+        pods: &'a [k8s_openapi::api::core::v1::Pod],
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = std::collections::HashMap<
+                        String,
+                        crate::kube::metrics_api::PodMetrics,
+                    >,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            super::resource_metrics::Scraper {
+                kubelets: self.0.kubelets.clone(),
+            }
+            .pods(pods)
+            .await
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        path: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let user = crate::registry::admission::UserInfo {
+                name: "system:serviceaccount:kube-system:horizontal-pod-autoscaler".into(),
+                groups: vec![
+                    "system:serviceaccounts".into(),
+                    "system:serviceaccounts:kube-system".into(),
+                    "system:authenticated".into(),
+                ],
+                ..Default::default()
+            };
+            get_as(&self.0, &user, &path).await
+        })
+    }
+}
+
 /// The APIService controller's availability check, through this API.
 pub struct Prober(pub Arc<ApiState>);
 

@@ -8,14 +8,13 @@
 //! listed once each of its containers has a CPU rate (the kubelet's
 //! second sample), as metrics-server lists it.
 //!
-//! The HorizontalPodAutoscaler reads pods' metrics through
-//! [`Scraper`], which implements the controllers' `PodMetricsSource`.
+//! The HorizontalPodAutoscaler reads pods' metrics through [`Scraper`]
+//! (by way of `aggregator::Metrics`).
 
 use super::kubelet;
 use super::request::{selectors, Target};
 use super::response::json_response;
 use super::state::{ApiState, Kubelets};
-use crate::controllers::autoscaler::PodMetricsSource;
 use crate::controllers::client::time;
 use crate::kube::metrics_api::{
     self, ContainerMetrics, NodeMetrics, PodMetrics, API_VERSION, GROUP,
@@ -31,8 +30,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,15 +190,6 @@ impl Scraper {
             .iter()
             .filter_map(|n| node_metrics(n, by_node.get(n.metadata.name.as_deref()?)?))
             .collect()
-    }
-}
-
-impl PodMetricsSource for Scraper {
-    fn pod_metrics<'a>(
-        &'a self,
-        pods: &'a [Pod],
-    ) -> Pin<Box<dyn Future<Output = HashMap<String, PodMetrics>> + Send + 'a>> {
-        Box::pin(self.pods(pods))
     }
 }
 

@@ -51,8 +51,8 @@ pub struct Inputs {
     /// The cluster CA, for service-account token Secrets.
     pub ca_pem: String,
     pub events: recorder::Recorder,
-    /// Pods' resource metrics, for the HorizontalPodAutoscaler.
-    pub pod_metrics: Arc<dyn autoscaler::PodMetricsSource>,
+    /// Resource, custom and external metrics, for the HorizontalPodAutoscaler.
+    pub metrics: Arc<dyn autoscaler::MetricsSource>,
     /// Whether an extension API server answers (APIService availability).
     pub extensions: Arc<dyn apiservices::ExtensionProbe>,
     /// The client CA, published for extension API servers.
@@ -66,7 +66,7 @@ pub async fn run(registry: Arc<Registry>, inputs: Inputs, stop: CancellationToke
         auth,
         ca_pem,
         events,
-        pod_metrics,
+        metrics,
         extensions,
         client_ca_pem,
         settings,
@@ -106,7 +106,7 @@ pub async fn run(registry: Arc<Registry>, inputs: Inputs, stop: CancellationToke
         podgc::controller(client.clone(), cache.clone(), podgc::TERMINATED_THRESHOLD)
             .run(cache.clone(), stop.clone()),
         cronjob::controller(client.clone(), cache.clone()).run(cache.clone(), stop.clone()),
-        autoscaler::controller(client, cache.clone(), pod_metrics, settings.autoscaler)
+        autoscaler::controller(client, cache.clone(), metrics, settings.autoscaler)
             .run(cache.clone(), stop.clone()),
         accounts.run(cache.clone(), stop.clone()),
         tokens.run(cache, stop),

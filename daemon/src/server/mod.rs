@@ -391,9 +391,7 @@ fn lead_when_elected(
                             auth: api.auth.clone(),
                             ca_pem: sv.pki.server_ca_pem.clone(),
                             events: api.events.clone(),
-                            pod_metrics: Arc::new(crate::apiserver::resource_metrics::Scraper {
-                                kubelets: api.kubelets.clone(),
-                            }),
+                            metrics: Arc::new(crate::apiserver::aggregator::Metrics(api.clone())),
                             extensions: Arc::new(crate::apiserver::aggregator::Prober(api.clone())),
                             client_ca_pem: sv.pki.client_ca_pem.clone(),
                             settings,

@@ -11,46 +11,34 @@
 //! reported as failing, as upstream reports a missing API.
 
 mod behavior;
+mod metrics;
 mod replicas;
 mod settings;
 
+pub use metrics::{selector_string, MetricsSource};
 pub use settings::{parse, Settings, NAMES};
 
 use behavior::{decide, scale_down_rules, scale_up_rules, History};
-use replicas::{propose, Proposal, ResourceMetric};
 
 use super::client::{s, time, Client};
 use super::predicates::deleting;
 use super::runtime::{all, own, Controller, Requeue};
-use crate::kube::metrics_api::PodMetrics;
 use crate::registry::cache::Cache;
 use crate::registry::kinds;
 use crate::registry::resource::Builtin;
 use crate::registry::validation::selector_matches;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::autoscaling::v2::{
-    ContainerResourceMetricStatus, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition,
-    HorizontalPodAutoscalerStatus, MetricStatus, MetricValueStatus, ResourceMetricStatus,
+    HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 
 const COMPONENT: &str = "horizontal-pod-autoscaler";
 static PREFIX: LazyLock<String> = LazyLock::new(|| kinds::HORIZONTAL_POD_AUTOSCALERS.prefix(None));
-
-/// Pods' resource metrics by pod uid, for those of `pods` that have them.
-pub trait PodMetricsSource: Send + Sync {
-    fn pod_metrics<'a>(
-        &'a self,
-        pods: &'a [Pod],
-    ) -> Pin<Box<dyn Future<Output = HashMap<String, PodMetrics>> + Send + 'a>>;
-}
 
 /// The kinds an HPA can scale, by `apiVersion` group and kind.
 fn target_kind(api_version: &str, kind: &str) -> Option<&'static Builtin> {
@@ -87,7 +75,7 @@ fn selector_of(target: &Value) -> Option<LabelSelector> {
 struct Ctl {
     c: Client,
     cache: Arc<Cache>,
-    source: Arc<dyn PodMetricsSource>,
+    source: Arc<dyn MetricsSource>,
     settings: Settings,
     history: Mutex<HashMap<String, History>>,
 }
@@ -117,43 +105,6 @@ fn set_condition(
         message: Some(message),
         last_transition_time: Some(since),
     });
-}
-
-fn metric_status(m: &ResourceMetric, p: &Proposal) -> MetricStatus {
-    let current = MetricValueStatus {
-        average_utilization: p.utilization,
-        average_value: Some(Quantity(milli_quantity(p.average_milli, &m.name))),
-        value: None,
-    };
-    match &m.container {
-        None => MetricStatus {
-            type_: "Resource".into(),
-            resource: Some(ResourceMetricStatus {
-                name: m.name.clone(),
-                current,
-            }),
-            ..Default::default()
-        },
-        Some(c) => MetricStatus {
-            type_: "ContainerResource".into(),
-            container_resource: Some(ContainerResourceMetricStatus {
-                name: m.name.clone(),
-                container: c.clone(),
-                current,
-            }),
-            ..Default::default()
-        },
-    }
-}
-
-/// Thousandths as a quantity: CPU in millicores (`250m`), anything else
-/// in whole units when exact (`52428800`), else thousandths.
-fn milli_quantity(v: i128, name: &str) -> String {
-    if name != "cpu" && v % 1000 == 0 {
-        (v / 1000).to_string()
-    } else {
-        format!("{v}m")
-    }
 }
 
 impl Ctl {
@@ -265,31 +216,51 @@ impl Ctl {
                     .expect("a valid MetricSpec"),
                 ]
             });
-        let metrics = self.source.pod_metrics(&pods).await;
+        let needs_resources = specs
+            .iter()
+            .any(|m| matches!(m.type_.as_str(), "Resource" | "ContainerResource"));
+        let resource_usage = if needs_resources {
+            self.source.pod_metrics(&pods).await
+        } else {
+            HashMap::new()
+        };
+        let selector = selector_of(&target)
+            .map(|s| selector_string(&s))
+            .unwrap_or_default();
         let mut best: Option<(i32, String)> = None;
         let mut measured = vec![];
-        let mut errors = vec![];
+        let mut errors: Vec<metrics::Failure> = vec![];
         for m in &specs {
-            let outcome = ResourceMetric::from_spec(m).and_then(|rm| {
-                let p = propose(&rm, current, &pods, &metrics, &self.settings, now)
-                    .map_err(|e| format!("failed to get {} utilization: {e}", rm.name))?;
-                Ok((rm, p))
-            });
+            let outcome = metrics::evaluate(
+                self.source.as_ref(),
+                &self.settings,
+                m,
+                &ns,
+                current,
+                &pods,
+                &resource_usage,
+                &selector,
+                now,
+            )
+            .await;
             match outcome {
-                Ok((rm, p)) => {
-                    measured.push(metric_status(&rm, &p));
-                    if best.as_ref().is_none_or(|(r, _)| p.replicas > *r) {
-                        best = Some((p.replicas, rm.describe()));
+                Ok((replicas, name, status)) => {
+                    measured.push(status);
+                    if best.as_ref().is_none_or(|(r, _)| replicas > *r) {
+                        best = Some((replicas, name));
                     }
                 }
                 Err(e) => errors.push(e),
             }
         }
         let Some((proposed, metric_name)) = best else {
-            let first = errors.first().cloned().unwrap_or_default();
+            let (first_reason, first) = errors
+                .first()
+                .cloned()
+                .unwrap_or(("FailedGetResourceMetric", String::new()));
             let (reason, msg) = if specs.len() == 1 {
                 (
-                    "FailedGetResourceMetric",
+                    first_reason,
                     format!("the HPA was unable to compute the replica count: {first}"),
                 )
             } else {
@@ -484,7 +455,7 @@ impl Ctl {
 pub fn controller(
     c: Client,
     cache: Arc<Cache>,
-    source: Arc<dyn PodMetricsSource>,
+    source: Arc<dyn MetricsSource>,
     settings: Settings,
 ) -> Controller {
     let every = settings.sync_period;

@@ -10,6 +10,7 @@ use crate::kube::quantity::milli;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::autoscaling::v2::MetricSpec;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -22,37 +23,56 @@ pub(super) enum Goal {
     AverageMilli(i128),
 }
 
-/// One Resource or ContainerResource metric.
+/// Where a per-pod metric comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Source {
+    /// metrics.k8s.io, all of the pod's containers.
+    Resource,
+    /// metrics.k8s.io, one container.
+    Container(String),
+    /// custom.metrics.k8s.io, per pod (the metric's own label selector).
+    Pods(Option<LabelSelector>),
+}
+
+/// A metric measured per pod: Resource, ContainerResource or Pods.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ResourceMetric {
-    /// The resource measured (`cpu`, `memory`).
+    /// The resource or metric measured (`cpu`, `memory`, `requests_per_second`).
     pub name: String,
-    pub container: Option<String>,
+    pub source: Source,
     pub goal: Goal,
 }
 
 impl ResourceMetric {
     pub fn from_spec(m: &MetricSpec) -> Result<ResourceMetric, String> {
-        let (resource, container, target) = match m.type_.as_str() {
+        let (resource, source, target) = match m.type_.as_str() {
             "Resource" => {
                 let r = m
                     .resource
                     .as_ref()
                     .ok_or("a Resource metric without resource")?;
-                (r.name.clone(), None, &r.target)
+                (r.name.clone(), Source::Resource, &r.target)
             }
             "ContainerResource" => {
                 let r = m
                     .container_resource
                     .as_ref()
                     .ok_or("a ContainerResource metric without containerResource")?;
-                (r.name.clone(), Some(r.container.clone()), &r.target)
+                (
+                    r.name.clone(),
+                    Source::Container(r.container.clone()),
+                    &r.target,
+                )
             }
-            other => {
-                return Err(format!(
-                    "unable to get {other} metrics: rk3s serves no custom or external metrics API"
-                ))
+            "Pods" => {
+                let p = m.pods.as_ref().ok_or("a Pods metric without pods")?;
+                (
+                    p.metric.name.clone(),
+                    Source::Pods(p.metric.selector.clone()),
+                    &p.target,
+                )
             }
+            other => return Err(format!("unrecognized metric type {other:?}")),
         };
         let goal = match (
             target.type_.as_str(),
@@ -69,9 +89,12 @@ impl ResourceMetric {
                 ))
             }
         };
+        if matches!(source, Source::Pods(_)) && !matches!(goal, Goal::AverageMilli(_)) {
+            return Err("a Pods metric takes only an AverageValue target".into());
+        }
         Ok(ResourceMetric {
             name: resource,
-            container,
+            source,
             goal,
         })
     }
@@ -79,17 +102,20 @@ impl ResourceMetric {
     /// Upstream's words for it in conditions and Events.
     pub fn describe(&self) -> String {
         let r = &self.name;
-        match (&self.container, self.goal) {
-            (None, Goal::Utilization(_)) => {
+        match (&self.source, self.goal) {
+            (Source::Resource, Goal::Utilization(_)) => {
                 format!("{r} resource utilization (percentage of request)")
             }
-            (None, Goal::AverageMilli(_)) => format!("{r} resource"),
-            (Some(c), Goal::Utilization(_)) => {
+            (Source::Resource, Goal::AverageMilli(_)) => format!("{r} resource"),
+            (Source::Container(c), Goal::Utilization(_)) => {
                 format!(
                     "{r} container resource utilization (percentage of request) of container {c}"
                 )
             }
-            (Some(c), Goal::AverageMilli(_)) => format!("{r} container resource of container {c}"),
+            (Source::Container(c), Goal::AverageMilli(_)) => {
+                format!("{r} container resource of container {c}")
+            }
+            (Source::Pods(_), _) => format!("pods metric {r}"),
         }
     }
 
@@ -98,7 +124,7 @@ impl ResourceMetric {
         let mut total = 0;
         let mut any = false;
         for c in &m.containers {
-            if self.container.as_ref().is_some_and(|want| *want != c.name) {
+            if matches!(&self.source, Source::Container(want) if *want != c.name) {
                 continue;
             }
             total += milli(&c.usage.get(&self.name)?.0)?;
@@ -113,7 +139,7 @@ impl ResourceMetric {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut total = 0;
         for c in &spec.containers {
-            if self.container.as_ref().is_some_and(|want| *want != c.name) {
+            if matches!(&self.source, Source::Container(want) if *want != c.name) {
                 continue;
             }
             let req = c
@@ -135,6 +161,84 @@ impl ResourceMetric {
             }
         }
         Ok(total)
+    }
+}
+
+/// An External metric's target: the whole value, or per replica.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Total {
+    Value(i128),
+    AverageValue(i128),
+}
+
+/// An External metric (external.metrics.k8s.io).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ExternalMetric {
+    pub name: String,
+    pub selector: Option<LabelSelector>,
+    pub goal: Total,
+}
+
+impl ExternalMetric {
+    pub fn from_spec(m: &MetricSpec) -> Result<ExternalMetric, String> {
+        let e = m
+            .external
+            .as_ref()
+            .ok_or("an External metric without external")?;
+        let t = &e.target;
+        let q = |v: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+            v.as_ref()
+                .and_then(|q| milli(&q.0))
+                .ok_or_else(|| format!("invalid target for external metric {}", e.metric.name))
+        };
+        let goal = match t.type_.as_str() {
+            "Value" => Total::Value(q(&t.value)?),
+            "AverageValue" => Total::AverageValue(q(&t.average_value)?),
+            other => {
+                return Err(format!(
+                    "unsupported target type {other:?} for an External metric"
+                ))
+            }
+        };
+        Ok(ExternalMetric {
+            name: e.metric.name.clone(),
+            selector: e.metric.selector.clone(),
+            goal,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("external metric {}", self.name)
+    }
+}
+
+/// The replicas an External metric's `total` (thousandths) asks for
+/// (upstream's `GetExternalMetricReplicas` and
+/// `GetExternalPerPodMetricReplicas`).
+pub(super) fn propose_external(
+    total: i128,
+    goal: Total,
+    current: i32,
+    ready_pods: usize,
+    tolerance: f64,
+) -> i32 {
+    match goal {
+        Total::Value(target) => {
+            let ratio = total as f64 / target.max(1) as f64;
+            if (1.0 - ratio).abs() <= tolerance {
+                current
+            } else {
+                (ratio * ready_pods as f64).ceil() as i32
+            }
+        }
+        Total::AverageValue(target) => {
+            let ratio = total as f64 / (target.max(1) as f64 * current.max(1) as f64);
+            if (1.0 - ratio).abs() <= tolerance {
+                current
+            } else {
+                (total as f64 / target.max(1) as f64).ceil() as i32
+            }
+        }
     }
 }
 
@@ -354,7 +458,7 @@ mod tests {
     fn cpu_percent(p: i32) -> ResourceMetric {
         ResourceMetric {
             name: "cpu".into(),
-            container: None,
+            source: Source::Resource,
             goal: Goal::Utilization(p),
         }
     }
@@ -412,11 +516,27 @@ mod tests {
     }
 
     #[test]
+    fn external_metrics_as_a_whole_or_per_replica() {
+        // 30 against a value of 10 over two ready pods: six.
+        assert_eq!(propose_external(30_000, Total::Value(10_000), 2, 2, 0.1), 6);
+        assert_eq!(propose_external(10_500, Total::Value(10_000), 2, 2, 0.1), 2);
+        // 20 at 5 per replica: four, whatever runs now.
+        assert_eq!(
+            propose_external(20_000, Total::AverageValue(5_000), 1, 1, 0.1),
+            4
+        );
+        assert_eq!(
+            propose_external(20_000, Total::AverageValue(5_000), 4, 4, 0.1),
+            4
+        );
+    }
+
+    #[test]
     fn an_average_value_target_needs_no_request() {
         let now = at("2026-01-01T01:00:05Z");
         let m = ResourceMetric {
             name: "cpu".into(),
-            container: None,
+            source: Source::Resource,
             goal: Goal::AverageMilli(100),
         };
         let pods = vec![pod("a", "1")];
