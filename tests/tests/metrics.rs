@@ -273,8 +273,8 @@ fn the_autoscaler_scales_a_deployment_up_under_cpu_load_and_back_down() {
     );
 }
 
-/// A custom and external metrics adapter (as prometheus-adapter or KEDA
-/// serve them) behind the aggregation layer: it lists the pods a query
+/// A custom (pods and object) and external metrics adapter (as
+/// prometheus-adapter or KEDA serve them) behind the aggregation layer: it lists the pods a query
 /// selects through the API and reports the values the test writes.
 const ADAPTER: &str = r#"
 import datetime, json, os, ssl, sys, urllib.parse
@@ -314,6 +314,10 @@ class H(BaseHTTPRequestHandler):
                       "metric": {"name": "requests_per_second"}, "timestamp": now(), "windowSeconds": 60,
                       "value": read("requests_per_second")} for x in pods if x.status.phase == "Running"]
             return self.send(200, {"kind": "MetricValueList", "apiVersion": "custom.metrics.k8s.io/v1beta2", "metadata": {}, "items": items})
+        if p == "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/deployments.apps/hits/hits_per_second":
+            return self.send(200, {"kind": "MetricValueList", "apiVersion": "custom.metrics.k8s.io/v1beta2", "metadata": {},
+                "items": [{"describedObject": {"kind": "Deployment", "namespace": "default", "name": "hits", "apiVersion": "apps/v1"},
+                    "metric": {"name": "hits_per_second"}, "timestamp": now(), "value": read("hits_per_second")}]})
         if p == "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth":
             return self.send(200, {"kind": "ExternalMetricValueList", "apiVersion": "external.metrics.k8s.io/v1beta1", "metadata": {},
                 "items": [{"metricName": "queue_depth", "metricLabels": {}, "timestamp": now(), "value": read("queue_depth")}]})
@@ -343,6 +347,7 @@ fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("requests_per_second"), "25").unwrap();
     std::fs::write(state.join("queue_depth"), "20").unwrap();
+    std::fs::write(state.join("hits_per_second"), "30").unwrap();
     let o = std::process::Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -419,10 +424,14 @@ fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
         api_service("external.metrics.k8s.io", "v1beta1"),
         deployment("web"),
         deployment("queue"),
+        deployment("hits"),
         hpa("web", json!({"type": "Pods", "pods": {"metric": {"name": "requests_per_second"},
             "target": {"type": "AverageValue", "averageValue": "10"}}})),
         hpa("queue", json!({"type": "External", "external": {"metric": {"name": "queue_depth"},
             "target": {"type": "AverageValue", "averageValue": "5"}}})),
+        hpa("hits", json!({"type": "Object", "object": {"metric": {"name": "hits_per_second"},
+            "describedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hits"},
+            "target": {"type": "Value", "value": "10"}}})),
     ]});
     k.ok_stdin(&["apply", "-f", "-"], &list.to_string());
 
@@ -447,6 +456,16 @@ fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
         (replicas("queue")? == 4).then_some(())
     });
     assert!(up.is_some(), "queue: {}", describe("queue"));
+    // 30 hits against 10 on the Deployment itself, one ready pod: three.
+    let up = wait_for(Duration::from_secs(60), || {
+        (replicas("hits")? == 3).then_some(())
+    });
+    assert!(up.is_some(), "hits: {}", describe("hits"));
+    assert!(
+        describe("hits").contains("reason: deployment metric hits_per_second above target"),
+        "{}",
+        describe("hits")
+    );
     let shown = describe("web");
     assert!(shown.contains("\"requests_per_second\" on pods"), "{shown}");
     assert!(

@@ -1,11 +1,11 @@
 //! Where each metric comes from and what it proposes: resource metrics
-//! from the kubelets, Pods metrics from custom.metrics.k8s.io and
-//! External ones from external.metrics.k8s.io (both served by an
+//! from the kubelets, Pods and Object metrics from custom.metrics.k8s.io
+//! and External ones from external.metrics.k8s.io (both served by an
 //! extension API server through the aggregation layer), and the status
 //! entries `kubectl describe hpa` shows for them.
 
 use super::replicas::{
-    propose, propose_external, ExternalMetric, Proposal, ResourceMetric, Source, Total,
+    propose, propose_total, ExternalMetric, Proposal, ResourceMetric, Source, Total,
 };
 use super::settings::Settings;
 use crate::kube::metrics_api::PodMetrics;
@@ -13,7 +13,7 @@ use crate::kube::quantity::milli;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::autoscaling::v2::{
     ContainerResourceMetricStatus, ExternalMetricStatus, MetricIdentifier, MetricSpec,
-    MetricStatus, MetricValueStatus, PodsMetricStatus, ResourceMetricStatus,
+    MetricStatus, MetricValueStatus, ObjectMetricStatus, PodsMetricStatus, ResourceMetricStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -169,6 +169,30 @@ fn pod_values(list: &Value, metric: &str, pods: &[Pod]) -> HashMap<String, PodMe
         .collect()
 }
 
+fn namespace_or(ns: &str) -> &str {
+    if ns.is_empty() {
+        "default"
+    } else {
+        ns
+    }
+}
+
+/// An Object metric's target, in thousandths.
+fn total_goal(t: &k8s_openapi::api::autoscaling::v2::MetricTarget) -> Result<Total, String> {
+    let q = |v: &Option<Quantity>| {
+        v.as_ref()
+            .and_then(|q| milli(&q.0))
+            .ok_or_else(|| "an invalid target value".to_string())
+    };
+    match t.type_.as_str() {
+        "Value" => Ok(Total::Value(q(&t.value)?)),
+        "AverageValue" => Ok(Total::AverageValue(q(&t.average_value)?)),
+        other => Err(format!(
+            "unsupported target type {other:?} for an Object metric"
+        )),
+    }
+}
+
 fn milli_quantity(v: i128, name: &str) -> String {
     if name != "cpu" && v % 1000 == 0 {
         (v / 1000).to_string()
@@ -177,19 +201,38 @@ fn milli_quantity(v: i128, name: &str) -> String {
     }
 }
 
+/// What every metric of one HPA is evaluated in.
+pub(super) struct Scope<'a> {
+    pub source: &'a dyn MetricsSource,
+    pub settings: &'a Settings,
+    pub namespace: &'a str,
+    /// The target's `spec.replicas`.
+    pub current: i32,
+    /// The target's pods.
+    pub pods: &'a [Pod],
+    /// Their resource metrics, by uid (empty unless a metric needs them).
+    pub resources: &'a HashMap<String, PodMetrics>,
+    /// The target's pod selector, as a query writes it.
+    pub selector: &'a str,
+    /// The resource of an `apiVersion` and `kind`, as the custom metrics
+    /// API names it (`deployments.apps`, `services`).
+    pub resource_of: &'a (dyn Fn(&str, &str) -> Option<String> + Sync),
+    pub now: DateTime<Utc>,
+}
+
 /// One metric's proposal (upstream's `computeReplicasForMetric`).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn evaluate(
-    source: &dyn MetricsSource,
-    settings: &Settings,
-    m: &MetricSpec,
-    ns: &str,
-    current: i32,
-    pods: &[Pod],
-    resources: &HashMap<String, PodMetrics>,
-    selector: &str,
-    now: DateTime<Utc>,
-) -> Result<Evaluation, Failure> {
+pub(super) async fn evaluate(scope: &Scope<'_>, m: &MetricSpec) -> Result<Evaluation, Failure> {
+    let Scope {
+        source,
+        settings,
+        namespace: ns,
+        current,
+        pods,
+        resources,
+        selector,
+        resource_of,
+        now,
+    } = *scope;
     match m.type_.as_str() {
         "Resource" | "ContainerResource" => {
             let rm = ResourceMetric::from_spec(m).map_err(|e| ("FailedGetResourceMetric", e))?;
@@ -213,14 +256,20 @@ pub(super) async fn evaluate(
                     ("labelSelector", selector.to_string()),
                     (
                         "metricLabelSelector",
-                        metric_selector.as_ref().map(selector_string).unwrap_or_default()
+                        metric_selector
+                            .as_ref()
+                            .map(selector_string)
+                            .unwrap_or_default()
                     ),
                 ])
             );
             let failed = |e: String| {
                 (
                     "FailedGetPodsMetric",
-                    format!("failed to get pods metric value: unable to get metric {}: {e}", rm.name),
+                    format!(
+                        "failed to get pods metric value: unable to get metric {}: {e}",
+                        rm.name
+                    ),
                 )
             };
             let list = source.get(path).await.map_err(failed)?;
@@ -235,7 +284,10 @@ pub(super) async fn evaluate(
                 em.name,
                 query(&[(
                     "labelSelector",
-                    em.selector.as_ref().map(selector_string).unwrap_or_default()
+                    em.selector
+                        .as_ref()
+                        .map(selector_string)
+                        .unwrap_or_default()
                 )])
             );
             let failed = |e: String| {
@@ -252,12 +304,13 @@ pub(super) async fn evaluate(
                 .filter_map(|i| milli(i["value"].as_str()?))
                 .collect();
             if values.is_empty() {
-                return Err(failed("no metrics returned from external metrics API".into()));
+                return Err(failed(
+                    "no metrics returned from external metrics API".into(),
+                ));
             }
             let total: i128 = values.iter().sum();
             let ready = pods.iter().filter(|p| is_ready(p)).count();
-            let replicas =
-                propose_external(total, em.goal, current, ready, settings.tolerance);
+            let replicas = propose_total(total, em.goal, current, ready, settings.tolerance);
             let current_value = match em.goal {
                 Total::Value(_) => MetricValueStatus {
                     value: Some(Quantity(milli_quantity(total, &em.name))),
@@ -284,9 +337,75 @@ pub(super) async fn evaluate(
             };
             Ok((replicas, em.describe(), status))
         }
+        "Object" => {
+            let o = m.object.as_ref().ok_or((
+                "FailedGetObjectMetric",
+                "an Object metric without object".to_string(),
+            ))?;
+            let target = &o.described_object;
+            let api_version = target.api_version.clone().unwrap_or_default();
+            let metric = &o.metric.name;
+            let failed = |e: String| {
+                (
+                    "FailedGetObjectMetric",
+                    format!(
+                        "failed to get object metric value: unable to get metric {metric}: {} on {} {}: {e}",
+                        target.kind, namespace_or(ns), target.name
+                    ),
+                )
+            };
+            let resource = resource_of(&api_version, &target.kind)
+                .ok_or_else(|| failed(format!("no kind {} in {api_version}", target.kind)))?;
+            let goal = total_goal(&o.target).map_err(failed)?;
+            let path = format!(
+                "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{}/{metric}{}",
+                target.name,
+                query(&[(
+                    "metricLabelSelector",
+                    o.metric
+                        .selector
+                        .as_ref()
+                        .map(selector_string)
+                        .unwrap_or_default()
+                )])
+            );
+            let answer = source.get(path).await.map_err(failed)?;
+            // A MetricValueList of one, or the MetricValue itself.
+            let item = answer["items"].get(0).unwrap_or(&answer);
+            let value = item["value"]
+                .as_str()
+                .and_then(milli)
+                .ok_or_else(|| failed("no value returned from custom metrics API".into()))?;
+            let ready = pods.iter().filter(|p| is_ready(p)).count();
+            let replicas = propose_total(value, goal, current, ready, settings.tolerance);
+            let current_value = match goal {
+                Total::Value(_) => MetricValueStatus {
+                    value: Some(Quantity(milli_quantity(value, metric))),
+                    ..Default::default()
+                },
+                Total::AverageValue(_) => MetricValueStatus {
+                    average_value: Some(Quantity(milli_quantity(
+                        value / current.max(1) as i128,
+                        metric,
+                    ))),
+                    ..Default::default()
+                },
+            };
+            let status = MetricStatus {
+                type_: "Object".into(),
+                object: Some(ObjectMetricStatus {
+                    described_object: target.clone(),
+                    metric: o.metric.clone(),
+                    current: current_value,
+                }),
+                ..Default::default()
+            };
+            let name = format!("{} metric {metric}", target.kind.to_lowercase());
+            Ok((replicas, name, status))
+        }
         other => Err((
-            "FailedGetObjectMetric",
-            format!("unable to get {other} metrics: rk3s's autoscaler reads Resource, ContainerResource, Pods and External metrics"),
+            "FailedGetExternalMetric",
+            format!("unrecognized metric type {other:?}"),
         )),
     }
 }

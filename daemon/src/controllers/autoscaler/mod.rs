@@ -227,22 +227,30 @@ impl Ctl {
         let selector = selector_of(&target)
             .map(|s| selector_string(&s))
             .unwrap_or_default();
+        let resource_of = |api_version: &str, kind: &str| {
+            let rt = self.c.reg.by_kind(api_version, kind)?;
+            Some(if rt.group.is_empty() {
+                rt.resource
+            } else {
+                format!("{}.{}", rt.resource, rt.group)
+            })
+        };
+        let scope = metrics::Scope {
+            source: self.source.as_ref(),
+            settings: &self.settings,
+            namespace: &ns,
+            current,
+            pods: &pods,
+            resources: &resource_usage,
+            selector: &selector,
+            resource_of: &resource_of,
+            now,
+        };
         let mut best: Option<(i32, String)> = None;
         let mut measured = vec![];
         let mut errors: Vec<metrics::Failure> = vec![];
         for m in &specs {
-            let outcome = metrics::evaluate(
-                self.source.as_ref(),
-                &self.settings,
-                m,
-                &ns,
-                current,
-                &pods,
-                &resource_usage,
-                &selector,
-                now,
-            )
-            .await;
+            let outcome = metrics::evaluate(&scope, m).await;
             match outcome {
                 Ok((replicas, name, status)) => {
                     measured.push(status);

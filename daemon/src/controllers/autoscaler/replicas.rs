@@ -212,10 +212,10 @@ impl ExternalMetric {
     }
 }
 
-/// The replicas an External metric's `total` (thousandths) asks for
-/// (upstream's `GetExternalMetricReplicas` and
-/// `GetExternalPerPodMetricReplicas`).
-pub(super) fn propose_external(
+/// The replicas an External or Object metric's `total` (thousandths)
+/// asks for (upstream's `GetExternalMetricReplicas`,
+/// `GetExternalPerPodMetricReplicas` and their Object twins).
+pub(super) fn propose_total(
     total: i128,
     goal: Total,
     current: i32,
@@ -518,15 +518,15 @@ mod tests {
     #[test]
     fn external_metrics_as_a_whole_or_per_replica() {
         // 30 against a value of 10 over two ready pods: six.
-        assert_eq!(propose_external(30_000, Total::Value(10_000), 2, 2, 0.1), 6);
-        assert_eq!(propose_external(10_500, Total::Value(10_000), 2, 2, 0.1), 2);
+        assert_eq!(propose_total(30_000, Total::Value(10_000), 2, 2, 0.1), 6);
+        assert_eq!(propose_total(10_500, Total::Value(10_000), 2, 2, 0.1), 2);
         // 20 at 5 per replica: four, whatever runs now.
         assert_eq!(
-            propose_external(20_000, Total::AverageValue(5_000), 1, 1, 0.1),
+            propose_total(20_000, Total::AverageValue(5_000), 1, 1, 0.1),
             4
         );
         assert_eq!(
-            propose_external(20_000, Total::AverageValue(5_000), 4, 4, 0.1),
+            propose_total(20_000, Total::AverageValue(5_000), 4, 4, 0.1),
             4
         );
     }
