@@ -152,6 +152,17 @@ fn kubectl_top_reads_the_kubelets_through_the_tunnel() {
         );
     }
 
+    // `kubectl get` prints metrics-server's columns.
+    let table = k.ok(&["get", "pods.metrics.k8s.io", "burner"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "CPU", "MEMORY", "WINDOW"], "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("burner"),
+        "{table}"
+    );
+    let nodes = k.ok(&["get", "nodes.metrics.k8s.io"]);
+    assert!(nodes.contains("server-0"), "{nodes}");
+
     // The metrics API is authorized like any other: a user without a
     // binding is refused, the view role (aggregated) may read it.
     let e = k.fails(&["top", "pod", "--as=nobody"]);

@@ -137,7 +137,7 @@ async fn serve(
         return super::reviews::create(&sv, &user, &t, &body).await;
     }
     if t.rt.read_only {
-        return super::resource_metrics::serve(&sv, &t, &q).await;
+        return super::resource_metrics::serve(&sv, &t, &q, as_table).await;
     }
     match (verb, t.subresource.as_deref()) {
         (_, Some("scale")) => subresources::scale(&sv, &t, verb, &headers, &body, &opts).await,
@@ -169,14 +169,6 @@ async fn serve(
     }
 }
 
-const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
-
-fn table_response(t: &table::Table) -> Response {
-    let mut body = serde_json::to_vec(t).unwrap_or_default();
-    body.push(b'\n');
-    ([(header::CONTENT_TYPE, TABLE_TYPE)], body).into_response()
-}
-
 async fn get(sv: &ApiState, t: &Target, as_table: bool) -> Result<Response, KubeError> {
     let obj = sv.registry.get(&t.rt, t.ns(), t.name()).await?;
     if t.subresource.as_deref() == Some("status") || !as_table {
@@ -186,7 +178,7 @@ async fn get(sv: &ApiState, t: &Target, as_table: bool) -> Result<Response, Kube
         .as_str()
         .unwrap_or("")
         .to_string();
-    Ok(table_response(&table::table(&t.rt, &[obj], &rv)))
+    Ok(table::response(&table::table(&t.rt, &[obj], &rv)))
 }
 
 /// The objects a list or deletecollection request selects, and the revision read at.
@@ -258,7 +250,7 @@ async fn list(
     let (rev, items) = matching(sv, t, q).await?;
     let rv = rev.to_string();
     if as_table {
-        return Ok(table_response(&table::table(&t.rt, &items, &rv)));
+        return Ok(table::response(&table::table(&t.rt, &items, &rv)));
     }
     Ok(json_response(StatusCode::OK, &list_object(t, &rv, items)))
 }

@@ -204,6 +204,35 @@ fn list_of<T: serde::Serialize>(kind: &str, items: &[T]) -> Response {
     )
 }
 
+/// The answer to a get (`one`) or a list: JSON, or a Table for kubectl
+/// (metrics-server's columns, from the kind's strategy).
+fn answer<T: serde::Serialize>(
+    t: &Target,
+    as_table: bool,
+    one: Option<&str>,
+    list_kind: &str,
+    items: &[T],
+) -> Result<Response, KubeError> {
+    if let Some(name) = one {
+        if items.is_empty() {
+            return Err(not_found(&t.rt.resource, name));
+        }
+    }
+    if as_table {
+        let values: Vec<Value> = items
+            .iter()
+            .filter_map(|i| serde_json::to_value(i).ok())
+            .collect();
+        return Ok(super::table::response(&super::table::table(
+            &t.rt, &values, "",
+        )));
+    }
+    Ok(match (one, items.first()) {
+        (Some(_), Some(first)) => json_response(StatusCode::OK, first),
+        _ => list_of(list_kind, items),
+    })
+}
+
 fn not_found(resource: &str, name: &str) -> KubeError {
     KubeError::NotFound(Subject::new(GROUP, resource, name))
 }
@@ -213,6 +242,7 @@ pub async fn serve(
     sv: &ApiState,
     t: &Target,
     q: &HashMap<String, String>,
+    as_table: bool,
 ) -> Result<Response, KubeError> {
     let scraper = Scraper {
         kubelets: sv.kubelets.clone(),
@@ -234,13 +264,7 @@ pub async fn serve(
             }
         };
         let metrics = scraper.nodes(&nodes).await;
-        return match one {
-            Some(name) => metrics
-                .first()
-                .map(|m| json_response(StatusCode::OK, m))
-                .ok_or_else(|| not_found("nodes", name)),
-            None => Ok(list_of("NodeMetricsList", &metrics)),
-        };
+        return answer(t, as_table, one, "NodeMetricsList", &metrics);
     }
     let pods_rt = kinds::PODS.resource_type();
     let pods: Vec<Pod> = match one {
@@ -261,13 +285,7 @@ pub async fn serve(
         .iter()
         .filter_map(|p| by_uid.get(p.metadata.uid.as_deref()?))
         .collect();
-    match one {
-        Some(name) => metrics
-            .first()
-            .map(|m| json_response(StatusCode::OK, m))
-            .ok_or_else(|| not_found("pods", name)),
-        None => Ok(list_of("PodMetricsList", &metrics)),
-    }
+    answer(t, as_table, one, "PodMetricsList", &metrics)
 }
 
 #[cfg(test)]

@@ -134,6 +134,16 @@ pub fn table(t: &ResourceType, items: &[Value], rev: &str) -> Table {
     }
 }
 
+const TABLE_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
+/// A Table as the response body kubectl asked for.
+pub fn response(t: &Table) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut body = serde_json::to_vec(t).unwrap_or_default();
+    body.push(b'\n');
+    ([(axum::http::header::CONTENT_TYPE, TABLE_TYPE)], body).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

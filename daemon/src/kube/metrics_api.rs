@@ -40,6 +40,70 @@ pub struct ContainerMetrics {
     pub usage: BTreeMap<String, Quantity>,
 }
 
+// Written by hand: schemars is built without its derive macros.
+impl schemars::JsonSchema for ContainerMetrics {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ContainerMetrics".into()
+    }
+
+    fn json_schema(gen: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "required": ["name", "usage"],
+            "properties": {
+                "name": {"type": "string"},
+                "usage": {"type": "object", "additionalProperties": gen.subschema_for::<Quantity>()},
+            },
+        })
+    }
+}
+
+/// The schema NodeMetrics and PodMetrics share, with their own `field`
+/// (`usage` or `containers`).
+fn metrics_schema(
+    gen: &mut schemars::SchemaGenerator,
+    field: &str,
+    field_schema: serde_json::Value,
+) -> schemars::Schema {
+    let mut properties = serde_json::json!({
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": gen.subschema_for::<ObjectMeta>(),
+        "timestamp": gen.subschema_for::<Time>(),
+        "window": {"type": "string"},
+    });
+    properties[field] = field_schema;
+    schemars::json_schema!({
+        "type": "object",
+        "required": ["timestamp", "window", field],
+        "properties": properties,
+    })
+}
+
+impl schemars::JsonSchema for NodeMetrics {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NodeMetrics".into()
+    }
+
+    fn json_schema(gen: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let usage = serde_json::json!({"type": "object",
+            "additionalProperties": gen.subschema_for::<Quantity>()});
+        metrics_schema(gen, "usage", usage)
+    }
+}
+
+impl schemars::JsonSchema for PodMetrics {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PodMetrics".into()
+    }
+
+    fn json_schema(gen: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let containers = serde_json::json!({"type": "array",
+            "items": gen.subschema_for::<ContainerMetrics>()});
+        metrics_schema(gen, "containers", containers)
+    }
+}
+
 /// `cpu` and `memory` as metrics-server writes them: nanocores (`1234n`)
 /// and bytes in Ki when whole (`5120Ki`).
 pub fn usage(nano_cores: u64, memory_bytes: u64) -> BTreeMap<String, Quantity> {

@@ -706,7 +706,7 @@ pub static NODE_METRICS: Builtin = builtin!(
     &[],
     &[],
     &[],
-    &super::strategy::Generic
+    &super::metrics::NODE_METRICS
 );
 
 pub static POD_METRICS: Builtin = builtin!(
@@ -719,7 +719,7 @@ pub static POD_METRICS: Builtin = builtin!(
     &[],
     &[],
     &[],
-    &super::strategy::Generic
+    &super::metrics::POD_METRICS
 );
 
 #[cfg(test)]

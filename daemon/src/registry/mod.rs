@@ -18,6 +18,7 @@ pub mod crd;
 pub mod error;
 pub mod kinds;
 pub mod managed;
+pub mod metrics;
 pub mod other;
 pub mod printers;
 pub mod ranges;
