@@ -620,6 +620,40 @@ pub fn python(script: &str, kubeconfig: &Path) -> Output {
         .expect("python3")
 }
 
+/// What an extension API server needs behind the aggregator, written to
+/// `dir`: a self-signed serving certificate for `cn` (`tls.crt`,
+/// `tls.key`) and the CA of the front-proxy client certificate from
+/// `kube-system/extension-apiserver-authentication` (`ca.crt`).
+pub fn extension_tls(k: &Kubectl, dir: &Path, cn: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let o = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt"))
+        .output()
+        .expect("openssl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ca = wait_for(Duration::from_secs(30), || {
+        let o = k.run(&[
+            "get",
+            "configmap",
+            "-n",
+            "kube-system",
+            "extension-apiserver-authentication",
+            "-o",
+            "jsonpath={.data.requestheader-client-ca-file}",
+        ]);
+        (o.status.success() && !o.stdout.is_empty()).then(|| stdout(&o))
+    })
+    .expect("the extension-apiserver-authentication ConfigMap");
+    std::fs::write(dir.join("ca.crt"), ca).unwrap();
+}
+
 /// The events of a `?watch=1` response, one JSON object per line (the
 /// benches follow pods this way).
 pub struct WatchEvents {

@@ -86,15 +86,8 @@ fn an_extension_api_server_behind_an_apiservice() {
     assert_eq!(&cells[1..3], ["Local", "True"], "{local}");
 
     // The extension trusts what the ConfigMap says.
-    let ca = k.ok(&[
-        "get",
-        "configmap",
-        "-n",
-        "kube-system",
-        "extension-apiserver-authentication",
-        "-o",
-        "jsonpath={.data.requestheader-client-ca-file}",
-    ]);
+    let tls = t.path().join("tls");
+    extension_tls(&k, &tls, "wardle.default.svc");
     let names = k.ok(&[
         "get",
         "configmap",
@@ -105,21 +98,6 @@ fn an_extension_api_server_behind_an_apiservice() {
         "jsonpath={.data.requestheader-allowed-names}",
     ]);
     assert_eq!(names, r#"["system:auth-proxy"]"#);
-    let ca_file = t.path().join("requestheader-ca.crt");
-    std::fs::write(&ca_file, ca).unwrap();
-    let (crt, key) = (t.path().join("ext.crt"), t.path().join("ext.key"));
-    let o = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=wardle.default.svc"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
     let script = t.path().join("extension.py");
     std::fs::write(&script, EXTENSION).unwrap();
     let mut ext = net
@@ -128,9 +106,9 @@ fn an_extension_api_server_behind_an_apiservice() {
             &[
                 "python3",
                 script.to_str().unwrap(),
-                crt.to_str().unwrap(),
-                key.to_str().unwrap(),
-                ca_file.to_str().unwrap(),
+                tls.join("tls.crt").to_str().unwrap(),
+                tls.join("tls.key").to_str().unwrap(),
+                tls.join("ca.crt").to_str().unwrap(),
                 "8443",
             ],
         )

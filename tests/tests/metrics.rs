@@ -247,14 +247,17 @@ fn the_autoscaler_scales_a_deployment_up_under_cpu_load_and_back_down() {
         Some(json!("ValidMetricFound")),
         "{h}"
     );
-    let events = k.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.kind=HorizontalPodAutoscaler",
-        "-o",
-        "json",
-    ]);
+    let hpa_events = || {
+        k.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=HorizontalPodAutoscaler",
+            "-o",
+            "json",
+        ])
+    };
+    let events = hpa_events();
     assert!(
         events.contains("reason: cpu resource utilization (percentage of request) above target"),
         "{events}"
@@ -273,14 +276,7 @@ fn the_autoscaler_scales_a_deployment_up_under_cpu_load_and_back_down() {
         hpa(),
         k.ok(&["describe", "hpa", "load"])
     );
-    let events = k.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.kind=HorizontalPodAutoscaler",
-        "-o",
-        "json",
-    ]);
+    let events = hpa_events();
     assert!(
         events.contains("New size: 1; reason: All metrics below target"),
         "{events}"
@@ -362,32 +358,7 @@ fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
     std::fs::write(state.join("requests_per_second"), "25").unwrap();
     std::fs::write(state.join("queue_depth"), "20").unwrap();
     std::fs::write(state.join("hits_per_second"), "30").unwrap();
-    let o = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=adapter.default.svc"])
-        .arg("-keyout")
-        .arg(state.join("tls.key"))
-        .arg("-out")
-        .arg(state.join("tls.crt"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ca = wait_for(Duration::from_secs(30), || {
-        let o = k.run(&[
-            "get",
-            "configmap",
-            "-n",
-            "kube-system",
-            "extension-apiserver-authentication",
-            "-o",
-            "jsonpath={.data.requestheader-client-ca-file}",
-        ]);
-        o.status.success().then(|| stdout(&o))
-    })
-    .expect("the extension-apiserver-authentication ConfigMap");
-    std::fs::write(state.join("ca.crt"), ca).unwrap();
+    extension_tls(&k, &state, "adapter.default.svc");
     let script = state.join("adapter.py");
     std::fs::write(&script, ADAPTER).unwrap();
     let mut adapter = std::process::Command::new("python3")

@@ -51,7 +51,9 @@ fn scale_of(t: &Target, obj: &Value) -> Result<Value, KubeError> {
             {
                 let sel: Option<LabelSelector> =
                     serde_json::from_value(Value::Object(m.clone())).ok();
-                printers::selector(sel.as_ref()).replace("<none>", "")
+                sel.as_ref()
+                    .map(printers::selector_query)
+                    .unwrap_or_default()
             }
             // ReplicationControllers: a plain map.
             Some(Value::Object(m)) => m

@@ -264,18 +264,32 @@ impl Ctl {
     }
 }
 
+/// Does an APIService name the Service `<namespace>/<name>`? (Endpoints
+/// change with every pod; only an extension's own wake the controller.)
+fn backs_an_apiservice(ns_name: &str, cache: &Cache) -> bool {
+    let Some((ns, name)) = ns_name.split_once('/') else {
+        return false;
+    };
+    cache
+        .list(&kinds::API_SERVICES.prefix(None))
+        .iter()
+        .any(|(_, a)| {
+            let svc = &a["spec"]["service"];
+            svc["namespace"] == ns && svc["name"] == name
+        })
+}
+
 pub fn controller(
     reg: Arc<Registry>,
     cache: Arc<Cache>,
     probe: Arc<dyn ExtensionProbe>,
     client_ca_pem: String,
 ) -> Controller {
-    let prefixes = [
+    let own = [
         kinds::API_SERVICES.prefix(None),
         kinds::CUSTOM_RESOURCE_DEFINITIONS.prefix(None),
-        kinds::SERVICES.prefix(None),
-        kinds::ENDPOINTS.prefix(None),
     ];
+    let backends = [kinds::SERVICES.prefix(None), kinds::ENDPOINTS.prefix(None)];
     let ctl = Arc::new(Ctl {
         reg,
         cache,
@@ -289,8 +303,12 @@ pub fn controller(
             Ok(Requeue::Never)
         }
     })
-    .watches(Box::new(move |ch, _| {
-        if prefixes.iter().any(|p| ch.key.starts_with(p.as_str())) {
+    .watches(Box::new(move |ch, cache| {
+        let wakes = own.iter().any(|p| ch.key.starts_with(p.as_str()))
+            || backends.iter().any(|p| {
+                ch.key.starts_with(p.as_str()) && backs_an_apiservice(&ch.key[p.len()..], cache)
+            });
+        if wakes {
             vec![KEY.to_string()]
         } else {
             vec![]

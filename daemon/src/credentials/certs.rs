@@ -281,12 +281,7 @@ pub fn client_config_with_identity(
 ) -> Result<rustls::ClientConfig, CertError> {
     let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
     let roots = roots_of(ca_pem)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls(&e))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| tls(&e))?
-        .ok_or_else(|| CertError::Tls("no private key".into()))?;
+    let (certs, key) = identity(cert_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -354,12 +349,7 @@ pub fn client_config_unverified(
     key_pem: &str,
 ) -> Result<rustls::ClientConfig, CertError> {
     let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls(&e))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| tls(&e))?
-        .ok_or_else(|| CertError::Tls("no private key".into()))?;
+    let (certs, key) = identity(cert_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -368,6 +358,23 @@ pub fn client_config_unverified(
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
         .with_client_auth_cert(certs, key)
         .map_err(|e| tls(&e))
+}
+
+/// A certificate chain and its key, from PEM.
+type Identity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+fn identity(cert_pem: &str, key_pem: &str) -> Result<Identity, CertError> {
+    let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| tls(&e))?
+        .ok_or_else(|| CertError::Tls("no private key".into()))?;
+    Ok((certs, key))
 }
 
 fn roots_of(ca_pem: &[u8]) -> Result<rustls::RootCertStore, CertError> {

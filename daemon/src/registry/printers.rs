@@ -99,11 +99,9 @@ pub fn containers_images(spec: Option<&PodSpec>) -> (String, String) {
     (names.join(","), images.join(","))
 }
 
-/// `a=b,c in (d)`: a label selector as kubectl prints it.
-pub fn selector(sel: Option<&LabelSelector>) -> String {
-    let Some(sel) = sel else {
-        return "<none>".into();
-    };
+/// `a=b,c in (d)`: a label selector as a query writes it (empty when it
+/// selects everything).
+pub fn selector_query(sel: &LabelSelector) -> String {
     let mut parts: Vec<String> = sel
         .match_labels
         .iter()
@@ -120,10 +118,14 @@ pub fn selector(sel: Option<&LabelSelector>) -> String {
             other => format!("{} {other} ({vals})", e.key),
         });
     }
-    if parts.is_empty() {
-        "<none>".into()
-    } else {
-        parts.join(",")
+    parts.join(",")
+}
+
+/// A label selector as kubectl prints it (`<none>` for none).
+pub fn selector(sel: Option<&LabelSelector>) -> String {
+    match sel.map(selector_query) {
+        Some(q) if !q.is_empty() => q,
+        _ => "<none>".into(),
     }
 }
 

@@ -93,7 +93,8 @@ impl Usage {
             }
         };
         let now_ns = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        let node_cpu = node_cpu_ns().map(|used_ns| CpuSample {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let node_cpu = parse_proc_stat(&stat).map(|used_ns| CpuSample {
             at_ns: now_ns,
             used_ns,
         });
@@ -101,7 +102,7 @@ impl Usage {
         let mut s = self.samples.lock().expect("usage");
         let node = NodeStats {
             node_name: self.node_name.clone(),
-            start_time: boot_time(),
+            start_time: boot_time(&stat),
             cpu: node_cpu.map(|now| CpuStats {
                 time: time_of(now.at_ns),
                 usage_nano_cores: s.node.and_then(|before| rate(before, now)),
@@ -198,10 +199,6 @@ pub async fn run(
 const USER_HZ: u64 = 100;
 
 /// CPU time the node spent on anything but idling and waiting for I/O.
-fn node_cpu_ns() -> Option<u64> {
-    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
-}
-
 fn parse_proc_stat(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let f: Vec<u64> = line
@@ -215,9 +212,8 @@ fn parse_proc_stat(text: &str) -> Option<u64> {
     Some(busy * (1_000_000_000 / USER_HZ))
 }
 
-fn boot_time() -> Option<DateTime<Utc>> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let secs: i64 = text
+fn boot_time(stat: &str) -> Option<DateTime<Utc>> {
+    let secs: i64 = stat
         .lines()
         .find_map(|l| l.strip_prefix("btime "))?
         .trim()

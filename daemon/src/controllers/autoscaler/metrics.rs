@@ -10,6 +10,7 @@ use super::replicas::{
 use super::settings::Settings;
 use crate::kube::metrics_api::PodMetrics;
 use crate::kube::quantity::milli;
+use crate::registry::printers::selector_query as selector_string;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::autoscaling::v2::{
     ContainerResourceMetricStatus, ExternalMetricStatus, MetricIdentifier, MetricSpec,
@@ -17,7 +18,6 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -37,26 +37,6 @@ pub trait MetricsSource: Send + Sync {
         &'a self,
         path: String,
     ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
-}
-
-/// A label selector as a query string writes it (`app=web,tier in (a,b)`).
-pub fn selector_string(sel: &LabelSelector) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
 }
 
 fn query(pairs: &[(&str, String)]) -> String {

@@ -15,7 +15,7 @@ mod metrics;
 mod replicas;
 mod settings;
 
-pub use metrics::{selector_string, MetricsSource};
+pub use metrics::MetricsSource;
 pub use settings::{parse, Settings, NAMES};
 
 use behavior::{decide, scale_down_rules, scale_up_rules, History};
@@ -225,7 +225,7 @@ impl Ctl {
             HashMap::new()
         };
         let selector = selector_of(&target)
-            .map(|s| selector_string(&s))
+            .map(|s| crate::registry::printers::selector_query(&s))
             .unwrap_or_default();
         let resource_of = |api_version: &str, kind: &str| {
             let rt = self.c.reg.by_kind(api_version, kind)?;
