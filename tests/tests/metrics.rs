@@ -416,7 +416,7 @@ fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
             "target": {"type": "AverageValue", "averageValue": "5"}}})),
         hpa("hits", json!({"type": "Object", "object": {"metric": {"name": "hits_per_second"},
             "describedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hits"},
-            "target": {"type": "Value", "value": "10"}}})),
+            "target": {"type": "AverageValue", "averageValue": "10"}}})),
     ]});
     k.ok_stdin(&["apply", "-f", "-"], &list.to_string());
 
@@ -441,7 +441,9 @@ fn the_autoscaler_scales_on_custom_and_external_metrics_from_an_adapter() {
         (replicas("queue")? == 4).then_some(())
     });
     assert!(up.is_some(), "queue: {}", describe("queue"));
-    // 30 hits against 10 on the Deployment itself, one ready pod: three.
+    // 30 hits on the Deployment itself at 10 per replica: three. (A Value
+    // target multiplies by the ready pods, as upstream's does, so a
+    // constant metric keeps scaling up as pods become ready.)
     let up = wait_for(Duration::from_secs(60), || {
         (replicas("hits")? == 3).then_some(())
     });
